@@ -1,0 +1,124 @@
+//! Post-sync hooks: what runs after a workspace sync, with its results.
+//!
+//! A hook's error is logged and recorded in the run's [`HookOutcome`]s; it never fails the
+//! sync. Built-in hooks run first, then the host's own ("skills"), in the order added to the
+//! [`Orchestrator`](crate::Orchestrator).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::model::Record;
+use crate::orchestrator::ConnectorResult;
+use crate::store::SyncStore;
+
+/// What a post-sync hook learns: the workspace and each connector's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncCompleted {
+    /// The workspace that was synced.
+    pub workspace_id: Uuid,
+    /// One result per connector.
+    pub results: Vec<ConnectorResult>,
+}
+
+/// What one hook did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookOutcome {
+    /// The hook's name.
+    pub name: String,
+    /// Its error, when it failed.
+    pub error: Option<String>,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Runs after every workspace sync.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use pandora_sync::{PostSyncHook, Result, SyncCompleted, SyncStore};
+///
+/// /// Logs how many records each connector wrote.
+/// struct Report;
+///
+/// #[async_trait]
+/// impl PostSyncHook for Report {
+///     fn name(&self) -> &str { "report" }
+///     async fn after_sync(&self, _store: &dyn SyncStore, event: &SyncCompleted) -> Result<()> {
+///         for r in &event.results {
+///             tracing::info!(connector = %r.connector, written = r.counts.written(), "synced");
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait PostSyncHook: Send + Sync {
+    /// A short name for logs and results.
+    fn name(&self) -> &str;
+
+    /// Does the hook's work.
+    async fn after_sync(&self, store: &dyn SyncStore, event: &SyncCompleted) -> Result<()>;
+}
+
+/// Whole days from `from` to `to` (negative when `to` is earlier).
+fn days_between(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
+    (to.date_naive() - from.date_naive()).num_days()
+}
+
+/// Fills a deal's computed fields: `days_open` (created → closed, or → now while open) and
+/// `days_to_close` (now → close date; negative when overdue). Other records are untouched.
+pub fn apply_computed_fields(record: &mut Record, now: DateTime<Utc>) {
+    let Record::Deal(deal) = record else { return };
+    let close = deal
+        .close_date
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc());
+    deal.days_open = deal.meta.source_created_at.map(|created| {
+        let end = match (deal.is_closed, close) {
+            (Some(true), Some(c)) => c,
+            _ => now,
+        };
+        days_between(created, end).max(0)
+    });
+    deal.days_to_close = close.map(|c| days_between(now, c));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ConnectorKind, Deal};
+    use chrono::{NaiveDate, TimeZone};
+
+    #[test]
+    fn computed_fields_for_open_and_closed_deals() {
+        let now = Utc.with_ymd_and_hms(2024, 6, 10, 15, 0, 0).unwrap();
+        let mut open = Deal::new(Uuid::nil(), ConnectorKind::Salesforce, "006");
+        open.meta.source_created_at = Some(Utc.with_ymd_and_hms(2024, 6, 1, 9, 0, 0).unwrap());
+        open.close_date = NaiveDate::from_ymd_opt(2024, 6, 5);
+        open.is_closed = Some(false);
+        let mut r = Record::Deal(open);
+        apply_computed_fields(&mut r, now);
+        let Record::Deal(d) = &r else { unreachable!() };
+        assert_eq!(d.days_open, Some(9));
+        assert_eq!(d.days_to_close, Some(-5), "overdue");
+
+        let mut closed = d.clone();
+        closed.is_closed = Some(true);
+        closed.close_date = NaiveDate::from_ymd_opt(2024, 6, 4);
+        let mut r = Record::Deal(closed);
+        apply_computed_fields(&mut r, now);
+        let Record::Deal(d) = &r else { unreachable!() };
+        assert_eq!(d.days_open, Some(3));
+        assert_eq!(d.days_to_close, Some(-6));
+
+        let mut unknown = Deal::new(Uuid::nil(), ConnectorKind::Hubspot, "1");
+        unknown.close_date = NaiveDate::from_ymd_opt(2024, 7, 10);
+        let mut r = Record::Deal(unknown);
+        apply_computed_fields(&mut r, now);
+        let Record::Deal(d) = &r else { unreachable!() };
+        assert_eq!((d.days_open, d.days_to_close), (None, Some(30)));
+    }
+}

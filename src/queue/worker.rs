@@ -1,0 +1,405 @@
+//! The worker: claims jobs, runs their handlers concurrently, heartbeats, enforces timeouts,
+//! turns panics into failures, and shuts down gracefully.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use super::{BackoffPolicy, Heartbeat, Job, JobNotifier, JobQueue};
+use crate::connector::ProgressReporter;
+use crate::error::{Error, Result};
+
+/// Runs one job type.
+///
+/// Return `Ok(result)` to complete the job. An error that
+/// [`is_snooze`](crate::Error::is_snooze) (a rate limit, an exhausted quota) snoozes the job
+/// until its `retry_after` without consuming an attempt; any other error fails the attempt,
+/// which is retried with backoff while attempts remain. A handler must stop soon after
+/// [`JobContext::cancel_token`] fires.
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    /// Runs the job.
+    async fn run(&self, job: Job, ctx: JobContext) -> Result<serde_json::Value>;
+}
+
+/// What a running job gets from its worker.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    cancel: CancellationToken,
+    progress: ProgressReporter,
+}
+
+impl JobContext {
+    /// Fires when the job is cancelled, timed out, or the worker shuts down.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Progress reported here is stored on the job (`{current, total, message}`).
+    pub fn progress(&self) -> &ProgressReporter {
+        &self.progress
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's id, stored in `locked_by` (default: a random UUID).
+    pub worker_id: String,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Lease taken at claim and renewed by every heartbeat.
+    pub lease: Duration,
+    /// Time between heartbeats (keep it well under `lease`).
+    pub heartbeat_interval: Duration,
+    /// Poll interval when idle (jittered ±20 %); with a notifier it is the fallback.
+    pub poll_interval: Duration,
+    /// How long a job gets to stop after its timeout fired before it is abandoned.
+    pub cancel_grace: Duration,
+    /// On shutdown, how long running jobs get to finish before they are released.
+    pub shutdown_timeout: Duration,
+    /// Delay of default snoozes (a rate limit without `retry_after`).
+    pub default_snooze: Duration,
+    /// Backoff of failed attempts.
+    pub backoff: BackoffPolicy,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            worker_id: format!("worker-{}", Uuid::new_v4()),
+            concurrency: 4,
+            lease: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(15),
+            poll_interval: Duration::from_secs(1),
+            cancel_grace: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(30),
+            default_snooze: Duration::from_secs(60),
+            backoff: BackoffPolicy::default(),
+        }
+    }
+}
+
+/// Claims and runs jobs from a [`JobQueue`].
+///
+/// - It claims only job types it has a handler for, up to `concurrency` at once.
+/// - Each running job is heartbeated: the lease is extended, a cancellation request is seen
+///   within one heartbeat and the handler's token fires; a lost lease stops the job.
+/// - `timeout_ms` is enforced: the token fires, the handler gets `cancel_grace` to stop, and
+///   the attempt fails as timed out.
+/// - A panic inside a handler fails the attempt with the panic message.
+/// - [`Worker::run`] returns when its shutdown token fires: it stops claiming, lets running
+///   jobs finish until `shutdown_timeout`, then cancels them and releases them back to the
+///   queue without consuming their attempt.
+pub struct Worker {
+    queue: Arc<dyn JobQueue>,
+    handlers: HashMap<String, Arc<dyn JobHandler>>,
+    notifier: Option<Arc<dyn JobNotifier>>,
+    config: WorkerConfig,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("job_types", &self.handlers.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Outcome {
+    Done(Result<serde_json::Value>),
+    Panicked(String),
+    TimedOut,
+    Lost,
+    Shutdown,
+}
+
+impl Worker {
+    /// A worker on `queue` with default settings and no handlers.
+    pub fn new(queue: Arc<dyn JobQueue>) -> Self {
+        Worker {
+            queue,
+            handlers: HashMap::new(),
+            notifier: None,
+            config: WorkerConfig::default(),
+        }
+    }
+
+    /// Registers the handler of a job type.
+    pub fn register(mut self, job_type: impl Into<String>, handler: Arc<dyn JobHandler>) -> Self {
+        self.handlers.insert(job_type.into(), handler);
+        self
+    }
+
+    /// Wakes the worker when jobs are enqueued (Postgres `LISTEN`).
+    pub fn notifier(mut self, notifier: Arc<dyn JobNotifier>) -> Self {
+        self.notifier = Some(notifier);
+        self
+    }
+
+    /// Replaces the settings.
+    pub fn config(mut self, config: WorkerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// This worker's id.
+    pub fn worker_id(&self) -> &str {
+        &self.config.worker_id
+    }
+
+    /// Runs until `shutdown` fires (see the type's docs).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let span = tracing::info_span!("worker", worker_id = %self.config.worker_id);
+        self.run_inner(shutdown).instrument(span).await
+    }
+
+    async fn run_inner(self, shutdown: CancellationToken) -> Result<()> {
+        let this = Arc::new(self);
+        let concurrency = this.config.concurrency.max(1);
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let stop_jobs = CancellationToken::new();
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut types: Vec<String> = this.handlers.keys().cloned().collect();
+        types.sort();
+
+        while !shutdown.is_cancelled() {
+            let free = u32::try_from(slots.available_permits()).unwrap_or(u32::MAX);
+            let mut claimed = 0;
+            if free > 0 {
+                match this
+                    .queue
+                    .claim(&this.config.worker_id, &types, free, this.config.lease)
+                    .await
+                {
+                    Ok(jobs) => {
+                        claimed = jobs.len();
+                        for job in jobs {
+                            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                                // Invariant: we claimed at most `free` jobs; should a permit
+                                // be missing anyway, hand the job straight back.
+                                let _ = this.queue.release(job.id, &this.config.worker_id).await;
+                                continue;
+                            };
+                            let worker = this.clone();
+                            let stop = stop_jobs.clone();
+                            running.spawn(async move {
+                                worker.run_job(job, stop).await;
+                                drop(permit);
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming jobs failed"),
+                }
+            }
+            if claimed > 0 && slots.available_permits() > 0 {
+                continue; // there may be more due jobs
+            }
+            let idle = jittered(this.config.poll_interval);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                () = wait_for_work(this.notifier.as_deref(), idle), if slots.available_permits() > 0 => {}
+                () = tokio::time::sleep(idle), if slots.available_permits() == 0 => {}
+            }
+        }
+
+        // Graceful shutdown: no more claims; running jobs get until the deadline.
+        let deadline = tokio::time::sleep(this.config.shutdown_timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                next = running.join_next() => if next.is_none() { break },
+                () = &mut deadline => {
+                    tracing::warn!(jobs = running.len(), "shutdown deadline passed; releasing running jobs");
+                    stop_jobs.cancel();
+                    while running.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_job(self: Arc<Self>, job: Job, stop: CancellationToken) {
+        let span = tracing::info_span!("job", job_id = %job.id, job_type = %job.job_type, attempt = job.attempts);
+        async {
+            let Some(handler) = self.handlers.get(&job.job_type).cloned() else {
+                let _ = self
+                    .queue
+                    .fail(job.id, &self.config.worker_id, "no handler for this job type", None)
+                    .await;
+                return;
+            };
+            let cancel = CancellationToken::new();
+            let progress = ProgressReporter::new();
+            let ctx = JobContext {
+                cancel: cancel.clone(),
+                progress: progress.clone(),
+            };
+            let job_id = job.id;
+            let attempt = job.attempts;
+            let timeout = job.timeout();
+            let mut handle = tokio::spawn(handler.run(job, ctx));
+
+            let mut beat = tokio::time::interval(self.config.heartbeat_interval);
+            beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            beat.tick().await; // the first tick is immediate
+            let mut progress_rx = progress.subscribe();
+            let mut cancel_requested = false;
+            let timer = tokio::time::sleep(timeout);
+            tokio::pin!(timer);
+
+            let outcome = loop {
+                tokio::select! {
+                    res = &mut handle => break match res {
+                        Ok(r) => Outcome::Done(r),
+                        Err(e) if e.is_panic() => Outcome::Panicked(panic_message(e.into_panic())),
+                        Err(_) => Outcome::Panicked("the job task was aborted".into()),
+                    },
+                    _ = beat.tick() => {
+                        match self.queue.heartbeat(job_id, &self.config.worker_id, self.config.lease).await {
+                            Ok(Heartbeat::Extended) => {}
+                            Ok(Heartbeat::CancelRequested) => {
+                                if !cancel_requested {
+                                    tracing::info!("cancellation requested");
+                                    cancel_requested = true;
+                                    cancel.cancel();
+                                }
+                            }
+                            Ok(Heartbeat::Lost) => {
+                                cancel.cancel();
+                                break Outcome::Lost;
+                            }
+                            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                        }
+                    }
+                    Ok(()) = progress_rx.changed() => {
+                        let p = progress_rx.borrow_and_update().clone();
+                        if let Err(e) = self.queue.update_progress(job_id, &self.config.worker_id, &p).await {
+                            tracing::debug!(error = %e, "progress update failed");
+                        }
+                    }
+                    () = &mut timer => {
+                        cancel.cancel();
+                        break Outcome::TimedOut;
+                    }
+                    () = stop.cancelled() => {
+                        cancel.cancel();
+                        break Outcome::Shutdown;
+                    }
+                }
+            };
+
+            // Give a stopped handler its grace period, then abandon it.
+            if matches!(outcome, Outcome::TimedOut | Outcome::Lost | Outcome::Shutdown)
+                && tokio::time::timeout(self.config.cancel_grace, &mut handle).await.is_err()
+            {
+                handle.abort();
+            }
+            let latest = progress.latest();
+            if latest.current > 0 || !latest.message.is_empty() {
+                let _ = self.queue.update_progress(job_id, &self.config.worker_id, &latest).await;
+            }
+            self.finish(job_id, attempt, timeout, outcome, cancel_requested).await;
+        }
+        .instrument(span)
+        .await;
+    }
+
+    async fn finish(
+        &self,
+        job_id: Uuid,
+        attempt: u32,
+        timeout: Duration,
+        outcome: Outcome,
+        cancel_requested: bool,
+    ) {
+        let w = &self.config.worker_id;
+        let retry_at = Utc::now()
+            + chrono::Duration::from_std(self.config.backoff.delay(attempt)).unwrap_or_default();
+        let done = match outcome {
+            Outcome::Done(Ok(result)) => self.queue.complete(job_id, w, result).await.map(|_| ()),
+            Outcome::Done(Err(_)) if cancel_requested => {
+                self.queue.mark_cancelled(job_id, w).await.map(|_| ())
+            }
+            Outcome::Done(Err(e)) if e.is_snooze() => {
+                let wait = e.retry_after().unwrap_or(self.config.default_snooze);
+                let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                tracing::info!(error = %e, until = %until, "snoozing job");
+                self.queue
+                    .snooze(job_id, w, until, &e.to_string())
+                    .await
+                    .map(|_| ())
+            }
+            Outcome::Done(Err(e)) => {
+                tracing::warn!(error = %e, "job attempt failed");
+                let retry = if e_is_final(&e) { None } else { Some(retry_at) };
+                self.queue
+                    .fail(job_id, w, &e.to_string(), retry)
+                    .await
+                    .map(|_| ())
+            }
+            Outcome::Panicked(msg) => {
+                tracing::error!(panic = %msg, "job panicked");
+                self.queue
+                    .fail(job_id, w, &format!("job panicked: {msg}"), Some(retry_at))
+                    .await
+                    .map(|_| ())
+            }
+            Outcome::TimedOut => {
+                tracing::warn!(?timeout, "job timed out");
+                self.queue
+                    .fail(job_id, w, &format!("job timed out after {timeout:?}"), Some(retry_at))
+                    .await
+                    .map(|_| ())
+            }
+            Outcome::Lost => {
+                tracing::warn!("lease lost; the job is no longer ours");
+                Ok(())
+            }
+            Outcome::Shutdown => self.queue.release(job_id, w).await.map(|_| ()),
+        };
+        if let Err(e) = done {
+            tracing::error!(error = %e, "recording the job's outcome failed; rescue will retry it");
+        }
+    }
+}
+
+/// Errors that retrying cannot fix: configuration, authentication, unsupported operations.
+fn e_is_final(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Config(_) | Error::AuthFailed { .. } | Error::Unsupported { .. }
+    )
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+}
+
+async fn wait_for_work(notifier: Option<&dyn JobNotifier>, max: Duration) {
+    match notifier {
+        Some(n) => n.wait(max).await,
+        None => tokio::time::sleep(max).await,
+    }
+}
