@@ -1,0 +1,2 @@
+//! Storage benchmark (placeholder while the store is built).
+fn main() {}
