@@ -20,6 +20,12 @@ pub use model::{
     Account, ConnectorCategory, ConnectorKind, Contact, Conversation, CustomFields, Deal,
     DealContact, Document, Participant, Record, RecordKind, RecordMeta, SyncMode, Task, record_id,
 };
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::PgStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::SqliteStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use store::{
@@ -29,9 +35,3 @@ pub use store::{
     SyncLogStore, SyncOutcome, SyncStatus, SyncStore, SystemClock, WorkspaceLock, connect_store,
     validate_record,
 };
-#[cfg(feature = "postgres")]
-#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use store::PgStore;
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use store::SqliteStore;

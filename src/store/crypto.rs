@@ -330,7 +330,9 @@ impl Keyring {
             .decode(body)
             .map_err(|_| Error::config("stored credentials are malformed (bad base64)"))?;
         if body.len() < NONCE_LEN + TAG_LEN {
-            return Err(Error::config("stored credentials are malformed (too short)"));
+            return Err(Error::config(
+                "stored credentials are malformed (too short)",
+            ));
         }
         let (nonce, ciphertext) = body.split_at(NONCE_LEN);
         let aad = aad(key_id, workspace_id, connector);
@@ -431,17 +433,36 @@ mod tests {
             .to_string();
         assert!(msg.contains("\"k1\""), "{msg}");
 
-        assert!(ring.open(Uuid::new_v4(), ConnectorKind::Gong, &sealed).is_err());
+        assert!(
+            ring.open(Uuid::new_v4(), ConnectorKind::Gong, &sealed)
+                .is_err()
+        );
         assert!(ring.open(ws, ConnectorKind::Fireflies, &sealed).is_err());
 
         // Relabelling the key id breaks authentication too.
-        let relabelled = SealedCredentials::from_stored(sealed.as_stored().replace("v1:k1:", "v1:k2:"));
-        let both = Keyring::new("k2", [1; 32]).unwrap().with_previous("k1", [1; 32]).unwrap();
+        let relabelled =
+            SealedCredentials::from_stored(sealed.as_stored().replace("v1:k1:", "v1:k2:"));
+        let both = Keyring::new("k2", [1; 32])
+            .unwrap()
+            .with_previous("k1", [1; 32])
+            .unwrap();
         assert!(both.open(ws, ConnectorKind::Gong, &relabelled).is_err());
 
-        for bad in ["", "v1:k1", "v2:k1:AAAA", "v1:k1:!!!", "v1:k1:AAAA", "v1:bad id:AAAA"] {
+        for bad in [
+            "",
+            "v1:k1",
+            "v2:k1:AAAA",
+            "v1:k1:!!!",
+            "v1:k1:AAAA",
+            "v1:bad id:AAAA",
+        ] {
             assert!(
-                ring.open(ws, ConnectorKind::Gong, &SealedCredentials::from_stored(bad)).is_err(),
+                ring.open(
+                    ws,
+                    ConnectorKind::Gong,
+                    &SealedCredentials::from_stored(bad)
+                )
+                .is_err(),
                 "{bad}"
             );
         }
@@ -476,12 +497,11 @@ mod tests {
         assert!(Keyring::from_base64("k", "not base64!").is_err());
         assert!(Credentials::parse("[1]").is_err());
         assert!(Credentials::parse("{\"a\":").is_err());
-        let err = Credentials::parse("{\"token\": \"abc\"").unwrap_err().to_string();
+        let err = Credentials::parse("{\"token\": \"abc\"")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("abc"), "{err}");
         assert!(Credentials::from_json(serde_json::json!("x")).is_err());
-        assert_eq!(
-            creds().expose_json().unwrap()["access_token"],
-            "tok-secret"
-        );
+        assert_eq!(creds().expose_json().unwrap()["access_token"], "tok-secret");
     }
 }

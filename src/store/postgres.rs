@@ -26,8 +26,8 @@ use super::types::{
 };
 use super::{
     ConnectionStore, LockStore, RecordStore, Store, SyncLogStore, check_config, check_outcome,
-    count_u64, db_err, is_unique_violation, no_connection, no_keyring, outcome_errors_json,
-    seal, to_i64,
+    count_u64, db_err, is_unique_violation, no_connection, no_keyring, outcome_errors_json, seal,
+    to_i64,
 };
 use crate::connector::{Checkpoint, RecordBatch, WriteCounts};
 use crate::error::{Error, Result, redact_secrets};
@@ -920,7 +920,9 @@ impl SyncLogStore for PgStore {
         .await
         .map_err(db_err("start_sync"))?;
         if done.rows_affected() == 0 {
-            return Err(self.sync_not_updated(workspace_id, sync_id, "started").await);
+            return Err(self
+                .sync_not_updated(workspace_id, sync_id, "started")
+                .await);
         }
         Ok(())
     }
@@ -1161,7 +1163,10 @@ mod tests {
     #[test]
     fn lock_keys_are_stable_and_distinct() {
         let a = Uuid::from_u128(1);
-        assert_eq!(PgStore::workspace_lock_key(a), PgStore::workspace_lock_key(a));
+        assert_eq!(
+            PgStore::workspace_lock_key(a),
+            PgStore::workspace_lock_key(a)
+        );
         assert_ne!(
             PgStore::workspace_lock_key(a),
             PgStore::workspace_lock_key(Uuid::from_u128(2))
@@ -1171,7 +1176,10 @@ mod tests {
     #[test]
     fn upsert_sql_shape() {
         let sql = upsert_sql(&rows::DEALS);
-        assert!(sql.contains("FROM UNNEST($4::uuid[], $5::text[], $6::text[]"), "{sql}");
+        assert!(
+            sql.contains("FROM UNNEST($4::uuid[], $5::text[], $6::text[]"),
+            "{sql}"
+        );
         assert!(sql.contains("u.custom_fields::jsonb"), "{sql}");
         assert!(sql.contains("RETURNING (xmax = 0)"), "{sql}");
         assert!(!sql.contains("id = EXCLUDED.id"), "{sql}");

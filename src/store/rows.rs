@@ -107,83 +107,119 @@ macro_rules! table {
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 const SOURCE_ID: usize = 1;
 
-table!(ACCOUNTS, Account, "accounts", [
-    col!("name", Text),
-    col!("domain", Text),
-    col!("industry", Text),
-    col!("employee_count", Int),
-    col!("annual_revenue", Float),
-    col!("owner_id", Text),
-]);
+table!(
+    ACCOUNTS,
+    Account,
+    "accounts",
+    [
+        col!("name", Text),
+        col!("domain", Text),
+        col!("industry", Text),
+        col!("employee_count", Int),
+        col!("annual_revenue", Float),
+        col!("owner_id", Text),
+    ]
+);
 
-table!(CONTACTS, Contact, "contacts", [
-    col!("email", Text),
-    col!("first_name", Text),
-    col!("last_name", Text),
-    col!("title", Text),
-    col!("phone", Text),
-    col!("account_source_id", Text),
-    col!("lifecycle_stage", Text),
-    col!("owner_id", Text),
-]);
+table!(
+    CONTACTS,
+    Contact,
+    "contacts",
+    [
+        col!("email", Text),
+        col!("first_name", Text),
+        col!("last_name", Text),
+        col!("title", Text),
+        col!("phone", Text),
+        col!("account_source_id", Text),
+        col!("lifecycle_stage", Text),
+        col!("owner_id", Text),
+    ]
+);
 
-table!(DEALS, Deal, "deals", [
-    col!("name", Text),
-    col!("amount", Float),
-    col!("currency", Text),
-    col!("stage", Text),
-    col!("pipeline", Text),
-    col!("close_date", Date),
-    col!("probability", Float),
-    col!("owner_id", Text),
-    col!("account_source_id", Text),
-    col!("is_closed", Bool),
-    col!("is_won", Bool),
-    col!("forecast_category", Text),
-    col!("days_open", Int),
-    col!("days_to_close", Int),
-]);
+table!(
+    DEALS,
+    Deal,
+    "deals",
+    [
+        col!("name", Text),
+        col!("amount", Float),
+        col!("currency", Text),
+        col!("stage", Text),
+        col!("pipeline", Text),
+        col!("close_date", Date),
+        col!("probability", Float),
+        col!("owner_id", Text),
+        col!("account_source_id", Text),
+        col!("is_closed", Bool),
+        col!("is_won", Bool),
+        col!("forecast_category", Text),
+        col!("days_open", Int),
+        col!("days_to_close", Int),
+    ]
+);
 
-table!(CONVERSATIONS, Conversation, "conversations", [
-    col!("title", Text),
-    col!("started_at", Ts),
-    col!("duration_seconds", Int),
-    col!("url", Text),
-    col!("host_email", Text),
-    col!("participants", Json),
-    col!("summary", Text),
-    col!("transcript", Text),
-    col!("is_internal", Bool, keep),
-    col!("linked_account_id", Uuid, keep),
-    col!("linked_deal_id", Uuid, keep),
-]);
+table!(
+    CONVERSATIONS,
+    Conversation,
+    "conversations",
+    [
+        col!("title", Text),
+        col!("started_at", Ts),
+        col!("duration_seconds", Int),
+        col!("url", Text),
+        col!("host_email", Text),
+        col!("participants", Json),
+        col!("summary", Text),
+        col!("transcript", Text),
+        col!("is_internal", Bool, keep),
+        col!("linked_account_id", Uuid, keep),
+        col!("linked_deal_id", Uuid, keep),
+    ]
+);
 
-table!(TASKS, Task, "tasks", [
-    col!("board_id", Text),
-    col!("board_name", Text),
-    col!("group_name", Text),
-    col!("title", Text),
-    col!("status", Text),
-    col!("assignee_email", Text),
-    col!("due_date", Date),
-    col!("completed_at", Ts),
-    col!("url", Text),
-]);
+table!(
+    TASKS,
+    Task,
+    "tasks",
+    [
+        col!("board_id", Text),
+        col!("board_name", Text),
+        col!("group_name", Text),
+        col!("title", Text),
+        col!("status", Text),
+        col!("assignee_email", Text),
+        col!("due_date", Date),
+        col!("completed_at", Ts),
+        col!("url", Text),
+    ]
+);
 
-table!(DOCUMENTS, Document, "documents", [
-    col!("title", Text),
-    col!("mime_type", Text),
-    col!("url", Text),
-    col!("owner_email", Text),
-    col!("content_text", Text),
-    col!("size_bytes", Int),
-    col!("parent_id", Text),
-]);
+table!(
+    DOCUMENTS,
+    Document,
+    "documents",
+    [
+        col!("title", Text),
+        col!("mime_type", Text),
+        col!("url", Text),
+        col!("owner_email", Text),
+        col!("content_text", Text),
+        col!("size_bytes", Int),
+        col!("parent_id", Text),
+    ]
+);
 
 /// The record tables with the common columns, in the order a batch writes them (a fixed
 /// order, so concurrent writers take row locks in the same order).
-pub(crate) static RECORD_TABLES: [&TableSpec; 6] =
-    [&ACCOUNTS, &CONTACTS, &DEALS, &CONVERSATIONS, &TASKS, &DOCUMENTS];
+pub(crate) static RECORD_TABLES: [&TableSpec; 6] = [
+    &ACCOUNTS,
+    &CONTACTS,
+    &DEALS,
+    &CONVERSATIONS,
+    &TASKS,
+    &DOCUMENTS,
+];
 
 /// The spec of a record kind (`None` for `DealContact`, which has its own shape).
 pub(crate) fn spec(kind: RecordKind) -> Option<&'static TableSpec> {
@@ -220,7 +256,8 @@ impl Val<'_> {
 }
 
 fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::decode(None, format!("unserializable JSON: {e}")))
+    serde_json::to_string(value)
+        .map_err(|e| Error::decode(None, format!("unserializable JSON: {e}")))
 }
 
 fn common<'a>(m: &'a RecordMeta, out: &mut Vec<Val<'a>>) -> Result<()> {
@@ -330,7 +367,9 @@ pub(crate) fn values(record: &Record) -> Result<Option<Vec<Val<'_>>>> {
 fn nul_error(record_id: &str, table: &str, column: &str) -> Error {
     Error::decode(
         Some(record_id),
-        format!("{table}.{column} contains a NUL character (U+0000), which the database cannot store"),
+        format!(
+            "{table}.{column} contains a NUL character (U+0000), which the database cannot store"
+        ),
     )
 }
 
@@ -447,7 +486,14 @@ pub(crate) struct PreparedBatch<'a> {
     pub link_deletions: Vec<(&'a str, &'a str)>,
 }
 
-fn owner_error(what: &str, id: &str, ws: Uuid, source: ConnectorKind, rec_ws: Uuid, rec_source: ConnectorKind) -> Error {
+fn owner_error(
+    what: &str,
+    id: &str,
+    ws: Uuid,
+    source: ConnectorKind,
+    rec_ws: Uuid,
+    rec_source: ConnectorKind,
+) -> Error {
     Error::config(format!(
         "{what} {id:?} belongs to workspace {rec_ws} / {rec_source}, but the batch is written for workspace {ws} / {source}"
     ))
@@ -469,7 +515,14 @@ pub(crate) fn prepare(
         match record {
             Record::DealContact(l) => {
                 if l.workspace_id != workspace_id || l.source != source {
-                    return Err(owner_error("link", &record.source_id(), workspace_id, source, l.workspace_id, l.source));
+                    return Err(owner_error(
+                        "link",
+                        &record.source_id(),
+                        workspace_id,
+                        source,
+                        l.workspace_id,
+                        l.source,
+                    ));
                 }
                 link_count += 1;
                 links.insert((l.deal_source_id.as_str(), l.contact_source_id.as_str()), l);
@@ -477,7 +530,14 @@ pub(crate) fn prepare(
             other => {
                 let Some(meta) = other.meta() else { continue };
                 if meta.workspace_id != workspace_id || meta.source != source {
-                    return Err(owner_error("record", &meta.source_id, workspace_id, source, meta.workspace_id, meta.source));
+                    return Err(owner_error(
+                        "record",
+                        &meta.source_id,
+                        workspace_id,
+                        source,
+                        meta.workspace_id,
+                        meta.source,
+                    ));
                 }
                 *counts.entry(other.kind()).or_default() += 1;
                 let slot = by_table.entry(other.kind()).or_default();
@@ -503,10 +563,16 @@ pub(crate) fn prepare(
         let unique = u64::try_from(records.len()).unwrap_or(u64::MAX);
         let mut rows = Vec::with_capacity(records.len());
         for (_, record) in records {
-            let vals = values(record)?.ok_or_else(|| Error::config("internal: link in a record table"))?;
+            let vals =
+                values(record)?.ok_or_else(|| Error::config("internal: link in a record table"))?;
             debug_assert!(spec.columns.iter().zip(&vals).all(|(c, v)| c.ty == v.ty()));
-            if vals.len() != spec.columns.len() || spec.columns.iter().zip(&vals).any(|(c, v)| c.ty != v.ty()) {
-                return Err(Error::config(format!("internal: column mismatch in {}", spec.table)));
+            if vals.len() != spec.columns.len()
+                || spec.columns.iter().zip(&vals).any(|(c, v)| c.ty != v.ty())
+            {
+                return Err(Error::config(format!(
+                    "internal: column mismatch in {}",
+                    spec.table
+                )));
             }
             rows.push(vals);
         }
@@ -519,12 +585,18 @@ pub(crate) fn prepare(
 
     let mut links: Vec<((&str, &str), &DealContact)> = links.into_iter().collect();
     links.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    prepared.link_duplicates = link_count.saturating_sub(u64::try_from(links.len()).unwrap_or(u64::MAX));
+    prepared.link_duplicates =
+        link_count.saturating_sub(u64::try_from(links.len()).unwrap_or(u64::MAX));
     prepared.links = links.into_iter().map(|(_, l)| l).collect();
 
     let mut deletions: HashMap<RecordKind, HashMap<&str, DateTime<Utc>>> = HashMap::new();
     let mut link_deletions: Vec<(&str, &str)> = Vec::new();
-    for Deletion { kind, source_id, deleted_at } in &batch.deletions {
+    for Deletion {
+        kind,
+        source_id,
+        deleted_at,
+    } in &batch.deletions
+    {
         if source_id.contains('\0') {
             return Err(nul_error(source_id, kind.table(), "source_id"));
         }
@@ -538,7 +610,11 @@ pub(crate) fn prepare(
             link_deletions.push((deal, contact));
             continue;
         }
-        let slot = deletions.entry(*kind).or_default().entry(source_id.as_str()).or_insert(*deleted_at);
+        let slot = deletions
+            .entry(*kind)
+            .or_default()
+            .entry(source_id.as_str())
+            .or_insert(*deleted_at);
         if *deleted_at > *slot {
             *slot = *deleted_at;
         }
@@ -582,7 +658,10 @@ pub(crate) const SQLITE: Dialect = Dialect {
 fn merged(spec: &TableSpec, col: &Col, d: Dialect) -> String {
     match col.merge {
         Merge::Replace => format!("{}.{}", d.excluded, col.name),
-        Merge::KeepIfNull => format!("COALESCE({}.{}, {}.{})", d.excluded, col.name, spec.table, col.name),
+        Merge::KeepIfNull => format!(
+            "COALESCE({}.{}, {}.{})",
+            d.excluded, col.name, spec.table, col.name
+        ),
     }
 }
 
@@ -651,7 +730,10 @@ fn decode_meta(r: &impl RowRead) -> Result<RecordMeta> {
         Some(serde_json::Value::Object(map)) => map,
         Some(serde_json::Value::Null) | None => CustomFields::new(),
         Some(other) => {
-            return Err(Error::decode(None, format!("custom_fields is not an object: {other}")));
+            return Err(Error::decode(
+                None,
+                format!("custom_fields is not an object: {other}"),
+            ));
         }
     };
     Ok(RecordMeta {
@@ -805,7 +887,10 @@ pub(crate) fn decode_sync_log(r: &impl RowRead) -> Result<SyncLogEntry> {
         records_synced: to_u64(r.int("records_synced")?.unwrap_or(0), "records_synced")?,
         errors,
         error_message: r.text("error_message")?,
-        duration_ms: r.int("duration_ms")?.map(|d| to_u64(d, "duration_ms")).transpose()?,
+        duration_ms: r
+            .int("duration_ms")?
+            .map(|d| to_u64(d, "duration_ms"))
+            .transpose()?,
         started_at: required(r.ts("started_at")?, "started_at")?,
         completed_at: r.ts("completed_at")?,
     })
@@ -863,7 +948,12 @@ mod tests {
         assert_eq!(t.duplicates, 2);
         let ids: Vec<&str> = (0..t.rows.len()).map(|i| t.source_id(i)).collect();
         assert_eq!(ids, ["a", "b", "c"]);
-        let name_idx = t.spec.columns.iter().position(|c| c.name == "name").unwrap();
+        let name_idx = t
+            .spec
+            .columns
+            .iter()
+            .position(|c| c.name == "name")
+            .unwrap();
         assert_eq!(t.rows[1][name_idx], Val::Text(Some("b-new")));
         assert_eq!(t.rows[2][name_idx], Val::Text(Some("c-2")));
     }
@@ -871,9 +961,19 @@ mod tests {
     #[test]
     fn prepare_rejects_foreign_and_unstorable_records() {
         let other = Deal::new(Uuid::from_u128(2), ConnectorKind::Hubspot, "x");
-        let err = prepare(ws(), ConnectorKind::Hubspot, &RecordBatch::new(vec![other.into()])).unwrap_err();
+        let err = prepare(
+            ws(),
+            ConnectorKind::Hubspot,
+            &RecordBatch::new(vec![other.into()]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("belongs to workspace"), "{err}");
-        let err = prepare(ws(), ConnectorKind::Gong, &RecordBatch::new(vec![deal("a", 1, "x")])).unwrap_err();
+        let err = prepare(
+            ws(),
+            ConnectorKind::Gong,
+            &RecordBatch::new(vec![deal("a", 1, "x")]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("belongs to workspace"), "{err}");
 
         let err = validate(&deal("a", 1, "nul\0byte")).unwrap_err();
@@ -881,13 +981,34 @@ mod tests {
         assert!(err.to_string().contains("deals.name"), "{err}");
         let mut d = Deal::new(ws(), ConnectorKind::Hubspot, "n");
         d.amount = Some(f64::NAN);
-        assert!(validate(&d.clone().into()).unwrap_err().to_string().contains("deals.amount"));
+        assert!(
+            validate(&d.clone().into())
+                .unwrap_err()
+                .to_string()
+                .contains("deals.amount")
+        );
         d.amount = Some(f64::MAX);
-        d.meta.custom_fields.insert("k".into(), serde_json::json!({"deep": ["ok", "\u{0}"]}));
-        assert!(validate(&d.into()).unwrap_err().to_string().contains("custom_fields"));
+        d.meta
+            .custom_fields
+            .insert("k".into(), serde_json::json!({"deep": ["ok", "\u{0}"]}));
+        assert!(
+            validate(&d.into())
+                .unwrap_err()
+                .to_string()
+                .contains("custom_fields")
+        );
         let mut c = Conversation::new(ws(), ConnectorKind::Gong, "v");
-        c.participants.push(Participant { email: Some("a\0@x".into()), name: None, is_internal: false });
-        assert!(validate(&c.into()).unwrap_err().to_string().contains("participants"));
+        c.participants.push(Participant {
+            email: Some("a\0@x".into()),
+            name: None,
+            is_internal: false,
+        });
+        assert!(
+            validate(&c.into())
+                .unwrap_err()
+                .to_string()
+                .contains("participants")
+        );
     }
 
     #[cfg(feature = "sqlite")]

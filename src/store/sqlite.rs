@@ -31,8 +31,8 @@ use super::types::{
 };
 use super::{
     ConnectionStore, LockStore, RecordStore, Store, SyncLogStore, check_config, check_outcome,
-    count_u64, db_err, is_unique_violation, no_connection, no_keyring, outcome_errors_json,
-    seal, to_i64,
+    count_u64, db_err, is_unique_violation, no_connection, no_keyring, outcome_errors_json, seal,
+    to_i64,
 };
 use crate::connector::{Checkpoint, RecordBatch, WriteCounts};
 use crate::error::{Error, Result, redact_secrets};
@@ -221,7 +221,9 @@ impl RowRead for SqliteRow {
             .map(|s| {
                 DateTime::parse_from_rfc3339(&s)
                     .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| Error::decode(None, format!("{col} is not a timestamp ({s:?}): {e}")))
+                    .map_err(|e| {
+                        Error::decode(None, format!("{col} is not a timestamp ({s:?}): {e}"))
+                    })
             })
             .transpose()
     }
@@ -300,9 +302,14 @@ async fn upsert_table(
         let existing_sql = format!(
             "SELECT source_id FROM {} WHERE workspace_id = ?1 AND source = ?2 AND source_id IN ({})",
             spec.table,
-            (0..chunk.len()).map(|i| format!("?{}", i + 3)).collect::<Vec<_>>().join(", ")
+            (0..chunk.len())
+                .map(|i| format!("?{}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        let mut q = sqlx::query(AssertSqlSafe(existing_sql)).bind(hy(ws)).bind(source.as_str());
+        let mut q = sqlx::query(AssertSqlSafe(existing_sql))
+            .bind(hy(ws))
+            .bind(source.as_str());
         for i in 0..chunk.len() {
             q = q.bind(t.source_id(base + i));
         }
@@ -336,7 +343,9 @@ async fn upsert_table(
             .await
             .map_err(db_err("write_batch: upserting records"))?;
         for r in &written {
-            let id: String = r.try_get(0).map_err(db_err("write_batch: upserting records"))?;
+            let id: String = r
+                .try_get(0)
+                .map_err(db_err("write_batch: upserting records"))?;
             if existing.contains(&id) {
                 updated += 1;
             } else {
@@ -363,12 +372,20 @@ async fn upsert_links(
              WHERE workspace_id = ?1 AND source = ?2 AND (deal_source_id, contact_source_id) IN (VALUES {})",
             tuples(chunk.len(), 2, 3, "")
         );
-        let mut q = sqlx::query(AssertSqlSafe(existing_sql)).bind(hy(ws)).bind(source.as_str());
+        let mut q = sqlx::query(AssertSqlSafe(existing_sql))
+            .bind(hy(ws))
+            .bind(source.as_str());
         for l in chunk {
-            q = q.bind(l.deal_source_id.as_str()).bind(l.contact_source_id.as_str());
+            q = q
+                .bind(l.deal_source_id.as_str())
+                .bind(l.contact_source_id.as_str());
         }
         let mut existing: HashSet<(String, String)> = HashSet::new();
-        for r in q.fetch_all(&mut *tx).await.map_err(db_err("write_batch: reading links"))? {
+        for r in q
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("write_batch: reading links"))?
+        {
             existing.insert((
                 r.try_get(0).map_err(db_err("write_batch: reading links"))?,
                 r.try_get(1).map_err(db_err("write_batch: reading links"))?,
@@ -383,18 +400,26 @@ async fn upsert_links(
              RETURNING deal_source_id, contact_source_id",
             tuples(chunk.len(), 3, 4, "?1, ?2, ?3, ")
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(hy(ws)).bind(source.as_str()).bind(now);
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(hy(ws))
+            .bind(source.as_str())
+            .bind(now);
         for l in chunk {
             q = q
                 .bind(l.deal_source_id.as_str())
                 .bind(l.contact_source_id.as_str())
                 .bind(l.role.as_deref());
         }
-        let written = q.fetch_all(&mut *tx).await.map_err(db_err("write_batch: upserting links"))?;
+        let written = q
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("write_batch: upserting links"))?;
         for r in &written {
             let key: (String, String) = (
-                r.try_get(0).map_err(db_err("write_batch: upserting links"))?,
-                r.try_get(1).map_err(db_err("write_batch: upserting links"))?,
+                r.try_get(0)
+                    .map_err(db_err("write_batch: upserting links"))?,
+                r.try_get(1)
+                    .map_err(db_err("write_batch: upserting links"))?,
             );
             if existing.contains(&key) {
                 updated += 1;
@@ -416,7 +441,11 @@ impl Store for SqliteStore {
     async fn migrate(&self) -> Result<()> {
         // sqlx takes no lock on SQLite; one IMMEDIATE transaction around the whole run makes
         // a second process wait for the first and then find everything applied.
-        let mut conn = self.pool.acquire().await.map_err(db_err("migrate: acquire"))?;
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("migrate: acquire"))?;
         let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
@@ -445,7 +474,11 @@ impl Store for SqliteStore {
 }
 
 impl SqliteStore {
-    async fn fetch_connection(&self, ws: Uuid, connector: ConnectorKind) -> Result<Option<ConnectionRow>> {
+    async fn fetch_connection(
+        &self,
+        ws: Uuid,
+        connector: ConnectorKind,
+    ) -> Result<Option<ConnectionRow>> {
         sqlx::query("SELECT * FROM connections WHERE workspace_id = ?1 AND connector_name = ?2")
             .bind(hy(ws))
             .bind(connector.as_str())
@@ -457,7 +490,12 @@ impl SqliteStore {
     }
 
     /// Runs an UPDATE of one connection row; `no_connection` when it matched nothing.
-    async fn update_connection(&self, ws: Uuid, connector: ConnectorKind, q: SqliteQuery<'_>) -> Result<()> {
+    async fn update_connection(
+        &self,
+        ws: Uuid,
+        connector: ConnectorKind,
+        q: SqliteQuery<'_>,
+    ) -> Result<()> {
         let done = q
             .execute(&self.pool)
             .await
@@ -488,7 +526,12 @@ impl ConnectionStore for SqliteStore {
 
     async fn create_connection(&self, new: NewConnection) -> Result<ConnectionRow> {
         check_config(&new.config)?;
-        let sealed = seal(self.keyring.as_ref(), new.workspace_id, new.connector, new.credentials.as_ref())?;
+        let sealed = seal(
+            self.keyring.as_ref(),
+            new.workspace_id,
+            new.connector,
+            new.credentials.as_ref(),
+        )?;
         let now = sqlite_ts(self.now());
         let row = sqlx::query(
             "INSERT INTO connections (id, workspace_id, connector_name, auth_method, credentials, config, status, created_at, updated_at) \
@@ -519,7 +562,11 @@ impl ConnectionStore for SqliteStore {
         decode_connection(&row)
     }
 
-    async fn get_connection(&self, workspace_id: Uuid, connector: ConnectorKind) -> Result<Option<ConnectionRow>> {
+    async fn get_connection(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+    ) -> Result<Option<ConnectionRow>> {
         self.fetch_connection(workspace_id, connector).await
     }
 
@@ -534,13 +581,18 @@ impl ConnectionStore for SqliteStore {
             .collect()
     }
 
-    async fn delete_connection(&self, workspace_id: Uuid, connector: ConnectorKind) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM connections WHERE workspace_id = ?1 AND connector_name = ?2")
-            .bind(hy(workspace_id))
-            .bind(connector.as_str())
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("delete_connection"))?;
+    async fn delete_connection(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+    ) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM connections WHERE workspace_id = ?1 AND connector_name = ?2")
+                .bind(hy(workspace_id))
+                .bind(connector.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("delete_connection"))?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -573,7 +625,12 @@ impl ConnectionStore for SqliteStore {
         self.update_connection(workspace_id, connector, q).await
     }
 
-    async fn set_last_sync_at(&self, workspace_id: Uuid, connector: ConnectorKind, at: DateTime<Utc>) -> Result<()> {
+    async fn set_last_sync_at(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+        at: DateTime<Utc>,
+    ) -> Result<()> {
         let q = sqlx::query(
             "UPDATE connections SET last_sync_at = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND connector_name = ?2",
         )
@@ -611,13 +668,15 @@ impl ConnectionStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err("merge_sync_cursor: begin"))?;
-        let row = sqlx::query("SELECT sync_cursor FROM connections WHERE workspace_id = ?1 AND connector_name = ?2")
-            .bind(hy(workspace_id))
-            .bind(connector.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_err("merge_sync_cursor: read"))?
-            .ok_or_else(|| no_connection(workspace_id, connector))?;
+        let row = sqlx::query(
+            "SELECT sync_cursor FROM connections WHERE workspace_id = ?1 AND connector_name = ?2",
+        )
+        .bind(hy(workspace_id))
+        .bind(connector.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err("merge_sync_cursor: read"))?
+        .ok_or_else(|| no_connection(workspace_id, connector))?;
         let mut cursor = match row.json("sync_cursor")? {
             Some(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
@@ -633,10 +692,17 @@ impl ConnectionStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err("merge_sync_cursor: write"))?;
-        tx.commit().await.map_err(db_err("merge_sync_cursor: commit"))
+        tx.commit()
+            .await
+            .map_err(db_err("merge_sync_cursor: commit"))
     }
 
-    async fn set_config(&self, workspace_id: Uuid, connector: ConnectorKind, config: &serde_json::Value) -> Result<()> {
+    async fn set_config(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+        config: &serde_json::Value,
+    ) -> Result<()> {
         check_config(config)?;
         let q = sqlx::query(
             "UPDATE connections SET config = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND connector_name = ?2",
@@ -669,7 +735,9 @@ impl ConnectionStore for SqliteStore {
         let keyring = self.keyring.as_ref().ok_or_else(no_keyring)?;
         let mut changed = 0;
         for row in self.list_connections(workspace_id).await? {
-            let Some(sealed) = &row.credentials else { continue };
+            let Some(sealed) = &row.credentials else {
+                continue;
+            };
             if !keyring.needs_reseal(sealed) {
                 continue;
             }
@@ -719,7 +787,8 @@ impl RecordStore for SqliteStore {
             counts.unchanged += n + t.duplicates;
         }
         if !prepared.links.is_empty() {
-            let (i, u, n) = upsert_links(&mut tx, workspace_id, source, &now, &prepared.links).await?;
+            let (i, u, n) =
+                upsert_links(&mut tx, workspace_id, source, &now, &prepared.links).await?;
             counts.inserted += i;
             counts.updated += u;
             counts.unchanged += n + prepared.link_duplicates;
@@ -736,11 +805,17 @@ impl RecordStore for SqliteStore {
                     values = tuples(chunk.len(), 2, 4, ""),
                     t = d.spec.table,
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql)).bind(hy(workspace_id)).bind(source.as_str()).bind(now.as_str());
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .bind(hy(workspace_id))
+                    .bind(source.as_str())
+                    .bind(now.as_str());
                 for (id, at) in chunk {
                     q = q.bind(*id).bind(sqlite_ts(*at));
                 }
-                let done = q.execute(&mut *tx).await.map_err(db_err("write_batch: archiving deleted records"))?;
+                let done = q
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err("write_batch: archiving deleted records"))?;
                 counts.archived += done.rows_affected();
             }
         }
@@ -750,11 +825,16 @@ impl RecordStore for SqliteStore {
                  AND (deal_source_id, contact_source_id) IN (VALUES {})",
                 tuples(chunk.len(), 2, 3, "")
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql)).bind(hy(workspace_id)).bind(source.as_str());
+            let mut q = sqlx::query(AssertSqlSafe(sql))
+                .bind(hy(workspace_id))
+                .bind(source.as_str());
             for (deal, contact) in chunk {
                 q = q.bind(*deal).bind(*contact);
             }
-            let done = q.execute(&mut *tx).await.map_err(db_err("write_batch: removing links"))?;
+            let done = q
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("write_batch: removing links"))?;
             counts.archived += done.rows_affected();
         }
 
@@ -818,14 +898,22 @@ impl RecordStore for SqliteStore {
         row.map(|r| decode_record(kind, &r)).transpose()
     }
 
-    async fn list_records(&self, workspace_id: Uuid, kind: RecordKind, query: &RecordQuery) -> Result<Vec<Record>> {
+    async fn list_records(
+        &self,
+        workspace_id: Uuid,
+        kind: RecordKind,
+        query: &RecordQuery,
+    ) -> Result<Vec<Record>> {
         let mut sql = format!("SELECT * FROM {} WHERE workspace_id = ?1", kind.table());
         if query.source.is_some() {
             sql.push_str(" AND source = ?2");
         }
         if kind == RecordKind::DealContact {
             if query.after.is_some() {
-                return Err(Error::unsupported("list_records after an id", "deal_contacts"));
+                return Err(Error::unsupported(
+                    "list_records after an id",
+                    "deal_contacts",
+                ));
             }
             sql.push_str(" ORDER BY source, deal_source_id, contact_source_id LIMIT ?4");
         } else {
@@ -848,11 +936,20 @@ impl RecordStore for SqliteStore {
         rows.iter().map(|r| decode_record(kind, r)).collect()
     }
 
-    async fn count_records(&self, workspace_id: Uuid, kind: RecordKind, source: Option<ConnectorKind>) -> Result<u64> {
+    async fn count_records(
+        &self,
+        workspace_id: Uuid,
+        kind: RecordKind,
+        source: Option<ConnectorKind>,
+    ) -> Result<u64> {
         let sql = format!(
             "SELECT COUNT(*) FROM {} WHERE workspace_id = ?1{}",
             kind.table(),
-            if source.is_some() { " AND source = ?2" } else { "" }
+            if source.is_some() {
+                " AND source = ?2"
+            } else {
+                ""
+            }
         );
         let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(hy(workspace_id))
@@ -887,7 +984,12 @@ impl SyncLogStore for SqliteStore {
         decode_sync_log(&row)
     }
 
-    async fn start_sync(&self, workspace_id: Uuid, sync_id: Uuid, sync_type: Option<SyncMode>) -> Result<()> {
+    async fn start_sync(
+        &self,
+        workspace_id: Uuid,
+        sync_id: Uuid,
+        sync_type: Option<SyncMode>,
+    ) -> Result<()> {
         let done = sqlx::query(
             "UPDATE sync_log SET status = 'running', started_at = ?3, sync_type = COALESCE(?4, sync_type) \
              WHERE workspace_id = ?1 AND id = ?2 AND status = 'pending'",
@@ -900,12 +1002,19 @@ impl SyncLogStore for SqliteStore {
         .await
         .map_err(db_err("start_sync"))?;
         if done.rows_affected() == 0 {
-            return Err(self.sync_not_updated(workspace_id, sync_id, "started").await);
+            return Err(self
+                .sync_not_updated(workspace_id, sync_id, "started")
+                .await);
         }
         Ok(())
     }
 
-    async fn finish_sync(&self, workspace_id: Uuid, sync_id: Uuid, outcome: &SyncOutcome) -> Result<()> {
+    async fn finish_sync(
+        &self,
+        workspace_id: Uuid,
+        sync_id: Uuid,
+        outcome: &SyncOutcome,
+    ) -> Result<()> {
         check_outcome(outcome)?;
         let done = sqlx::query(
             "UPDATE sync_log SET status = ?3, records_synced = ?4, errors = ?5, error_message = ?6, \
@@ -924,7 +1033,9 @@ impl SyncLogStore for SqliteStore {
         .await
         .map_err(db_err("finish_sync"))?;
         if done.rows_affected() == 0 {
-            return Err(self.sync_not_updated(workspace_id, sync_id, "finished").await);
+            return Err(self
+                .sync_not_updated(workspace_id, sync_id, "finished")
+                .await);
         }
         Ok(())
     }
@@ -990,7 +1101,11 @@ impl SyncLogStore for SqliteStore {
              WHERE status = '{running}' AND started_at < ?1{scope} RETURNING id",
             failed = SyncStatus::Failed.as_str(),
             running = SyncStatus::Running.as_str(),
-            scope = if workspace_id.is_some() { " AND workspace_id = ?4" } else { "" },
+            scope = if workspace_id.is_some() {
+                " AND workspace_id = ?4"
+            } else {
+                ""
+            },
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(sqlite_ts(started_before))
@@ -1037,13 +1152,15 @@ impl SqliteLease {
 impl LockBackend for SqliteLease {
     async fn renew(&self) -> Result<bool> {
         let expires = now_micros(&*self.clock) + self.ttl;
-        let done = sqlx::query("UPDATE sync_locks SET expires_at = ?3 WHERE workspace_id = ?1 AND holder = ?2")
-            .bind(hy(self.workspace_id))
-            .bind(self.holder.as_str())
-            .bind(sqlite_ts(expires))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("renewing the workspace lock"))?;
+        let done = sqlx::query(
+            "UPDATE sync_locks SET expires_at = ?3 WHERE workspace_id = ?1 AND holder = ?2",
+        )
+        .bind(hy(self.workspace_id))
+        .bind(self.holder.as_str())
+        .bind(sqlite_ts(expires))
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("renewing the workspace lock"))?;
         Ok(done.rows_affected() > 0)
     }
 

@@ -154,7 +154,11 @@ pub struct NewConnection {
 
 impl NewConnection {
     /// A connection with no credentials and an empty config.
-    pub fn new(workspace_id: Uuid, connector: ConnectorKind, auth_method: impl Into<String>) -> Self {
+    pub fn new(
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+        auth_method: impl Into<String>,
+    ) -> Self {
         NewConnection {
             workspace_id,
             connector,

@@ -40,7 +40,9 @@ pub fn account(ws: Uuid, id: &str, version: i64) -> Account {
     a.meta.source_created_at = Some(t(-1000));
     a.meta.source_updated_at = Some(t(version));
     a.meta.custom_fields.insert("tier".into(), json!("gold"));
-    a.meta.custom_fields.insert("scores".into(), json!([1, 2.5, null, {"x": true}]));
+    a.meta
+        .custom_fields
+        .insert("scores".into(), json!([1, 2.5, null, {"x": true}]));
     a.name = Some(format!("Account {id} v{version}"));
     a.domain = Some(format!("{id}.example.com"));
     a.industry = Some("Software".into());
@@ -69,7 +71,9 @@ pub fn deal(ws: Uuid, id: &str, version: i64) -> Deal {
     let mut d = Deal::new(ws, ConnectorKind::Hubspot, id);
     d.meta.source_created_at = Some(t(-2000));
     d.meta.source_updated_at = Some(t(version));
-    d.meta.custom_fields.insert("hs_priority".into(), json!("high"));
+    d.meta
+        .custom_fields
+        .insert("hs_priority".into(), json!("high"));
     d.name = Some(format!("Deal {id} v{version}"));
     d.amount = Some(1500.5);
     d.currency = Some("EUR".into());

@@ -3,17 +3,15 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use pandora_sync::{
-    Backend, ConnectorKind, Keyring, ManualClock, Store, SyncStore, WorkspaceLock,
-};
+use pandora_sync::{Backend, ConnectorKind, Keyring, ManualClock, Store, SyncStore, WorkspaceLock};
 use uuid::Uuid;
 
 /// The lease of SQLite locks in the suite.
-pub const LOCK_TTL: Duration = Duration::from_secs(60);
+#[cfg(feature = "sqlite")]
+pub const LOCK_TTL: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The suite's clock starts here.
 pub fn start_time() -> DateTime<Utc> {
@@ -118,7 +116,9 @@ mod sqlite_ops {
 
         async fn kill_lock_holder(&self, _lock: &WorkspaceLock, clock: &ManualClock) {
             // A dead process stops renewing: its lease runs out.
-            clock.advance(chrono::Duration::from_std(LOCK_TTL).unwrap() + chrono::Duration::seconds(1));
+            clock.advance(
+                chrono::Duration::from_std(LOCK_TTL).unwrap() + chrono::Duration::seconds(1),
+            );
         }
 
         async fn fresh_pair(&self) -> (Arc<dyn SyncStore>, Arc<dyn SyncStore>) {
@@ -208,9 +208,11 @@ mod pg_ops {
     pub async fn drop_schemas(schemas: &[String]) {
         let mut admin = admin().await;
         for schema in schemas {
-            if let Err(e) = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
-                .execute(&mut admin)
-                .await
+            if let Err(e) = sqlx::query(AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE"
+            )))
+            .execute(&mut admin)
+            .await
             {
                 eprintln!("could not drop test schema {schema}: {e}");
             }
