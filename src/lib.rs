@@ -6,6 +6,8 @@ mod connector;
 mod error;
 mod model;
 pub mod sanitize;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod store;
 
 pub use capture::{RecordFailure, is_sync_acceptable, success_rate};
 pub use connector::{
@@ -17,4 +19,19 @@ pub use error::{BODY_EXCERPT_CHARS, BoxError, Error, Result, body_excerpt, redac
 pub use model::{
     Account, ConnectorCategory, ConnectorKind, Contact, Conversation, CustomFields, Deal,
     DealContact, Document, Participant, Record, RecordKind, RecordMeta, SyncMode, Task, record_id,
+};
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::PgStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::SqliteStore;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use store::{
+    Backend, Clock, ConnectionRow, ConnectionStatus, ConnectionStore, Credentials,
+    DEFAULT_LOCK_TTL, Keyring, LockStore, MAX_PAGE, ManualClock, NewConnection, RecordQuery,
+    RecordStore, STALE_SYNC_AFTER, SealedCredentials, Store, SyncErrors, SyncLogEntry,
+    SyncLogStore, SyncOutcome, SyncStatus, SyncStore, SystemClock, WorkspaceLock, connect_store,
+    validate_record,
 };

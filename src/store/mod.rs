@@ -1,0 +1,458 @@
+//! Storage: a small base trait ([`Store`]) plus capability traits ([`ConnectionStore`],
+//! [`RecordStore`], [`SyncLogStore`], [`LockStore`]), implemented by
+//! [`SqliteStore`](crate::SqliteStore) (feature `sqlite`) and [`PgStore`](crate::PgStore)
+//! (feature `postgres`). [`SyncStore`] is all of them at once, for `Arc<dyn SyncStore>`.
+//!
+//! The schema is the contract of DESIGN.md 3.3; [`Store::migrate`] creates it from
+//! migrations embedded in the binary (one set per backend).
+//!
+//! # Guarantees
+//!
+//! * [`RecordStore::write_batch`] commits a batch's upserts, soft deletes, deal-contact links
+//!   and the connector's checkpoint in **one transaction**: after an error nothing of the
+//!   batch and nothing of the checkpoint is stored.
+//! * Upserts are idempotent and never move a row back in time (see
+//!   [`RecordStore::write_batch`]).
+//! * Every statement is parameterized and scoped by `workspace_id`.
+//! * Credentials are sealed with XChaCha20-Poly1305 under the host's [`Keyring`] before they
+//!   reach the database, bound to their row, and redacted from `Debug`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::connector::{Checkpoint, RecordBatch, WriteCounts};
+use crate::error::{Error, Result};
+use crate::model::{ConnectorKind, Record, RecordKind, SyncMode};
+
+mod clock;
+mod crypto;
+mod lock;
+pub(crate) mod rows;
+mod types;
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use crypto::{Credentials, Keyring, SealedCredentials};
+pub use lock::WorkspaceLock;
+#[cfg(feature = "postgres")]
+pub use postgres::PgStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+pub use types::{
+    Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, MAX_PAGE, NewConnection,
+    RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry, SyncOutcome, SyncStatus,
+};
+
+/// What every store does: say which backend it is, create its schema, check the database.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// The backend behind this store.
+    fn backend(&self) -> Backend;
+
+    /// Creates or upgrades the schema with the embedded migrations. Idempotent, and safe
+    /// when several processes run it at once (each migration is applied exactly once).
+    async fn migrate(&self) -> Result<()>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Closes the connection pool (waits for connections in use to be returned).
+    async fn close(&self);
+}
+
+/// The `connections` table: one row per (workspace, connector).
+#[async_trait]
+pub trait ConnectionStore: Store {
+    /// The keyring that seals and opens credentials, when the store has one.
+    fn keyring(&self) -> Option<&Keyring>;
+
+    /// Creates a connection; its credentials are sealed with [`ConnectionStore::keyring`].
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the workspace already has a connection for that connector;
+    /// [`Error::Config`] when credentials are given but the store has no keyring, or the
+    /// config is not a JSON object.
+    async fn create_connection(&self, new: NewConnection) -> Result<ConnectionRow>;
+
+    /// The workspace's connection for `connector`.
+    async fn get_connection(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+    ) -> Result<Option<ConnectionRow>>;
+
+    /// The workspace's connections, ordered by connector name.
+    async fn list_connections(&self, workspace_id: Uuid) -> Result<Vec<ConnectionRow>>;
+
+    /// Deletes a connection (its synced records and sync history stay). Returns whether it
+    /// existed.
+    async fn delete_connection(&self, workspace_id: Uuid, connector: ConnectorKind)
+    -> Result<bool>;
+
+    /// Every workspace that has at least one connection (for schedulers and key rotation).
+    async fn workspaces(&self) -> Result<Vec<Uuid>>;
+
+    /// Sets the status and `error_message` (redacted before it is stored; `None` clears it).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when the connection does not exist (as for every update below).
+    async fn set_connection_status(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+        status: ConnectionStatus,
+        error_message: Option<&str>,
+    ) -> Result<()>;
+
+    /// Sets `last_sync_at`.
+    async fn set_last_sync_at(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+        at: DateTime<Utc>,
+    ) -> Result<()>;
+
+    /// Replaces the whole `sync_cursor` (`None` clears it, so the next sync is initial).
+    async fn set_sync_cursor(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+        cursor: Option<&serde_json::Value>,
+    ) -> Result<()>;
+
+    /// Sets top-level members of `sync_cursor` (e.g. `lastSyncMode`), keeping the others
+    /// (including the `streams` that [`RecordStore::write_batch`] maintains).
+    async fn merge_sync_cursor(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+        members: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<()>;
+
+    /// Replaces the non-secret config (a JSON object).
+    async fn set_config(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+        config: &serde_json::Value,
+    ) -> Result<()>;
+
+    /// Replaces the credentials (after an OAuth refresh, say), sealed with the current key;
+    /// `None` removes them.
+    async fn set_credentials(
+        &self,
+        workspace_id: Uuid,
+        connector: ConnectorKind,
+        credentials: Option<&Credentials>,
+    ) -> Result<()>;
+
+    /// Re-seals, under the keyring's current key, every credential of the workspace sealed
+    /// with an older key. Returns how many rows changed. A row changed concurrently (a token
+    /// refresh) is left to its writer, which already used the current key.
+    ///
+    /// # Errors
+    /// [`Error::Config`] without a keyring, or when a row cannot be opened with any key.
+    async fn reencrypt_credentials(&self, workspace_id: Uuid) -> Result<u64>;
+
+    /// Opens a connection's credentials with the store's keyring.
+    ///
+    /// # Errors
+    /// [`Error::Config`] without a keyring, with an unknown key id, or when the value does
+    /// not authenticate (wrong key, tampered, or copied from another row).
+    fn credentials(&self, row: &ConnectionRow) -> Result<Option<Credentials>> {
+        let Some(sealed) = &row.credentials else {
+            return Ok(None);
+        };
+        let keyring = self.keyring().ok_or_else(no_keyring)?;
+        keyring
+            .open(row.workspace_id, row.connector, sealed)
+            .map(Some)
+    }
+}
+
+/// The record tables.
+#[async_trait]
+pub trait RecordStore: Store {
+    /// Stores one batch and the connector's checkpoint in one transaction.
+    ///
+    /// * Records are upserted on `(workspace_id, source, source_id)`, one set-based
+    ///   statement per table. A stored row is replaced only by a newer version
+    ///   (`source_updated_at` later than the stored one, or the stored one has none) or by
+    ///   the same version with different content; an older version, or one without a
+    ///   timestamp over one with, is counted `unchanged` and left alone. An archived row is
+    ///   only revived by a version newer than its `archived_at`. On conflict the existing
+    ///   row keeps its `id`; `synced_at` is set to now. `linked_account_id`,
+    ///   `linked_deal_id` and `is_internal` of conversations keep their stored value when
+    ///   the incoming one is `None` (post-sync hooks own them).
+    /// * A `source_id` that appears twice in the batch is written once (the newest copy);
+    ///   the other copies count as `unchanged`.
+    /// * Deletions set `archived_at` (soft delete) unless the row is already archived or was
+    ///   modified after the deletion; they count as `archived`. A
+    ///   [`RecordKind::DealContact`] deletion (id `deal:contact`) removes the link.
+    /// * Finally `checkpoint` becomes the `streams` member of the connection's
+    ///   `sync_cursor` (other members are kept).
+    ///
+    /// # Errors
+    /// Nothing is stored when any of these fail:
+    /// [`Error::Config`] when a record belongs to another workspace or connector, or the
+    /// workspace has no connection for `source`; [`Error::Decode`] (naming the record) when a
+    /// record cannot be stored exactly (a NUL character in text, a non-finite number);
+    /// [`Error::Storage`] when the database fails.
+    async fn write_batch(
+        &self,
+        workspace_id: Uuid,
+        source: ConnectorKind,
+        batch: &RecordBatch,
+        checkpoint: &Checkpoint,
+    ) -> Result<WriteCounts>;
+
+    /// One record by provider id (for a [`RecordKind::DealContact`], the id is
+    /// `deal_source_id:contact_source_id`).
+    async fn get_record(
+        &self,
+        workspace_id: Uuid,
+        kind: RecordKind,
+        source: ConnectorKind,
+        source_id: &str,
+    ) -> Result<Option<Record>>;
+
+    /// A page of a workspace's records, ordered by row id. Deal-contact links have no row
+    /// id: they are ordered by deal then contact, and `query.after` is not supported.
+    async fn list_records(
+        &self,
+        workspace_id: Uuid,
+        kind: RecordKind,
+        query: &RecordQuery,
+    ) -> Result<Vec<Record>>;
+
+    /// How many rows of `kind` the workspace has (archived ones included).
+    async fn count_records(
+        &self,
+        workspace_id: Uuid,
+        kind: RecordKind,
+        source: Option<ConnectorKind>,
+    ) -> Result<u64>;
+}
+
+/// The `sync_log` table: one row per sync run.
+#[async_trait]
+pub trait SyncLogStore: Store {
+    /// Creates a `pending` run. `connector: None` is a run over every connector;
+    /// `sync_type: None` means the mode is decided when it starts.
+    async fn create_sync(
+        &self,
+        workspace_id: Uuid,
+        connector: Option<ConnectorKind>,
+        sync_type: Option<SyncMode>,
+    ) -> Result<SyncLogEntry>;
+
+    /// Marks a pending run `running` (setting `started_at`, and the mode when given).
+    ///
+    /// # Errors
+    /// [`Error::Conflict`] when the run is not pending; [`Error::Config`] when it does not
+    /// exist in the workspace.
+    async fn start_sync(
+        &self,
+        workspace_id: Uuid,
+        sync_id: Uuid,
+        sync_type: Option<SyncMode>,
+    ) -> Result<()>;
+
+    /// Finishes a pending or running run: status, records, errors (the first 100 with ids
+    /// and the total), `completed_at` and `duration_ms` (from `started_at`).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `outcome.status` is not a finished status or the run does not
+    /// exist; [`Error::Conflict`] when it already finished.
+    async fn finish_sync(
+        &self,
+        workspace_id: Uuid,
+        sync_id: Uuid,
+        outcome: &SyncOutcome,
+    ) -> Result<()>;
+
+    /// One run.
+    async fn get_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<Option<SyncLogEntry>>;
+
+    /// The workspace's runs, newest first, optionally for one connector; at most `limit`
+    /// (capped at [`MAX_PAGE`]).
+    async fn sync_history(
+        &self,
+        workspace_id: Uuid,
+        connector: Option<ConnectorKind>,
+        limit: u32,
+    ) -> Result<Vec<SyncLogEntry>>;
+
+    /// The workspace's pending and running runs, newest first.
+    async fn active_syncs(&self, workspace_id: Uuid) -> Result<Vec<SyncLogEntry>>;
+
+    /// Fails every run that is still `running` but started before `started_before`
+    /// (callers pass now − [`STALE_SYNC_AFTER`]), with `reason` as its error message.
+    /// `workspace_id: None` cleans every workspace. Returns the ids of the failed runs.
+    async fn fail_stale_syncs(
+        &self,
+        workspace_id: Option<Uuid>,
+        started_before: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<Vec<Uuid>>;
+}
+
+/// The per-workspace sync lock.
+#[async_trait]
+pub trait LockStore: Store {
+    /// Takes the workspace's sync lock if nobody holds it; `Ok(None)` when it is held
+    /// elsewhere. See [`WorkspaceLock`] for how long it lasts.
+    async fn try_lock_workspace(&self, workspace_id: Uuid) -> Result<Option<WorkspaceLock>>;
+}
+
+/// Every storage capability: what the orchestrator, worker and HTTP API take as
+/// `Arc<dyn SyncStore>`.
+pub trait SyncStore: ConnectionStore + RecordStore + SyncLogStore + LockStore {}
+
+impl<T: ConnectionStore + RecordStore + SyncLogStore + LockStore + ?Sized> SyncStore for T {}
+
+/// Checks that a record can be stored exactly by both backends: no NUL character in its
+/// text or JSON, only finite numbers.
+///
+/// [`RecordStore::write_batch`] runs the same check and refuses the whole batch; a sink can
+/// call this first and turn a bad record into a per-record failure instead.
+///
+/// # Errors
+/// [`Error::Decode`] naming the record's provider id and the offending column.
+///
+/// ```
+/// use pandora_sync::{ConnectorKind, Deal, validate_record};
+///
+/// let mut deal = Deal::new(uuid::Uuid::new_v4(), ConnectorKind::Hubspot, "42");
+/// deal.name = Some("Acme \u{0} renewal".into());
+/// let err = validate_record(&deal.into()).unwrap_err();
+/// assert!(err.to_string().contains("deals.name"));
+/// ```
+pub fn validate_record(record: &Record) -> Result<()> {
+    rows::validate(record)
+}
+
+/// Opens a store from a URL: `sqlite://path?mode=rwc`, `sqlite::memory:` (feature
+/// `sqlite`) or `postgres://...` (feature `postgres`), with an optional keyring for
+/// credentials. It does not migrate: call [`Store::migrate`].
+///
+/// # Errors
+/// [`Error::Config`] for an unknown scheme or a backend whose feature is off;
+/// [`Error::Storage`] when the database cannot be reached.
+pub async fn connect_store(url: &str, keyring: Option<Keyring>) -> Result<Arc<dyn SyncStore>> {
+    if url.starts_with("sqlite:") {
+        #[cfg(feature = "sqlite")]
+        {
+            let store = SqliteStore::connect(url).await?;
+            return Ok(Arc::new(match keyring {
+                Some(k) => store.with_keyring(k),
+                None => store,
+            }));
+        }
+        #[cfg(not(feature = "sqlite"))]
+        return Err(Error::config(
+            "a sqlite: URL needs the `sqlite` feature of pandora_sync",
+        ));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        #[cfg(feature = "postgres")]
+        {
+            let store = PgStore::connect(url).await?;
+            return Ok(Arc::new(match keyring {
+                Some(k) => store.with_keyring(k),
+                None => store,
+            }));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err(Error::config(
+            "a postgres:// URL needs the `postgres` feature of pandora_sync",
+        ));
+    }
+    let _ = keyring;
+    Err(Error::config(
+        "unknown database URL: expected sqlite://path, sqlite::memory: or postgres://...",
+    ))
+}
+
+pub(crate) fn no_keyring() -> Error {
+    Error::config("this store has no credential keyring; build it with `.with_keyring(...)`")
+}
+
+pub(crate) fn no_connection(workspace_id: Uuid, connector: ConnectorKind) -> Error {
+    Error::config(format!(
+        "workspace {workspace_id} has no {connector} connection"
+    ))
+}
+
+/// The error of a failed statement, with what the store was doing.
+pub(crate) fn db_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+    move |e| Error::storage(what, e)
+}
+
+/// Whether a database error is a unique-constraint violation.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.kind() == sqlx::error::ErrorKind::UniqueViolation)
+}
+
+/// Seals the credentials of a new or updated connection.
+pub(crate) fn seal(
+    keyring: Option<&Keyring>,
+    workspace_id: Uuid,
+    connector: ConnectorKind,
+    credentials: Option<&Credentials>,
+) -> Result<Option<String>> {
+    credentials
+        .map(|c| {
+            keyring
+                .ok_or_else(no_keyring)?
+                .seal(workspace_id, connector, c)
+                .map(|s| s.as_stored().to_owned())
+        })
+        .transpose()
+}
+
+/// Checks that a connection config is a JSON object.
+pub(crate) fn check_config(config: &serde_json::Value) -> Result<()> {
+    if config.is_object() {
+        Ok(())
+    } else {
+        Err(Error::config("a connection config must be a JSON object"))
+    }
+}
+
+/// Checks that a finished outcome has a finished status.
+pub(crate) fn check_outcome(outcome: &SyncOutcome) -> Result<()> {
+    if outcome.status.is_finished() {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "a sync finishes as completed, completed_with_errors or failed, not {}",
+            outcome.status
+        )))
+    }
+}
+
+/// The stored `errors` JSON of an outcome.
+pub(crate) fn outcome_errors_json(outcome: &SyncOutcome) -> Result<String> {
+    let errors = SyncErrors::new(&outcome.errors.failures, outcome.errors.total);
+    serde_json::to_string(&errors).map_err(Error::from)
+}
+
+/// `0..=i64::MAX` from a u64 count.
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A u64 count from a row count.
+pub(crate) fn count_u64(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
