@@ -6,6 +6,9 @@ mod connector;
 mod error;
 mod model;
 pub mod sanitize;
+#[cfg(feature = "simulator")]
+#[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
+pub mod simulator;
 
 pub use capture::{RecordFailure, is_sync_acceptable, success_rate};
 pub use connector::{
