@@ -3,6 +3,7 @@
 
 pub mod capture;
 mod connector;
+mod connectors;
 mod error;
 mod model;
 pub mod sanitize;
@@ -21,3 +22,7 @@ pub use model::{
     Account, ConnectorCategory, ConnectorKind, Contact, Conversation, CustomFields, Deal,
     DealContact, Document, Participant, Record, RecordKind, RecordMeta, SyncMode, Task, record_id,
 };
+
+#[cfg(feature = "hubspot")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hubspot")))]
+pub use connectors::hubspot::{HubSpotConfig, HubSpotConnector, HubSpotCredentials};

@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::client::HubSpotClient;
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
-use super::types::{AssocInput, Filter, FilterGroup, Page, SearchRequest, Sort};
+use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort};
 use super::HubSpotConfig;
 use crate::capture::RecordFailure;
 use crate::connector::{Checkpoint, RecordBatch, RecordSink, StreamCheckpoint, SyncContext, SyncReport};
@@ -407,17 +407,4 @@ impl Syncer<'_> {
         }
     }
 
-    /// Whether any stream saw an inline association list cut off.
-    pub(crate) fn needs_backfill(&self) -> bool {
-        self.checkpoint
-            .streams
-            .values()
-            .any(|s| s.extra.get(NEEDS_BACKFILL).is_some())
-    }
-
-    pub(crate) fn inputs(ids: &[String]) -> Vec<AssocInput> {
-        ids.iter()
-            .map(|id| AssocInput { id: id.clone(), after: None })
-            .collect()
-    }
 }
