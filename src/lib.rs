@@ -4,6 +4,7 @@
 pub mod capture;
 mod connector;
 mod error;
+pub mod http;
 mod model;
 pub mod sanitize;
 
