@@ -5,6 +5,7 @@ pub mod capture;
 mod connector;
 mod connectors;
 mod error;
+pub mod http;
 mod model;
 pub mod sanitize;
 #[cfg(feature = "simulator")]
