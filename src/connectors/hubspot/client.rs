@@ -73,7 +73,12 @@ impl HubSpotClient {
             .with_optional_rate_limit(config.rate_limit)?
             .with_stats(stats.clone())
             .build(auth.clone(), transport.clone())?;
-        let search = presets::hubspot_search()
+        let mut search = presets::hubspot_search();
+        if config.search_rate_limit.is_some() {
+            // A replaced search budget replaces its pacing too.
+            search = search.with_min_delay(std::time::Duration::ZERO);
+        }
+        let search = search
             .with_optional_rate_limit(config.search_rate_limit)?
             .with_stats(stats.clone())
             .build(auth, transport)?;
@@ -109,7 +114,11 @@ impl HubSpotClient {
         let resp = stack.send(req).await?;
         let status = resp.status().as_u16();
         if !(200..300).contains(&status) {
-            return Err(Error::api("hubspot", status, &String::from_utf8_lossy(resp.body())));
+            return Err(Error::api(
+                "hubspot",
+                status,
+                &String::from_utf8_lossy(resp.body()),
+            ));
         }
         serde_json::from_slice(resp.body())
             .map_err(|e| Error::decode(None, format!("unreadable HubSpot response: {e}")))
@@ -174,10 +183,14 @@ impl HubSpotClient {
             let mut seen: BTreeMap<String, usize> = BTreeMap::new();
             while !inputs.is_empty() {
                 let body = serde_json::to_vec(&AssocBatchRequest { inputs })?;
-                let resp: AssocBatchResponse =
-                    self.send(&self.rest, Method::POST, &path, Some(body)).await?;
+                let resp: AssocBatchResponse = self
+                    .send(&self.rest, Method::POST, &path, Some(body))
+                    .await?;
                 if !resp.errors.is_empty() {
-                    tracing::debug!(errors = resp.errors.len(), "association batch read reported missing records");
+                    tracing::debug!(
+                        errors = resp.errors.len(),
+                        "association batch read reported missing records"
+                    );
                 }
                 inputs = Vec::new();
                 for r in resp.results {

@@ -57,7 +57,9 @@ pub enum HubSpotCredentials {
 impl std::fmt::Debug for HubSpotCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            HubSpotCredentials::AccessToken(_) => f.write_str("HubSpotCredentials::AccessToken([REDACTED])"),
+            HubSpotCredentials::AccessToken(_) => {
+                f.write_str("HubSpotCredentials::AccessToken([REDACTED])")
+            }
             HubSpotCredentials::OAuth { client_id, .. } => f
                 .debug_struct("HubSpotCredentials::OAuth")
                 .field("client_id", client_id)
@@ -166,7 +168,11 @@ impl std::fmt::Debug for HubSpotConnector {
 impl HubSpotConnector {
     /// A connector for the portal at `base_url` (`https://api.hubapi.com`, or a simulator):
     /// every endpoint, OAuth included, is on that origin.
-    pub fn new(base_url: &str, credentials: HubSpotCredentials, config: HubSpotConfig) -> Result<Self> {
+    pub fn new(
+        base_url: &str,
+        credentials: HubSpotCredentials,
+        config: HubSpotConfig,
+    ) -> Result<Self> {
         Ok(HubSpotConnector {
             client: HubSpotClient::new(base_url, &credentials, &config)?,
             config,
@@ -190,7 +196,11 @@ impl HubSpotConnector {
 
     fn finish(&self, s: Syncer<'_>) -> SyncReport {
         let mut report = s.report;
-        let needs_backfill = s.checkpoint.streams.values().any(|st| st.extra.contains_key("needs_association_backfill"));
+        let needs_backfill = s
+            .checkpoint
+            .streams
+            .values()
+            .any(|st| st.extra.contains_key("needs_association_backfill"));
         report.details = serde_json::json!({
             "needs_backfill": needs_backfill,
             "http": self.client.stats().snapshot(),
@@ -205,7 +215,11 @@ impl SyncCapable for HubSpotConnector {
         ConnectorKind::Hubspot
     }
 
-    async fn initial_sync(&self, ctx: &SyncContext, sink: &mut dyn RecordSink) -> Result<SyncReport> {
+    async fn initial_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
         // A forced initial sync re-reads everything from scratch; an interrupted one is
         // resumed by an incremental run from its page cursors.
         let mut s = self.syncer(ctx, Checkpoint::default());
@@ -218,7 +232,11 @@ impl SyncCapable for HubSpotConnector {
         Ok(self.finish(s))
     }
 
-    async fn incremental_sync(&self, ctx: &SyncContext, sink: &mut dyn RecordSink) -> Result<SyncReport> {
+    async fn incremental_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
         let mut s = self.syncer(ctx, ctx.previous().clone());
         for obj in Object::ALL {
             s.search_pass(obj, sink).await?;
@@ -229,7 +247,11 @@ impl SyncCapable for HubSpotConnector {
         Ok(self.finish(s))
     }
 
-    async fn backfill_sync(&self, ctx: &SyncContext, sink: &mut dyn RecordSink) -> Result<SyncReport> {
+    async fn backfill_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
         let mut s = self.syncer(ctx, ctx.previous().clone());
         s.association_backfill(sink).await?;
         Ok(self.finish(s))

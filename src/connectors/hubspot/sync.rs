@@ -8,12 +8,14 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::Instrument;
 
+use super::HubSpotConfig;
 use super::client::HubSpotClient;
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
 use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort};
-use super::HubSpotConfig;
 use crate::capture::RecordFailure;
-use crate::connector::{Checkpoint, RecordBatch, RecordSink, StreamCheckpoint, SyncContext, SyncReport};
+use crate::connector::{
+    Checkpoint, RecordBatch, RecordSink, StreamCheckpoint, SyncContext, SyncReport,
+};
 use crate::error::Result;
 use crate::model::{DealContact, Record};
 
@@ -113,9 +115,10 @@ impl Syncer<'_> {
         for raw in page.results {
             let id = raw.get("id").and_then(|v| v.as_str()).map(str::to_owned);
             let result = transform::decode(raw).and_then(|o| {
-                truncated_associations |= o.associations.values().any(|b| {
-                    b.paging.as_ref().is_some_and(|p| p.next.is_some())
-                });
+                truncated_associations |= o
+                    .associations
+                    .values()
+                    .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
                 match obj {
                     Object::Companies => transform::company(ws, &o).map(|a| vec![Record::from(a)]),
                     Object::Contacts => transform::contact(ws, &o).map(|c| vec![Record::from(c)]),
@@ -169,7 +172,13 @@ impl Syncer<'_> {
                 self.ctx.check_cancelled()?;
                 let page = self
                     .client
-                    .list_page(obj.path(), &props, obj.inline_associations(), after.as_deref(), false)
+                    .list_page(
+                        obj.path(),
+                        &props,
+                        obj.inline_associations(),
+                        after.as_deref(),
+                        false,
+                    )
                     .await?;
                 let next = page.next_after().map(str::to_owned);
                 let mut batch = RecordBatch::default();
@@ -199,7 +208,11 @@ impl Syncer<'_> {
     /// `[watermark − lookback, sync start]`, sorted by `hs_object_id`, restarting the query
     /// with `hs_object_id > last` before the 10,000-result cap. The checkpoint's cursor is
     /// the last committed `hs_object_id`, so a resumed pass continues after it.
-    pub(crate) async fn search_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<()> {
+    pub(crate) async fn search_pass(
+        &mut self,
+        obj: Object,
+        sink: &mut dyn RecordSink,
+    ) -> Result<()> {
         let stream = obj.path();
         let Some(watermark) = self.stream(stream).watermark else {
             // Never synced: a full list pass is the only complete read.
@@ -217,18 +230,36 @@ impl Syncer<'_> {
             .unwrap_or(0);
         let span = tracing::info_span!("hubspot_search", object = stream);
         async {
+            // The query's id floor stays fixed while paging with `after`; it moves to the
+            // last id seen only when the query restarts (re-windowing or resuming).
+            let mut floor = last_id;
             let mut after: Option<u64> = None;
             loop {
                 self.ctx.check_cancelled()?;
                 let req = SearchRequest {
                     filter_groups: vec![FilterGroup {
                         filters: vec![
-                            Filter { property_name: obj.modified_property().into(), operator: "GTE", value: ms(from) },
-                            Filter { property_name: obj.modified_property().into(), operator: "LTE", value: ms(until) },
-                            Filter { property_name: "hs_object_id".into(), operator: "GT", value: last_id.to_string() },
+                            Filter {
+                                property_name: obj.modified_property().into(),
+                                operator: "GTE",
+                                value: ms(from),
+                            },
+                            Filter {
+                                property_name: obj.modified_property().into(),
+                                operator: "LTE",
+                                value: ms(until),
+                            },
+                            Filter {
+                                property_name: "hs_object_id".into(),
+                                operator: "GT",
+                                value: floor.to_string(),
+                            },
                         ],
                     }],
-                    sorts: vec![Sort { property_name: "hs_object_id".into(), direction: "ASCENDING" }],
+                    sorts: vec![Sort {
+                        property_name: "hs_object_id".into(),
+                        direction: "ASCENDING",
+                    }],
                     properties: props.clone(),
                     limit: SEARCH_LIMIT,
                     after: after.map(|a| a.to_string()),
@@ -261,7 +292,10 @@ impl Syncer<'_> {
                 match next {
                     None => return Ok(()),
                     // Re-window before paging past the cap: restart after the last id.
-                    Some(n) if n + u64::from(SEARCH_LIMIT) > SEARCH_CAP => after = None,
+                    Some(n) if n + u64::from(SEARCH_LIMIT) > SEARCH_CAP => {
+                        floor = last_id;
+                        after = None;
+                    }
                     Some(n) => after = Some(n),
                 }
             }
@@ -273,7 +307,11 @@ impl Syncer<'_> {
     /// Archived records of one object (search never returns them). The archived list is
     /// not filterable by time, so records archived before the stream's watermark (minus the
     /// lookback) are skipped client-side; the stream's watermark is the newest `archived_at`.
-    pub(crate) async fn archived_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<()> {
+    pub(crate) async fn archived_pass(
+        &mut self,
+        obj: Object,
+        sink: &mut dyn RecordSink,
+    ) -> Result<()> {
         let stream = obj.archived_stream();
         let props = properties(obj, self.config);
         let lookback = chrono::Duration::from_std(self.config.lookback).unwrap_or_default();
@@ -329,8 +367,14 @@ impl Syncer<'_> {
         if deal_ids.is_empty() {
             return Ok(());
         }
-        let companies = self.client.associations("deals", "companies", &deal_ids).await?;
-        let contacts = self.client.associations("deals", "contacts", &deal_ids).await?;
+        let companies = self
+            .client
+            .associations("deals", "companies", &deal_ids)
+            .await?;
+        let contacts = self
+            .client
+            .associations("deals", "contacts", &deal_ids)
+            .await?;
         let ws = self.ctx.workspace_id();
         for r in &mut batch.records {
             if let Record::Deal(d) = r {
@@ -340,15 +384,17 @@ impl Syncer<'_> {
                     .map(|(_, to)| to.clone());
             }
         }
-        batch.records.extend(contacts.into_iter().map(|(deal, contact)| {
-            Record::from(DealContact {
-                workspace_id: ws,
-                source: crate::model::ConnectorKind::Hubspot,
-                deal_source_id: deal,
-                contact_source_id: contact,
-                role: None,
-            })
-        }));
+        batch
+            .records
+            .extend(contacts.into_iter().map(|(deal, contact)| {
+                Record::from(DealContact {
+                    workspace_id: ws,
+                    source: crate::model::ConnectorKind::Hubspot,
+                    deal_source_id: deal,
+                    contact_source_id: contact,
+                    role: None,
+                })
+            }));
         Ok(())
     }
 
@@ -363,7 +409,13 @@ impl Syncer<'_> {
             self.ctx.check_cancelled()?;
             let page = self
                 .client
-                .list_page("deals", &["hs_object_id".to_owned()], &[], after.as_deref(), false)
+                .list_page(
+                    "deals",
+                    &["hs_object_id".to_owned()],
+                    &[],
+                    after.as_deref(),
+                    false,
+                )
                 .await?;
             let next = page.next_after().map(str::to_owned);
             pending.extend(
@@ -390,10 +442,11 @@ impl Syncer<'_> {
                         })
                         .collect(),
                 );
+                let started = self.ctx.started_at();
                 let s = self.stream(STREAM);
                 s.cursor = next.clone();
                 if next.is_none() {
-                    s.extra.insert("completed_at".into(), json!(self.ctx.started_at()));
+                    s.extra.insert("completed_at".into(), json!(started));
                     for o in Object::ALL {
                         self.stream(o.path()).extra.remove(NEEDS_BACKFILL);
                     }
@@ -406,5 +459,4 @@ impl Syncer<'_> {
             }
         }
     }
-
 }

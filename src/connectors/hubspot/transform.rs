@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::types::HsObject;
 use crate::error::{Error, Result};
-use crate::model::{Account, Contact, ConnectorKind, CustomFields, Deal, DealContact, RecordMeta};
+use crate::model::{Account, ConnectorKind, Contact, CustomFields, Deal, DealContact, RecordMeta};
 use crate::sanitize;
 
 const SOURCE: ConnectorKind = ConnectorKind::Hubspot;
@@ -61,7 +61,11 @@ const IGNORED: &[&str] = &["hs_object_id"];
 pub(crate) fn decode(raw: Value) -> Result<HsObject> {
     let id = raw
         .get("id")
-        .and_then(|v| v.as_str().map(str::to_owned).or_else(|| Some(v.to_string())))
+        .and_then(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .or_else(|| Some(v.to_string()))
+        })
         .filter(|s| s != "null");
     serde_json::from_value(raw)
         .map_err(|e| Error::decode(id.as_deref(), format!("malformed HubSpot object: {e}")))
@@ -239,17 +243,27 @@ mod tests {
         assert_eq!(d.account_source_id.as_deref(), Some("9"));
         assert_eq!(
             d.meta.source_updated_at,
-            Some(Utc.with_ymd_and_hms(2024, 9, 13, 20, 23, 3).unwrap() + chrono::Duration::milliseconds(333))
+            Some(
+                Utc.with_ymd_and_hms(2024, 9, 13, 20, 23, 3).unwrap()
+                    + chrono::Duration::milliseconds(333)
+            )
         );
         assert!(d.meta.source_created_at.is_some());
         assert_eq!(d.meta.archived_at, None);
-        assert_eq!(d.meta.custom_fields.get("hs_priority"), Some(&json!("high")));
+        assert_eq!(
+            d.meta.custom_fields.get("hs_priority"),
+            Some(&json!("high"))
+        );
         assert_eq!(d.meta.custom_fields.get("empty_custom"), Some(&Value::Null));
         assert!(!d.meta.custom_fields.contains_key("dealname"));
         assert!(!d.meta.custom_fields.contains_key("hs_object_id"));
         let ids: Vec<&str> = links.iter().map(|l| l.contact_source_id.as_str()).collect();
         assert_eq!(ids, ["201", "202"]);
-        assert!(links.iter().all(|l| l.deal_source_id == "512" && l.workspace_id == ws()));
+        assert!(
+            links
+                .iter()
+                .all(|l| l.deal_source_id == "512" && l.workspace_id == ws())
+        );
     }
 
     #[test]
@@ -265,7 +279,10 @@ mod tests {
         assert_eq!(c.last_name, None);
         assert_eq!(c.phone, None);
         assert_eq!(c.account_source_id.as_deref(), Some("9"));
-        assert_eq!(c.meta.source_updated_at, Some(Utc.with_ymd_and_hms(2024, 2, 1, 0, 0, 0).unwrap()));
+        assert_eq!(
+            c.meta.source_updated_at,
+            Some(Utc.with_ymd_and_hms(2024, 2, 1, 0, 0, 0).unwrap())
+        );
     }
 
     #[test]
@@ -278,15 +295,31 @@ mod tests {
         assert_eq!(a.domain.as_deref(), Some("acme.com"));
         assert_eq!(a.employee_count, Some(50));
         assert_eq!(a.annual_revenue, None);
-        assert_eq!(a.meta.archived_at, Some(Utc.with_ymd_and_hms(2024, 3, 3, 3, 3, 3).unwrap()));
+        assert_eq!(
+            a.meta.archived_at,
+            Some(Utc.with_ymd_and_hms(2024, 3, 3, 3, 3, 3).unwrap())
+        );
     }
 
     #[test]
     fn malformed_objects_fail_with_their_id() {
-        let err = decode(json!({"id": "77", "properties": "corrupt", "archived": "no"})).unwrap_err();
-        assert!(matches!(&err, Error::Decode { record_id: Some(id), .. } if id == "77"), "{err}");
+        let err =
+            decode(json!({"id": "77", "properties": "corrupt", "archived": "no"})).unwrap_err();
+        assert!(
+            matches!(&err, Error::Decode { record_id: Some(id), .. } if id == "77"),
+            "{err}"
+        );
         let err = decode(json!({"properties": {}})).unwrap_err();
-        assert!(matches!(&err, Error::Decode { record_id: None, .. }), "{err}");
+        assert!(
+            matches!(
+                &err,
+                Error::Decode {
+                    record_id: None,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let blank = decode(json!({"id": " ", "properties": {}})).unwrap();
         assert!(company(ws(), &blank).is_err());
     }

@@ -34,8 +34,6 @@ pub(crate) struct AssocBlock {
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct AssocRef {
     pub id: String,
-    #[serde(rename = "type", default)]
-    pub kind: Option<String>,
 }
 
 /// `paging.next.after`.
@@ -56,7 +54,6 @@ pub(crate) struct Page {
     #[serde(default)]
     pub results: Vec<Value>,
     pub paging: Option<Paging>,
-    pub total: Option<u64>,
 }
 
 impl Page {
