@@ -3,11 +3,25 @@
 
 pub mod capture;
 mod connector;
+mod connectors;
 mod error;
+pub mod http;
 mod model;
 pub mod sanitize;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod hooks;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod orchestrator;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub mod queue;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod scheduler;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod store;
+#[cfg(feature = "simulator")]
+#[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
+pub mod simulator;
 
 pub use capture::{RecordFailure, is_sync_acceptable, success_rate};
 pub use connector::{
@@ -34,4 +48,23 @@ pub use store::{
     RecordStore, STALE_SYNC_AFTER, SealedCredentials, Store, SyncErrors, SyncLogEntry,
     SyncLogStore, SyncOutcome, SyncStatus, SyncStore, SystemClock, WorkspaceLock, connect_store,
     validate_record,
+};
+
+#[cfg(feature = "hubspot")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hubspot")))]
+pub use connectors::hubspot::{HubSpotConfig, HubSpotConnector, HubSpotCredentials};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use hooks::{HookOutcome, PostSyncHook, SyncCompleted, apply_computed_fields};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use orchestrator::{
+    ConnectorFactory, ConnectorRegistry, ConnectorResult, Orchestrator, OrchestratorConfig,
+    SyncJobHandler, SyncOptions, WorkspaceSyncResult,
+};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use scheduler::{
+    CronSchedule, DEFAULT_CRON, LEADER_LOCK_ID, MANUAL_PRIORITY, SCHEDULED_PRIORITY, Scheduler,
+    SchedulerConfig, SyncJobPayload, TickReport, TriggeredSync,
 };

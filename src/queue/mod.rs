@@ -14,6 +14,10 @@
 //!
 //! [`Worker`] runs jobs; see its docs for heartbeats, timeouts, panics and shutdown.
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod worker;
 
 use std::time::Duration;
@@ -26,6 +30,9 @@ use uuid::Uuid;
 use crate::connector::Progress;
 use crate::error::{Error, Result};
 
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::{JOBS_CHANNEL, PgJobNotifier};
 pub use worker::{JobContext, JobHandler, Worker, WorkerConfig};
 
 /// The job type of a workspace sync.

@@ -18,7 +18,7 @@ const COLUMNS: &str = "id, workspace_id, job_type, status, priority, payload, pr
      created_at, started_at, completed_at, run_after, timeout_ms";
 
 fn ts(t: DateTime<Utc>) -> String {
-    crate::store::sqlite_timestamp(t)
+    crate::store::sqlite_ts(t)
 }
 
 fn parse_ts(s: &str) -> Result<DateTime<Utc>> {

@@ -40,6 +40,8 @@ mod postgres;
 mod sqlite;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "sqlite")]
+pub(crate) use rows::sqlite_ts;
 pub use crypto::{Credentials, Keyring, SealedCredentials};
 pub use lock::WorkspaceLock;
 #[cfg(feature = "postgres")]

@@ -128,7 +128,7 @@ impl PgStore {
         i64::from_ne_bytes((hi ^ lo).to_ne_bytes())
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         now_micros(&*self.clock)
     }
 }

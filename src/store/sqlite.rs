@@ -169,7 +169,7 @@ impl SqliteStore {
         &self.pool
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    pub(crate) fn now(&self) -> DateTime<Utc> {
         now_micros(&*self.clock)
     }
 }

@@ -1,0 +1,326 @@
+//! HubSpot objects → normalized records, through the shared sanitization.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::types::HsObject;
+use crate::error::{Error, Result};
+use crate::model::{Account, ConnectorKind, Contact, CustomFields, Deal, DealContact, RecordMeta};
+use crate::sanitize;
+
+const SOURCE: ConnectorKind = ConnectorKind::Hubspot;
+
+/// Company properties mapped to typed columns.
+pub(crate) const COMPANY_PROPERTIES: &[&str] = &[
+    "name",
+    "domain",
+    "industry",
+    "numberofemployees",
+    "annualrevenue",
+    "hubspot_owner_id",
+    "createdate",
+    "hs_lastmodifieddate",
+];
+
+/// Contact properties mapped to typed columns.
+pub(crate) const CONTACT_PROPERTIES: &[&str] = &[
+    "email",
+    "firstname",
+    "lastname",
+    "jobtitle",
+    "phone",
+    "lifecyclestage",
+    "hubspot_owner_id",
+    "associatedcompanyid",
+    "createdate",
+    "lastmodifieddate",
+];
+
+/// Deal properties mapped to typed columns.
+pub(crate) const DEAL_PROPERTIES: &[&str] = &[
+    "dealname",
+    "amount",
+    "deal_currency_code",
+    "dealstage",
+    "pipeline",
+    "closedate",
+    "hs_deal_stage_probability",
+    "hubspot_owner_id",
+    "hs_is_closed",
+    "hs_is_closed_won",
+    "hs_manual_forecast_category",
+    "createdate",
+    "hs_lastmodifieddate",
+];
+
+/// Properties that are bookkeeping, neither mapped nor worth keeping as custom fields.
+const IGNORED: &[&str] = &["hs_object_id"];
+
+/// Decodes one raw result; a malformed record fails alone, naming its id when it has one.
+pub(crate) fn decode(raw: Value) -> Result<HsObject> {
+    let id = raw
+        .get("id")
+        .and_then(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .or_else(|| Some(v.to_string()))
+        })
+        .filter(|s| s != "null");
+    serde_json::from_value(raw)
+        .map_err(|e| Error::decode(id.as_deref(), format!("malformed HubSpot object: {e}")))
+}
+
+fn meta(
+    workspace_id: Uuid,
+    obj: &HsObject,
+    modified_prop: &str,
+    mapped: &[&str],
+) -> Result<RecordMeta> {
+    if obj.id.trim().is_empty() {
+        return Err(Error::decode(None, "HubSpot object without an id"));
+    }
+    let p = &obj.properties;
+    let mut m = RecordMeta::new(workspace_id, SOURCE, obj.id.trim());
+    m.source_created_at = sanitize::datetime(p.get("createdate"))
+        .or_else(|| obj.created_at.as_deref().and_then(sanitize::datetime_str));
+    m.source_updated_at = sanitize::datetime(p.get(modified_prop))
+        .or_else(|| obj.updated_at.as_deref().and_then(sanitize::datetime_str));
+    if obj.archived {
+        m.archived_at = obj
+            .archived_at
+            .as_deref()
+            .and_then(sanitize::datetime_str)
+            .or(m.source_updated_at)
+            .or(Some(archive_fallback()));
+    }
+    m.custom_fields = custom_fields(p, mapped);
+    Ok(m)
+}
+
+/// An archived record with no usable timestamp is still archived; the epoch marks "when
+/// unknown" without inventing a wall-clock time.
+fn archive_fallback() -> DateTime<Utc> {
+    DateTime::<Utc>::UNIX_EPOCH
+}
+
+fn custom_fields(p: &Map<String, Value>, mapped: &[&str]) -> CustomFields {
+    sanitize::sanitize_properties(
+        p.iter()
+            .filter(|(k, _)| !mapped.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
+}
+
+fn first_association(obj: &HsObject, to: &str) -> Option<String> {
+    obj.associations
+        .get(to)?
+        .results
+        .first()
+        .map(|r| r.id.trim().to_owned())
+        .filter(|s| !s.is_empty())
+}
+
+/// A company → `accounts`.
+pub(crate) fn company(workspace_id: Uuid, obj: &HsObject) -> Result<Account> {
+    let p = &obj.properties;
+    let mut a = Account {
+        meta: meta(workspace_id, obj, "hs_lastmodifieddate", COMPANY_PROPERTIES)?,
+        name: sanitize::text(p.get("name")),
+        domain: sanitize::text(p.get("domain")).map(|d| d.trim().to_lowercase()),
+        industry: sanitize::text(p.get("industry")),
+        employee_count: sanitize::integer(p.get("numberofemployees")),
+        annual_revenue: sanitize::number(p.get("annualrevenue")),
+        owner_id: sanitize::text(p.get("hubspot_owner_id")),
+    };
+    if a.domain.as_deref() == Some("") {
+        a.domain = None;
+    }
+    Ok(a)
+}
+
+/// A contact → `contacts`. The company comes from the association, else
+/// `associatedcompanyid`.
+pub(crate) fn contact(workspace_id: Uuid, obj: &HsObject) -> Result<Contact> {
+    let p = &obj.properties;
+    Ok(Contact {
+        meta: meta(workspace_id, obj, "lastmodifieddate", CONTACT_PROPERTIES)?,
+        email: sanitize::text(p.get("email")).map(|e| e.trim().to_owned()),
+        first_name: sanitize::text(p.get("firstname")),
+        last_name: sanitize::text(p.get("lastname")),
+        title: sanitize::text(p.get("jobtitle")),
+        phone: sanitize::text(p.get("phone")),
+        account_source_id: first_association(obj, "companies")
+            .or_else(|| sanitize::text(p.get("associatedcompanyid"))),
+        lifecycle_stage: sanitize::text(p.get("lifecyclestage")),
+        owner_id: sanitize::text(p.get("hubspot_owner_id")),
+    })
+}
+
+/// A deal → `deals`, plus its contact links when the object carries them.
+pub(crate) fn deal(workspace_id: Uuid, obj: &HsObject) -> Result<(Deal, Vec<DealContact>)> {
+    let p = &obj.properties;
+    let deal = Deal {
+        meta: meta(workspace_id, obj, "hs_lastmodifieddate", DEAL_PROPERTIES)?,
+        name: sanitize::text(p.get("dealname")),
+        amount: sanitize::number(p.get("amount")),
+        currency: sanitize::text(p.get("deal_currency_code")),
+        stage: sanitize::text(p.get("dealstage")),
+        pipeline: sanitize::text(p.get("pipeline")),
+        close_date: sanitize::date(p.get("closedate")),
+        probability: sanitize::number(p.get("hs_deal_stage_probability")),
+        owner_id: sanitize::text(p.get("hubspot_owner_id")),
+        account_source_id: first_association(obj, "companies"),
+        is_closed: sanitize::boolean(p.get("hs_is_closed")),
+        is_won: sanitize::boolean(p.get("hs_is_closed_won")),
+        forecast_category: sanitize::text(p.get("hs_manual_forecast_category")),
+        days_open: None,
+        days_to_close: None,
+    };
+    let links = obj
+        .associations
+        .get("contacts")
+        .map(|block| {
+            block
+                .results
+                .iter()
+                .filter(|r| !r.id.trim().is_empty())
+                .map(|r| DealContact {
+                    workspace_id,
+                    source: SOURCE,
+                    deal_source_id: deal.meta.source_id.clone(),
+                    contact_source_id: r.id.trim().to_owned(),
+                    role: None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((deal, links))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDate, TimeZone};
+    use serde_json::json;
+
+    fn ws() -> Uuid {
+        Uuid::from_u128(3)
+    }
+
+    #[test]
+    fn deal_fields_map_from_string_properties() {
+        let raw = json!({
+            "id": "512",
+            "properties": {
+                "dealname": "Acme renewal", "amount": "1500.50", "deal_currency_code": "EUR",
+                "dealstage": "closedwon", "pipeline": "default", "closedate": "2024-06-30T00:00:00.000Z",
+                "hs_deal_stage_probability": "1", "hubspot_owner_id": "77", "hs_is_closed": "true",
+                "hs_is_closed_won": "true", "hs_manual_forecast_category": "COMMIT",
+                "createdate": "2024-01-17T19:55:04.281Z", "hs_lastmodifieddate": "2024-09-13T20:23:03.333Z",
+                "hs_object_id": "512", "hs_priority": "high", "empty_custom": ""
+            },
+            "createdAt": "2024-01-17T19:55:04.281Z", "updatedAt": "2024-09-13T20:23:03.333Z",
+            "archived": false,
+            "associations": {
+                "contacts": {"results": [{"id": "201", "type": "deal_to_contact"}, {"id": "202", "type": "deal_to_contact"}]},
+                "companies": {"results": [{"id": "9", "type": "deal_to_company"}]}
+            }
+        });
+        let (d, links) = deal(ws(), &decode(raw).unwrap()).unwrap();
+        assert_eq!(d.meta.source_id, "512");
+        assert_eq!(d.name.as_deref(), Some("Acme renewal"));
+        assert_eq!(d.amount, Some(1500.5));
+        assert_eq!(d.currency.as_deref(), Some("EUR"));
+        assert_eq!(d.stage.as_deref(), Some("closedwon"));
+        assert_eq!(d.close_date, NaiveDate::from_ymd_opt(2024, 6, 30));
+        assert_eq!(d.probability, Some(1.0));
+        assert_eq!(d.is_closed, Some(true));
+        assert_eq!(d.is_won, Some(true));
+        assert_eq!(d.forecast_category.as_deref(), Some("COMMIT"));
+        assert_eq!(d.owner_id.as_deref(), Some("77"));
+        assert_eq!(d.account_source_id.as_deref(), Some("9"));
+        assert_eq!(
+            d.meta.source_updated_at,
+            Some(
+                Utc.with_ymd_and_hms(2024, 9, 13, 20, 23, 3).unwrap()
+                    + chrono::Duration::milliseconds(333)
+            )
+        );
+        assert!(d.meta.source_created_at.is_some());
+        assert_eq!(d.meta.archived_at, None);
+        assert_eq!(
+            d.meta.custom_fields.get("hs_priority"),
+            Some(&json!("high"))
+        );
+        assert_eq!(d.meta.custom_fields.get("empty_custom"), Some(&Value::Null));
+        assert!(!d.meta.custom_fields.contains_key("dealname"));
+        assert!(!d.meta.custom_fields.contains_key("hs_object_id"));
+        let ids: Vec<&str> = links.iter().map(|l| l.contact_source_id.as_str()).collect();
+        assert_eq!(ids, ["201", "202"]);
+        assert!(
+            links
+                .iter()
+                .all(|l| l.deal_source_id == "512" && l.workspace_id == ws())
+        );
+    }
+
+    #[test]
+    fn contact_uses_lastmodifieddate_and_company_fallback() {
+        let raw = json!({
+            "id": "201",
+            "properties": {"email": "a@x.com", "firstname": "Ada", "lastname": "", "lastmodifieddate": "2024-02-01T00:00:00Z",
+                           "hs_lastmodifieddate": "2020-01-01T00:00:00Z", "associatedcompanyid": "9", "phone": ""},
+            "archived": false
+        });
+        let c = contact(ws(), &decode(raw).unwrap()).unwrap();
+        assert_eq!(c.email.as_deref(), Some("a@x.com"));
+        assert_eq!(c.last_name, None);
+        assert_eq!(c.phone, None);
+        assert_eq!(c.account_source_id.as_deref(), Some("9"));
+        assert_eq!(
+            c.meta.source_updated_at,
+            Some(Utc.with_ymd_and_hms(2024, 2, 1, 0, 0, 0).unwrap())
+        );
+    }
+
+    #[test]
+    fn archived_company_is_soft_deleted() {
+        let raw = json!({
+            "id": "9", "properties": {"name": "Acme", "domain": " ACME.com ", "numberofemployees": "50.0", "annualrevenue": ""},
+            "archived": true, "archivedAt": "2024-03-03T03:03:03Z", "updatedAt": "2024-03-03T03:03:03Z"
+        });
+        let a = company(ws(), &decode(raw).unwrap()).unwrap();
+        assert_eq!(a.domain.as_deref(), Some("acme.com"));
+        assert_eq!(a.employee_count, Some(50));
+        assert_eq!(a.annual_revenue, None);
+        assert_eq!(
+            a.meta.archived_at,
+            Some(Utc.with_ymd_and_hms(2024, 3, 3, 3, 3, 3).unwrap())
+        );
+    }
+
+    #[test]
+    fn malformed_objects_fail_with_their_id() {
+        let err =
+            decode(json!({"id": "77", "properties": "corrupt", "archived": "no"})).unwrap_err();
+        assert!(
+            matches!(&err, Error::Decode { record_id: Some(id), .. } if id == "77"),
+            "{err}"
+        );
+        let err = decode(json!({"properties": {}})).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                Error::Decode {
+                    record_id: None,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let blank = decode(json!({"id": " ", "properties": {}})).unwrap();
+        assert!(company(ws(), &blank).is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! HubSpot CRM v3/v4 wire types (only what the connector reads).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// One CRM object as the list and search endpoints return it. Property values are strings
+/// (or null) in the real API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct HsObject {
+    pub id: String,
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    #[serde(default)]
+    pub archived: bool,
+    pub archived_at: Option<String>,
+    #[serde(default)]
+    pub associations: HashMap<String, AssocBlock>,
+}
+
+/// An inline association block: `{results: [{id, type}], paging?}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct AssocBlock {
+    #[serde(default)]
+    pub results: Vec<AssocRef>,
+    pub paging: Option<Paging>,
+}
+
+/// One inline association.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct AssocRef {
+    pub id: String,
+}
+
+/// `paging.next.after`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct Paging {
+    pub next: Option<PagingNext>,
+}
+
+/// The next page's cursor.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub(crate) struct PagingNext {
+    pub after: Option<String>,
+}
+
+/// A list or search page. Results stay raw JSON so a malformed record fails alone.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Page {
+    #[serde(default)]
+    pub results: Vec<Value>,
+    pub paging: Option<Paging>,
+}
+
+impl Page {
+    pub(crate) fn next_after(&self) -> Option<&str> {
+        self.paging
+            .as_ref()?
+            .next
+            .as_ref()?
+            .after
+            .as_deref()
+            .filter(|a| !a.is_empty())
+    }
+}
+
+/// Body of `POST /crm/v3/objects/{type}/search`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct SearchRequest {
+    pub filter_groups: Vec<FilterGroup>,
+    pub sorts: Vec<Sort>,
+    pub properties: Vec<String>,
+    pub limit: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// Filters ANDed together.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct FilterGroup {
+    pub filters: Vec<Filter>,
+}
+
+/// One search filter.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Filter {
+    pub property_name: String,
+    pub operator: &'static str,
+    pub value: String,
+}
+
+/// The one sort rule search allows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Sort {
+    pub property_name: String,
+    pub direction: &'static str,
+}
+
+/// Body of `POST /crm/v4/associations/{from}/{to}/batch/read`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AssocBatchRequest {
+    pub inputs: Vec<AssocInput>,
+}
+
+/// One input of a batch read: the record and, for later pages, its cursor.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct AssocInput {
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// Reply of the v4 batch read.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct AssocBatchResponse {
+    #[serde(default)]
+    pub results: Vec<AssocResult>,
+    #[serde(default)]
+    pub errors: Vec<Value>,
+}
+
+/// Associations of one input record.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct AssocResult {
+    pub from: AssocFrom,
+    #[serde(default)]
+    pub to: Vec<AssocTo>,
+    pub paging: Option<Paging>,
+}
+
+/// The input record.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct AssocFrom {
+    pub id: String,
+}
+
+/// One associated record (`toObjectId` is a number in v4).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AssocTo {
+    pub to_object_id: Value,
+}
+
+impl AssocTo {
+    pub(crate) fn id(&self) -> Option<String> {
+        match &self.to_object_id {
+            Value::Number(n) => Some(n.to_string()),
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! One folder per provider: `mod` (the connector and its config), `client` (requests through
+//! the HTTP presets), `sync` (passes and checkpoints), `transform` (provider JSON → records),
+//! `types` (wire shapes).
+
+#[cfg(feature = "hubspot")]
+pub(crate) mod hubspot;

@@ -1,0 +1,351 @@
+//! Pure parsers for the rate-limit headers providers send.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+
+use super::throttle::HeaderPolicy;
+
+/// What a response's headers say about the provider's budget.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Signals {
+    /// Hold every request for this long: a budget is exhausted until then.
+    pub(crate) hold: Option<Duration>,
+    /// A quota (daily) is used up to the configured stop share.
+    pub(crate) quota_stop: bool,
+}
+
+/// The `Retry-After` of a response, as delta-seconds or an HTTP-date relative to `now`.
+///
+/// Fractional seconds are accepted; a date in the past gives zero; anything unparsable gives
+/// `None`.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let raw = headers
+        .get(http::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    parse_retry_after(raw, now)
+}
+
+pub(crate) fn parse_retry_after(raw: &str, now: SystemTime) -> Option<Duration> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    if raw.bytes().all(|b| b.is_ascii_digit()) {
+        return raw.parse::<u64>().ok().map(Duration::from_secs);
+    }
+    if let Ok(secs) = raw.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0)
+            .then(|| Duration::try_from_secs_f64(secs).ok())
+            .flatten();
+    }
+    let at = httpdate::parse_http_date(raw).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Reads every header family `policy` enables.
+pub(crate) fn read(
+    policy: &HeaderPolicy,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Signals {
+    let mut hold: Option<Duration> = None;
+    let mut longer = |d: Duration| hold = Some(hold.map_or(d, |h| h.max(d)));
+    let mut quota_stop = false;
+
+    if policy.retry_after
+        && (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
+        && let Some(d) = retry_after(headers, now)
+    {
+        longer(d);
+    }
+
+    if policy.hubspot {
+        if header_u64(headers, "x-hubspot-ratelimit-remaining") == Some(0) {
+            let interval = header_u64(headers, "x-hubspot-ratelimit-interval-milliseconds")
+                .map_or(Duration::from_secs(10), Duration::from_millis);
+            longer(interval);
+        }
+        if header_u64(headers, "x-hubspot-ratelimit-secondly-remaining") == Some(0) {
+            longer(Duration::from_secs(1));
+        }
+        if header_u64(headers, "x-hubspot-ratelimit-daily-remaining") == Some(0) {
+            quota_stop = true;
+        }
+    }
+
+    if policy.ietf
+        && let Some(d) = ietf_hold(headers)
+    {
+        longer(d);
+    }
+
+    if let Some(percent) = policy.salesforce_stop_percent
+        && let Some((used, max)) = headers
+            .get("sforce-limit-info")
+            .and_then(|v| v.to_str().ok())
+            .and_then(salesforce_usage)
+        && max > 0
+        && u128::from(used) * 100 >= u128::from(max) * u128::from(percent)
+    {
+        quota_stop = true;
+    }
+
+    Signals {
+        hold: hold.map(|h| h.min(policy.max_hold)),
+        quota_stop,
+    }
+}
+
+/// `api-usage=N/M` out of a `Sforce-Limit-Info` value (other entries such as
+/// `per-app-api-usage=…` are ignored).
+pub(crate) fn salesforce_usage(value: &str) -> Option<(u64, u64)> {
+    value.split([';', ',']).find_map(|part| {
+        let rest = part.trim().strip_prefix("api-usage=")?;
+        let (used, max) = rest.split_once('/')?;
+        let max = max.trim();
+        let end = max.find(|c: char| !c.is_ascii_digit()).unwrap_or(max.len());
+        Some((used.trim().parse().ok()?, max[..end].parse().ok()?))
+    })
+}
+
+/// How long to hold according to the IETF rate-limit headers, when a budget is exhausted.
+///
+/// Understands the structured-field drafts (`RateLimit: "default";r=0;t=5` with
+/// `RateLimit-Policy: "default";q=100;w=10`), the older dictionary form
+/// (`RateLimit: limit=100, remaining=0, reset=5`, `RateLimit-Policy: 100;w=10`) and the
+/// separate `RateLimit-Remaining` / `RateLimit-Reset` headers.
+pub(crate) fn ietf_hold(headers: &HeaderMap) -> Option<Duration> {
+    let policy_window = headers
+        .get_all("ratelimit-policy")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| param(item, &["w"]))
+        .max();
+    let fallback = || Duration::from_secs(policy_window.unwrap_or(1).max(1));
+
+    let mut hold: Option<Duration> = None;
+    let mut longer = |d: Duration| hold = Some(hold.map_or(d, |h| h.max(d)));
+
+    for value in headers
+        .get_all("ratelimit")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
+        // Dictionary form: keys spread over comma-separated members.
+        let mut dict_remaining = None;
+        let mut dict_reset = None;
+        for item in value.split(',') {
+            // Structured form: each list item carries its own r and t.
+            if let Some(r) = param(item, &["r"]) {
+                if r == 0 {
+                    longer(param(item, &["t"]).map_or_else(fallback, Duration::from_secs));
+                }
+                continue;
+            }
+            if let Some(r) = param(item, &["remaining"]) {
+                dict_remaining = Some(r);
+            }
+            if let Some(t) = param(item, &["reset"]) {
+                dict_reset = Some(t);
+            }
+        }
+        if dict_remaining == Some(0) {
+            longer(dict_reset.map_or_else(fallback, Duration::from_secs));
+        }
+    }
+
+    if header_u64(headers, "ratelimit-remaining") == Some(0) {
+        longer(header_u64(headers, "ratelimit-reset").map_or_else(fallback, Duration::from_secs));
+    }
+    hold
+}
+
+/// The numeric value of the first parameter named one of `keys` in a `;`-separated item
+/// (`"name";r=0;t=5` or `remaining=0`).
+fn param(item: &str, keys: &[&str]) -> Option<u64> {
+    item.split(';').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        let k = k.trim();
+        keys.iter()
+            .any(|key| k.eq_ignore_ascii_case(key))
+            .then(|| v.trim().trim_matches('"').parse().ok())
+            .flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn map(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn policy() -> HeaderPolicy {
+        HeaderPolicy {
+            salesforce_stop_percent: Some(80),
+            ..HeaderPolicy::default()
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_fraction_date_and_garbage() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(42));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(42)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(42));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("-3", now), None);
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+        assert_eq!(parse_retry_after("99999999999999999999999", now), None);
+    }
+
+    #[test]
+    fn hubspot_headers() {
+        let now = SystemTime::now();
+        let h = map(&[
+            ("x-hubspot-ratelimit-remaining", "0"),
+            ("x-hubspot-ratelimit-interval-milliseconds", "10000"),
+        ]);
+        let s = read(&policy(), StatusCode::OK, &h, now);
+        assert_eq!(s.hold, Some(Duration::from_secs(10)));
+        assert!(!s.quota_stop);
+
+        let h = map(&[
+            ("x-hubspot-ratelimit-remaining", "5"),
+            ("x-hubspot-ratelimit-interval-milliseconds", "10000"),
+        ]);
+        assert_eq!(read(&policy(), StatusCode::OK, &h, now), Signals::default());
+
+        let h = map(&[("x-hubspot-ratelimit-secondly-remaining", "0")]);
+        assert_eq!(
+            read(&policy(), StatusCode::OK, &h, now).hold,
+            Some(Duration::from_secs(1))
+        );
+        let h = map(&[("x-hubspot-ratelimit-daily-remaining", "0")]);
+        assert!(read(&policy(), StatusCode::OK, &h, now).quota_stop);
+
+        let mut off = policy();
+        off.hubspot = false;
+        let h = map(&[("x-hubspot-ratelimit-remaining", "0")]);
+        assert_eq!(read(&off, StatusCode::OK, &h, now), Signals::default());
+    }
+
+    #[test]
+    fn ietf_structured_dictionary_and_separate() {
+        let h = map(&[
+            ("ratelimit", "\"default\";r=0;t=7"),
+            ("ratelimit-policy", "\"default\";q=100;w=60"),
+        ]);
+        assert_eq!(ietf_hold(&h), Some(Duration::from_secs(7)));
+        // Exhausted without t: the policy window.
+        let h = map(&[
+            ("ratelimit", "\"default\";r=0"),
+            ("ratelimit-policy", "\"default\";q=100;w=60"),
+        ]);
+        assert_eq!(ietf_hold(&h), Some(Duration::from_secs(60)));
+        // Two policies; only the exhausted one counts.
+        let h = map(&[("ratelimit", "\"burst\";r=3;t=1, \"day\";r=0;t=3600")]);
+        assert_eq!(ietf_hold(&h), Some(Duration::from_secs(3600)));
+        let h = map(&[("ratelimit", "\"burst\";r=3;t=1")]);
+        assert_eq!(ietf_hold(&h), None);
+        // Older dictionary form.
+        let h = map(&[
+            ("ratelimit", "limit=100, remaining=0, reset=5"),
+            ("ratelimit-policy", "100;w=10"),
+        ]);
+        assert_eq!(ietf_hold(&h), Some(Duration::from_secs(5)));
+        let h = map(&[("ratelimit", "limit=100, remaining=4, reset=5")]);
+        assert_eq!(ietf_hold(&h), None);
+        // Separate headers.
+        let h = map(&[("ratelimit-remaining", "0"), ("ratelimit-reset", "12")]);
+        assert_eq!(ietf_hold(&h), Some(Duration::from_secs(12)));
+        let h = map(&[("ratelimit-remaining", "0")]);
+        assert_eq!(ietf_hold(&h), Some(Duration::from_secs(1)));
+        // Garbage is ignored.
+        let h = map(&[
+            ("ratelimit", "r=;t=x, ;;, =0"),
+            ("ratelimit-remaining", "x"),
+        ]);
+        assert_eq!(ietf_hold(&h), None);
+    }
+
+    #[test]
+    fn retry_after_holds_only_on_429_and_503() {
+        let now = SystemTime::now();
+        let h = map(&[("retry-after", "30")]);
+        assert_eq!(
+            read(&policy(), StatusCode::TOO_MANY_REQUESTS, &h, now).hold,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            read(&policy(), StatusCode::SERVICE_UNAVAILABLE, &h, now).hold,
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(read(&policy(), StatusCode::OK, &h, now).hold, None);
+    }
+
+    #[test]
+    fn holds_are_capped() {
+        let h = map(&[
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", "1700000000"),
+        ]);
+        let s = read(&policy(), StatusCode::OK, &h, SystemTime::now());
+        assert_eq!(s.hold, Some(policy().max_hold));
+    }
+
+    #[test]
+    fn salesforce_usage_and_stop_share() {
+        assert_eq!(salesforce_usage("api-usage=18/5000"), Some((18, 5000)));
+        assert_eq!(
+            salesforce_usage(
+                "api-usage=4000/5000; per-app-api-usage=17/250(appName=sample-connected-app)"
+            ),
+            Some((4000, 5000))
+        );
+        assert_eq!(salesforce_usage("per-app-api-usage=17/250"), None);
+        assert_eq!(salesforce_usage("api-usage=x/5000"), None);
+
+        let now = SystemTime::now();
+        let at = |v: &str| {
+            read(
+                &policy(),
+                StatusCode::OK,
+                &map(&[("sforce-limit-info", v)]),
+                now,
+            )
+            .quota_stop
+        };
+        assert!(!at("api-usage=3999/5000"));
+        assert!(at("api-usage=4000/5000"));
+        assert!(at("api-usage=5000/5000"));
+        assert!(!at("api-usage=5/0"));
+        let mut off = policy();
+        off.salesforce_stop_percent = None;
+        let h = map(&[("sforce-limit-info", "api-usage=5000/5000")]);
+        assert!(!read(&off, StatusCode::OK, &h, now).quota_stop);
+    }
+}

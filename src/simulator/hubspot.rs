@@ -1,0 +1,1474 @@
+//! HubSpot CRM v3/v4 simulator: list, search, associations batch read, OAuth token.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use axum::routing::{get, post};
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use serde_json::{Map, Value, json};
+
+use super::{
+    Common, FaultConfig, Injected, RequestCounters, SimLimiter, SimServer, decide,
+    dropped_response, lock, mix,
+};
+
+/// A HubSpot CRM object type the simulator serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HubSpotObject {
+    /// `companies` (`0-2`).
+    Companies,
+    /// `contacts` (`0-1`).
+    Contacts,
+    /// `deals` (`0-3`).
+    Deals,
+}
+
+impl HubSpotObject {
+    /// Every object type.
+    pub const ALL: [HubSpotObject; 3] = [
+        HubSpotObject::Companies,
+        HubSpotObject::Contacts,
+        HubSpotObject::Deals,
+    ];
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "companies" | "company" | "0-2" => Some(HubSpotObject::Companies),
+            "contacts" | "contact" | "0-1" => Some(HubSpotObject::Contacts),
+            "deals" | "deal" | "0-3" => Some(HubSpotObject::Deals),
+            _ => None,
+        }
+    }
+
+    /// The object type's name in paths: `companies`, `contacts`, `deals`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HubSpotObject::Companies => "companies",
+            HubSpotObject::Contacts => "contacts",
+            HubSpotObject::Deals => "deals",
+        }
+    }
+
+    fn singular(self) -> &'static str {
+        match self {
+            HubSpotObject::Companies => "company",
+            HubSpotObject::Contacts => "contact",
+            HubSpotObject::Deals => "deal",
+        }
+    }
+
+    /// The last-modified property: `lastmodifieddate` for contacts, `hs_lastmodifieddate`
+    /// for the others (filtering contacts on `hs_lastmodifieddate` finds nothing, as in the
+    /// real API).
+    pub fn modified_property(self) -> &'static str {
+        match self {
+            HubSpotObject::Contacts => "lastmodifieddate",
+            _ => "hs_lastmodifieddate",
+        }
+    }
+
+    fn salt(self) -> u64 {
+        match self {
+            HubSpotObject::Companies => 1,
+            HubSpotObject::Contacts => 2,
+            HubSpotObject::Deals => 3,
+        }
+    }
+
+    fn default_properties(self) -> &'static [&'static str] {
+        match self {
+            HubSpotObject::Contacts => &[
+                "createdate",
+                "email",
+                "firstname",
+                "lastname",
+                "hs_object_id",
+                "lastmodifieddate",
+            ],
+            HubSpotObject::Companies => &[
+                "createdate",
+                "domain",
+                "name",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+            ],
+            HubSpotObject::Deals => &[
+                "amount",
+                "closedate",
+                "createdate",
+                "dealname",
+                "dealstage",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "pipeline",
+            ],
+        }
+    }
+}
+
+/// An OAuth app the simulator's token endpoint accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubSpotOAuthApp {
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret.
+    pub client_secret: String,
+    /// The refresh token it accepts.
+    pub refresh_token: String,
+    /// Lifetime of issued access tokens, in seconds.
+    pub expires_in: u64,
+}
+
+/// Configuration of a [`HubSpotSim`].
+#[derive(Debug, Clone)]
+pub struct HubSpotSimConfig {
+    /// Seed of the generated data and of fault decisions.
+    pub seed: u64,
+    /// Seeded companies (ids `1..=companies`).
+    pub companies: u64,
+    /// Seeded contacts (ids `1..=contacts`).
+    pub contacts: u64,
+    /// Seeded deals (ids `1..=deals`).
+    pub deals: u64,
+    /// The private-app token accepted as `Authorization: Bearer …`.
+    pub access_token: String,
+    /// An OAuth app for `POST /oauth/v1/token`, if any.
+    pub oauth: Option<HubSpotOAuthApp>,
+    /// Every seeded record was created and last modified at or before this instant.
+    pub base_time: DateTime<Utc>,
+    /// Whether rate limits are enforced (turn off for throughput benchmarks).
+    pub rate_limits: bool,
+    /// Requests per `rest_window` outside search (HubSpot: 100 per rolling 10 s).
+    pub rest_max: u32,
+    /// The REST window.
+    pub rest_window: Duration,
+    /// Search requests per `search_window` (HubSpot: 5 per second).
+    pub search_max: u32,
+    /// The search window.
+    pub search_window: Duration,
+    /// Associations per record per page in v4 batch reads and inline association blocks.
+    pub assoc_page_size: usize,
+    /// How long a write takes to show up in search results.
+    pub search_lag: Duration,
+    /// Injected faults.
+    pub faults: FaultConfig,
+}
+
+impl Default for HubSpotSimConfig {
+    fn default() -> Self {
+        HubSpotSimConfig {
+            seed: 42,
+            companies: 100,
+            contacts: 400,
+            deals: 200,
+            access_token: "sim-hubspot-token".into(),
+            oauth: None,
+            base_time: Utc
+                .with_ymd_and_hms(2024, 6, 1, 0, 0, 0)
+                .single()
+                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH),
+            rate_limits: true,
+            rest_max: 100,
+            rest_window: Duration::from_secs(10),
+            search_max: 5,
+            search_window: Duration::from_secs(1),
+            assoc_page_size: 100,
+            search_lag: Duration::ZERO,
+            faults: FaultConfig::default(),
+        }
+    }
+}
+
+/// The simulator's view of one record: what the real portal would hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimRecord {
+    /// Object type.
+    pub object: HubSpotObject,
+    /// Record id (`hs_object_id`).
+    pub id: u64,
+    /// `createdAt`.
+    pub created_at: DateTime<Utc>,
+    /// `updatedAt` (and the last-modified property).
+    pub updated_at: DateTime<Utc>,
+    /// `archivedAt`, when archived.
+    pub archived_at: Option<DateTime<Utc>>,
+    /// Property values (strings, as in the real API; `None` is JSON null).
+    pub properties: BTreeMap<String, Option<String>>,
+    /// The associated company (contacts and deals).
+    pub company_id: Option<u64>,
+    /// The associated contacts (deals).
+    pub contact_ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct Override {
+    created_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    archived_at: Option<DateTime<Utc>>,
+    props: BTreeMap<String, Option<String>>,
+    written_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+struct Data {
+    extra: BTreeMap<HubSpotObject, u64>,
+    overlay: BTreeMap<(HubSpotObject, u64), Override>,
+    search_lag: Duration,
+    issued_tokens: HashMap<String, DateTime<Utc>>,
+    next_token: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: HubSpotSimConfig,
+    common: Arc<Common>,
+    rest: SimLimiter,
+    search: SimLimiter,
+    data: Mutex<Data>,
+}
+
+/// A fake HubSpot portal on loopback.
+///
+/// Serves `GET /crm/v3/objects/{type}`, `POST /crm/v3/objects/{type}/search`,
+/// `POST /crm/v4/associations/{from}/{to}/batch/read` and `POST /oauth/v1/token` with the
+/// real shapes, limits and errors (see `reference/provider-apis.md` section 1).
+#[derive(Debug)]
+pub struct HubSpotSim {
+    inner: Arc<Inner>,
+    server: SimServer,
+}
+
+const FIRST: [&str; 12] = [
+    "Ada", "Grace", "Alan", "Linus", "Barbara", "Edsger", "Margaret", "Ken", "Radia", "Donald",
+    "Frances", "Tim",
+];
+const LAST: [&str; 12] = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Torvalds",
+    "Liskov",
+    "Dijkstra",
+    "Hamilton",
+    "Thompson",
+    "Perlman",
+    "Knuth",
+    "Allen",
+    "Berners-Lee",
+];
+const WORDS: [&str; 16] = [
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Stark",
+    "Wayne",
+    "Wonka",
+    "Tyrell",
+    "Cyberdyne",
+    "Soylent",
+    "Aperture",
+    "Massive",
+    "Vandelay",
+    "Pied Piper",
+    "Dunder",
+];
+const INDUSTRIES: [&str; 6] = [
+    "COMPUTER_SOFTWARE",
+    "FINANCIAL_SERVICES",
+    "HOSPITAL_HEALTH_CARE",
+    "RETAIL",
+    "MANUFACTURING",
+    "",
+];
+const STAGES: [(&str, &str); 7] = [
+    ("appointmentscheduled", "0.2"),
+    ("qualifiedtobuy", "0.4"),
+    ("presentationscheduled", "0.6"),
+    ("decisionmakerboughtin", "0.8"),
+    ("contractsent", "0.9"),
+    ("closedwon", "1"),
+    ("closedlost", "0"),
+];
+const LIFECYCLE: [&str; 4] = ["lead", "marketingqualifiedlead", "opportunity", "customer"];
+const FORECAST: [&str; 4] = ["PIPELINE", "BEST_CASE", "COMMIT", "OMIT"];
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn now_ms() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+fn pick<'a>(list: &[&'a str], h: u64) -> &'a str {
+    let i = usize::try_from(h % list.len() as u64).unwrap_or(0);
+    list[i]
+}
+
+impl Inner {
+    fn h(&self, obj: HubSpotObject, id: u64, k: u64) -> u64 {
+        mix(self.cfg.seed, obj.salt() * 1_000 + k, id)
+    }
+
+    fn count(&self, obj: HubSpotObject) -> u64 {
+        match obj {
+            HubSpotObject::Companies => self.cfg.companies,
+            HubSpotObject::Contacts => self.cfg.contacts,
+            HubSpotObject::Deals => self.cfg.deals,
+        }
+    }
+
+    fn max_id(&self, data: &Data, obj: HubSpotObject) -> u64 {
+        self.count(obj) + data.extra.get(&obj).copied().unwrap_or(0)
+    }
+
+    fn company_name(&self, cid: u64) -> String {
+        format!(
+            "{} {}",
+            pick(&WORDS, self.h(HubSpotObject::Companies, cid, 1)),
+            cid
+        )
+    }
+
+    fn company_domain(&self, cid: u64) -> String {
+        let word = pick(&WORDS, self.h(HubSpotObject::Companies, cid, 1))
+            .to_lowercase()
+            .replace(' ', "");
+        format!("{word}{cid}.example.com")
+    }
+
+    fn company_of(&self, obj: HubSpotObject, id: u64) -> Option<u64> {
+        let n = self.cfg.companies;
+        if n == 0 {
+            return None;
+        }
+        match obj {
+            HubSpotObject::Contacts => Some((id - 1) % n + 1),
+            HubSpotObject::Deals => Some(self.h(obj, id, 20) % n + 1),
+            HubSpotObject::Companies => None,
+        }
+    }
+
+    fn contacts_of_deal(&self, id: u64) -> Vec<u64> {
+        let (n, contacts) = (self.cfg.companies, self.cfg.contacts);
+        let Some(company) = self.company_of(HubSpotObject::Deals, id) else {
+            return Vec::new();
+        };
+        if company > contacts {
+            return Vec::new();
+        }
+        // Contacts of company c are c, c + n, c + 2n, … up to `contacts`.
+        let per_company = (contacts - company) / n + 1;
+        let k = 1 + self.h(HubSpotObject::Deals, id, 21) % 3;
+        let set: BTreeSet<u64> = (0..k)
+            .map(|j| company + (self.h(HubSpotObject::Deals, id, 22 + j) % per_company) * n)
+            .collect();
+        set.into_iter().collect()
+    }
+
+    fn contacts_of_company(&self, cid: u64) -> Vec<u64> {
+        let n = self.cfg.companies;
+        (0..)
+            .map(|m| cid + m * n)
+            .take_while(|id| *id <= self.cfg.contacts)
+            .collect()
+    }
+
+    /// The seeded version of a record (before mutations).
+    fn base(&self, obj: HubSpotObject, id: u64) -> SimRecord {
+        let base = self.cfg.base_time;
+        let h = |k| self.h(obj, id, k);
+        let created = base - chrono::Duration::days(400)
+            + chrono::Duration::seconds(i64::try_from(h(1) % (300 * 86_400)).unwrap_or(0))
+            + chrono::Duration::milliseconds(i64::try_from(h(3) % 1000).unwrap_or(0));
+        let span_ms = (base - created).num_milliseconds().max(1);
+        let updated = created
+            + chrono::Duration::milliseconds(
+                i64::try_from(h(2) % u64::try_from(span_ms).unwrap_or(1)).unwrap_or(0),
+            );
+        let mut p: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut set = |k: &str, v: String| {
+            p.insert(k.to_owned(), Some(v));
+        };
+        set("createdate", iso(created));
+        set("hs_object_id", id.to_string());
+        set("hubspot_owner_id", (1000 + h(4) % 20).to_string());
+        let company_id = self.company_of(obj, id);
+        let mut contact_ids = Vec::new();
+        match obj {
+            HubSpotObject::Companies => {
+                set("name", self.company_name(id));
+                set("domain", self.company_domain(id));
+                set("industry", pick(&INDUSTRIES, h(5)).to_owned());
+                set("numberofemployees", (1 + h(6) % 5000).to_string());
+                let revenue = if h(7) % 17 == 0 {
+                    String::new()
+                } else {
+                    format!("{}.{:02}", h(7) % 50_000_000, h(8) % 100)
+                };
+                set("annualrevenue", revenue);
+                set(
+                    "hs_custom_tier",
+                    pick(&["gold", "silver", "bronze"], h(9)).to_owned(),
+                );
+            }
+            HubSpotObject::Contacts => {
+                let first = pick(&FIRST, h(5));
+                let last = pick(&LAST, h(6));
+                set("firstname", first.to_owned());
+                set("lastname", last.to_owned());
+                let domain =
+                    company_id.map_or_else(|| "example.com".to_owned(), |c| self.company_domain(c));
+                set(
+                    "email",
+                    format!(
+                        "{}.{}{id}@{domain}",
+                        first.to_lowercase(),
+                        last.to_lowercase()
+                    ),
+                );
+                set(
+                    "jobtitle",
+                    pick(&["VP Sales", "CTO", "Engineer", "Buyer", ""], h(7)).to_owned(),
+                );
+                let phone = if h(8) % 5 == 0 {
+                    String::new()
+                } else {
+                    format!("+1 555 {:04}", h(8) % 10_000)
+                };
+                set("phone", phone);
+                set("lifecyclestage", pick(&LIFECYCLE, h(9)).to_owned());
+                if let Some(c) = company_id {
+                    set("associatedcompanyid", c.to_string());
+                }
+                set("hs_language", "en".to_owned());
+            }
+            HubSpotObject::Deals => {
+                let company =
+                    company_id.map_or_else(|| "Direct".to_owned(), |c| self.company_name(c));
+                set(
+                    "dealname",
+                    format!(
+                        "{company} - {}",
+                        pick(&["Renewal", "Expansion", "New business"], h(5))
+                    ),
+                );
+                set(
+                    "amount",
+                    format!("{}.{:02}", 1_000 + h(6) % 250_000, h(7) % 100),
+                );
+                set(
+                    "deal_currency_code",
+                    pick(&["USD", "EUR", "GBP"], h(8)).to_owned(),
+                );
+                let (stage, probability) = STAGES[usize::try_from(h(9) % 7).unwrap_or(0)];
+                set("dealstage", stage.to_owned());
+                set("hs_deal_stage_probability", probability.to_owned());
+                set("pipeline", "default".to_owned());
+                let close = (created
+                    + chrono::Duration::days(30 + i64::try_from(h(10) % 90).unwrap_or(0)))
+                .date_naive()
+                .and_hms_opt(0, 0, 0)
+                .map_or(created, |d| d.and_utc());
+                set("closedate", iso(close));
+                let closed = stage.starts_with("closed");
+                set("hs_is_closed", closed.to_string());
+                set("hs_is_closed_won", (stage == "closedwon").to_string());
+                set(
+                    "hs_manual_forecast_category",
+                    pick(&FORECAST, h(11)).to_owned(),
+                );
+                set(
+                    "hs_priority",
+                    pick(&["low", "medium", "high"], h(12)).to_owned(),
+                );
+                contact_ids = self.contacts_of_deal(id);
+            }
+        }
+        let mut rec = SimRecord {
+            object: obj,
+            id,
+            created_at: created,
+            updated_at: updated,
+            archived_at: None,
+            properties: p,
+            company_id,
+            contact_ids,
+        };
+        rec.properties
+            .insert(obj.modified_property().to_owned(), Some(iso(updated)));
+        rec
+    }
+
+    fn current(&self, data: &Data, obj: HubSpotObject, id: u64) -> Option<SimRecord> {
+        if id == 0 || id > self.max_id(data, obj) {
+            return None;
+        }
+        let mut rec = self.base(obj, id);
+        if let Some(o) = data.overlay.get(&(obj, id)) {
+            if let Some(c) = o.created_at {
+                rec.created_at = c;
+                rec.properties.insert("createdate".into(), Some(iso(c)));
+            }
+            rec.updated_at = o.updated_at;
+            rec.archived_at = o.archived_at;
+            for (k, v) in &o.props {
+                rec.properties.insert(k.clone(), v.clone());
+            }
+            rec.properties
+                .insert(obj.modified_property().to_owned(), Some(iso(o.updated_at)));
+        }
+        Some(rec)
+    }
+
+    fn is_archived(data: &Data, obj: HubSpotObject, id: u64) -> bool {
+        data.overlay
+            .get(&(obj, id))
+            .is_some_and(|o| o.archived_at.is_some())
+    }
+
+    fn record_json(
+        &self,
+        rec: &SimRecord,
+        props: &[String],
+        associations: &[HubSpotObject],
+    ) -> Value {
+        if self.common.is_malformed(rec.object.salt(), rec.id) {
+            return json!({"id": rec.id.to_string(), "properties": "corrupt", "createdAt": 12, "updatedAt": "x", "archived": "no"});
+        }
+        let mut properties = Map::new();
+        let wanted: Vec<&str> = if props.is_empty() {
+            rec.object.default_properties().to_vec()
+        } else {
+            props.iter().map(String::as_str).collect()
+        };
+        for name in
+            wanted
+                .into_iter()
+                .chain(["hs_object_id", "createdate", rec.object.modified_property()])
+        {
+            if let Some(v) = rec.properties.get(name) {
+                properties.insert(
+                    name.to_owned(),
+                    v.clone().map_or(Value::Null, Value::String),
+                );
+            }
+        }
+        let mut out = json!({
+            "id": rec.id.to_string(),
+            "properties": properties,
+            "createdAt": iso(rec.created_at),
+            "updatedAt": iso(rec.updated_at),
+            "archived": rec.archived_at.is_some(),
+        });
+        if let Some(a) = rec.archived_at {
+            out["archivedAt"] = json!(iso(a));
+        }
+        if !associations.is_empty() {
+            let mut assoc = Map::new();
+            for to in associations {
+                let ids = self.associated(rec.object, rec.id, *to);
+                if ids.is_empty() {
+                    continue;
+                }
+                let kind = format!("{}_to_{}", rec.object.singular(), to.singular());
+                let shown: Vec<Value> = ids
+                    .iter()
+                    .take(self.cfg.assoc_page_size.max(1))
+                    .map(|id| json!({"id": id.to_string(), "type": kind}))
+                    .collect();
+                let mut block = json!({ "results": shown });
+                if ids.len() > self.cfg.assoc_page_size.max(1) {
+                    block["paging"] =
+                        json!({"next": {"after": self.cfg.assoc_page_size.to_string()}});
+                }
+                assoc.insert(to.as_str().to_owned(), block);
+            }
+            out["associations"] = Value::Object(assoc);
+        }
+        out
+    }
+
+    /// Associated ids, or `None` when the simulator does not model the pair.
+    fn associated(&self, from: HubSpotObject, id: u64, to: HubSpotObject) -> Vec<u64> {
+        use HubSpotObject::*;
+        match (from, to) {
+            (Deals, Contacts) => self.contacts_of_deal(id),
+            (Deals, Companies) | (Contacts, Companies) => {
+                self.company_of(from, id).into_iter().collect()
+            }
+            (Companies, Contacts) => self.contacts_of_company(id),
+            _ => Vec::new(),
+        }
+    }
+
+    fn check_auth(&self, headers: &HeaderMap) -> bool {
+        let Some(token) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        if token == self.cfg.access_token {
+            return true;
+        }
+        let data = lock(&self.data);
+        data.issued_tokens
+            .get(token)
+            .is_some_and(|exp| *exp > Utc::now())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Budget {
+    Rest,
+    Search,
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json;charset=utf-8"),
+    );
+    resp
+}
+
+fn error(status: StatusCode, category: &str, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &json!({
+            "status": "error",
+            "message": message,
+            "correlationId": uuid::Uuid::new_v4().to_string(),
+            "category": category,
+        }),
+    )
+}
+
+fn rate_limited(budget: Budget, inner: &Inner) -> Response<Body> {
+    let (message, policy) = match budget {
+        Budget::Rest => (
+            "You have reached your ten_secondly_rolling limit.",
+            "TEN_SECONDLY_ROLLING",
+        ),
+        Budget::Search => ("You have reached your secondly limit.", "SECONDLY"),
+    };
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &json!({
+            "status": "error",
+            "message": message,
+            "errorType": "RATE_LIMIT",
+            "correlationId": uuid::Uuid::new_v4().to_string(),
+            "policyName": policy,
+            "requestId": uuid::Uuid::new_v4().to_string(),
+        }),
+    );
+    if budget == Budget::Rest {
+        add_rate_headers(&mut resp, inner, 0);
+    }
+    resp
+}
+
+fn add_rate_headers(resp: &mut Response<Body>, inner: &Inner, remaining: usize) {
+    let h = resp.headers_mut();
+    let window_ms = inner.cfg.rest_window.as_millis().to_string();
+    for (name, value) in [
+        ("x-hubspot-ratelimit-max", inner.rest.max().to_string()),
+        ("x-hubspot-ratelimit-remaining", remaining.to_string()),
+        ("x-hubspot-ratelimit-interval-milliseconds", window_ms),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+}
+
+/// Auth, injected faults, latency and the rate limit: `Err` is the response to send instead
+/// of serving the request; `Ok` carries the remaining REST budget (for the headers).
+async fn admit(
+    inner: &Inner,
+    headers: &HeaderMap,
+    budget: Budget,
+) -> Result<Option<usize>, Response<Body>> {
+    let (injected, latency) = decide(&inner.common);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if !inner.check_auth(headers) {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found. This API supports OAuth 2.0 authentication.",
+        ));
+    }
+    match injected {
+        Injected::ServerError(code) => {
+            return Err(error(code, "INTERNAL_ERROR", "internal error"));
+        }
+        Injected::RateLimited => return Err(rate_limited(budget, inner)),
+        Injected::Drop => return Err(dropped_response()),
+        Injected::None => {}
+    }
+    if !inner.cfg.rate_limits {
+        return Ok(None);
+    }
+    let limiter = match budget {
+        Budget::Rest => &inner.rest,
+        Budget::Search => &inner.search,
+    };
+    match limiter.check() {
+        Ok(remaining) => Ok((budget == Budget::Rest).then_some(remaining)),
+        Err(_) => Err(rate_limited(budget, inner)),
+    }
+}
+
+fn encode_cursor(id: u64) -> String {
+    format!("{:x}", id ^ 0x5eed_c0de)
+}
+
+fn decode_cursor(s: &str) -> Option<u64> {
+    u64::from_str_radix(s, 16).ok().map(|v| v ^ 0x5eed_c0de)
+}
+
+fn split_list(s: Option<&String>) -> Vec<String> {
+    s.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+async fn list_objects(
+    State(inner): State<Arc<Inner>>,
+    Path(object_type): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let remaining = match admit(&inner, &headers, Budget::Rest).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let Some(obj) = HubSpotObject::parse(&object_type) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            "Unknown object type",
+        );
+    };
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 10,
+        Some(Ok(l)) if (1..=100).contains(&l) => l,
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "limit must be between 1 and 100",
+            );
+        }
+    };
+    let start = match q.get("after") {
+        None => 1,
+        Some(a) => match decode_cursor(a) {
+            Some(id) => id,
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "VALIDATION_ERROR",
+                    "Invalid after cursor",
+                );
+            }
+        },
+    };
+    let archived = q.get("archived").is_some_and(|a| a == "true");
+    let props = split_list(q.get("properties"));
+    let associations: Vec<HubSpotObject> = split_list(q.get("associations"))
+        .iter()
+        .filter_map(|a| HubSpotObject::parse(a))
+        .collect();
+
+    let (records, next) = {
+        let data = lock(&inner.data);
+        let max = inner.max_id(&data, obj);
+        let mut out = Vec::with_capacity(limit);
+        let mut next = None;
+        if archived {
+            let ids = data
+                .overlay
+                .range((obj, start)..=(obj, u64::MAX))
+                .filter(|(_, o)| o.archived_at.is_some())
+                .map(|((_, id), _)| *id);
+            for id in ids {
+                if out.len() == limit {
+                    next = Some(id);
+                    break;
+                }
+                out.extend(inner.current(&data, obj, id));
+            }
+        } else {
+            let mut id = start.max(1);
+            while id <= max {
+                if !Inner::is_archived(&data, obj, id) {
+                    if out.len() == limit {
+                        next = Some(id);
+                        break;
+                    }
+                    out.extend(inner.current(&data, obj, id));
+                }
+                id += 1;
+            }
+        }
+        (out, next)
+    };
+    let results: Vec<Value> = records
+        .iter()
+        .map(|r| inner.record_json(r, &props, &associations))
+        .collect();
+    let mut body = json!({ "results": results });
+    if let Some(n) = next {
+        let after = encode_cursor(n);
+        body["paging"] = json!({"next": {"after": after, "link": format!("?after={after}")}});
+    }
+    let mut resp = json_response(StatusCode::OK, &body);
+    if let Some(r) = remaining {
+        add_rate_headers(&mut resp, &inner, r);
+    }
+    resp
+}
+
+const OPERATORS: [&str; 13] = [
+    "LT",
+    "LTE",
+    "GT",
+    "GTE",
+    "EQ",
+    "NEQ",
+    "BETWEEN",
+    "IN",
+    "NOT_IN",
+    "HAS_PROPERTY",
+    "NOT_HAS_PROPERTY",
+    "CONTAINS_TOKEN",
+    "NOT_CONTAINS_TOKEN",
+];
+
+#[derive(Debug)]
+struct Filter {
+    property: String,
+    operator: String,
+    value: Option<String>,
+    high: Option<String>,
+    values: Vec<String>,
+}
+
+fn scalar(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_filter(v: &Value) -> Result<Filter, String> {
+    let property = scalar(v.get("propertyName")).ok_or("filter without propertyName")?;
+    let operator = scalar(v.get("operator")).unwrap_or_else(|| "EQ".into());
+    if !OPERATORS.contains(&operator.as_str()) {
+        return Err(format!("Unknown operator {operator}"));
+    }
+    let values = v
+        .get("values")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|x| scalar(Some(x))).collect())
+        .unwrap_or_default();
+    Ok(Filter {
+        property,
+        operator,
+        value: scalar(v.get("value")),
+        high: scalar(v.get("highValue")),
+        values,
+    })
+}
+
+const DATE_PROPS: [&str; 4] = [
+    "createdate",
+    "lastmodifieddate",
+    "hs_lastmodifieddate",
+    "closedate",
+];
+
+/// Epoch milliseconds as f64: exact, since every plausible instant is below 2^53 ms.
+#[allow(clippy::cast_precision_loss)]
+fn ms_f64(ms: i64) -> f64 {
+    ms as f64
+}
+
+/// A property value as a number: epoch ms for date properties, else the parsed number.
+fn numeric(property: &str, v: &str) -> Option<f64> {
+    if DATE_PROPS.contains(&property) {
+        if let Ok(ms) = v.parse::<i64>() {
+            return Some(ms_f64(ms));
+        }
+        return DateTime::parse_from_rfc3339(v)
+            .ok()
+            .map(|d| ms_f64(d.timestamp_millis()));
+    }
+    v.parse::<f64>().ok()
+}
+
+fn compare(property: &str, have: &str, want: &str) -> Option<std::cmp::Ordering> {
+    match (numeric(property, have), numeric(property, want)) {
+        (Some(a), Some(b)) => a.partial_cmp(&b),
+        _ => Some(have.cmp(want)),
+    }
+}
+
+fn matches(f: &Filter, rec: &SimRecord) -> bool {
+    use std::cmp::Ordering::*;
+    let have = rec
+        .properties
+        .get(&f.property)
+        .and_then(Clone::clone)
+        .filter(|v| !v.is_empty());
+    let cmp = |want: &Option<String>| -> Option<std::cmp::Ordering> {
+        compare(&f.property, have.as_deref()?, want.as_deref()?)
+    };
+    match f.operator.as_str() {
+        "HAS_PROPERTY" => have.is_some(),
+        "NOT_HAS_PROPERTY" => have.is_none(),
+        "EQ" => cmp(&f.value) == Some(Equal),
+        "NEQ" => cmp(&f.value) != Some(Equal),
+        "LT" => cmp(&f.value) == Some(Less),
+        "LTE" => matches!(cmp(&f.value), Some(Less | Equal)),
+        "GT" => cmp(&f.value) == Some(Greater),
+        "GTE" => matches!(cmp(&f.value), Some(Greater | Equal)),
+        "BETWEEN" => {
+            matches!(cmp(&f.value), Some(Greater | Equal))
+                && matches!(cmp(&f.high), Some(Less | Equal))
+        }
+        "IN" => have
+            .as_deref()
+            .is_some_and(|h| f.values.iter().any(|v| v == &h.to_lowercase() || v == h)),
+        "NOT_IN" => !have
+            .as_deref()
+            .is_some_and(|h| f.values.iter().any(|v| v == &h.to_lowercase() || v == h)),
+        "CONTAINS_TOKEN" | "NOT_CONTAINS_TOKEN" => {
+            let token = f
+                .value
+                .as_deref()
+                .unwrap_or("")
+                .trim_matches('*')
+                .to_lowercase();
+            let found = have
+                .as_deref()
+                .is_some_and(|h| h.to_lowercase().contains(&token));
+            found == (f.operator == "CONTAINS_TOKEN")
+        }
+        _ => false,
+    }
+}
+
+/// The lowest value a group's filters allow for `property`, as a number.
+fn lower_bound(group: &[Filter], property: &str) -> Option<f64> {
+    group
+        .iter()
+        .filter(|f| {
+            f.property == property && matches!(f.operator.as_str(), "GT" | "GTE" | "EQ" | "BETWEEN")
+        })
+        .filter_map(|f| numeric(property, f.value.as_deref()?))
+        .reduce(f64::max)
+}
+
+/// The first id a numeric lower bound admits (float-to-int `as` saturates, so huge bounds
+/// give `u64::MAX` and an empty scan).
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn floor_id(f: f64) -> u64 {
+    if f < 1.0 { 1 } else { f.floor() as u64 }
+}
+
+async fn search_objects(
+    State(inner): State<Arc<Inner>>,
+    Path(object_type): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    if let Err(resp) = admit(&inner, &headers, Budget::Search).await {
+        return resp;
+    }
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", m);
+    let Some(obj) = HubSpotObject::parse(&object_type) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            "Unknown object type",
+        );
+    };
+    if body.len() > 3000 {
+        return bad("Request body is too large (3000 characters at most)");
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return bad("Invalid input JSON");
+    };
+    let raw_groups: Vec<Vec<Value>> = match (req.get("filterGroups"), req.get("filters")) {
+        (Some(Value::Array(groups)), _) => groups
+            .iter()
+            .map(|g| {
+                g.get("filters")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect(),
+        (None, Some(Value::Array(filters))) => vec![filters.clone()],
+        _ => Vec::new(),
+    };
+    if raw_groups.len() > 5 {
+        return bad("At most 5 filterGroups are allowed");
+    }
+    if raw_groups.iter().any(|g| g.len() > 6) {
+        return bad("At most 6 filters per group are allowed");
+    }
+    if raw_groups.iter().map(Vec::len).sum::<usize>() > 18 {
+        return bad("At most 18 filters in total are allowed");
+    }
+    let mut groups = Vec::with_capacity(raw_groups.len());
+    for g in &raw_groups {
+        match g.iter().map(parse_filter).collect::<Result<Vec<_>, _>>() {
+            Ok(f) => groups.push(f),
+            Err(m) => return bad(&m),
+        }
+    }
+    let sorts = req
+        .get("sorts")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if sorts.len() > 1 {
+        return bad("Only one sort is allowed");
+    }
+    let sort = sorts.first().map(|s| {
+        let prop = s
+            .get("propertyName")
+            .and_then(Value::as_str)
+            .or_else(|| s.as_str())
+            .unwrap_or("createdate")
+            .to_owned();
+        let desc = s.get("direction").and_then(Value::as_str) == Some("DESCENDING");
+        (prop, desc)
+    });
+    let limit = match req
+        .get("limit")
+        .map(|l| scalar(Some(l)).and_then(|s| s.parse::<usize>().ok()))
+    {
+        None => 10,
+        Some(Some(l)) if (1..=200).contains(&l) => l,
+        Some(_) => return bad("limit must be between 1 and 200"),
+    };
+    let after = match req
+        .get("after")
+        .map(|a| scalar(Some(a)).and_then(|s| s.parse::<usize>().ok()))
+    {
+        None => 0,
+        Some(Some(a)) => a,
+        Some(None) => return bad("after must be an integer"),
+    };
+    if after + limit > 10_000 {
+        return bad("Search results are limited to 10,000: page past 10000 results is not allowed");
+    }
+    let props: Vec<String> = req
+        .get("properties")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|p| scalar(Some(p))).collect())
+        .unwrap_or_default();
+
+    let visible_before = Utc::now();
+    let (page, total) = {
+        let data = lock(&inner.data);
+        let lag = chrono::Duration::from_std(data.search_lag).unwrap_or_default();
+        let lagging = |id: u64| {
+            data.overlay
+                .get(&(obj, id))
+                .is_some_and(|o| o.written_at > visible_before - lag)
+        };
+        let base_ms = ms_f64(inner.cfg.base_time.timestamp_millis());
+        let modified_floor = if groups.is_empty() {
+            None
+        } else {
+            groups
+                .iter()
+                .map(|g| lower_bound(g, obj.modified_property()))
+                .collect::<Option<Vec<f64>>>()
+                .and_then(|v| v.into_iter().reduce(f64::min))
+        };
+        let id_floor = if groups.is_empty() {
+            None
+        } else {
+            groups
+                .iter()
+                .map(|g| lower_bound(g, "hs_object_id"))
+                .collect::<Option<Vec<f64>>>()
+                .and_then(|v| v.into_iter().reduce(f64::min))
+        };
+        let first_id = id_floor.map_or(1, floor_id);
+        let candidates: Box<dyn Iterator<Item = u64>> =
+            if modified_floor.is_some_and(|f| f > base_ms) {
+                // Only mutated records can be newer than the seed.
+                Box::new(
+                    data.overlay
+                        .range((obj, first_id)..=(obj, u64::MAX))
+                        .map(|((_, id), _)| *id)
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                )
+            } else {
+                Box::new(first_id..=inner.max_id(&data, obj))
+            };
+        let mut hits: Vec<SimRecord> = candidates
+            .filter(|id| !Inner::is_archived(&data, obj, *id) && !lagging(*id))
+            .filter_map(|id| inner.current(&data, obj, id))
+            .filter(|r| groups.is_empty() || groups.iter().any(|g| g.iter().all(|f| matches(f, r))))
+            .collect();
+        match &sort {
+            Some((prop, desc)) => {
+                hits.sort_by(|a, b| {
+                    let va = a
+                        .properties
+                        .get(prop)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default();
+                    let vb = b
+                        .properties
+                        .get(prop)
+                        .cloned()
+                        .flatten()
+                        .unwrap_or_default();
+                    let ord = compare(prop, &va, &vb)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                        .then(a.id.cmp(&b.id));
+                    if *desc { ord.reverse() } else { ord }
+                });
+            }
+            None => hits.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id))),
+        }
+        let total = hits.len();
+        let page: Vec<SimRecord> = hits.into_iter().skip(after).take(limit).collect();
+        (page, total)
+    };
+    let results: Vec<Value> = page
+        .iter()
+        .map(|r| inner.record_json(r, &props, &[]))
+        .collect();
+    let mut body = json!({ "total": total, "results": results });
+    if after + limit < total {
+        body["paging"] = json!({"next": {"after": (after + limit).to_string()}});
+    }
+    json_response(StatusCode::OK, &body)
+}
+
+fn type_id(from: HubSpotObject, to: HubSpotObject) -> u64 {
+    use HubSpotObject::*;
+    match (from, to) {
+        (Contacts, Companies) => 1,
+        (Companies, Contacts) => 2,
+        (Deals, Contacts) => 3,
+        (Deals, Companies) => 5,
+        _ => 0,
+    }
+}
+
+async fn associations_batch_read(
+    State(inner): State<Arc<Inner>>,
+    Path((from, to)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
+    if let Err(resp) = admit(&inner, &headers, Budget::Rest).await {
+        return resp;
+    }
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", m);
+    let (Some(from), Some(to)) = (HubSpotObject::parse(&from), HubSpotObject::parse(&to)) else {
+        return bad("Unknown object type");
+    };
+    if type_id(from, to) == 0 {
+        return bad(
+            "The simulator models deals→contacts, deals→companies, contacts→companies and companies→contacts",
+        );
+    }
+    let Ok(req) = serde_json::from_slice::<Value>(&body) else {
+        return bad("Invalid input JSON");
+    };
+    let Some(inputs) = req.get("inputs").and_then(Value::as_array) else {
+        return bad("inputs is required");
+    };
+    if inputs.len() > 1000 {
+        return bad("Too many inputs: at most 1000 are allowed");
+    }
+    let page_size = inner.cfg.assoc_page_size.max(1);
+    let mut results = Vec::new();
+    let mut errors = Vec::new();
+    {
+        let data = lock(&inner.data);
+        for input in inputs {
+            let id = scalar(input.get("id")).and_then(|s| s.parse::<u64>().ok());
+            let Some(id) = id.filter(|id| inner.current(&data, from, *id).is_some()) else {
+                errors.push(json!({
+                    "status": "error", "category": "OBJECT_NOT_FOUND",
+                    "message": format!("No {} with id {:?}", from.singular(), input.get("id")),
+                    "context": {"fromObjectId": [input.get("id")]},
+                }));
+                continue;
+            };
+            let offset = scalar(input.get("after"))
+                .and_then(|a| a.parse::<usize>().ok())
+                .unwrap_or(0);
+            let all = inner.associated(from, id, to);
+            let to_json: Vec<Value> = all
+                .iter()
+                .skip(offset)
+                .take(page_size)
+                .map(|t| json!({"toObjectId": t, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": type_id(from, to), "label": null}]}))
+                .collect();
+            let mut r = json!({"from": {"id": id.to_string()}, "to": to_json});
+            if offset + page_size < all.len() {
+                r["paging"] =
+                    json!({"next": {"after": (offset + page_size).to_string(), "link": null}});
+            }
+            results.push(r);
+        }
+    }
+    let now = iso(Utc::now());
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    json_response(
+        status,
+        &json!({
+            "status": "COMPLETE", "startedAt": now, "completedAt": now,
+            "results": results, "numErrors": errors.len(), "errors": errors,
+        }),
+    )
+}
+
+async fn oauth_token(
+    State(inner): State<Arc<Inner>>,
+    axum::Form(form): axum::Form<HashMap<String, String>>,
+) -> Response<Body> {
+    let Some(app) = &inner.cfg.oauth else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BAD_CLIENT_ID",
+            "missing or unknown client id",
+        );
+    };
+    let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+    if field("grant_type") != "refresh_token"
+        || field("client_id") != app.client_id
+        || field("client_secret") != app.client_secret
+        || field("refresh_token") != app.refresh_token
+    {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"status": "BAD_REFRESH_TOKEN", "message": "missing or invalid refresh token"}),
+        );
+    }
+    let token = {
+        let mut data = lock(&inner.data);
+        data.next_token += 1;
+        let token = format!("sim-oauth-{}-{}", inner.cfg.seed, data.next_token);
+        let ttl =
+            chrono::Duration::seconds(i64::try_from(app.expires_in).unwrap_or(i64::MAX / 1000));
+        data.issued_tokens.insert(token.clone(), Utc::now() + ttl);
+        token
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({"access_token": token, "refresh_token": app.refresh_token, "expires_in": app.expires_in, "token_type": "bearer"}),
+    )
+}
+
+impl HubSpotSim {
+    /// Starts the simulator on `127.0.0.1` and an ephemeral port.
+    pub async fn start(cfg: HubSpotSimConfig) -> std::io::Result<HubSpotSim> {
+        let common = Arc::new(Common::new(cfg.seed, cfg.faults.clone()));
+        let inner = Arc::new(Inner {
+            rest: SimLimiter::new(cfg.rest_max, cfg.rest_window),
+            search: SimLimiter::new(cfg.search_max, cfg.search_window),
+            data: Mutex::new(Data {
+                search_lag: cfg.search_lag,
+                ..Default::default()
+            }),
+            common: common.clone(),
+            cfg,
+        });
+        let router = Router::new()
+            .route("/crm/v3/objects/{object_type}", get(list_objects))
+            .route("/crm/v3/objects/{object_type}/search", post(search_objects))
+            .route(
+                "/crm/v4/associations/{from}/{to}/batch/read",
+                post(associations_batch_read),
+            )
+            .route("/oauth/v1/token", post(oauth_token))
+            .with_state(inner.clone())
+            .route_layer(axum::middleware::from_fn_with_state(
+                common,
+                super::count_requests,
+            ));
+        let server = SimServer::serve(router).await?;
+        Ok(HubSpotSim { inner, server })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        self.server.base_url()
+    }
+
+    /// Stops the server.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+
+    /// Requests served, per endpoint.
+    pub fn counters(&self) -> &RequestCounters {
+        &self.inner.common.counters
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: FaultConfig) {
+        *lock(&self.inner.common.faults) = faults;
+    }
+
+    /// Answers the next `n` requests with 429.
+    pub fn burst_429(&self, n: u64) {
+        self.inner.common.burst_429.store(n, Ordering::Relaxed);
+    }
+
+    /// Makes writes show up in search only after `lag`.
+    pub fn set_search_lag(&self, lag: Duration) {
+        lock(&self.inner.data).search_lag = lag;
+    }
+
+    /// The configuration it was started with.
+    pub fn config(&self) -> &HubSpotSimConfig {
+        &self.inner.cfg
+    }
+
+    fn write(&self, obj: HubSpotObject, id: u64, f: impl FnOnce(&mut Override)) -> bool {
+        let now = now_ms();
+        let mut data = lock(&self.inner.data);
+        if id == 0 || id > self.inner.max_id(&data, obj) {
+            return false;
+        }
+        let o = data.overlay.entry((obj, id)).or_insert_with(|| Override {
+            created_at: None,
+            updated_at: now,
+            archived_at: None,
+            props: BTreeMap::new(),
+            written_at: now,
+        });
+        o.updated_at = now;
+        o.written_at = now;
+        f(o);
+        true
+    }
+
+    /// Changes properties of a record and stamps it modified now. False if it does not exist.
+    pub fn modify<K: Into<String>, V: Into<String>>(
+        &self,
+        obj: HubSpotObject,
+        id: u64,
+        props: impl IntoIterator<Item = (K, V)>,
+    ) -> bool {
+        self.write(obj, id, |o| {
+            for (k, v) in props {
+                o.props.insert(k.into(), Some(v.into()));
+            }
+        })
+    }
+
+    /// Creates a record (created and modified now) and returns its id.
+    pub fn create<K: Into<String>, V: Into<String>>(
+        &self,
+        obj: HubSpotObject,
+        props: impl IntoIterator<Item = (K, V)>,
+    ) -> u64 {
+        let id = {
+            let mut data = lock(&self.inner.data);
+            let extra = data.extra.entry(obj).or_insert(0);
+            *extra += 1;
+            self.inner.count(obj) + *extra
+        };
+        self.write(obj, id, |o| {
+            o.created_at = Some(o.updated_at);
+            for (k, v) in props {
+                o.props.insert(k.into(), Some(v.into()));
+            }
+        });
+        id
+    }
+
+    /// Archives a record now. False if it does not exist.
+    pub fn archive(&self, obj: HubSpotObject, id: u64) -> bool {
+        self.write(obj, id, |o| o.archived_at = Some(o.updated_at))
+    }
+
+    /// Stamps many records with one identical modification time (HubSpot's bulk updates).
+    pub fn stamp(&self, obj: HubSpotObject, ids: impl IntoIterator<Item = u64>, at: DateTime<Utc>) {
+        for id in ids {
+            self.write(obj, id, |o| o.updated_at = at);
+        }
+    }
+
+    /// The record as the portal holds it now, archived or not; `None` if it never existed.
+    pub fn record(&self, obj: HubSpotObject, id: u64) -> Option<SimRecord> {
+        let data = lock(&self.inner.data);
+        self.inner.current(&data, obj, id)
+    }
+
+    /// The highest id of the object type (seeded plus created).
+    pub fn max_id(&self, obj: HubSpotObject) -> u64 {
+        self.inner.max_id(&lock(&self.inner.data), obj)
+    }
+
+    /// Every record of a type, generated one at a time (a million cost no memory).
+    pub fn records(&self, obj: HubSpotObject) -> impl Iterator<Item = SimRecord> + '_ {
+        (1..=self.max_id(obj)).filter_map(move |id| self.record(obj, id))
+    }
+
+    /// How many records of a type are archived (`true`) or live (`false`).
+    pub fn truth_count(&self, obj: HubSpotObject, archived: bool) -> u64 {
+        let data = lock(&self.inner.data);
+        let archived_n = data
+            .overlay
+            .range((obj, 0)..=(obj, u64::MAX))
+            .filter(|(_, o)| o.archived_at.is_some())
+            .count() as u64;
+        if archived {
+            archived_n
+        } else {
+            self.inner.max_id(&data, obj) - archived_n
+        }
+    }
+
+    /// Whether a record is served malformed under the current fault settings.
+    pub fn is_malformed(&self, obj: HubSpotObject, id: u64) -> bool {
+        self.inner.common.is_malformed(obj.salt(), id)
+    }
+}
