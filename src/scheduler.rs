@@ -7,7 +7,7 @@
 //! prunes old jobs. Every enqueue also carries a unique key, so even a leadership change in
 //! the middle of a tick cannot enqueue a workspace's sync twice.
 
-use std::str::FromStr;
+use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use crate::store::{
 pub const DEFAULT_CRON: &str = "0 2 * * *";
 
 /// The reserved lock id whose holder is the scheduler leader (no workspace has it).
-pub const LEADER_LOCK_ID: Uuid = Uuid::from_u128(0x5c4e_d01e_0000_4000_8000_00000000_1ead);
+pub const LEADER_LOCK_ID: Uuid = Uuid::from_u128(0x5c4e_d01e_0000_4000_8000_0000_0000_1ead);
 
 /// Priority of scheduled syncs.
 pub const SCHEDULED_PRIORITY: i32 = 0;

@@ -74,7 +74,7 @@ impl JobQueue for PgStore {
              max_attempts, unique_key, created_at, run_after, timeout_ms) \
              VALUES ($1, $2, $3, 'pending', $4, $5, 0, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
         );
-        let inserted = sqlx::query(&sql)
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(Uuid::new_v4())
             .bind(job.workspace_id)
             .bind(&job.job_type)
@@ -159,7 +159,7 @@ impl JobQueue for PgStore {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let claimed = sqlx::query(&sql)
+        let claimed = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(worker_id)
             .bind(lease_end(now, lease))
             .bind(now)
@@ -324,7 +324,7 @@ impl JobQueue for PgStore {
 
     async fn get_job(&self, workspace_id: Uuid, job_id: Uuid) -> Result<Option<Job>> {
         let sql = format!("SELECT {COLUMNS} FROM jobs WHERE workspace_id = $1 AND id = $2");
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(workspace_id)
             .bind(job_id)
             .fetch_optional(self.pool())
@@ -338,7 +338,7 @@ impl JobQueue for PgStore {
             "SELECT {COLUMNS} FROM jobs WHERE workspace_id = $1 \
              ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(workspace_id)
             .bind(i64::from(limit.clamp(1, MAX_JOBS_PAGE)))
             .bind(i64::from(offset))

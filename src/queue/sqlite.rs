@@ -98,7 +98,7 @@ impl JobQueue for SqliteStore {
              max_attempts, unique_key, created_at, run_after, timeout_ms) \
              VALUES (?1, ?2, ?3, 'pending', ?4, ?5, 0, ?6, ?7, ?8, ?9, ?10) RETURNING {COLUMNS}"
         );
-        let inserted = sqlx::query(&sql)
+        let inserted = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.to_string())
             .bind(job.workspace_id.to_string())
             .bind(&job.job_type)
@@ -167,7 +167,7 @@ impl JobQueue for SqliteStore {
                ORDER BY priority DESC, run_after, created_at LIMIT ?5) \
              RETURNING {COLUMNS}"
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(worker_id)
             .bind(ts(lease_end(now, lease)))
             .bind(ts(now))
@@ -328,7 +328,7 @@ impl JobQueue for SqliteStore {
 
     async fn get_job(&self, workspace_id: Uuid, job_id: Uuid) -> Result<Option<Job>> {
         let sql = format!("SELECT {COLUMNS} FROM jobs WHERE workspace_id = ?1 AND id = ?2");
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(workspace_id.to_string())
             .bind(job_id.to_string())
             .fetch_optional(self.pool())
@@ -342,7 +342,7 @@ impl JobQueue for SqliteStore {
             "SELECT {COLUMNS} FROM jobs WHERE workspace_id = ?1 \
              ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3"
         );
-        let rows = sqlx::query(&sql)
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(workspace_id.to_string())
             .bind(i64::from(limit.clamp(1, MAX_JOBS_PAGE)))
             .bind(i64::from(offset))

@@ -249,7 +249,7 @@ impl Worker {
             let job_id = job.id;
             let attempt = job.attempts;
             let timeout = job.timeout();
-            let mut handle = tokio::spawn(handler.run(job, ctx));
+            let mut handle = tokio::spawn(async move { handler.run(job, ctx).await });
 
             let mut beat = tokio::time::interval(self.config.heartbeat_interval);
             beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
