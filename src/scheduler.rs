@@ -233,7 +233,7 @@ impl Scheduler {
         connector: Option<ConnectorKind>,
         mode: Option<SyncMode>,
     ) -> Result<TriggeredSync> {
-        let now = Utc::now();
+        let now = self.queue.now();
         let stale_before = now - chrono::Duration::from_std(STALE_SYNC_AFTER).unwrap_or_default();
         let failed = self
             .store
@@ -245,8 +245,12 @@ impl Scheduler {
             .await?;
         if !failed.is_empty() {
             tracing::warn!(%workspace_id, stale = failed.len(), "failed stale syncs");
-            // Their jobs' workers are gone: hand the jobs back so the unique key frees up.
+            // Their jobs' workers are gone: take the jobs back from dead workers, then
+            // cancel them so the new trigger is not blocked by a run already given up on.
             self.queue.rescue_expired().await?;
+            for id in &failed {
+                self.queue.cancel_jobs_for_sync(workspace_id, *id).await?;
+            }
         }
         let active = self.store.active_syncs(workspace_id).await?;
         if let Some(running) = active
@@ -304,7 +308,7 @@ impl Scheduler {
     /// Leader maintenance: rescue jobs whose worker died, fail stale syncs, prune old jobs.
     pub async fn maintain(&self) -> Result<()> {
         let rescued = self.queue.rescue_expired().await?;
-        let now = Utc::now();
+        let now = self.queue.now();
         let stale_before = now - chrono::Duration::from_std(STALE_SYNC_AFTER).unwrap_or_default();
         let stale = self
             .store
@@ -353,7 +357,7 @@ impl Scheduler {
     async fn lead(&self, shutdown: &CancellationToken, lost: &CancellationToken) {
         let mut maintenance = tokio::time::interval(self.config.maintenance_interval);
         loop {
-            let now = Utc::now();
+            let now = self.queue.now();
             let Some(next) = self.schedule.next_after(now) else {
                 tracing::warn!("the cron schedule has no future fire time");
                 tokio::select! {

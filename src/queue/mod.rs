@@ -313,6 +313,10 @@ impl BackoffPolicy {
 /// overwrite the outcome of the worker that rescued the job.
 #[async_trait]
 pub trait JobQueue: Send + Sync {
+    /// The queue's notion of now (the store's clock): retry and snooze times are computed
+    /// from it, so they compare correctly with `run_after`.
+    fn now(&self) -> DateTime<Utc>;
+
     /// Enqueues a job. With a `unique_key` already held by a pending or running job of the
     /// workspace, fails with [`Error::Conflict`](crate::Error::Conflict) naming that job.
     async fn enqueue(&self, job: NewJob) -> Result<Job>;
@@ -372,6 +376,10 @@ pub trait JobQueue: Send + Sync {
     /// cancellation request its worker sees at its next heartbeat. Returns the status after
     /// the call, or `None` when the workspace has no such job.
     async fn cancel(&self, workspace_id: Uuid, job_id: Uuid) -> Result<Option<JobStatus>>;
+
+    /// Cancels the workspace's pending or running jobs whose payload runs the sync `sync_id`
+    /// (their run was failed as stale). Returns how many were affected.
+    async fn cancel_jobs_for_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<u64>;
 
     /// Stores a running job's progress.
     async fn update_progress(&self, job_id: Uuid, worker_id: &str, progress: &Progress)

@@ -66,8 +66,12 @@ fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 
 #[async_trait]
 impl JobQueue for PgStore {
+    fn now(&self) -> DateTime<Utc> {
+        PgStore::now(self)
+    }
+
     async fn enqueue(&self, job: NewJob) -> Result<Job> {
-        let now = self.now();
+        let now = JobQueue::now(self);
         let mut tx = self.pool().begin().await.map_err(db("enqueueing a job"))?;
         let sql = format!(
             "INSERT INTO jobs (id, workspace_id, job_type, status, priority, payload, attempts, \
@@ -132,7 +136,7 @@ impl JobQueue for PgStore {
         if job_types.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let now = self.now();
+        let now = JobQueue::now(self);
         // Lock due candidates, skipping rows other workers hold; keep one per workspace and
         // type (the unique running index allows one); count the attempt at claim.
         let sql = format!(
@@ -185,7 +189,7 @@ impl JobQueue for PgStore {
     }
 
     async fn heartbeat(&self, job_id: Uuid, worker_id: &str, lease: Duration) -> Result<Heartbeat> {
-        let now = self.now();
+        let now = JobQueue::now(self);
         let row: Option<Option<DateTime<Utc>>> = sqlx::query_scalar(
             "UPDATE jobs SET locked_until = $1, heartbeat_at = $2 \
              WHERE id = $3 AND locked_by = $4 AND status = 'running' RETURNING cancel_requested_at",
@@ -211,7 +215,7 @@ impl JobQueue for PgStore {
              WHERE id = $3 AND locked_by = $4 AND status = 'running'",
         )
         .bind(result)
-        .bind(self.now())
+        .bind(JobQueue::now(self))
         .bind(job_id)
         .bind(worker_id)
         .execute(self.pool())
@@ -238,7 +242,7 @@ impl JobQueue for PgStore {
         )
         .bind(retry_at)
         .bind(crate::redact_secrets(error))
-        .bind(self.now())
+        .bind(JobQueue::now(self))
         .bind(job_id)
         .bind(worker_id)
         .fetch_optional(self.pool())
@@ -269,7 +273,7 @@ impl JobQueue for PgStore {
                locked_by = NULL, locked_until = NULL \
              WHERE id = $2 AND locked_by = $3 AND status = 'running'",
         )
-        .bind(self.now())
+        .bind(JobQueue::now(self))
         .bind(job_id)
         .bind(worker_id)
         .execute(self.pool())
@@ -284,7 +288,7 @@ impl JobQueue for PgStore {
                locked_by = NULL, locked_until = NULL \
              WHERE id = $2 AND locked_by = $3 AND status = 'running'",
         )
-        .bind(self.now())
+        .bind(JobQueue::now(self))
         .bind(job_id)
         .bind(worker_id)
         .execute(self.pool())
@@ -302,13 +306,32 @@ impl JobQueue for PgStore {
                status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END \
              WHERE workspace_id = $2 AND id = $3 RETURNING status",
         )
-        .bind(self.now())
+        .bind(JobQueue::now(self))
         .bind(workspace_id)
         .bind(job_id)
         .fetch_optional(self.pool())
         .await
         .map_err(db("cancelling a job"))?;
         status.as_deref().map(JobStatus::parse).transpose()
+    }
+
+    async fn cancel_jobs_for_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE jobs SET \
+               cancel_requested_at = CASE WHEN status = 'running' THEN COALESCE(cancel_requested_at, $1) ELSE cancel_requested_at END, \
+               completed_at = CASE WHEN status = 'pending' THEN $1 ELSE completed_at END, \
+               error = CASE WHEN status = 'pending' THEN 'cancelled: its sync run was failed as stale' ELSE error END, \
+               status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END \
+             WHERE workspace_id = $2 AND status IN ('pending', 'running') \
+               AND payload->>'sync_id' = $3",
+        )
+        .bind(JobQueue::now(self))
+        .bind(workspace_id)
+        .bind(sync_id.to_string())
+        .execute(self.pool())
+        .await
+        .map_err(db("cancelling a stale sync's jobs"))?;
+        Ok(done.rows_affected())
     }
 
     async fn update_progress(&self, job_id: Uuid, worker_id: &str, progress: &Progress) -> Result<()> {
@@ -358,7 +381,7 @@ impl JobQueue for PgStore {
                run_after = $1, locked_by = NULL, locked_until = NULL \
              WHERE status = 'running' AND locked_until < $1",
         )
-        .bind(self.now())
+        .bind(JobQueue::now(self))
         .execute(self.pool())
         .await
         .map_err(db("rescuing expired jobs"))?;

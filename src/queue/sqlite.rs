@@ -90,8 +90,12 @@ fn lease_end(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {
 
 #[async_trait]
 impl JobQueue for SqliteStore {
+    fn now(&self) -> DateTime<Utc> {
+        SqliteStore::now(self)
+    }
+
     async fn enqueue(&self, job: NewJob) -> Result<Job> {
-        let now = self.now();
+        let now = JobQueue::now(self);
         let id = Uuid::new_v4();
         let sql = format!(
             "INSERT INTO jobs (id, workspace_id, job_type, status, priority, payload, attempts, \
@@ -146,7 +150,7 @@ impl JobQueue for SqliteStore {
         if job_types.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let now = self.now();
+        let now = JobQueue::now(self);
         // One statement under SQLite's single writer: pick due jobs (at most one per
         // workspace and type, and none whose workspace already runs that type, matching the
         // unique running index), mark them running, count the attempt.
@@ -187,7 +191,7 @@ impl JobQueue for SqliteStore {
     }
 
     async fn heartbeat(&self, job_id: Uuid, worker_id: &str, lease: Duration) -> Result<Heartbeat> {
-        let now = self.now();
+        let now = JobQueue::now(self);
         let row: Option<Option<String>> = sqlx::query_scalar(
             "UPDATE jobs SET locked_until = ?1, heartbeat_at = ?2 \
              WHERE id = ?3 AND locked_by = ?4 AND status = 'running' RETURNING cancel_requested_at",
@@ -213,7 +217,7 @@ impl JobQueue for SqliteStore {
              WHERE id = ?3 AND locked_by = ?4 AND status = 'running'",
         )
         .bind(result.to_string())
-        .bind(ts(self.now()))
+        .bind(ts(JobQueue::now(self)))
         .bind(job_id.to_string())
         .bind(worker_id)
         .execute(self.pool())
@@ -241,7 +245,7 @@ impl JobQueue for SqliteStore {
         )
         .bind(retry_at.map(ts))
         .bind(&error)
-        .bind(ts(self.now()))
+        .bind(ts(JobQueue::now(self)))
         .bind(job_id.to_string())
         .bind(worker_id)
         .fetch_optional(self.pool())
@@ -272,7 +276,7 @@ impl JobQueue for SqliteStore {
                locked_by = NULL, locked_until = NULL \
              WHERE id = ?2 AND locked_by = ?3 AND status = 'running'",
         )
-        .bind(ts(self.now()))
+        .bind(ts(JobQueue::now(self)))
         .bind(job_id.to_string())
         .bind(worker_id)
         .execute(self.pool())
@@ -287,7 +291,7 @@ impl JobQueue for SqliteStore {
                locked_by = NULL, locked_until = NULL \
              WHERE id = ?2 AND locked_by = ?3 AND status = 'running'",
         )
-        .bind(ts(self.now()))
+        .bind(ts(JobQueue::now(self)))
         .bind(job_id.to_string())
         .bind(worker_id)
         .execute(self.pool())
@@ -297,7 +301,7 @@ impl JobQueue for SqliteStore {
     }
 
     async fn cancel(&self, workspace_id: Uuid, job_id: Uuid) -> Result<Option<JobStatus>> {
-        let now = ts(self.now());
+        let now = ts(JobQueue::now(self));
         let status: Option<String> = sqlx::query_scalar(
             "UPDATE jobs SET \
                cancel_requested_at = CASE WHEN status = 'running' THEN COALESCE(cancel_requested_at, ?1) ELSE cancel_requested_at END, \
@@ -313,6 +317,26 @@ impl JobQueue for SqliteStore {
         .await
         .map_err(db("cancelling a job"))?;
         status.as_deref().map(JobStatus::parse).transpose()
+    }
+
+    async fn cancel_jobs_for_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<u64> {
+        let now = ts(JobQueue::now(self));
+        let done = sqlx::query(
+            "UPDATE jobs SET \
+               cancel_requested_at = CASE WHEN status = 'running' THEN COALESCE(cancel_requested_at, ?1) ELSE cancel_requested_at END, \
+               completed_at = CASE WHEN status = 'pending' THEN ?1 ELSE completed_at END, \
+               error = CASE WHEN status = 'pending' THEN 'cancelled: its sync run was failed as stale' ELSE error END, \
+               status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END \
+             WHERE workspace_id = ?2 AND status IN ('pending', 'running') \
+               AND json_extract(payload, '$.sync_id') = ?3",
+        )
+        .bind(now)
+        .bind(workspace_id.to_string())
+        .bind(sync_id.to_string())
+        .execute(self.pool())
+        .await
+        .map_err(db("cancelling a stale sync's jobs"))?;
+        Ok(done.rows_affected())
     }
 
     async fn update_progress(&self, job_id: Uuid, worker_id: &str, progress: &Progress) -> Result<()> {
@@ -353,7 +377,7 @@ impl JobQueue for SqliteStore {
     }
 
     async fn rescue_expired(&self) -> Result<u64> {
-        let now = ts(self.now());
+        let now = ts(JobQueue::now(self));
         let done = sqlx::query(
             "UPDATE jobs SET \
                status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END, \

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -325,8 +324,9 @@ impl Worker {
         cancel_requested: bool,
     ) {
         let w = &self.config.worker_id;
-        let retry_at = Utc::now()
-            + chrono::Duration::from_std(self.config.backoff.delay(attempt)).unwrap_or_default();
+        let now = self.queue.now();
+        let retry_at =
+            now + chrono::Duration::from_std(self.config.backoff.delay(attempt)).unwrap_or_default();
         let done = match outcome {
             Outcome::Done(Ok(result)) => self.queue.complete(job_id, w, result).await.map(|_| ()),
             Outcome::Done(Err(_)) if cancel_requested => {
@@ -334,7 +334,7 @@ impl Worker {
             }
             Outcome::Done(Err(e)) if e.is_snooze() => {
                 let wait = e.retry_after().unwrap_or(self.config.default_snooze);
-                let until = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
+                let until = now + chrono::Duration::from_std(wait).unwrap_or_default();
                 tracing::info!(error = %e, until = %until, "snoozing job");
                 self.queue
                     .snooze(job_id, w, until, &e.to_string())
