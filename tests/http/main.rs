@@ -370,7 +370,11 @@ async fn dropped_waiters_give_up_their_place_and_slots() {
     d.unwrap();
     let calls = mock.calls();
     let paths: Vec<&str> = calls.iter().map(|c| c.path.as_str()).collect();
-    assert_eq!(paths, ["/a", "/b", "/c", "/d"], "in arrival order, none dropped");
+    assert_eq!(
+        paths,
+        ["/a", "/b", "/c", "/d"],
+        "in arrival order, none dropped"
+    );
     assert_eq!(calls[2].at - t0, secs(10));
     assert_eq!(calls[3].at - t0, secs(10));
 }
