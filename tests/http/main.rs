@@ -1356,3 +1356,54 @@ async fn each_request_gets_a_span_without_the_query_string() {
     assert_eq!(s["throttle_wait_ms"], "4000");
     assert!(!format!("{spans:?}").contains("sekrit"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_token_shorter_lived_than_the_margin_is_refreshed_half_way_not_per_request() {
+    let endpoint = Endpoint::default();
+    let tokens = OAuthTokens::builder("gong", endpoint.clone(), SecretString::from("r"))
+        .access_token(SecretString::from("access-0"), Some(secs(30)))
+        .refresh_margin(secs(60))
+        .build();
+    let current = Arc::new(AtomicUsize::new(0));
+    let stack = presets::gong()
+        .build(tokens, token_checking_api(current.clone()))
+        .unwrap();
+    for _ in 0..10 {
+        stack.send(get("/v2/calls")).await.unwrap();
+        tokio::time::sleep(secs(1)).await;
+    }
+    assert_eq!(
+        endpoint.calls.load(Ordering::SeqCst),
+        0,
+        "fresh for the first 15 s"
+    );
+    tokio::time::sleep(secs(6)).await;
+    current.store(1, Ordering::SeqCst);
+    stack.send(get("/v2/calls")).await.unwrap();
+    stack.send(get("/v2/calls")).await.unwrap();
+    assert_eq!(endpoint.calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hanging_token_endpoint_times_out() {
+    let service = tower::service_fn(|_req: Request<Bytes>| async {
+        std::future::pending::<()>().await;
+        Ok::<_, Error>(resp(200, &[], "{}"))
+    });
+    let endpoint = HttpTokenEndpoint::new(
+        service,
+        "hubspot",
+        "https://api.example.com/oauth/v1/token".parse().unwrap(),
+        "c",
+        SecretString::from("s"),
+    )
+    .with_timeout(secs(20));
+    let t0 = Instant::now();
+    let err = endpoint
+        .refresh(&SecretString::from("r"))
+        .await
+        .unwrap_err();
+    assert_eq!(Instant::now() - t0, secs(20));
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(err.is_retryable());
+}
