@@ -29,6 +29,10 @@ use crate::{Error, Result};
 /// until the head leaves, so thousands of waiters cost no polling. Dropping a waiting
 /// [`Acquire`] gives up its place and wakes the next in line.
 ///
+/// The head of the line makes progress only while its future is polled: a waiting future
+/// must be awaited or dropped, not parked unpolled (as with any fair queue such as
+/// [`tokio::sync::Semaphore`]).
+///
 /// Uses [`tokio::time::Instant`], so tests on a paused clock run instantly.
 ///
 /// ```
