@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 
 use super::throttle::HeaderPolicy;
 
@@ -15,20 +15,39 @@ pub(crate) struct Signals {
     pub(crate) quota_stop: bool,
 }
 
-/// The `Retry-After` of a response, as delta-seconds or an HTTP-date relative to `now`.
+// Pre-parsed names: looking a header up by `&str` parses the name on every call.
+const HUBSPOT_REMAINING: HeaderName = HeaderName::from_static("x-hubspot-ratelimit-remaining");
+const HUBSPOT_INTERVAL: HeaderName =
+    HeaderName::from_static("x-hubspot-ratelimit-interval-milliseconds");
+const HUBSPOT_SECONDLY_REMAINING: HeaderName =
+    HeaderName::from_static("x-hubspot-ratelimit-secondly-remaining");
+const HUBSPOT_DAILY_REMAINING: HeaderName =
+    HeaderName::from_static("x-hubspot-ratelimit-daily-remaining");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+const SFORCE_LIMIT_INFO: HeaderName = HeaderName::from_static("sforce-limit-info");
+
+/// The `Retry-After` of a response, as delta-seconds or an HTTP-date relative to `now()`
+/// (called only for a date).
 ///
 /// Fractional seconds are accepted; a date in the past gives zero; anything unparsable gives
 /// `None`.
-pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let raw = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    parse_retry_after(raw, now)
+pub(crate) fn retry_after(
+    headers: &HeaderMap,
+    now: impl FnOnce() -> SystemTime,
+) -> Option<Duration> {
+    let raw = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after_with(raw, now)
 }
 
+#[cfg(test)]
 pub(crate) fn parse_retry_after(raw: &str, now: SystemTime) -> Option<Duration> {
+    parse_retry_after_with(raw, || now)
+}
+
+fn parse_retry_after_with(raw: &str, now: impl FnOnce() -> SystemTime) -> Option<Duration> {
     let raw = raw.trim();
     if raw.is_empty() {
         return None;
@@ -42,41 +61,39 @@ pub(crate) fn parse_retry_after(raw: &str, now: SystemTime) -> Option<Duration> 
             .flatten();
     }
     let at = httpdate::parse_http_date(raw).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(at.duration_since(now()).unwrap_or(Duration::ZERO))
 }
 
-fn header_u64(headers: &HeaderMap, name: &str) -> Option<u64> {
+fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Reads every header family `policy` enables.
-pub(crate) fn read(
-    policy: &HeaderPolicy,
-    status: StatusCode,
-    headers: &HeaderMap,
-    now: SystemTime,
-) -> Signals {
+pub(crate) fn read(policy: &HeaderPolicy, status: StatusCode, headers: &HeaderMap) -> Signals {
+    if headers.is_empty() {
+        return Signals::default();
+    }
     let mut hold: Option<Duration> = None;
     let mut longer = |d: Duration| hold = Some(hold.map_or(d, |h| h.max(d)));
     let mut quota_stop = false;
 
     if policy.retry_after
         && (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
-        && let Some(d) = retry_after(headers, now)
+        && let Some(d) = retry_after(headers, SystemTime::now)
     {
         longer(d);
     }
 
     if policy.hubspot {
-        if header_u64(headers, "x-hubspot-ratelimit-remaining") == Some(0) {
-            let interval = header_u64(headers, "x-hubspot-ratelimit-interval-milliseconds")
+        if header_u64(headers, &HUBSPOT_REMAINING) == Some(0) {
+            let interval = header_u64(headers, &HUBSPOT_INTERVAL)
                 .map_or(Duration::from_secs(10), Duration::from_millis);
             longer(interval);
         }
-        if header_u64(headers, "x-hubspot-ratelimit-secondly-remaining") == Some(0) {
+        if header_u64(headers, &HUBSPOT_SECONDLY_REMAINING) == Some(0) {
             longer(Duration::from_secs(1));
         }
-        if header_u64(headers, "x-hubspot-ratelimit-daily-remaining") == Some(0) {
+        if header_u64(headers, &HUBSPOT_DAILY_REMAINING) == Some(0) {
             quota_stop = true;
         }
     }
@@ -89,7 +106,7 @@ pub(crate) fn read(
 
     if let Some(percent) = policy.salesforce_stop_percent
         && let Some((used, max)) = headers
-            .get("sforce-limit-info")
+            .get(&SFORCE_LIMIT_INFO)
             .and_then(|v| v.to_str().ok())
             .and_then(salesforce_usage)
         && max > 0
@@ -124,7 +141,7 @@ pub(crate) fn salesforce_usage(value: &str) -> Option<(u64, u64)> {
 /// separate `RateLimit-Remaining` / `RateLimit-Reset` headers.
 pub(crate) fn ietf_hold(headers: &HeaderMap) -> Option<Duration> {
     let policy_window = headers
-        .get_all("ratelimit-policy")
+        .get_all(&RATELIMIT_POLICY)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -136,7 +153,7 @@ pub(crate) fn ietf_hold(headers: &HeaderMap) -> Option<Duration> {
     let mut longer = |d: Duration| hold = Some(hold.map_or(d, |h| h.max(d)));
 
     for value in headers
-        .get_all("ratelimit")
+        .get_all(&RATELIMIT)
         .iter()
         .filter_map(|v| v.to_str().ok())
     {
@@ -163,8 +180,8 @@ pub(crate) fn ietf_hold(headers: &HeaderMap) -> Option<Duration> {
         }
     }
 
-    if header_u64(headers, "ratelimit-remaining") == Some(0) {
-        longer(header_u64(headers, "ratelimit-reset").map_or_else(fallback, Duration::from_secs));
+    if header_u64(headers, &RATELIMIT_REMAINING) == Some(0) {
+        longer(header_u64(headers, &RATELIMIT_RESET).map_or_else(fallback, Duration::from_secs));
     }
     hold
 }
@@ -224,12 +241,11 @@ mod tests {
 
     #[test]
     fn hubspot_headers() {
-        let now = SystemTime::now();
         let h = map(&[
             ("x-hubspot-ratelimit-remaining", "0"),
             ("x-hubspot-ratelimit-interval-milliseconds", "10000"),
         ]);
-        let s = read(&policy(), StatusCode::OK, &h, now);
+        let s = read(&policy(), StatusCode::OK, &h);
         assert_eq!(s.hold, Some(Duration::from_secs(10)));
         assert!(!s.quota_stop);
 
@@ -237,20 +253,20 @@ mod tests {
             ("x-hubspot-ratelimit-remaining", "5"),
             ("x-hubspot-ratelimit-interval-milliseconds", "10000"),
         ]);
-        assert_eq!(read(&policy(), StatusCode::OK, &h, now), Signals::default());
+        assert_eq!(read(&policy(), StatusCode::OK, &h), Signals::default());
 
         let h = map(&[("x-hubspot-ratelimit-secondly-remaining", "0")]);
         assert_eq!(
-            read(&policy(), StatusCode::OK, &h, now).hold,
+            read(&policy(), StatusCode::OK, &h).hold,
             Some(Duration::from_secs(1))
         );
         let h = map(&[("x-hubspot-ratelimit-daily-remaining", "0")]);
-        assert!(read(&policy(), StatusCode::OK, &h, now).quota_stop);
+        assert!(read(&policy(), StatusCode::OK, &h).quota_stop);
 
         let mut off = policy();
         off.hubspot = false;
         let h = map(&[("x-hubspot-ratelimit-remaining", "0")]);
-        assert_eq!(read(&off, StatusCode::OK, &h, now), Signals::default());
+        assert_eq!(read(&off, StatusCode::OK, &h), Signals::default());
     }
 
     #[test]
@@ -294,17 +310,16 @@ mod tests {
 
     #[test]
     fn retry_after_holds_only_on_429_and_503() {
-        let now = SystemTime::now();
         let h = map(&[("retry-after", "30")]);
         assert_eq!(
-            read(&policy(), StatusCode::TOO_MANY_REQUESTS, &h, now).hold,
+            read(&policy(), StatusCode::TOO_MANY_REQUESTS, &h).hold,
             Some(Duration::from_secs(30))
         );
         assert_eq!(
-            read(&policy(), StatusCode::SERVICE_UNAVAILABLE, &h, now).hold,
+            read(&policy(), StatusCode::SERVICE_UNAVAILABLE, &h).hold,
             Some(Duration::from_secs(30))
         );
-        assert_eq!(read(&policy(), StatusCode::OK, &h, now).hold, None);
+        assert_eq!(read(&policy(), StatusCode::OK, &h).hold, None);
     }
 
     #[test]
@@ -313,7 +328,7 @@ mod tests {
             ("ratelimit-remaining", "0"),
             ("ratelimit-reset", "1700000000"),
         ]);
-        let s = read(&policy(), StatusCode::OK, &h, SystemTime::now());
+        let s = read(&policy(), StatusCode::OK, &h);
         assert_eq!(s.hold, Some(policy().max_hold));
     }
 
@@ -329,16 +344,8 @@ mod tests {
         assert_eq!(salesforce_usage("per-app-api-usage=17/250"), None);
         assert_eq!(salesforce_usage("api-usage=x/5000"), None);
 
-        let now = SystemTime::now();
-        let at = |v: &str| {
-            read(
-                &policy(),
-                StatusCode::OK,
-                &map(&[("sforce-limit-info", v)]),
-                now,
-            )
-            .quota_stop
-        };
+        let at =
+            |v: &str| read(&policy(), StatusCode::OK, &map(&[("sforce-limit-info", v)])).quota_stop;
         assert!(!at("api-usage=3999/5000"));
         assert!(at("api-usage=4000/5000"));
         assert!(at("api-usage=5000/5000"));
@@ -346,6 +353,6 @@ mod tests {
         let mut off = policy();
         off.salesforce_stop_percent = None;
         let h = map(&[("sforce-limit-info", "api-usage=5000/5000")]);
-        assert!(!read(&off, StatusCode::OK, &h, now).quota_stop);
+        assert!(!read(&off, StatusCode::OK, &h).quota_stop);
     }
 }

@@ -4,7 +4,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -14,7 +13,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 use tracing::{Span, field};
 
-use super::context::{RequestContext, Telemetry};
+use super::context::RequestContext;
 use super::stats::HttpStats;
 use crate::{Error, Result};
 
@@ -75,7 +74,6 @@ where
 
     fn call(&mut self, mut req: Request<Bytes>) -> Self::Future {
         self.stats.add_request();
-        let telemetry = Arc::new(Telemetry::default());
         let span = tracing::debug_span!(
             "http.request",
             provider = %self.provider,
@@ -87,11 +85,8 @@ where
             elapsed_ms = field::Empty,
             error = field::Empty,
         );
-        req.extensions_mut().insert(RequestContext {
-            provider: self.provider.clone(),
-            stats: self.stats.clone(),
-            telemetry: telemetry.clone(),
-        });
+        let context = RequestContext::new(self.provider.clone(), self.stats.clone());
+        req.extensions_mut().insert(context.clone());
         let started = (!span.is_disabled()).then(Instant::now);
         let future = {
             let _entered = span.enter();
@@ -100,8 +95,7 @@ where
         TraceFuture {
             future,
             span,
-            telemetry,
-            stats: self.stats.clone(),
+            context,
             started,
         }
     }
@@ -114,8 +108,7 @@ pin_project! {
         #[pin]
         future: F,
         span: Span,
-        telemetry: Arc<Telemetry>,
-        stats: HttpStats,
+        context: RequestContext,
         started: Option<Instant>,
     }
 }
@@ -143,12 +136,12 @@ where
         let _entered = this.span.enter();
         let result = ready!(this.future.poll(cx));
         if result.is_err() {
-            this.stats.add_failure();
+            this.context.stats().add_failure();
         }
         if let Some(started) = this.started {
             let span = &*this.span;
-            span.record("attempts", this.telemetry.attempts());
-            span.record("throttle_wait_ms", millis(this.telemetry.throttle_wait()));
+            span.record("attempts", this.context.attempts());
+            span.record("throttle_wait_ms", millis(this.context.throttle_wait()));
             span.record("elapsed_ms", millis(started.elapsed()));
             match &result {
                 Ok(response) => {

@@ -139,6 +139,7 @@ pub struct HttpTokenEndpoint<S> {
     client_secret: SecretString,
     client_auth: ClientAuth,
     extra: Vec<(String, String)>,
+    timeout: Duration,
 }
 
 impl<S> HttpTokenEndpoint<S> {
@@ -158,7 +159,15 @@ impl<S> HttpTokenEndpoint<S> {
             client_secret,
             client_auth: ClientAuth::Body,
             extra: Vec::new(),
+            timeout: Duration::from_secs(30),
         }
+    }
+
+    /// Sets the time limit of one refresh call (default 30 s). Every request that needs a
+    /// token waits for the refresh in flight, so it must not hang.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Sets how the client authenticates.
@@ -224,7 +233,12 @@ where
             StaticAuth::basic(&self.client_id, &self.client_secret)?.apply(request.headers_mut());
         }
 
-        let response = self.service.clone().oneshot(request).await?;
+        let response = tokio::time::timeout(self.timeout, self.service.clone().oneshot(request))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("{} token refresh", self.provider).into(),
+                after: self.timeout,
+            })??;
         let status = response.status();
         if status.is_success() {
             return TokenResponse::from_json(&self.provider, response.body());
@@ -298,7 +312,27 @@ struct Inner {
 
 struct Access {
     header: HeaderValue,
+    /// When to refresh proactively: `refresh_margin` before expiry, or half-way through the
+    /// lifetime when that is shorter than the margin (a 30 s token must not be refreshed by
+    /// every request).
+    refresh_at: Option<Instant>,
     expires_at: Option<Instant>,
+}
+
+impl Access {
+    fn new(
+        header: HeaderValue,
+        now: Instant,
+        lifetime: Option<Duration>,
+        margin: Duration,
+    ) -> Self {
+        let at = |d: Duration| now.checked_add(d).unwrap_or(now);
+        Self {
+            header,
+            refresh_at: lifetime.map(|l| at(l.saturating_sub(margin.min(l / 2)))),
+            expires_at: lifetime.map(at),
+        }
+    }
 }
 
 struct State {
@@ -347,6 +381,9 @@ impl OAuthTokensBuilder {
     }
 
     /// Calls `callback` with every rotated refresh token, after it replaced the old one.
+    ///
+    /// The callback runs while the refresh still holds the single-flight lock, so rotations
+    /// reach it in order; keep it quick (store the token, or send it to a task that does).
     pub fn on_rotation(mut self, callback: impl Fn(SecretString) + Send + Sync + 'static) -> Self {
         self.on_rotation = Some(Arc::new(callback));
         self
@@ -356,11 +393,14 @@ impl OAuthTokensBuilder {
     /// first request then refreshes).
     pub fn build(self) -> OAuthTokens {
         let now = Instant::now();
+        let margin = self.refresh_margin;
         let access = self.access.and_then(|(token, expires_in)| {
-            Some(Access {
-                header: bearer_value(&token).ok()?,
-                expires_at: expires_in.map(|d| now.checked_add(d).unwrap_or(now)),
-            })
+            Some(Access::new(
+                bearer_value(&token).ok()?,
+                now,
+                expires_in,
+                margin,
+            ))
         });
         OAuthTokens {
             inner: Arc::new(Inner {
@@ -383,12 +423,22 @@ impl OAuthTokensBuilder {
 }
 
 impl State {
-    fn valid(&self, now: Instant, margin: Duration) -> Option<(HeaderValue, u64)> {
+    /// The token, when it is not yet due for a proactive refresh.
+    fn fresh(&self, now: Instant) -> Option<(HeaderValue, u64)> {
         let access = self.access.as_ref()?;
-        let fresh = access
+        access
+            .refresh_at
+            .is_none_or(|at| now < at)
+            .then(|| (access.header.clone(), self.generation))
+    }
+
+    /// The token, when it has not expired (good enough right after a refresh ran).
+    fn unexpired(&self, now: Instant) -> Option<(HeaderValue, u64)> {
+        let access = self.access.as_ref()?;
+        access
             .expires_at
-            .is_none_or(|at| now.checked_add(margin).is_some_and(|t| t < at));
-        fresh.then(|| (access.header.clone(), self.generation))
+            .is_none_or(|at| now < at)
+            .then(|| (access.header.clone(), self.generation))
     }
 }
 
@@ -442,7 +492,7 @@ impl OAuthTokens {
     pub(crate) async fn current(&self, stats: Option<&HttpStats>) -> Result<(HeaderValue, u64)> {
         let seen = {
             let st = self.lock();
-            if let Some(valid) = st.valid(Instant::now(), self.inner.refresh_margin) {
+            if let Some(valid) = st.fresh(Instant::now()) {
                 return Ok(valid);
             }
             st.attempts
@@ -460,7 +510,7 @@ impl OAuthTokens {
         let seen = {
             let st = self.lock();
             if st.generation != stale
-                && let Some(valid) = st.valid(Instant::now(), self.inner.refresh_margin)
+                && let Some(valid) = st.unexpired(Instant::now())
             {
                 return Ok(valid);
             }
@@ -484,7 +534,7 @@ impl OAuthTokens {
                     return Err(clone_error(failure));
                 }
                 if stale.is_none_or(|g| g != st.generation)
-                    && let Some(valid) = st.valid(Instant::now(), Duration::ZERO)
+                    && let Some(valid) = st.unexpired(Instant::now())
                 {
                     return Ok(valid);
                 }
@@ -505,12 +555,12 @@ impl OAuthTokens {
                 Ok((header, response)) => {
                     st.generation = st.generation.wrapping_add(1);
                     st.last_failure = None;
-                    st.access = Some(Access {
-                        header: header.clone(),
-                        expires_at: response
-                            .expires_in
-                            .map(|d| now.checked_add(d).unwrap_or(now)),
-                    });
+                    st.access = Some(Access::new(
+                        header.clone(),
+                        now,
+                        response.expires_in,
+                        self.inner.refresh_margin,
+                    ));
                     if response.instance_url.is_some() {
                         st.instance_url = response.instance_url;
                     }

@@ -80,7 +80,7 @@ async fn oauth<S>(
 where
     S: Service<Request<Bytes>, Response = Response<Bytes>, Error = Error>,
 {
-    let stats = RequestContext::of(&req).map(|c| c.stats.clone());
+    let stats = RequestContext::of(&req).map(|c| c.stats().clone());
     let (header, generation) = tokens.current(stats.as_ref()).await?;
     let mut first = req.clone();
     first.headers_mut().insert(AUTHORIZATION, header);

@@ -118,7 +118,7 @@ impl Classify for DefaultClassifier {
 
 /// The response's `Retry-After` (seconds or HTTP-date), when present and readable.
 pub fn response_retry_after(response: &Response<Bytes>) -> Option<Duration> {
-    headers::retry_after(response.headers(), SystemTime::now())
+    headers::retry_after(response.headers(), SystemTime::now)
 }
 
 /// [`Error::RateLimited`] for `provider`.

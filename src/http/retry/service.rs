@@ -110,7 +110,7 @@ where
 {
     let started = Instant::now();
     let only_rate_limits = req.extensions().get::<NonIdempotent>().is_some();
-    let stats = RequestContext::of(&req).map(|c| c.stats.clone());
+    let stats = RequestContext::of(&req).map(|c| c.stats().clone());
     let config = &policy.config;
     let mut retry: u32 = 0;
     loop {

@@ -88,7 +88,8 @@ impl Budget {
                 self.max_requests
             )));
         }
-        if self.window.is_zero() || self.window > MAX_BUDGET_WINDOW {
+        // Timers have millisecond resolution; a shorter window could not be honoured exactly.
+        if self.window < Duration::from_millis(1) || self.window > MAX_BUDGET_WINDOW {
             return Err(Error::config(format!(
                 "rate limit window must be between 1 ms and 31 days, got {:?}",
                 self.window

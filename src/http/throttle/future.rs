@@ -87,7 +87,7 @@ where
                     };
                     if let Some(ctx) = RequestContext::of(&request) {
                         ctx.attempt_started(waited);
-                        *this.stats = Some(ctx.stats.clone());
+                        *this.stats = Some(ctx.stats().clone());
                     }
                     let future = service.call(request);
                     this.state.set(State::Calling { future });

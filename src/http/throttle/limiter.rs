@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use http::{HeaderMap, StatusCode};
@@ -28,6 +28,10 @@ use crate::{Error, Result};
 /// the head of the line computes the next free slot and sleeps until it; the others sleep
 /// until the head leaves, so thousands of waiters cost no polling. Dropping a waiting
 /// [`Acquire`] gives up its place and wakes the next in line.
+///
+/// The head of the line makes progress only while its future is polled: a waiting future
+/// must be awaited or dropped, not parked unpolled (as with any fair queue such as
+/// [`tokio::sync::Semaphore`]).
 ///
 /// Uses [`tokio::time::Instant`], so tests on a paused clock run instantly.
 ///
@@ -275,7 +279,7 @@ impl Limiter {
     /// Reads a response's rate-limit headers (per the configured [`HeaderPolicy`]) and holds
     /// or stops further requests when the provider's budget is exhausted.
     pub fn observe(&self, status: StatusCode, headers: &HeaderMap) {
-        let signals = headers::read(&self.shared.headers, status, headers, SystemTime::now());
+        let signals = headers::read(&self.shared.headers, status, headers);
         if let Some(hold) = signals.hold {
             self.hold_for(hold);
         }
@@ -309,8 +313,9 @@ pin_project! {
         limiter: Limiter,
         ticket: Option<u64>,
         enqueued_at: Option<Instant>,
-        #[pin]
-        sleep: Option<Sleep>,
+        // Boxed and created only when the head must wait: keeps the future small and the
+        // fast path free of timer work.
+        sleep: Option<Pin<Box<Sleep>>>,
     }
 
     impl PinnedDrop for Acquire {
@@ -344,7 +349,7 @@ impl Future for Acquire {
     type Output = Result<Duration>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         let shared = &*this.limiter.shared;
         loop {
             let now = Instant::now();
@@ -409,21 +414,15 @@ impl Future for Acquire {
                         w.wake();
                     }
                     let waited = this.enqueued_at.take().map_or(Duration::ZERO, |t| now - t);
-                    this.sleep.set(None);
+                    *this.sleep = None;
                     return Poll::Ready(result.map(|()| waited));
                 }
                 Err(at) => {
-                    match this.sleep.as_mut().as_pin_mut() {
-                        Some(sleep) => {
-                            if sleep.deadline() != at {
-                                sleep.reset(at);
-                            }
-                        }
-                        None => this.sleep.set(Some(sleep_until(at))),
+                    let sleep = this.sleep.get_or_insert_with(|| Box::pin(sleep_until(at)));
+                    if sleep.deadline() != at {
+                        sleep.as_mut().reset(at);
                     }
-                    if let Some(sleep) = this.sleep.as_mut().as_pin_mut()
-                        && sleep.poll(cx).is_pending()
-                    {
+                    if sleep.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                     // The slot has come: decide again (a header may have moved it).

@@ -6,15 +6,21 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use crate::Error;
 
 pin_project! {
     /// The response future of [`Timeout`](super::Timeout).
+    ///
+    /// The timer is created only when the inner future first returns `Pending`, so a
+    /// response that is ready at once costs one clock read and no timer.
     #[must_use = "futures do nothing unless polled"]
     pub struct TimeoutFuture<F> {
         #[pin]
-        inner: tokio::time::Timeout<F>,
+        inner: F,
+        deadline: Instant,
+        sleep: Option<Pin<Box<Sleep>>>,
         what: Cow<'static, str>,
         duration: Duration,
     }
@@ -22,8 +28,15 @@ pin_project! {
 
 impl<F: Future> TimeoutFuture<F> {
     pub(super) fn new(inner: F, what: &Cow<'static, str>, duration: Duration) -> Self {
+        let now = Instant::now();
         Self {
-            inner: tokio::time::timeout(duration, inner),
+            inner,
+            // A limit too large to represent is no limit: a century away.
+            deadline: now
+                .checked_add(duration)
+                .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+                .unwrap_or(now),
+            sleep: None,
             what: what.clone(),
             duration,
         }
@@ -47,10 +60,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        match this.inner.poll(cx) {
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            return Poll::Ready(result);
+        }
+        let deadline = *this.deadline;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(sleep_until(deadline)));
+        match sleep.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Ok(result)) => Poll::Ready(result),
-            Poll::Ready(Err(_elapsed)) => Poll::Ready(Err(Error::Timeout {
+            Poll::Ready(()) => Poll::Ready(Err(Error::Timeout {
                 what: this.what.clone(),
                 after: *this.duration,
             })),
