@@ -1,0 +1,78 @@
+//! A fresh migrated store per test.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use pandora_sync::queue::JobQueue;
+use pandora_sync::{Keyring, Store, SyncStore};
+
+pub struct Harness {
+    pub store: Arc<dyn SyncStore>,
+    pub queue: Arc<dyn JobQueue>,
+}
+
+fn keyring() -> Keyring {
+    Keyring::new("test", [7u8; 32]).unwrap()
+}
+
+#[cfg(feature = "sqlite")]
+pub async fn run_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Harness) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use pandora_sync::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap().with_keyring(keyring());
+    store.migrate().await.unwrap();
+    test(Harness {
+        store: Arc::new(store.clone()),
+        queue: Arc::new(store),
+    })
+    .await;
+    drop(dir);
+}
+
+#[cfg(feature = "postgres")]
+pub async fn run_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Harness) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use std::str::FromStr;
+
+    use pandora_sync::PgStore;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
+    });
+    let schema = format!("o_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let options = PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = PgStore::from_pool(pool).with_keyring(keyring());
+    store.migrate().await.unwrap();
+    test(Harness {
+        store: Arc::new(store.clone()),
+        queue: Arc::new(store.clone()),
+    })
+    .await;
+    store.close().await;
+    let _ = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
+        .execute(&mut admin)
+        .await;
+}

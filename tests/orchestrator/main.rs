@@ -1,0 +1,40 @@
+//! The orchestrator with in-test fake connectors, on SQLite and Postgres.
+#![cfg(any(feature = "sqlite", feature = "postgres"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod fake;
+mod harness;
+mod suite;
+
+macro_rules! orchestrator_suite {
+    ($($name:ident),* $(,)?) => {
+        #[cfg(feature = "sqlite")]
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::harness::run_sqlite(crate::suite::$name).await;
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::harness::run_postgres(crate::suite::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+orchestrator_suite!(
+    initial_then_incremental_and_forced_mode,
+    failure_after_three_batches_resumes_from_the_fourth,
+    records_modified_during_a_sync_arrive_next_time,
+    connectors_are_isolated_and_concurrent,
+    concurrent_sync_of_one_workspace_conflicts,
+    per_record_failures_and_the_success_threshold,
+    job_handler_runs_triggered_syncs_and_snoozes_rate_limits,
+);
