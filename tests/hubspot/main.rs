@@ -1,6 +1,42 @@
 //! The HubSpot connector against the HubSpot simulator, into an in-memory sink.
 #![cfg(all(feature = "simulator", feature = "hubspot"))]
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod e2e;
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+macro_rules! e2e_suite {
+    ($($name:ident),* $(,)?) => {
+        #[cfg(feature = "sqlite")]
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::e2e::run_sqlite(crate::e2e::$name).await;
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::e2e::run_postgres(crate::e2e::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+e2e_suite!(
+    initial_sync_of_a_seeded_portal,
+    identical_timestamps_past_the_search_cap,
+    faults_lose_nothing,
+    killed_between_pages_resumes,
+    sync_example_reports_what_the_database_holds,
+);
 
 use std::collections::{BTreeMap, BTreeSet};
 
