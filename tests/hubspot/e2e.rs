@@ -65,7 +65,10 @@ where
     let pool = PgPoolOptions::new().max_connections(8).connect_with(options).await.unwrap();
     let store = PgStore::from_pool(pool).with_keyring(keyring());
     store.migrate().await.unwrap();
-    test(Env { store: Arc::new(store.clone()), database_url: url }).await;
+    // The example connects by URL: point it at the same schema.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let database_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    test(Env { store: Arc::new(store.clone()), database_url }).await;
     store.close().await;
     let _ = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
         .execute(&mut admin)
