@@ -5,23 +5,23 @@ pub mod capture;
 mod connector;
 mod connectors;
 mod error;
-pub mod http;
-mod model;
-pub mod sanitize;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod hooks;
+pub mod http;
+mod model;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod orchestrator;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub mod queue;
+pub mod sanitize;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod scheduler;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod store;
 #[cfg(feature = "simulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
 pub mod simulator;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod store;
 
 pub use capture::{RecordFailure, is_sync_acceptable, success_rate};
 pub use connector::{
@@ -44,10 +44,10 @@ pub use store::SqliteStore;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use store::{
     Backend, Clock, ConnectionRow, ConnectionStatus, ConnectionStore, Credentials,
-    DEFAULT_LOCK_TTL, Keyring, LockStore, MAX_PAGE, ManualClock, NewConnection, RecordQuery,
-    RecordStore, STALE_SYNC_AFTER, SealedCredentials, Store, SyncErrors, SyncLogEntry,
-    SyncLogStore, SyncOutcome, SyncStatus, SyncStore, SystemClock, WorkspaceLock, connect_store,
-    validate_record,
+    DEFAULT_LOCK_TTL, DealFieldCounts, EnrichmentStore, InternalCounts, Keyring, LinkCounts,
+    LockStore, MAX_PAGE, ManualClock, NewConnection, RecordQuery, RecordStore, STALE_SYNC_AFTER,
+    SealedCredentials, Store, SyncErrors, SyncLogEntry, SyncLogStore, SyncOutcome, SyncStatus,
+    SyncStore, SystemClock, WorkspaceLock, connect_store, normalize_domain, validate_record,
 };
 
 #[cfg(feature = "hubspot")]
@@ -55,7 +55,11 @@ pub use store::{
 pub use connectors::hubspot::{HubSpotConfig, HubSpotConnector, HubSpotCredentials};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-pub use hooks::{HookOutcome, PostSyncHook, SyncCompleted, apply_computed_fields};
+pub use hooks::{
+    BuiltinHooksConfig, ComputedFields, EntityLinker, HookOutcome, INTERNAL_DOMAINS_CONFIG_KEY,
+    InternalFilter, PUBLIC_EMAIL_DOMAINS, PostSyncHook, SyncCompleted, apply_computed_fields,
+    builtin_hooks,
+};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use orchestrator::{

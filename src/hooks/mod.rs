@@ -1,8 +1,17 @@
 //! Post-sync hooks: what runs after a workspace sync, with its results.
 //!
 //! A hook's error is logged and recorded in the run's [`HookOutcome`]s; it never fails the
-//! sync. Built-in hooks run first, then the host's own ("skills"), in the order added to the
-//! [`Orchestrator`](crate::Orchestrator).
+//! sync. Hooks run in the order added to the [`Orchestrator`](crate::Orchestrator): add the
+//! built-ins first ([`Orchestrator::with_builtin_hooks`](crate::Orchestrator::with_builtin_hooks)),
+//! then the host's own ("skills") with [`with_hook`](crate::Orchestrator::with_hook).
+//!
+//! The built-ins, each one set-based statement per workspace on the store
+//! ([`EnrichmentStore`](crate::EnrichmentStore)):
+//!
+//! * [`InternalFilter`]: `conversations.is_internal` (and the participants' flags) from the
+//!   workspace's internal email domains.
+//! * [`EntityLinker`]: `conversations.linked_account_id` / `linked_deal_id`.
+//! * [`ComputedFields`]: `deals.days_open` / `days_to_close` of every CRM source.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -13,6 +22,13 @@ use crate::error::Result;
 use crate::model::Record;
 use crate::orchestrator::ConnectorResult;
 use crate::store::SyncStore;
+
+mod builtin;
+
+pub use builtin::{
+    BuiltinHooksConfig, ComputedFields, EntityLinker, INTERNAL_DOMAINS_CONFIG_KEY, InternalFilter,
+    PUBLIC_EMAIL_DOMAINS, builtin_hooks,
+};
 
 /// What a post-sync hook learns: the workspace and each connector's result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

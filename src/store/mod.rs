@@ -1,5 +1,5 @@
 //! Storage: a small base trait ([`Store`]) plus capability traits ([`ConnectionStore`],
-//! [`RecordStore`], [`SyncLogStore`], [`LockStore`]), implemented by
+//! [`RecordStore`], [`SyncLogStore`], [`LockStore`], [`EnrichmentStore`]), implemented by
 //! [`SqliteStore`](crate::SqliteStore) (feature `sqlite`) and [`PgStore`](crate::PgStore)
 //! (feature `postgres`). [`SyncStore`] is all of them at once, for `Arc<dyn SyncStore>`.
 //!
@@ -21,7 +21,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::connector::{Checkpoint, RecordBatch, WriteCounts};
@@ -40,12 +41,12 @@ mod postgres;
 mod sqlite;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-#[cfg(feature = "sqlite")]
-pub(crate) use rows::sqlite_ts;
 pub use crypto::{Credentials, Keyring, SealedCredentials};
 pub use lock::WorkspaceLock;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
+#[cfg(feature = "sqlite")]
+pub(crate) use rows::sqlite_ts;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use types::{
@@ -315,11 +316,151 @@ pub trait LockStore: Store {
     async fn try_lock_workspace(&self, workspace_id: Uuid) -> Result<Option<WorkspaceLock>>;
 }
 
+/// What the entity linker did ([`EnrichmentStore::link_conversations`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LinkCounts {
+    /// Live (not archived) conversations of the workspace.
+    pub conversations: u64,
+    /// Of those, how many are linked to an account after the run.
+    pub linked_accounts: u64,
+    /// Of those, how many are linked to a deal after the run.
+    pub linked_deals: u64,
+    /// Rows whose `linked_account_id` or `linked_deal_id` this run changed (0 on a rerun
+    /// over unchanged data).
+    pub changed: u64,
+}
+
+/// What the internal filter did ([`EnrichmentStore::mark_internal_conversations`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct InternalCounts {
+    /// Live conversations of the workspace that have at least one participant (the ones
+    /// the filter decides).
+    pub conversations: u64,
+    /// Of those, how many are internal after the run.
+    pub internal: u64,
+    /// Rows whose `is_internal` or participant flags this run changed.
+    pub changed: u64,
+}
+
+/// What the computed-field refresh did ([`EnrichmentStore::refresh_deal_fields`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DealFieldCounts {
+    /// Live deals of the workspace, from every source.
+    pub deals: u64,
+    /// Rows whose `days_open` or `days_to_close` this run changed.
+    pub changed: u64,
+}
+
+/// Set-based enrichment of stored records, for the built-in post-sync hooks
+/// ([`EntityLinker`](crate::EntityLinker), [`InternalFilter`](crate::InternalFilter),
+/// [`ComputedFields`](crate::ComputedFields)).
+///
+/// Every operation is a few parameterized statements over one workspace, in one
+/// transaction, never a query per row; archived rows are neither read nor written. Each is
+/// idempotent: it only writes rows whose value changes, so a second run over the same data
+/// changes nothing (and does not touch `synced_at`).
+///
+/// # Email and domain matching
+///
+/// A participant's email is trimmed and lower-cased; its domain is what follows the first
+/// `@` (an email without a local part or domain is ignored). Contact emails are trimmed and
+/// lower-cased the same way; account domains are trimmed, lower-cased and stripped of a
+/// leading `www.`. Lower-casing is Unicode-aware on PostgreSQL and ASCII-only on SQLite
+/// (SQLite's `lower`), which only matters for non-ASCII addresses.
+#[async_trait]
+pub trait EnrichmentStore: Store {
+    /// Links every live conversation of the workspace to an account and a deal, writing
+    /// `linked_account_id` and `linked_deal_id` (`accounts.id`, `deals.id`).
+    ///
+    /// * **Participants considered**: those with an email. When any of them is external
+    ///   (`is_internal` not `true` in the participants JSON), only the external ones count.
+    /// * **Account**: first by contact: the participant's email equals a live contact's
+    ///   `email` (case-insensitive), and the contact's `account_source_id` names a live
+    ///   account of the contact's own source. Only when no participant matches a contact,
+    ///   by domain: the participant's email domain equals a live account's `domain`.
+    ///   Among several candidates the one matched by the most participants wins, then the
+    ///   one matched by the earliest participant, then the lowest `(source, source_id)`.
+    /// * **Deal**: the account's live deals (same source, `account_source_id` = the
+    ///   account's `source_id`): open ones (`is_closed` false or null) first, the latest
+    ///   `close_date` first (deals without one last), then the lowest `source_id`. So the
+    ///   open deal closing last, else the closed deal that closed last.
+    ///
+    /// The linker owns these two columns: a conversation that matches nothing (any more)
+    /// gets `NULL`, so a link to an account or deal archived since is removed.
+    async fn link_conversations(&self, workspace_id: Uuid) -> Result<LinkCounts>;
+
+    /// Marks live conversations internal when every participant's email domain is one of
+    /// `internal_domains` (compared case-insensitively, exactly: a subdomain is another
+    /// domain), and external otherwise, in `conversations.is_internal`.
+    ///
+    /// * A conversation without participants is left as it is (the connector's value, or
+    ///   `NULL`): there is nobody to judge.
+    /// * A participant without a usable email is not known to be internal, so its
+    ///   conversation is external.
+    /// * Each participant with an email gets `is_internal` = whether its domain is in the
+    ///   list, inside the participants JSON (order and other members are kept); a
+    ///   participant without an email keeps the connector's flag.
+    ///
+    /// With an empty list nothing is changed (no domain is known to be internal).
+    async fn mark_internal_conversations(
+        &self,
+        workspace_id: Uuid,
+        internal_domains: &[String],
+    ) -> Result<InternalCounts>;
+
+    /// The email domains of participants that connectors flagged internal
+    /// (`is_internal: true`) in the workspace's live conversations, lower-cased, sorted and
+    /// without duplicates.
+    async fn flagged_internal_domains(&self, workspace_id: Uuid) -> Result<Vec<String>>;
+
+    /// Recomputes `days_open` and `days_to_close` of every live deal of the workspace, from
+    /// every source, as [`apply_computed_fields`](crate::apply_computed_fields) does with
+    /// `today` as the current date (UTC):
+    ///
+    /// * `days_open`: whole days from the `source_created_at` date to the `close_date` when
+    ///   the deal is closed and has one, else to `today`; never negative; `NULL` without a
+    ///   creation time.
+    /// * `days_to_close`: whole days from `today` to `close_date`, negative when overdue;
+    ///   `NULL` without a close date.
+    async fn refresh_deal_fields(
+        &self,
+        workspace_id: Uuid,
+        today: NaiveDate,
+    ) -> Result<DealFieldCounts>;
+}
+
 /// Every storage capability: what the orchestrator, worker and HTTP API take as
 /// `Arc<dyn SyncStore>`.
-pub trait SyncStore: ConnectionStore + RecordStore + SyncLogStore + LockStore {}
+pub trait SyncStore:
+    ConnectionStore + RecordStore + SyncLogStore + LockStore + EnrichmentStore
+{
+}
 
-impl<T: ConnectionStore + RecordStore + SyncLogStore + LockStore + ?Sized> SyncStore for T {}
+impl<T: ConnectionStore + RecordStore + SyncLogStore + LockStore + EnrichmentStore + ?Sized>
+    SyncStore for T
+{
+}
+
+/// Normalizes an internal domain for [`EnrichmentStore::mark_internal_conversations`]:
+/// trimmed, lower-cased, without a leading `@` or a trailing `.`; `None` when nothing that
+/// looks like a domain is left (empty, or containing `@`, `/` or whitespace).
+pub fn normalize_domain(domain: &str) -> Option<String> {
+    let d = domain.trim();
+    let d = d.strip_prefix('@').unwrap_or(d);
+    let d = d.strip_suffix('.').unwrap_or(d);
+    if d.is_empty() || d.contains(['@', '/']) || d.chars().any(char::is_whitespace) {
+        return None;
+    }
+    Some(d.to_lowercase())
+}
+
+/// Normalized, sorted, deduplicated domains (invalid ones dropped).
+pub(crate) fn normalize_domains(domains: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = domains.iter().filter_map(|d| normalize_domain(d)).collect();
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// Checks that a record can be stored exactly by both backends: no NUL character in its
 /// text or JSON, only finite numbers.

@@ -1156,6 +1156,274 @@ impl LockStore for PgStore {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Enrichment (post-sync hooks): set-based statements over one workspace.
+// ---------------------------------------------------------------------------------------
+
+use super::{DealFieldCounts, EnrichmentStore, InternalCounts, LinkCounts, normalize_domains};
+
+/// The participants with an email of the workspace's live conversations:
+/// `(conversation_id, ord, email, domain, internal)`, email trimmed and lower-cased, domain
+/// after the first `@`, `internal` true when the participant's JSON flag is `true`.
+const PG_PARTICIPANTS_CTE: &str = "\
+    conv AS (\
+        SELECT c.id, c.participants FROM conversations c \
+        WHERE c.workspace_id = $1 AND c.archived_at IS NULL), \
+    raw_parts AS (\
+        SELECT conv.id AS conversation_id, p.ord, \
+               CASE WHEN jsonb_typeof(p.elem -> 'email') = 'string' \
+                    THEN lower(btrim(p.elem ->> 'email')) END AS email, \
+               COALESCE(p.elem -> 'is_internal' = 'true'::jsonb, false) AS internal \
+        FROM conv CROSS JOIN LATERAL jsonb_array_elements(\
+            CASE WHEN jsonb_typeof(conv.participants) = 'array' \
+                 THEN conv.participants ELSE '[]'::jsonb END) WITH ORDINALITY AS p(elem, ord) \
+        WHERE jsonb_typeof(p.elem) = 'object'), \
+    emails AS (\
+        SELECT conversation_id, ord, email, substr(email, strpos(email, '@') + 1) AS domain, internal \
+        FROM raw_parts \
+        WHERE email IS NOT NULL AND strpos(email, '@') > 1 AND strpos(email, '@') < length(email))";
+
+#[async_trait]
+impl EnrichmentStore for PgStore {
+    async fn link_conversations(&self, workspace_id: Uuid) -> Result<LinkCounts> {
+        let sql = format!(
+            "WITH {PG_PARTICIPANTS_CTE}, \
+             flagged AS (\
+                SELECT e.*, bool_or(NOT internal) OVER (PARTITION BY conversation_id) AS has_external \
+                FROM emails e), \
+             used AS (\
+                SELECT conversation_id, ord, email, domain FROM flagged \
+                WHERE NOT internal OR NOT has_external), \
+             contact_accounts AS (\
+                SELECT DISTINCT lower(btrim(ct.email)) AS email, a.id AS account_id, \
+                       a.source AS source, a.source_id AS source_id \
+                FROM contacts ct \
+                JOIN accounts a ON a.workspace_id = ct.workspace_id AND a.source = ct.source \
+                     AND a.source_id = ct.account_source_id AND a.archived_at IS NULL \
+                WHERE ct.workspace_id = $1 AND ct.archived_at IS NULL \
+                  AND ct.email IS NOT NULL AND ct.account_source_id IS NOT NULL), \
+             domain_accounts AS (\
+                SELECT regexp_replace(lower(btrim(a.domain)), '^www\\.', '') AS domain, \
+                       a.id AS account_id, a.source AS source, a.source_id AS source_id \
+                FROM accounts a \
+                WHERE a.workspace_id = $1 AND a.archived_at IS NULL AND a.domain IS NOT NULL), \
+             matches AS (\
+                SELECT u.conversation_id, 0 AS kind, u.ord, ca.account_id, ca.source, ca.source_id \
+                FROM used u JOIN contact_accounts ca ON ca.email = u.email \
+                UNION ALL \
+                SELECT u.conversation_id, 1 AS kind, u.ord, da.account_id, da.source, da.source_id \
+                FROM used u JOIN domain_accounts da ON da.domain = u.domain AND da.domain <> ''), \
+             scored AS (\
+                SELECT conversation_id, kind, account_id, source, source_id, \
+                       COUNT(DISTINCT ord) AS hits, MIN(ord) AS first_ord \
+                FROM matches GROUP BY conversation_id, kind, account_id, source, source_id), \
+             best AS (\
+                SELECT conversation_id, account_id, source, source_id FROM (\
+                    SELECT s.*, ROW_NUMBER() OVER (PARTITION BY conversation_id \
+                        ORDER BY kind, hits DESC, first_ord, source COLLATE \"C\", \
+                                 source_id COLLATE \"C\") AS rn \
+                    FROM scored s) r \
+                WHERE rn = 1), \
+             account_deal AS (\
+                SELECT account_id, deal_id FROM (\
+                    SELECT b.account_id, d.id AS deal_id, \
+                           ROW_NUMBER() OVER (PARTITION BY b.account_id \
+                               ORDER BY CASE WHEN d.is_closed THEN 1 ELSE 0 END, \
+                                        d.close_date DESC NULLS LAST, \
+                                        d.source_id COLLATE \"C\") AS rn \
+                    FROM (SELECT DISTINCT account_id, source, source_id FROM best) b \
+                    JOIN deals d ON d.workspace_id = $1 AND d.archived_at IS NULL \
+                         AND d.source = b.source AND d.account_source_id = b.source_id) r \
+                WHERE rn = 1), \
+             target AS (\
+                SELECT conv.id, b.account_id, ad.deal_id \
+                FROM conv \
+                LEFT JOIN best b ON b.conversation_id = conv.id \
+                LEFT JOIN account_deal ad ON ad.account_id = b.account_id) \
+             UPDATE conversations AS c SET linked_account_id = t.account_id, linked_deal_id = t.deal_id \
+             FROM target t \
+             WHERE c.workspace_id = $1 AND c.id = t.id \
+               AND (c.linked_account_id IS DISTINCT FROM t.account_id \
+                    OR c.linked_deal_id IS DISTINCT FROM t.deal_id)"
+        );
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_err("link_conversations: begin"))?;
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(workspace_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("link_conversations"))?;
+        let (total, accounts, deals): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(linked_account_id), COUNT(linked_deal_id) \
+             FROM conversations WHERE workspace_id = $1 AND archived_at IS NULL",
+        )
+        .bind(workspace_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err("link_conversations: counting"))?;
+        tx.commit()
+            .await
+            .map_err(db_err("link_conversations: commit"))?;
+        Ok(LinkCounts {
+            conversations: super::types::to_u64(total, "count")?,
+            linked_accounts: super::types::to_u64(accounts, "count")?,
+            linked_deals: super::types::to_u64(deals, "count")?,
+            changed: done.rows_affected(),
+        })
+    }
+
+    async fn mark_internal_conversations(
+        &self,
+        workspace_id: Uuid,
+        internal_domains: &[String],
+    ) -> Result<InternalCounts> {
+        let domains = normalize_domains(internal_domains);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_err("mark_internal_conversations: begin"))?;
+        let mut changed = 0;
+        if !domains.is_empty() {
+            let done = sqlx::query(
+                "WITH doms AS (SELECT DISTINCT d FROM UNNEST($2::text[]) AS u(d)), \
+                 conv AS (\
+                    SELECT c.id, c.participants FROM conversations c \
+                    WHERE c.workspace_id = $1 AND c.archived_at IS NULL \
+                      AND jsonb_typeof(c.participants) = 'array' \
+                      AND jsonb_array_length(\
+                          CASE WHEN jsonb_typeof(c.participants) = 'array' \
+                               THEN c.participants ELSE '[]'::jsonb END) > 0), \
+                 parts AS (\
+                    SELECT conv.id, p.ord, p.elem, \
+                           CASE WHEN jsonb_typeof(p.elem -> 'email') = 'string' \
+                                THEN lower(btrim(p.elem ->> 'email')) END AS email \
+                    FROM conv CROSS JOIN LATERAL jsonb_array_elements(\
+                        CASE WHEN jsonb_typeof(conv.participants) = 'array' \
+                             THEN conv.participants ELSE '[]'::jsonb END) \
+                         WITH ORDINALITY AS p(elem, ord)), \
+                 domained AS (\
+                    SELECT id, ord, elem, \
+                           CASE WHEN strpos(email, '@') > 1 AND strpos(email, '@') < length(email) \
+                                THEN substr(email, strpos(email, '@') + 1) END AS domain \
+                    FROM parts), \
+                 flagged AS (\
+                    SELECT p.id, p.ord, p.elem, \
+                           CASE WHEN p.domain IS NULL THEN NULL ELSE dm.d IS NOT NULL END AS internal \
+                    FROM domained p LEFT JOIN doms dm ON dm.d = p.domain), \
+                 agg AS (\
+                    SELECT id, \
+                           bool_and(COALESCE(internal, false)) AS all_internal, \
+                           bool_or(internal IS NOT NULL \
+                                   AND (elem -> 'is_internal') IS DISTINCT FROM to_jsonb(internal)) \
+                               AS flags_changed, \
+                           jsonb_agg(CASE WHEN internal IS NULL THEN elem \
+                                          ELSE jsonb_set(elem, '{is_internal}', to_jsonb(internal)) END \
+                                     ORDER BY ord) AS participants \
+                    FROM flagged GROUP BY id) \
+                 UPDATE conversations AS c SET is_internal = agg.all_internal, \
+                     participants = CASE WHEN agg.flags_changed THEN agg.participants \
+                                         ELSE c.participants END \
+                 FROM agg \
+                 WHERE c.workspace_id = $1 AND c.id = agg.id \
+                   AND (c.is_internal IS DISTINCT FROM agg.all_internal OR agg.flags_changed)",
+            )
+            .bind(workspace_id)
+            .bind(&domains[..])
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("mark_internal_conversations"))?;
+            changed = done.rows_affected();
+        }
+        let (total, internal): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(*) FILTER (WHERE is_internal) \
+             FROM conversations WHERE workspace_id = $1 AND archived_at IS NULL \
+               AND jsonb_typeof(participants) = 'array' \
+               AND jsonb_array_length(\
+                   CASE WHEN jsonb_typeof(participants) = 'array' \
+                        THEN participants ELSE '[]'::jsonb END) > 0",
+        )
+        .bind(workspace_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err("mark_internal_conversations: counting"))?;
+        tx.commit()
+            .await
+            .map_err(db_err("mark_internal_conversations: commit"))?;
+        Ok(InternalCounts {
+            conversations: super::types::to_u64(total, "count")?,
+            internal: super::types::to_u64(internal, "count")?,
+            changed,
+        })
+    }
+
+    async fn flagged_internal_domains(&self, workspace_id: Uuid) -> Result<Vec<String>> {
+        let sql = format!(
+            "WITH {PG_PARTICIPANTS_CTE} \
+             SELECT DISTINCT domain FROM emails WHERE internal ORDER BY domain"
+        );
+        let mut domains: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(workspace_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("flagged_internal_domains"))?;
+        // Byte order, as on SQLite, whatever the database's collation.
+        domains.sort();
+        Ok(domains)
+    }
+
+    async fn refresh_deal_fields(
+        &self,
+        workspace_id: Uuid,
+        today: NaiveDate,
+    ) -> Result<DealFieldCounts> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_err("refresh_deal_fields: begin"))?;
+        let done = sqlx::query(
+            "WITH v AS (\
+                SELECT id, \
+                       CASE WHEN source_created_at IS NULL THEN NULL ELSE \
+                           GREATEST(0, \
+                               (CASE WHEN is_closed AND close_date IS NOT NULL \
+                                     THEN close_date ELSE $2::date END) \
+                             - (source_created_at AT TIME ZONE 'UTC')::date)::bigint \
+                       END AS days_open, \
+                       (close_date - $2::date)::bigint AS days_to_close \
+                FROM deals WHERE workspace_id = $1 AND archived_at IS NULL) \
+             UPDATE deals AS d SET days_open = v.days_open, days_to_close = v.days_to_close \
+             FROM v \
+             WHERE d.workspace_id = $1 AND d.id = v.id \
+               AND (d.days_open IS DISTINCT FROM v.days_open \
+                    OR d.days_to_close IS DISTINCT FROM v.days_to_close)",
+        )
+        .bind(workspace_id)
+        .bind(today)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("refresh_deal_fields"))?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deals WHERE workspace_id = $1 AND archived_at IS NULL",
+        )
+        .bind(workspace_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err("refresh_deal_fields: counting"))?;
+        tx.commit()
+            .await
+            .map_err(db_err("refresh_deal_fields: commit"))?;
+        Ok(DealFieldCounts {
+            deals: super::types::to_u64(total, "count")?,
+            changed: done.rows_affected(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

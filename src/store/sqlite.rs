@@ -1222,6 +1222,298 @@ impl LockStore for SqliteStore {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Enrichment (post-sync hooks): set-based statements over one workspace.
+// ---------------------------------------------------------------------------------------
+
+use super::{DealFieldCounts, EnrichmentStore, InternalCounts, LinkCounts, normalize_domains};
+
+/// A JSON text column as an array to iterate with `json_each` (`[]` when it is not valid
+/// JSON or not an array; nested `CASE`s, because SQLite does not promise to short-circuit
+/// `AND`).
+macro_rules! sqlite_json_array {
+    ($col:literal) => {
+        concat!(
+            "CASE WHEN json_valid(",
+            $col,
+            ") THEN CASE WHEN json_type(",
+            $col,
+            ") = 'array' THEN ",
+            $col,
+            " ELSE '[]' END ELSE '[]' END"
+        )
+    };
+}
+
+/// The participants with an email of the workspace's live conversations:
+/// `(conversation_id, ord, email, domain, internal)`, email trimmed and lower-cased, domain
+/// after the first `@`, `internal` 1 when the participant's JSON flag is `true`.
+const SQLITE_PARTICIPANTS_CTE: &str = concat!(
+    "conv AS (\
+        SELECT c.id, c.participants FROM conversations c \
+        WHERE c.workspace_id = ?1 AND c.archived_at IS NULL), \
+     raw_parts AS (\
+        SELECT conv.id AS conversation_id, CAST(j.key AS INTEGER) AS ord, \
+               CASE WHEN j.type = 'object' THEN \
+                   CASE WHEN json_type(j.value, '$.email') = 'text' \
+                        THEN lower(trim(json_extract(j.value, '$.email'))) END END AS email, \
+               CASE WHEN j.type = 'object' THEN \
+                   CASE WHEN json_type(j.value, '$.is_internal') = 'true' THEN 1 ELSE 0 END \
+                   ELSE 0 END AS internal \
+        FROM conv, json_each(",
+    sqlite_json_array!("conv.participants"),
+    ") AS j), \
+     emails AS (\
+        SELECT conversation_id, ord, email, substr(email, instr(email, '@') + 1) AS domain, internal \
+        FROM raw_parts \
+        WHERE email IS NOT NULL AND instr(email, '@') > 1 AND instr(email, '@') < length(email))"
+);
+
+#[async_trait]
+impl EnrichmentStore for SqliteStore {
+    async fn link_conversations(&self, workspace_id: Uuid) -> Result<LinkCounts> {
+        let sql = format!(
+            "WITH {SQLITE_PARTICIPANTS_CTE}, \
+             flagged AS (\
+                SELECT e.*, MAX(1 - internal) OVER (PARTITION BY conversation_id) AS has_external \
+                FROM emails e), \
+             used AS (\
+                SELECT conversation_id, ord, email, domain FROM flagged \
+                WHERE internal = 0 OR has_external = 0), \
+             contact_accounts AS (\
+                SELECT DISTINCT lower(trim(ct.email)) AS email, a.id AS account_id, \
+                       a.source AS source, a.source_id AS source_id \
+                FROM contacts ct \
+                JOIN accounts a ON a.workspace_id = ct.workspace_id AND a.source = ct.source \
+                     AND a.source_id = ct.account_source_id AND a.archived_at IS NULL \
+                WHERE ct.workspace_id = ?1 AND ct.archived_at IS NULL \
+                  AND ct.email IS NOT NULL AND ct.account_source_id IS NOT NULL), \
+             domain_accounts AS (\
+                SELECT CASE WHEN lower(trim(a.domain)) LIKE 'www.%' \
+                            THEN substr(lower(trim(a.domain)), 5) \
+                            ELSE lower(trim(a.domain)) END AS domain, \
+                       a.id AS account_id, a.source AS source, a.source_id AS source_id \
+                FROM accounts a \
+                WHERE a.workspace_id = ?1 AND a.archived_at IS NULL AND a.domain IS NOT NULL), \
+             matches AS (\
+                SELECT u.conversation_id, 0 AS kind, u.ord, ca.account_id, ca.source, ca.source_id \
+                FROM used u JOIN contact_accounts ca ON ca.email = u.email \
+                UNION ALL \
+                SELECT u.conversation_id, 1 AS kind, u.ord, da.account_id, da.source, da.source_id \
+                FROM used u JOIN domain_accounts da ON da.domain = u.domain AND da.domain <> ''), \
+             scored AS (\
+                SELECT conversation_id, kind, account_id, source, source_id, \
+                       COUNT(DISTINCT ord) AS hits, MIN(ord) AS first_ord \
+                FROM matches GROUP BY conversation_id, kind, account_id, source, source_id), \
+             best AS (\
+                SELECT conversation_id, account_id, source, source_id FROM (\
+                    SELECT s.*, ROW_NUMBER() OVER (PARTITION BY conversation_id \
+                        ORDER BY kind, hits DESC, first_ord, source, source_id) AS rn \
+                    FROM scored s) \
+                WHERE rn = 1), \
+             account_deal AS (\
+                SELECT account_id, deal_id FROM (\
+                    SELECT b.account_id AS account_id, d.id AS deal_id, \
+                           ROW_NUMBER() OVER (PARTITION BY b.account_id \
+                               ORDER BY CASE WHEN d.is_closed = 1 THEN 1 ELSE 0 END, \
+                                        d.close_date DESC NULLS LAST, d.source_id) AS rn \
+                    FROM (SELECT DISTINCT account_id, source, source_id FROM best) b \
+                    JOIN deals d ON d.workspace_id = ?1 AND d.archived_at IS NULL \
+                         AND d.source = b.source AND d.account_source_id = b.source_id) \
+                WHERE rn = 1), \
+             target AS (\
+                SELECT conv.id AS id, b.account_id AS account_id, ad.deal_id AS deal_id \
+                FROM conv \
+                LEFT JOIN best b ON b.conversation_id = conv.id \
+                LEFT JOIN account_deal ad ON ad.account_id = b.account_id) \
+             UPDATE conversations SET linked_account_id = t.account_id, linked_deal_id = t.deal_id \
+             FROM target t \
+             WHERE conversations.workspace_id = ?1 AND conversations.id = t.id \
+               AND (conversations.linked_account_id IS NOT t.account_id \
+                    OR conversations.linked_deal_id IS NOT t.deal_id)"
+        );
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("link_conversations: begin"))?;
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(hy(workspace_id))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("link_conversations"))?;
+        let (total, accounts, deals): (i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COUNT(linked_account_id), COUNT(linked_deal_id) \
+             FROM conversations WHERE workspace_id = ?1 AND archived_at IS NULL",
+        )
+        .bind(hy(workspace_id))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err("link_conversations: counting"))?;
+        tx.commit()
+            .await
+            .map_err(db_err("link_conversations: commit"))?;
+        Ok(LinkCounts {
+            conversations: super::types::to_u64(total, "count")?,
+            linked_accounts: super::types::to_u64(accounts, "count")?,
+            linked_deals: super::types::to_u64(deals, "count")?,
+            changed: done.rows_affected(),
+        })
+    }
+
+    async fn mark_internal_conversations(
+        &self,
+        workspace_id: Uuid,
+        internal_domains: &[String],
+    ) -> Result<InternalCounts> {
+        let domains = normalize_domains(internal_domains);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("mark_internal_conversations: begin"))?;
+        let mut changed = 0;
+        if !domains.is_empty() {
+            let sql = "WITH doms(d) AS (SELECT DISTINCT value FROM json_each(?2)), \
+                 conv AS (\
+                    SELECT c.id, c.participants FROM conversations c \
+                    WHERE c.workspace_id = ?1 AND c.archived_at IS NULL \
+                      AND (CASE WHEN json_valid(c.participants) THEN \
+                               CASE WHEN json_type(c.participants) = 'array' \
+                                    THEN json_array_length(c.participants) > 0 ELSE 0 END \
+                           ELSE 0 END)), \
+                 parts AS (\
+                    SELECT conv.id AS id, CAST(j.key AS INTEGER) AS ord, j.type AS type, \
+                           j.value AS value, \
+                           CASE WHEN j.type = 'object' THEN \
+                               CASE WHEN json_type(j.value, '$.email') = 'text' \
+                                    THEN lower(trim(json_extract(j.value, '$.email'))) END \
+                           END AS email \
+                    FROM conv, json_each(conv.participants) AS j), \
+                 domained AS (\
+                    SELECT id, ord, type, value, \
+                           CASE WHEN instr(email, '@') > 1 AND instr(email, '@') < length(email) \
+                                THEN substr(email, instr(email, '@') + 1) END AS domain \
+                    FROM parts), \
+                 flagged AS (\
+                    SELECT p.id, p.ord, p.type, p.value, \
+                           CASE WHEN p.domain IS NULL THEN NULL \
+                                WHEN dm.d IS NOT NULL THEN 1 ELSE 0 END AS internal \
+                    FROM domained p LEFT JOIN doms dm ON dm.d = p.domain), \
+                 agg AS (\
+                    SELECT id, \
+                           MIN(COALESCE(internal, 0)) AS all_internal, \
+                           MAX(CASE WHEN internal IS NULL THEN 0 \
+                                    WHEN json_type(value, '$.is_internal') \
+                                         IS (CASE WHEN internal = 1 THEN 'true' ELSE 'false' END) \
+                                    THEN 0 ELSE 1 END) AS flags_changed, \
+                           '[' || group_concat(\
+                               CASE WHEN internal IS NOT NULL \
+                                        THEN json_set(value, '$.is_internal', \
+                                             json(CASE WHEN internal = 1 THEN 'true' ELSE 'false' END)) \
+                                    WHEN type IN ('object', 'array') THEN json(value) \
+                                    WHEN type IN ('true', 'false', 'null') THEN type \
+                                    ELSE json_quote(value) END, \
+                               ',' ORDER BY ord) || ']' AS participants \
+                    FROM flagged GROUP BY id) \
+                 UPDATE conversations SET is_internal = agg.all_internal, \
+                     participants = CASE WHEN agg.flags_changed = 1 THEN agg.participants \
+                                         ELSE conversations.participants END \
+                 FROM agg \
+                 WHERE conversations.workspace_id = ?1 AND conversations.id = agg.id \
+                   AND (conversations.is_internal IS NOT agg.all_internal OR agg.flags_changed = 1)";
+            let done = sqlx::query(sql)
+                .bind(hy(workspace_id))
+                .bind(serde_json::to_string(&domains)?)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("mark_internal_conversations"))?;
+            changed = done.rows_affected();
+        }
+        let (total, internal): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN is_internal = 1 THEN 1 ELSE 0 END), 0) \
+             FROM conversations WHERE workspace_id = ?1 AND archived_at IS NULL \
+               AND (CASE WHEN json_valid(participants) THEN \
+                        CASE WHEN json_type(participants) = 'array' \
+                             THEN json_array_length(participants) > 0 ELSE 0 END \
+                    ELSE 0 END)",
+        )
+        .bind(hy(workspace_id))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err("mark_internal_conversations: counting"))?;
+        tx.commit()
+            .await
+            .map_err(db_err("mark_internal_conversations: commit"))?;
+        Ok(InternalCounts {
+            conversations: super::types::to_u64(total, "count")?,
+            internal: super::types::to_u64(internal, "count")?,
+            changed,
+        })
+    }
+
+    async fn flagged_internal_domains(&self, workspace_id: Uuid) -> Result<Vec<String>> {
+        let sql = format!(
+            "WITH {SQLITE_PARTICIPANTS_CTE} \
+             SELECT DISTINCT domain FROM emails WHERE internal = 1 ORDER BY domain"
+        );
+        sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(hy(workspace_id))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err("flagged_internal_domains"))
+    }
+
+    async fn refresh_deal_fields(
+        &self,
+        workspace_id: Uuid,
+        today: NaiveDate,
+    ) -> Result<DealFieldCounts> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("refresh_deal_fields: begin"))?;
+        let done = sqlx::query(
+            "WITH v AS (\
+                SELECT id, \
+                       CASE WHEN source_created_at IS NULL THEN NULL ELSE \
+                           MAX(0, CAST(round(julianday(\
+                               CASE WHEN is_closed = 1 AND close_date IS NOT NULL \
+                                    THEN close_date ELSE ?2 END) \
+                             - julianday(substr(source_created_at, 1, 10))) AS INTEGER)) \
+                       END AS days_open, \
+                       CASE WHEN close_date IS NULL THEN NULL ELSE \
+                           CAST(round(julianday(close_date) - julianday(?2)) AS INTEGER) \
+                       END AS days_to_close \
+                FROM deals WHERE workspace_id = ?1 AND archived_at IS NULL) \
+             UPDATE deals SET days_open = v.days_open, days_to_close = v.days_to_close \
+             FROM v \
+             WHERE deals.workspace_id = ?1 AND deals.id = v.id \
+               AND (deals.days_open IS NOT v.days_open OR deals.days_to_close IS NOT v.days_to_close)",
+        )
+        .bind(hy(workspace_id))
+        .bind(date_text(today))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("refresh_deal_fields"))?;
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deals WHERE workspace_id = ?1 AND archived_at IS NULL",
+        )
+        .bind(hy(workspace_id))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err("refresh_deal_fields: counting"))?;
+        tx.commit()
+            .await
+            .map_err(db_err("refresh_deal_fields: commit"))?;
+        Ok(DealFieldCounts {
+            deals: super::types::to_u64(total, "count")?,
+            changed: done.rows_affected(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
