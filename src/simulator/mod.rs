@@ -24,6 +24,8 @@
 //! ```
 
 mod hubspot;
+#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+mod quickstart;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -40,6 +42,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))))]
+pub use quickstart::{QuickstartConfig, QuickstartReport, run_quickstart};
 pub use hubspot::{HubSpotOAuthApp, HubSpotObject, HubSpotSim, HubSpotSimConfig, SimRecord};
 
 /// Faults a simulator injects into its answers. Decisions are deterministic: they depend on

@@ -1,0 +1,212 @@
+//! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot and Gong
+//! simulators → orchestrator → an SQLite file, an initial and an incremental sync, and the
+//! built-in post-sync hooks.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{GongSim, GongSimConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig, NewGongCall};
+use crate::connector::ProgressReporter;
+use crate::error::{Error, Result};
+use crate::hooks::BuiltinHooksConfig;
+use crate::model::{ConnectorKind, Record, RecordKind};
+use crate::orchestrator::{ConnectorRegistry, Orchestrator, SyncOptions, WorkspaceSyncResult};
+use crate::store::{
+    ConnectionStore, Credentials, Keyring, NewConnection, RecordQuery, RecordStore, SqliteStore,
+    Store,
+};
+
+/// How big the simulated company is, and where the database goes.
+#[derive(Debug, Clone)]
+pub struct QuickstartConfig {
+    /// The SQLite file (replaced if it exists).
+    pub database: PathBuf,
+    /// HubSpot companies.
+    pub companies: u64,
+    /// HubSpot contacts.
+    pub contacts: u64,
+    /// HubSpot deals.
+    pub deals: u64,
+    /// Gong users.
+    pub gong_users: u64,
+    /// Gong calls over the last 90 days.
+    pub gong_calls: u64,
+    /// Where progress goes (records stored so far).
+    pub progress: Option<ProgressReporter>,
+}
+
+impl QuickstartConfig {
+    /// The quickstart's default size: 2,000 companies, 8,000 contacts, 4,000 deals, 25 Gong
+    /// users and 1,500 calls.
+    pub fn new(database: impl Into<PathBuf>) -> Self {
+        QuickstartConfig {
+            database: database.into(),
+            companies: 2_000,
+            contacts: 8_000,
+            deals: 4_000,
+            gong_users: 25,
+            gong_calls: 1_500,
+            progress: None,
+        }
+    }
+}
+
+/// What the quickstart did.
+#[derive(Debug, Clone)]
+pub struct QuickstartReport {
+    /// The workspace it created.
+    pub workspace_id: Uuid,
+    /// The initial sync.
+    pub initial: WorkspaceSyncResult,
+    /// The incremental sync after the simulators changed.
+    pub incremental: WorkspaceSyncResult,
+    /// Rows per table at the end.
+    pub tables: BTreeMap<String, u64>,
+    /// Conversations linked to an account by the entity linker.
+    pub linked_conversations: u64,
+    /// Conversations linked to a deal.
+    pub conversations_with_deal: u64,
+    /// Wall time of the whole run.
+    pub duration: Duration,
+    /// The database file.
+    pub database: PathBuf,
+}
+
+/// Runs the quickstart (see the module docs).
+pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
+    let started = Instant::now();
+    let hubspot = HubSpotSim::start(HubSpotSimConfig {
+        companies: cfg.companies,
+        contacts: cfg.contacts,
+        deals: cfg.deals,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the HubSpot simulator: {e}")))?;
+    // Gong's external participants come from the HubSpot companies' domains, so the entity
+    // linker has something to find.
+    let domains: Vec<String> = (1..=cfg.companies.min(200))
+        .filter_map(|id| hubspot.record(HubSpotObject::Companies, id))
+        .filter_map(|r| r.properties.get("domain").cloned().flatten())
+        .collect();
+    let gong = GongSim::start(GongSimConfig {
+        users: cfg.gong_users,
+        calls: cfg.gong_calls,
+        days: 90,
+        external_domains: domains,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the Gong simulator: {e}")))?;
+
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = cfg.database.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+    let url = format!("sqlite://{}?mode=rwc", cfg.database.display());
+    let store = Arc::new(
+        SqliteStore::connect(&url)
+            .await?
+            .with_keyring(Keyring::new("quickstart", rand::random::<[u8; 32]>())?),
+    );
+    store.migrate().await?;
+
+    let workspace_id = Uuid::new_v4();
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::Hubspot, "private_app")
+                .with_credentials(Credentials::from_json(serde_json::json!({
+                    "access_token": hubspot.config().access_token
+                }))?),
+        )
+        .await?;
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::Gong, "basic")
+                .with_credentials(Credentials::from_json(serde_json::json!({
+                    "access_key": gong.config().access_key,
+                    "access_key_secret": gong.config().access_key_secret,
+                }))?),
+        )
+        .await?;
+
+    let registry = ConnectorRegistry::builtin(&BTreeMap::from([
+        (ConnectorKind::Hubspot, hubspot.base_url()),
+        (ConnectorKind::Gong, gong.base_url()),
+    ]));
+    let orchestrator = Orchestrator::new(store.clone(), registry)
+        .with_builtin_hooks(BuiltinHooksConfig::default());
+    let options = || SyncOptions {
+        progress: cfg.progress.clone(),
+        ..Default::default()
+    };
+
+    let initial = orchestrator.sync_workspace(workspace_id, options()).await?;
+
+    // The world moves on: a few CRM edits, a lost deal archived, new calls with customers.
+    for id in [1, 2, 3, 5, 8] {
+        hubspot.modify(HubSpotObject::Contacts, id, [("jobtitle", "VP Revenue")]);
+    }
+    hubspot.archive(HubSpotObject::Deals, 13);
+    hubspot.modify(HubSpotObject::Deals, 21, [("dealstage", "closedwon"), ("hs_is_closed", "true"), ("hs_is_closed_won", "true")]);
+    if let Some(host) = gong.active_user_ids().first() {
+        for n in 0..3 {
+            gong.add_call(
+                NewGongCall::new(host.clone(), Utc::now() - chrono::Duration::hours(2 + n))
+                    .title(format!("Quickstart follow-up {}", n + 1)),
+            );
+        }
+    }
+    let incremental = orchestrator.sync_workspace(workspace_id, options()).await?;
+
+    let mut tables = BTreeMap::new();
+    for kind in RecordKind::ALL {
+        let n = store.count_records(workspace_id, kind, None).await?;
+        if n > 0 {
+            tables.insert(kind.table().to_owned(), n);
+        }
+    }
+    let (mut linked, mut with_deal, mut after) = (0u64, 0u64, None);
+    loop {
+        let page = store
+            .list_records(
+                workspace_id,
+                RecordKind::Conversation,
+                &RecordQuery {
+                    after,
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        for r in &page {
+            if let Record::Conversation(c) = r {
+                linked += u64::from(c.linked_account_id.is_some());
+                with_deal += u64::from(c.linked_deal_id.is_some());
+            }
+        }
+        after = page.last().and_then(|r| r.meta().map(|m| m.id));
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    store.close().await;
+    hubspot.shutdown().await;
+    gong.shutdown().await;
+    Ok(QuickstartReport {
+        workspace_id,
+        initial,
+        incremental,
+        tables,
+        linked_conversations: linked,
+        conversations_with_deal: with_deal,
+        duration: started.elapsed(),
+        database: cfg.database,
+    })
+}
