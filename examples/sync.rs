@@ -41,8 +41,9 @@ const USAGE: &str = "usage: sync --database <url> --workspace <uuid> --connector
 
 fn read_json(flag: &str, value: &str) -> Result<serde_json::Value, String> {
     let text = match value.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .map_err(|e| format!("{flag}: cannot read {path}: {e}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("{flag}: cannot read {path}: {e}"))?
+        }
         None => value.to_owned(),
     };
     let parsed: serde_json::Value =
@@ -111,8 +112,9 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
 
 fn keyring() -> Result<Keyring, String> {
     match std::env::var("PANDORA_SYNC_KEY") {
-        Ok(k) => Keyring::from_base64("env", k.trim())
-            .map_err(|e| format!("PANDORA_SYNC_KEY: {e}")),
+        Ok(k) => {
+            Keyring::from_base64("env", k.trim()).map_err(|e| format!("PANDORA_SYNC_KEY: {e}"))
+        }
         Err(_) => Keyring::new("ephemeral", rand::random::<[u8; 32]>())
             .map_err(|e| format!("creating a key: {e}")),
     }
@@ -124,7 +126,10 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     let store = connect_store(&args.database, Some(keyring))
         .await
         .map_err(|e| (2, format!("--database: {e}")))?;
-    store.migrate().await.map_err(|e| (2, format!("migrating the database: {e}")))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| (2, format!("migrating the database: {e}")))?;
     let credentials = Credentials::from_json(args.credentials).map_err(bad)?;
     if store
         .get_connection(args.workspace, args.connector)
@@ -151,10 +156,8 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
             .map_err(bad)?;
     }
     // Build the connector once up front so bad credentials or config exit with 2.
-    let registry = ConnectorRegistry::builtin(&BTreeMap::from([(
-        args.connector,
-        args.base_url.clone(),
-    )]));
+    let registry =
+        ConnectorRegistry::builtin(&BTreeMap::from([(args.connector, args.base_url.clone())]));
     let row = store
         .get_connection(args.workspace, args.connector)
         .await
@@ -250,7 +253,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

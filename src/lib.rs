@@ -5,23 +5,23 @@ pub mod capture;
 mod connector;
 mod connectors;
 mod error;
-pub mod http;
-mod model;
-pub mod sanitize;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod hooks;
+pub mod http;
+mod model;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod orchestrator;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub mod queue;
+pub mod sanitize;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod scheduler;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod store;
 #[cfg(feature = "simulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
 pub mod simulator;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod store;
 
 pub use capture::{RecordFailure, is_sync_acceptable, success_rate};
 pub use connector::{
@@ -50,6 +50,9 @@ pub use store::{
     validate_record,
 };
 
+#[cfg(feature = "gong")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gong")))]
+pub use connectors::gong::{GongConfig, GongConnector, GongCredentials};
 #[cfg(feature = "hubspot")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hubspot")))]
 pub use connectors::hubspot::{HubSpotConfig, HubSpotConnector, HubSpotCredentials};

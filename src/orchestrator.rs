@@ -42,9 +42,8 @@ use crate::store::{
 };
 
 /// Builds a connector from its connection row and opened credentials.
-pub type ConnectorFactory = Arc<
-    dyn Fn(&ConnectionRow, Option<&Credentials>) -> Result<Box<dyn SyncCapable>> + Send + Sync,
->;
+pub type ConnectorFactory =
+    Arc<dyn Fn(&ConnectionRow, Option<&Credentials>) -> Result<Box<dyn SyncCapable>> + Send + Sync>;
 
 /// Turns `connections` rows into connector instances, one factory per connector kind.
 ///
@@ -95,12 +94,33 @@ impl ConnectorRegistry {
                 .cloned()
                 .unwrap_or_else(|| "https://api.hubapi.com".to_owned());
             registry = registry.register(ConnectorKind::Hubspot, move |row, creds| {
-                let creds = creds.ok_or_else(|| {
-                    Error::config("the hubspot connection has no credentials")
-                })?;
+                let creds = creds
+                    .ok_or_else(|| Error::config("the hubspot connection has no credentials"))?;
                 let credentials = crate::HubSpotCredentials::from_lookup(|k| creds.get(k))?;
                 let config = crate::HubSpotConfig::from_json(&row.config)?;
-                Ok(Box::new(crate::HubSpotConnector::new(&base, credentials, config)?))
+                Ok(Box::new(crate::HubSpotConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
+            });
+        }
+        #[cfg(feature = "gong")]
+        {
+            let base = base_urls
+                .get(&ConnectorKind::Gong)
+                .cloned()
+                .unwrap_or_else(|| "https://api.gong.io".to_owned());
+            registry = registry.register(ConnectorKind::Gong, move |row, creds| {
+                let creds =
+                    creds.ok_or_else(|| Error::config("the gong connection has no credentials"))?;
+                let credentials = crate::GongCredentials::from_lookup(|k| creds.get(k))?;
+                let config = crate::GongConfig::from_json(&row.config)?;
+                Ok(Box::new(crate::GongConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
             });
         }
         registry
@@ -212,7 +232,11 @@ impl WorkspaceSyncResult {
     /// The worst status of the run: `failed` if any connector failed, else
     /// `completed_with_errors` if any had errors, else `completed`.
     pub fn status(&self) -> SyncStatus {
-        if self.connectors.iter().any(|c| c.status == SyncStatus::Failed) {
+        if self
+            .connectors
+            .iter()
+            .any(|c| c.status == SyncStatus::Failed)
+        {
             SyncStatus::Failed
         } else if self
             .connectors
@@ -248,7 +272,10 @@ impl std::fmt::Debug for Orchestrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Orchestrator")
             .field("registry", &self.registry)
-            .field("hooks", &self.hooks.iter().map(|h| h.name()).collect::<Vec<_>>())
+            .field(
+                "hooks",
+                &self.hooks.iter().map(|h| h.name()).collect::<Vec<_>>(),
+            )
             .field("config", &self.config)
             .finish()
     }
@@ -292,7 +319,10 @@ impl RecordSink for StoreSink<'_> {
         }
         self.failures.succeeded += good.len() as u64;
         for r in &good {
-            *self.by_table.entry(r.kind().table().to_owned()).or_insert(0) += 1;
+            *self
+                .by_table
+                .entry(r.kind().table().to_owned())
+                .or_insert(0) += 1;
         }
         // Chunks before the last carry the previous (still true) durable checkpoint; the
         // last chunk carries the new one, so the checkpoint never runs ahead of the data.
@@ -329,7 +359,11 @@ impl RecordSink for StoreSink<'_> {
         self.durable = checkpoint.clone();
         self.counts += total;
         if let Some(p) = &self.progress {
-            p.report(self.counts.written() + self.counts.unchanged, None, format!("{}: records stored", self.source));
+            p.report(
+                self.counts.written() + self.counts.unchanged,
+                None,
+                format!("{}: records stored", self.source),
+            );
         }
         Ok(total)
     }
@@ -458,7 +492,9 @@ impl Orchestrator {
         let umbrella = options.sync_id;
         let single = connections.len() == 1;
         if let (Some(id), false) = (umbrella, single) {
-            self.store.start_sync(workspace_id, id, options.mode).await?;
+            self.store
+                .start_sync(workspace_id, id, options.mode)
+                .await?;
         }
         let bound = self
             .config
@@ -638,7 +674,12 @@ impl Orchestrator {
     ) -> Result<Uuid> {
         let id = match existing {
             Some(id) => id,
-            None => self.store.create_sync(workspace_id, Some(kind), Some(mode)).await?.id,
+            None => {
+                self.store
+                    .create_sync(workspace_id, Some(kind), Some(mode))
+                    .await?
+                    .id
+            }
         };
         self.store.start_sync(workspace_id, id, Some(mode)).await?;
         self.store
@@ -678,7 +719,9 @@ impl Orchestrator {
                 .with_cancel(cancel.clone());
             match connector.backfill_sync(&ctx, sink).await {
                 Ok(_) => return Ok((report, true)),
-                Err(e) => tracing::warn!(error = %e, "post-sync backfill failed; it runs again next time"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "post-sync backfill failed; it runs again next time")
+                }
             }
         }
         Ok((report, false))

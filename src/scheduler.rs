@@ -189,7 +189,10 @@ impl Scheduler {
         mode: Option<SyncMode>,
         priority: i32,
     ) -> Result<TriggeredSync> {
-        let sync = self.store.create_sync(workspace_id, connector, mode).await?;
+        let sync = self
+            .store
+            .create_sync(workspace_id, connector, mode)
+            .await?;
         let payload = SyncJobPayload {
             sync_id: sync.id,
             connector,
@@ -213,7 +216,11 @@ impl Scheduler {
                     errors: SyncErrors::default(),
                     error_message: Some(format!("not enqueued: {e}")),
                 };
-                if let Err(close) = self.store.finish_sync(workspace_id, sync.id, &outcome).await {
+                if let Err(close) = self
+                    .store
+                    .finish_sync(workspace_id, sync.id, &outcome)
+                    .await
+                {
                     tracing::warn!(error = %close, "closing an unenqueued sync run failed");
                 }
                 Err(e)
@@ -317,7 +324,12 @@ impl Scheduler {
         let keep = chrono::Duration::from_std(self.config.job_retention).unwrap_or_default();
         let pruned = self.queue.prune_finished(now - keep).await?;
         if rescued + pruned > 0 || !stale.is_empty() {
-            tracing::info!(rescued, pruned, stale = stale.len(), "scheduler maintenance");
+            tracing::info!(
+                rescued,
+                pruned,
+                stale = stale.len(),
+                "scheduler maintenance"
+            );
         }
         Ok(())
     }

@@ -333,8 +333,7 @@ pub trait JobQueue: Send + Sync {
     ) -> Result<Vec<Job>>;
 
     /// Extends the lease of a running job held by `worker_id`.
-    async fn heartbeat(&self, job_id: Uuid, worker_id: &str, lease: Duration)
-    -> Result<Heartbeat>;
+    async fn heartbeat(&self, job_id: Uuid, worker_id: &str, lease: Duration) -> Result<Heartbeat>;
 
     /// Marks a job completed with its result. False if `worker_id` no longer holds it.
     async fn complete(
@@ -382,8 +381,12 @@ pub trait JobQueue: Send + Sync {
     async fn cancel_jobs_for_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<u64>;
 
     /// Stores a running job's progress.
-    async fn update_progress(&self, job_id: Uuid, worker_id: &str, progress: &Progress)
-    -> Result<()>;
+    async fn update_progress(
+        &self,
+        job_id: Uuid,
+        worker_id: &str,
+        progress: &Progress,
+    ) -> Result<()>;
 
     /// A job of the workspace.
     async fn get_job(&self, workspace_id: Uuid, job_id: Uuid) -> Result<Option<Job>>;

@@ -51,12 +51,18 @@ fn row_to_job(r: &PgRow) -> Result<Job> {
         unique_key: r.try_get("unique_key").map_err(db("reading a job"))?,
         locked_by: r.try_get("locked_by").map_err(db("reading a job"))?,
         locked_until: r.try_get("locked_until").map_err(db("reading a job"))?,
-        cancel_requested_at: r.try_get("cancel_requested_at").map_err(db("reading a job"))?,
+        cancel_requested_at: r
+            .try_get("cancel_requested_at")
+            .map_err(db("reading a job"))?,
         created_at: r.try_get("created_at").map_err(db("reading a job"))?,
         started_at: r.try_get("started_at").map_err(db("reading a job"))?,
         completed_at: r.try_get("completed_at").map_err(db("reading a job"))?,
         run_after: r.try_get("run_after").map_err(db("reading a job"))?,
-        timeout_ms: u64::try_from(r.try_get::<i64, _>("timeout_ms").map_err(db("reading a job"))?).unwrap_or(0),
+        timeout_ms: u64::try_from(
+            r.try_get::<i64, _>("timeout_ms")
+                .map_err(db("reading a job"))?,
+        )
+        .unwrap_or(0),
     })
 }
 
@@ -208,7 +214,12 @@ impl JobQueue for PgStore {
         })
     }
 
-    async fn complete(&self, job_id: Uuid, worker_id: &str, result: serde_json::Value) -> Result<bool> {
+    async fn complete(
+        &self,
+        job_id: Uuid,
+        worker_id: &str,
+        result: serde_json::Value,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET status = 'completed', result = $1, completed_at = $2, \
                locked_by = NULL, locked_until = NULL \
@@ -251,7 +262,13 @@ impl JobQueue for PgStore {
         status.as_deref().map(JobStatus::parse).transpose()
     }
 
-    async fn snooze(&self, job_id: Uuid, worker_id: &str, until: DateTime<Utc>, reason: &str) -> Result<bool> {
+    async fn snooze(
+        &self,
+        job_id: Uuid,
+        worker_id: &str,
+        until: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET status = 'pending', attempts = GREATEST(attempts - 1, 0), run_after = $1, \
                last_error = $2, locked_by = NULL, locked_until = NULL \
@@ -334,14 +351,21 @@ impl JobQueue for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn update_progress(&self, job_id: Uuid, worker_id: &str, progress: &Progress) -> Result<()> {
-        sqlx::query("UPDATE jobs SET progress = $1 WHERE id = $2 AND locked_by = $3 AND status = 'running'")
-            .bind(serde_json::to_value(progress)?)
-            .bind(job_id)
-            .bind(worker_id)
-            .execute(self.pool())
-            .await
-            .map_err(db("storing job progress"))?;
+    async fn update_progress(
+        &self,
+        job_id: Uuid,
+        worker_id: &str,
+        progress: &Progress,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET progress = $1 WHERE id = $2 AND locked_by = $3 AND status = 'running'",
+        )
+        .bind(serde_json::to_value(progress)?)
+        .bind(job_id)
+        .bind(worker_id)
+        .execute(self.pool())
+        .await
+        .map_err(db("storing job progress"))?;
         Ok(())
     }
 

@@ -54,7 +54,10 @@ fn count(v: i64) -> u32 {
 
 fn row_to_job(r: &SqliteRow) -> Result<Job> {
     let get_s = |c: &str| r.try_get::<String, _>(c).map_err(db("reading a job"));
-    let get_os = |c: &str| r.try_get::<Option<String>, _>(c).map_err(db("reading a job"));
+    let get_os = |c: &str| {
+        r.try_get::<Option<String>, _>(c)
+            .map_err(db("reading a job"))
+    };
     let get_i = |c: &str| r.try_get::<i64, _>(c).map_err(db("reading a job"));
     Ok(Job {
         id: uuid(&get_s("id")?)?,
@@ -210,7 +213,12 @@ impl JobQueue for SqliteStore {
         })
     }
 
-    async fn complete(&self, job_id: Uuid, worker_id: &str, result: serde_json::Value) -> Result<bool> {
+    async fn complete(
+        &self,
+        job_id: Uuid,
+        worker_id: &str,
+        result: serde_json::Value,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET status = 'completed', result = ?1, completed_at = ?2, \
                locked_by = NULL, locked_until = NULL \
@@ -254,7 +262,13 @@ impl JobQueue for SqliteStore {
         status.as_deref().map(JobStatus::parse).transpose()
     }
 
-    async fn snooze(&self, job_id: Uuid, worker_id: &str, until: DateTime<Utc>, reason: &str) -> Result<bool> {
+    async fn snooze(
+        &self,
+        job_id: Uuid,
+        worker_id: &str,
+        until: DateTime<Utc>,
+        reason: &str,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0), run_after = ?1, \
                last_error = ?2, locked_by = NULL, locked_until = NULL \
@@ -339,14 +353,21 @@ impl JobQueue for SqliteStore {
         Ok(done.rows_affected())
     }
 
-    async fn update_progress(&self, job_id: Uuid, worker_id: &str, progress: &Progress) -> Result<()> {
-        sqlx::query("UPDATE jobs SET progress = ?1 WHERE id = ?2 AND locked_by = ?3 AND status = 'running'")
-            .bind(serde_json::to_string(progress)?)
-            .bind(job_id.to_string())
-            .bind(worker_id)
-            .execute(self.pool())
-            .await
-            .map_err(db("storing job progress"))?;
+    async fn update_progress(
+        &self,
+        job_id: Uuid,
+        worker_id: &str,
+        progress: &Progress,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE jobs SET progress = ?1 WHERE id = ?2 AND locked_by = ?3 AND status = 'running'",
+        )
+        .bind(serde_json::to_string(progress)?)
+        .bind(job_id.to_string())
+        .bind(worker_id)
+        .execute(self.pool())
+        .await
+        .map_err(db("storing job progress"))?;
         Ok(())
     }
 

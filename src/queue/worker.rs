@@ -325,8 +325,8 @@ impl Worker {
     ) {
         let w = &self.config.worker_id;
         let now = self.queue.now();
-        let retry_at =
-            now + chrono::Duration::from_std(self.config.backoff.delay(attempt)).unwrap_or_default();
+        let retry_at = now
+            + chrono::Duration::from_std(self.config.backoff.delay(attempt)).unwrap_or_default();
         let done = match outcome {
             Outcome::Done(Ok(result)) => self.queue.complete(job_id, w, result).await.map(|_| ()),
             Outcome::Done(Err(_)) if cancel_requested => {
@@ -359,7 +359,12 @@ impl Worker {
             Outcome::TimedOut => {
                 tracing::warn!(?timeout, "job timed out");
                 self.queue
-                    .fail(job_id, w, &format!("job timed out after {timeout:?}"), Some(retry_at))
+                    .fail(
+                        job_id,
+                        w,
+                        &format!("job timed out after {timeout:?}"),
+                        Some(retry_at),
+                    )
                     .await
                     .map(|_| ())
             }

@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod gong;
 mod hubspot;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -40,6 +41,10 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use gong::{
+    GongAffiliation, GongSim, GongSimCall, GongSimConfig, GongSimParty, GongSimUser,
+    NO_CALLS_FOUND, NewGongCall,
+};
 pub use hubspot::{HubSpotOAuthApp, HubSpotObject, HubSpotSim, HubSpotSimConfig, SimRecord};
 
 /// Faults a simulator injects into its answers. Decisions are deterministic: they depend on

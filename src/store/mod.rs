@@ -40,12 +40,12 @@ mod postgres;
 mod sqlite;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-#[cfg(feature = "sqlite")]
-pub(crate) use rows::sqlite_ts;
 pub use crypto::{Credentials, Keyring, SealedCredentials};
 pub use lock::WorkspaceLock;
 #[cfg(feature = "postgres")]
 pub use postgres::PgStore;
+#[cfg(feature = "sqlite")]
+pub(crate) use rows::sqlite_ts;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use types::{

@@ -30,7 +30,10 @@ where
     use pandora_sync::SqliteStore;
     let clock = ManualClock::new(start_time());
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("queue.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("queue.db").display()
+    );
     let store = SqliteStore::connect(&url)
         .await
         .unwrap()
@@ -98,9 +101,11 @@ pub mod pg {
 
     pub async fn drop_schema(schema: &str) {
         let mut admin = admin().await;
-        let _ = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
-            .execute(&mut admin)
-            .await;
+        let _ = sqlx::query(AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut admin)
+        .await;
     }
 }
 
@@ -146,7 +151,11 @@ pub async fn notify_wakes_listener() {
     // Let the waiter reach `recv` (it holds the listener; the LISTEN is already active).
     tokio::task::yield_now().await;
     store
-        .enqueue(NewJob::new(uuid::Uuid::new_v4(), "noop", serde_json::json!({})))
+        .enqueue(NewJob::new(
+            uuid::Uuid::new_v4(),
+            "noop",
+            serde_json::json!({}),
+        ))
         .await
         .unwrap();
     tokio::time::timeout(Duration::from_secs(30), waiting)

@@ -11,8 +11,7 @@ use pandora_sync::queue::{
     WorkerConfig,
 };
 use pandora_sync::{
-    Clock,
-    ConnectorKind, Error, LEADER_LOCK_ID, NewConnection, Result, Scheduler, SchedulerConfig,
+    Clock, ConnectorKind, Error, LEADER_LOCK_ID, NewConnection, Result, Scheduler, SchedulerConfig,
     SyncMode, SyncStatus,
 };
 use tokio_util::sync::CancellationToken;
@@ -105,15 +104,26 @@ pub async fn four_workers_run_every_job_exactly_once(h: Harness) {
         let ws = workspaces[i % workspaces.len()];
         let j = h
             .queue
-            .enqueue(NewJob::new(ws, "noop", serde_json::json!({"i": i})).priority(i32::try_from(i % 3).unwrap()))
+            .enqueue(
+                NewJob::new(ws, "noop", serde_json::json!({"i": i}))
+                    .priority(i32::try_from(i % 3).unwrap()),
+            )
             .await
             .unwrap();
         ids.push((ws, j.id));
     }
     let counting = Arc::new(Counting::default());
     let mut workers = Vec::new();
-    for (n, queue) in [&h.queue, &h.other_queue, &h.queue, &h.other_queue].into_iter().enumerate() {
-        workers.push(spawn_worker(queue.clone(), "noop", counting.clone(), config(&format!("w{n}"))));
+    for (n, queue) in [&h.queue, &h.other_queue, &h.queue, &h.other_queue]
+        .into_iter()
+        .enumerate()
+    {
+        workers.push(spawn_worker(
+            queue.clone(),
+            "noop",
+            counting.clone(),
+            config(&format!("w{n}")),
+        ));
     }
     let c = counting.clone();
     eventually("1000 jobs ran", || {
@@ -148,20 +158,34 @@ pub async fn unique_key_allows_one_active_job(h: Harness) {
         .enqueue(NewJob::new(ws, SYNC_JOB, serde_json::json!({})).unique_key("sync:hubspot"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Conflict { running_id: Some(id), .. } if id == first.id), "{err}");
+    assert!(
+        matches!(err, Error::Conflict { running_id: Some(id), .. } if id == first.id),
+        "{err}"
+    );
     // Another connector, or another workspace, is fine.
     h.queue
         .enqueue(NewJob::new(ws, SYNC_JOB, serde_json::json!({})).unique_key("sync:gong"))
         .await
         .unwrap();
     h.queue
-        .enqueue(NewJob::new(Uuid::new_v4(), SYNC_JOB, serde_json::json!({})).unique_key("sync:hubspot"))
+        .enqueue(
+            NewJob::new(Uuid::new_v4(), SYNC_JOB, serde_json::json!({})).unique_key("sync:hubspot"),
+        )
         .await
         .unwrap();
     // Once the first finishes, the key is free again.
-    let claimed = h.queue.claim("w", &["sync".into()], 10, Duration::from_secs(60)).await.unwrap();
+    let claimed = h
+        .queue
+        .claim("w", &["sync".into()], 10, Duration::from_secs(60))
+        .await
+        .unwrap();
     let mine = claimed.iter().find(|j| j.id == first.id).unwrap();
-    assert!(h.queue.complete(mine.id, "w", serde_json::json!(null)).await.unwrap());
+    assert!(
+        h.queue
+            .complete(mine.id, "w", serde_json::json!(null))
+            .await
+            .unwrap()
+    );
     h.queue
         .enqueue(NewJob::new(ws, SYNC_JOB, serde_json::json!({})).unique_key("sync:hubspot"))
         .await
@@ -170,7 +194,11 @@ pub async fn unique_key_allows_one_active_job(h: Harness) {
 
 pub async fn aborted_worker_job_is_rescued_after_its_lease(h: Harness) {
     let ws = Uuid::new_v4();
-    let j = h.queue.enqueue(NewJob::new(ws, "slow", serde_json::json!({}))).await.unwrap();
+    let j = h
+        .queue
+        .enqueue(NewJob::new(ws, "slow", serde_json::json!({})))
+        .await
+        .unwrap();
     let started = Arc::new(tokio::sync::Notify::new());
     let s = started.clone();
     let hang: Arc<dyn JobHandler> = Arc::new(FnHandler(move |_job: Job, _ctx: JobContext| {
@@ -186,7 +214,11 @@ pub async fn aborted_worker_job_is_rescued_after_its_lease(h: Harness) {
     task.abort(); // the process dies: no cleanup, no more heartbeats
     let _ = task.await;
     assert_eq!(job(&h.queue, ws, j.id).await.status, JobStatus::Running);
-    assert_eq!(h.queue.rescue_expired().await.unwrap(), 0, "lease still valid");
+    assert_eq!(
+        h.queue.rescue_expired().await.unwrap(),
+        0,
+        "lease still valid"
+    );
     h.clock.advance(chrono::Duration::seconds(61));
     assert_eq!(h.other_queue.rescue_expired().await.unwrap(), 1);
     let rescued = job(&h.queue, ws, j.id).await;
@@ -195,7 +227,12 @@ pub async fn aborted_worker_job_is_rescued_after_its_lease(h: Harness) {
     assert!(rescued.last_error.unwrap().contains("lease expired"));
 
     let counting = Arc::new(Counting::default());
-    let (stop, task) = spawn_worker(h.other_queue.clone(), "slow", counting.clone(), config("rescuer"));
+    let (stop, task) = spawn_worker(
+        h.other_queue.clone(),
+        "slow",
+        counting.clone(),
+        config("rescuer"),
+    );
     let q = h.queue.clone();
     eventually("the rescued job completes", || {
         let q = q.clone();
@@ -207,7 +244,12 @@ pub async fn aborted_worker_job_is_rescued_after_its_lease(h: Harness) {
     let done = job(&h.queue, ws, j.id).await;
     assert_eq!(done.attempts, 2, "the attempt count shows the rescue");
     // The dead worker cannot overwrite the outcome.
-    assert!(!h.queue.complete(j.id, "doomed", serde_json::json!("late")).await.unwrap());
+    assert!(
+        !h.queue
+            .complete(j.id, "doomed", serde_json::json!("late"))
+            .await
+            .unwrap()
+    );
 }
 
 pub async fn rescue_fails_jobs_out_of_attempts(h: Harness) {
@@ -217,7 +259,11 @@ pub async fn rescue_fails_jobs_out_of_attempts(h: Harness) {
         .enqueue(NewJob::new(ws, "x", serde_json::json!({})).max_attempts(1))
         .await
         .unwrap();
-    let claimed = h.queue.claim("dead", &["x".into()], 1, Duration::from_secs(5)).await.unwrap();
+    let claimed = h
+        .queue
+        .claim("dead", &["x".into()], 1, Duration::from_secs(5))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     h.clock.advance(chrono::Duration::seconds(6));
     assert_eq!(h.queue.rescue_expired().await.unwrap(), 1);
@@ -228,7 +274,11 @@ pub async fn rescue_fails_jobs_out_of_attempts(h: Harness) {
 
 pub async fn snooze_keeps_the_attempt_count(h: Harness) {
     let ws = Uuid::new_v4();
-    let j = h.queue.enqueue(NewJob::new(ws, "rl", serde_json::json!({}))).await.unwrap();
+    let j = h
+        .queue
+        .enqueue(NewJob::new(ws, "rl", serde_json::json!({})))
+        .await
+        .unwrap();
     let handler: Arc<dyn JobHandler> = Arc::new(FnHandler(|_job: Job, _ctx: JobContext| {
         Box::pin(async {
             Err(Error::RateLimited {
@@ -252,7 +302,10 @@ pub async fn snooze_keeps_the_attempt_count(h: Harness) {
     task.await.unwrap().unwrap();
     let snoozed = job(&h.queue, ws, j.id).await;
     assert_eq!(snoozed.attempts, 0, "a snooze is not an attempt");
-    assert_eq!(snoozed.run_after, claimed_at + chrono::Duration::seconds(30));
+    assert_eq!(
+        snoozed.run_after,
+        claimed_at + chrono::Duration::seconds(30)
+    );
     assert!(snoozed.last_error.unwrap().contains("rate limit"));
 }
 
@@ -286,10 +339,14 @@ pub async fn failures_back_off_then_fail_for_good(h: Harness) {
         let now = h.clock.now();
         let delay = (waiting.run_after - now).to_std().unwrap();
         let ceiling = policy.ceiling(attempt);
-        assert!(delay >= ceiling / 2 && delay <= ceiling, "attempt {attempt}: {delay:?} vs {ceiling:?}");
+        assert!(
+            delay >= ceiling / 2 && delay <= ceiling,
+            "attempt {attempt}: {delay:?} vs {ceiling:?}"
+        );
         assert!(waiting.last_error.as_deref().unwrap().contains("503"));
         // Let the retry come due.
-        h.clock.advance(chrono::Duration::from_std(ceiling).unwrap());
+        h.clock
+            .advance(chrono::Duration::from_std(ceiling).unwrap());
     }
     let q = h.queue.clone();
     eventually("the job failed for good", || {
@@ -310,13 +367,27 @@ pub async fn cancel_pending_and_running_jobs(h: Harness) {
     let ws = Uuid::new_v4();
     let pending = h
         .queue
-        .enqueue(NewJob::new(ws, "loop", serde_json::json!({})).run_after(h.clock.now() + chrono::Duration::hours(1)))
+        .enqueue(
+            NewJob::new(ws, "loop", serde_json::json!({}))
+                .run_after(h.clock.now() + chrono::Duration::hours(1)),
+        )
         .await
         .unwrap();
-    assert_eq!(h.queue.cancel(ws, pending.id).await.unwrap(), Some(JobStatus::Cancelled));
-    assert_eq!(h.queue.cancel(Uuid::new_v4(), pending.id).await.unwrap(), None, "other workspace");
+    assert_eq!(
+        h.queue.cancel(ws, pending.id).await.unwrap(),
+        Some(JobStatus::Cancelled)
+    );
+    assert_eq!(
+        h.queue.cancel(Uuid::new_v4(), pending.id).await.unwrap(),
+        None,
+        "other workspace"
+    );
 
-    let running = h.queue.enqueue(NewJob::new(ws, "loop", serde_json::json!({}))).await.unwrap();
+    let running = h
+        .queue
+        .enqueue(NewJob::new(ws, "loop", serde_json::json!({})))
+        .await
+        .unwrap();
     let started = Arc::new(tokio::sync::Notify::new());
     let s = started.clone();
     let handler: Arc<dyn JobHandler> = Arc::new(FnHandler(move |_job: Job, ctx: JobContext| {
@@ -329,7 +400,10 @@ pub async fn cancel_pending_and_running_jobs(h: Harness) {
     }));
     let (stop, task) = spawn_worker(h.queue.clone(), "loop", handler, config("w"));
     started.notified().await;
-    assert_eq!(h.other_queue.cancel(ws, running.id).await.unwrap(), Some(JobStatus::Running));
+    assert_eq!(
+        h.other_queue.cancel(ws, running.id).await.unwrap(),
+        Some(JobStatus::Running)
+    );
     let q = h.queue.clone();
     eventually("the running job stopped as cancelled", || {
         let q = q.clone();
@@ -345,7 +419,11 @@ pub async fn timeouts_and_panics_fail_the_attempt(h: Harness) {
     let ws = Uuid::new_v4();
     let slow = h
         .queue
-        .enqueue(NewJob::new(ws, "slow", serde_json::json!({})).timeout(Duration::from_millis(50)).max_attempts(1))
+        .enqueue(
+            NewJob::new(ws, "slow", serde_json::json!({}))
+                .timeout(Duration::from_millis(50))
+                .max_attempts(1),
+        )
         .await
         .unwrap();
     let boom = h
@@ -355,7 +433,8 @@ pub async fn timeouts_and_panics_fail_the_attempt(h: Harness) {
         .unwrap();
     let stubborn: Arc<dyn JobHandler> = Arc::new(FnHandler(|_job: Job, _ctx: JobContext| {
         // Ignores cancellation: the worker abandons it after the grace period.
-        Box::pin(std::future::pending()) as futures_util::future::BoxFuture<'static, Result<serde_json::Value>>
+        Box::pin(std::future::pending())
+            as futures_util::future::BoxFuture<'static, Result<serde_json::Value>>
     }));
     #[allow(clippy::panic)]
     let panicking: Arc<dyn JobHandler> = Arc::new(FnHandler(|_job: Job, _ctx: JobContext| {
@@ -365,8 +444,7 @@ pub async fn timeouts_and_panics_fail_the_attempt(h: Harness) {
                 panic!("provider returned nonsense");
             }
             Ok(serde_json::Value::Null)
-        })
-            as futures_util::future::BoxFuture<'static, Result<serde_json::Value>>
+        }) as futures_util::future::BoxFuture<'static, Result<serde_json::Value>>
     }));
     let stop = CancellationToken::new();
     let worker = Worker::new(h.queue.clone())
@@ -386,14 +464,27 @@ pub async fn timeouts_and_panics_fail_the_attempt(h: Harness) {
     .await;
     stop.cancel();
     task.await.unwrap().unwrap();
-    assert!(job(&h.queue, ws, slow.id).await.error.unwrap().contains("timed out"));
+    assert!(
+        job(&h.queue, ws, slow.id)
+            .await
+            .error
+            .unwrap()
+            .contains("timed out")
+    );
     let b = job(&h.queue, boom_ws, boom.id).await.error.unwrap();
-    assert!(b.contains("panicked") && b.contains("provider returned nonsense"), "{b}");
+    assert!(
+        b.contains("panicked") && b.contains("provider returned nonsense"),
+        "{b}"
+    );
 }
 
 pub async fn progress_reaches_the_job(h: Harness) {
     let ws = Uuid::new_v4();
-    let j = h.queue.enqueue(NewJob::new(ws, "p", serde_json::json!({}))).await.unwrap();
+    let j = h
+        .queue
+        .enqueue(NewJob::new(ws, "p", serde_json::json!({})))
+        .await
+        .unwrap();
     let handler: Arc<dyn JobHandler> = Arc::new(FnHandler(|_job: Job, ctx: JobContext| {
         Box::pin(async move {
             ctx.progress().report(40, Some(100), "deals");
@@ -412,17 +503,30 @@ pub async fn progress_reaches_the_job(h: Harness) {
     stop.cancel();
     task.await.unwrap().unwrap();
     let p = job(&h.queue, ws, j.id).await.progress.unwrap();
-    assert_eq!((p.current, p.total, p.message.as_str()), (100, Some(100), "done"));
+    assert_eq!(
+        (p.current, p.total, p.message.as_str()),
+        (100, Some(100), "done")
+    );
 }
 
 pub async fn jobs_are_scoped_to_their_workspace_and_paginated(h: Harness) {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     for i in 0..25 {
-        h.queue.enqueue(NewJob::new(a, "x", serde_json::json!({"i": i}))).await.unwrap();
+        h.queue
+            .enqueue(NewJob::new(a, "x", serde_json::json!({"i": i})))
+            .await
+            .unwrap();
         h.clock.advance(chrono::Duration::seconds(1));
     }
-    let theirs = h.queue.enqueue(NewJob::new(b, "x", serde_json::json!({}))).await.unwrap();
-    assert!(h.queue.get_job(a, theirs.id).await.unwrap().is_none(), "no cross-workspace read");
+    let theirs = h
+        .queue
+        .enqueue(NewJob::new(b, "x", serde_json::json!({})))
+        .await
+        .unwrap();
+    assert!(
+        h.queue.get_job(a, theirs.id).await.unwrap().is_none(),
+        "no cross-workspace read"
+    );
     let page1 = h.queue.list_jobs(a, 10, 0).await.unwrap();
     let page3 = h.queue.list_jobs(a, 10, 20).await.unwrap();
     assert_eq!(page1.len(), 10);
@@ -430,21 +534,43 @@ pub async fn jobs_are_scoped_to_their_workspace_and_paginated(h: Harness) {
     assert_eq!(page1[0].payload["i"], 24, "newest first");
     assert_eq!(page3[4].payload["i"], 0);
     assert!(page1.iter().chain(&page3).all(|j| j.workspace_id == a));
-    assert_eq!(h.queue.list_jobs(a, 1000, 0).await.unwrap().len(), 25, "capped at 100 a page");
+    assert_eq!(
+        h.queue.list_jobs(a, 1000, 0).await.unwrap().len(),
+        25,
+        "capped at 100 a page"
+    );
 }
 
 pub async fn prune_removes_old_finished_jobs(h: Harness) {
     let ws = Uuid::new_v4();
-    let old = h.queue.enqueue(NewJob::new(ws, "x", serde_json::json!({}))).await.unwrap();
-    let claimed = h.queue.claim("w", &["x".into()], 1, Duration::from_secs(60)).await.unwrap();
+    let old = h
+        .queue
+        .enqueue(NewJob::new(ws, "x", serde_json::json!({})))
+        .await
+        .unwrap();
+    let claimed = h
+        .queue
+        .claim("w", &["x".into()], 1, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(claimed[0].id, old.id);
-    h.queue.complete(old.id, "w", serde_json::json!(null)).await.unwrap();
+    h.queue
+        .complete(old.id, "w", serde_json::json!(null))
+        .await
+        .unwrap();
     h.clock.advance(chrono::Duration::days(8));
-    let fresh = h.queue.enqueue(NewJob::new(ws, "x", serde_json::json!({}))).await.unwrap();
+    let fresh = h
+        .queue
+        .enqueue(NewJob::new(ws, "x", serde_json::json!({})))
+        .await
+        .unwrap();
     let cutoff = h.clock.now() - chrono::Duration::days(7);
     assert_eq!(h.queue.prune_finished(cutoff).await.unwrap(), 1);
     assert!(h.queue.get_job(ws, old.id).await.unwrap().is_none());
-    assert!(h.queue.get_job(ws, fresh.id).await.unwrap().is_some(), "pending jobs are kept");
+    assert!(
+        h.queue.get_job(ws, fresh.id).await.unwrap().is_some(),
+        "pending jobs are kept"
+    );
 }
 
 async fn workspace_with_connections(h: &Harness) -> Uuid {
@@ -462,7 +588,12 @@ pub async fn two_schedulers_enqueue_each_tick_once(h: Harness) {
         wss.push(workspace_with_connections(&h).await);
     }
     let a = Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
-    let b = Scheduler::new(h.other_store.clone(), h.other_queue.clone(), SchedulerConfig::default()).unwrap();
+    let b = Scheduler::new(
+        h.other_store.clone(),
+        h.other_queue.clone(),
+        SchedulerConfig::default(),
+    )
+    .unwrap();
     // Even two schedulers that both believe they lead enqueue each workspace once.
     let (ra, rb) = tokio::join!(a.tick(), b.tick());
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
@@ -485,15 +616,28 @@ pub async fn two_schedulers_enqueue_each_tick_once(h: Harness) {
 pub async fn manual_trigger_conflicts_and_stale_syncs(h: Harness) {
     let ws = workspace_with_connections(&h).await;
     let s = Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
-    let first = s.trigger_sync(ws, None, Some(SyncMode::Initial)).await.unwrap();
+    let first = s
+        .trigger_sync(ws, None, Some(SyncMode::Initial))
+        .await
+        .unwrap();
     let j = job(&h.queue, ws, first.job_id).await;
     assert_eq!(j.priority, 1);
-    let dup = s.trigger_sync(ws, Some(ConnectorKind::Hubspot), None).await.unwrap_err();
-    assert!(matches!(dup, Error::Conflict { running_id: Some(id), .. } if id == first.sync_id), "{dup}");
+    let dup = s
+        .trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(dup, Error::Conflict { running_id: Some(id), .. } if id == first.sync_id),
+        "{dup}"
+    );
 
     // The run starts, then its process dies; two hours later it is stale.
     h.store.start_sync(ws, first.sync_id, None).await.unwrap();
-    let claimed = h.queue.claim("dead", &[SYNC_JOB.into()], 1, Duration::from_secs(60)).await.unwrap();
+    let claimed = h
+        .queue
+        .claim("dead", &[SYNC_JOB.into()], 1, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
     h.clock.advance(chrono::Duration::hours(2));
     let second = s.trigger_sync(ws, None, None).await.unwrap();
@@ -506,7 +650,19 @@ pub async fn manual_trigger_conflicts_and_stale_syncs(h: Harness) {
 pub async fn only_one_scheduler_leads(h: Harness) {
     let leader = h.store.try_lock_workspace(LEADER_LOCK_ID).await.unwrap();
     assert!(leader.is_some());
-    assert!(h.other_store.try_lock_workspace(LEADER_LOCK_ID).await.unwrap().is_none());
+    assert!(
+        h.other_store
+            .try_lock_workspace(LEADER_LOCK_ID)
+            .await
+            .unwrap()
+            .is_none()
+    );
     leader.unwrap().release().await.unwrap();
-    assert!(h.other_store.try_lock_workspace(LEADER_LOCK_ID).await.unwrap().is_some());
+    assert!(
+        h.other_store
+            .try_lock_workspace(LEADER_LOCK_ID)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
