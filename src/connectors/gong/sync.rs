@@ -272,8 +272,8 @@ impl<'a> Syncer<'a> {
         entry.insert("pages".into(), json!(stats.pages));
         if let Some(s) = self.checkpoint.stream(&stream_name(id)) {
             entry.insert("watermark".into(), json!(s.watermark));
-            if let Some(c) = extra_time(s, COVERED_FROM) {
-                entry.insert("covered_from".into(), json!(c));
+            if let Some(c) = s.extra.get(COVERED_FROM) {
+                entry.insert("covered_from".into(), c.clone());
             }
         }
         entry
