@@ -50,6 +50,9 @@ pub use store::{
     SyncStore, SystemClock, WorkspaceLock, connect_store, normalize_domain, validate_record,
 };
 
+#[cfg(feature = "gong")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gong")))]
+pub use connectors::gong::{GongConfig, GongConnector, GongCredentials};
 #[cfg(feature = "hubspot")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hubspot")))]
 pub use connectors::hubspot::{HubSpotConfig, HubSpotConnector, HubSpotCredentials};

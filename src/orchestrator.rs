@@ -105,6 +105,24 @@ impl ConnectorRegistry {
                 )?))
             });
         }
+        #[cfg(feature = "gong")]
+        {
+            let base = base_urls
+                .get(&ConnectorKind::Gong)
+                .cloned()
+                .unwrap_or_else(|| "https://api.gong.io".to_owned());
+            registry = registry.register(ConnectorKind::Gong, move |row, creds| {
+                let creds =
+                    creds.ok_or_else(|| Error::config("the gong connection has no credentials"))?;
+                let credentials = crate::GongCredentials::from_lookup(|k| creds.get(k))?;
+                let config = crate::GongConfig::from_json(&row.config)?;
+                Ok(Box::new(crate::GongConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
+            });
+        }
         registry
     }
 

@@ -2,5 +2,7 @@
 //! the HTTP presets), `sync` (passes and checkpoints), `transform` (provider JSON → records),
 //! `types` (wire shapes).
 
+#[cfg(feature = "gong")]
+pub(crate) mod gong;
 #[cfg(feature = "hubspot")]
 pub(crate) mod hubspot;

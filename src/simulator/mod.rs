@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+mod gong;
 mod hubspot;
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
 mod quickstart;
@@ -45,6 +46,10 @@ use tokio::task::JoinHandle;
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))))]
 pub use quickstart::{QuickstartConfig, QuickstartReport, run_quickstart};
+pub use gong::{
+    GongAffiliation, GongSim, GongSimCall, GongSimConfig, GongSimParty, GongSimUser,
+    NO_CALLS_FOUND, NewGongCall,
+};
 pub use hubspot::{HubSpotOAuthApp, HubSpotObject, HubSpotSim, HubSpotSimConfig, SimRecord};
 
 /// Faults a simulator injects into its answers. Decisions are deterministic: they depend on

@@ -31,9 +31,16 @@ where
     use pandora_sync::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("e2e.db").display());
-    let store = SqliteStore::connect(&url).await.unwrap().with_keyring(keyring());
+    let store = SqliteStore::connect(&url)
+        .await
+        .unwrap()
+        .with_keyring(keyring());
     store.migrate().await.unwrap();
-    test(Env { store: Arc::new(store), database_url: url }).await;
+    test(Env {
+        store: Arc::new(store),
+        database_url: url,
+    })
+    .await;
     drop(dir);
 }
 
@@ -62,17 +69,27 @@ where
     let options = PgConnectOptions::from_str(&url)
         .unwrap()
         .options([("search_path", schema.as_str())]);
-    let pool = PgPoolOptions::new().max_connections(8).connect_with(options).await.unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap();
     let store = PgStore::from_pool(pool).with_keyring(keyring());
     store.migrate().await.unwrap();
     // The example connects by URL: point it at the same schema.
     let sep = if url.contains('?') { '&' } else { '?' };
     let database_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
-    test(Env { store: Arc::new(store.clone()), database_url }).await;
+    test(Env {
+        store: Arc::new(store.clone()),
+        database_url,
+    })
+    .await;
     store.close().await;
-    let _ = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
-        .execute(&mut admin)
-        .await;
+    let _ = sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut admin)
+    .await;
 }
 
 fn fast_config() -> serde_json::Value {
@@ -84,7 +101,9 @@ fn fast_config() -> serde_json::Value {
 
 async fn setup(env: &Env, sim: &HubSpotSim, config: serde_json::Value) -> (Uuid, Orchestrator) {
     let ws = Uuid::new_v4();
-    let creds = Credentials::from_json(serde_json::json!({"access_token": sim.config().access_token})).unwrap();
+    let creds =
+        Credentials::from_json(serde_json::json!({"access_token": sim.config().access_token}))
+            .unwrap();
     env.store
         .create_connection(
             NewConnection::new(ws, ConnectorKind::Hubspot, "private_app")
@@ -93,7 +112,8 @@ async fn setup(env: &Env, sim: &HubSpotSim, config: serde_json::Value) -> (Uuid,
         )
         .await
         .unwrap();
-    let registry = ConnectorRegistry::builtin(&BTreeMap::from([(ConnectorKind::Hubspot, sim.base_url())]));
+    let registry =
+        ConnectorRegistry::builtin(&BTreeMap::from([(ConnectorKind::Hubspot, sim.base_url())]));
     (ws, Orchestrator::new(env.store.clone(), registry))
 }
 
@@ -102,7 +122,16 @@ async fn all(store: &Arc<dyn SyncStore>, ws: Uuid, kind: RecordKind) -> Vec<Reco
     let mut after = None;
     loop {
         let page = store
-            .list_records(ws, kind, &RecordQuery { after, limit: 1000, include_archived: true, ..Default::default() })
+            .list_records(
+                ws,
+                kind,
+                &RecordQuery {
+                    after,
+                    limit: 1000,
+                    include_archived: true,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let done = page.len() < 1000 || kind == RecordKind::DealContact;
@@ -126,20 +155,49 @@ async fn assert_equals_truth(store: &Arc<dyn SyncStore>, ws: Uuid, sim: &HubSpot
         (HubSpotObject::Deals, RecordKind::Deal),
     ] {
         let stored = by_id(all(store, ws, kind).await);
-        assert_eq!(stored.len() as u64, sim.max_id(obj), "{kind:?}: one row per record, no duplicates");
+        assert_eq!(
+            stored.len() as u64,
+            sim.max_id(obj),
+            "{kind:?}: one row per record, no duplicates"
+        );
         for truth in sim.records(obj) {
-            let row = stored.get(&truth.id.to_string()).unwrap_or_else(|| panic!("{kind:?} {} missing", truth.id));
+            let row = stored
+                .get(&truth.id.to_string())
+                .unwrap_or_else(|| panic!("{kind:?} {} missing", truth.id));
             let meta = row.meta().unwrap();
-            assert_eq!(meta.source_updated_at, Some(truth.updated_at), "{kind:?} {}", truth.id);
-            assert_eq!(meta.archived_at.is_some(), truth.archived_at.is_some(), "{kind:?} {} archived", truth.id);
-            let p = |k: &str| truth.properties.get(k).cloned().flatten().filter(|v| !v.is_empty());
+            assert_eq!(
+                meta.source_updated_at,
+                Some(truth.updated_at),
+                "{kind:?} {}",
+                truth.id
+            );
+            assert_eq!(
+                meta.archived_at.is_some(),
+                truth.archived_at.is_some(),
+                "{kind:?} {} archived",
+                truth.id
+            );
+            let p = |k: &str| {
+                truth
+                    .properties
+                    .get(k)
+                    .cloned()
+                    .flatten()
+                    .filter(|v| !v.is_empty())
+            };
             match row {
                 Record::Account(a) => {
                     assert_eq!(a.name, p("name"));
                     assert_eq!(a.domain, p("domain"));
                     assert_eq!(a.industry, p("industry"));
-                    assert_eq!(a.employee_count, p("numberofemployees").map(|v| v.parse().unwrap()));
-                    assert_eq!(a.annual_revenue, p("annualrevenue").map(|v| v.parse().unwrap()));
+                    assert_eq!(
+                        a.employee_count,
+                        p("numberofemployees").map(|v| v.parse().unwrap())
+                    );
+                    assert_eq!(
+                        a.annual_revenue,
+                        p("annualrevenue").map(|v| v.parse().unwrap())
+                    );
                     assert_eq!(a.owner_id, p("hubspot_owner_id"));
                 }
                 Record::Contact(c) => {
@@ -159,7 +217,10 @@ async fn assert_equals_truth(store: &Arc<dyn SyncStore>, ws: Uuid, sim: &HubSpot
                     assert_eq!(d.currency, p("deal_currency_code"));
                     assert_eq!(d.stage, p("dealstage"));
                     assert_eq!(d.pipeline, p("pipeline"));
-                    assert_eq!(d.probability, p("hs_deal_stage_probability").map(|v| v.parse().unwrap()));
+                    assert_eq!(
+                        d.probability,
+                        p("hs_deal_stage_probability").map(|v| v.parse().unwrap())
+                    );
                     assert_eq!(d.is_closed, p("hs_is_closed").map(|v| v == "true"));
                     assert_eq!(d.is_won, p("hs_is_closed_won").map(|v| v == "true"));
                     assert_eq!(d.forecast_category, p("hs_manual_forecast_category"));
@@ -177,13 +238,22 @@ async fn assert_equals_truth(store: &Arc<dyn SyncStore>, ws: Uuid, sim: &HubSpot
     }
     let truth_links: Vec<String> = sim
         .records(HubSpotObject::Deals)
-        .flat_map(|d| d.contact_ids.iter().map(move |c| format!("{}:{c}", d.id)).collect::<Vec<_>>())
+        .flat_map(|d| {
+            d.contact_ids
+                .iter()
+                .map(move |c| format!("{}:{c}", d.id))
+                .collect::<Vec<_>>()
+        })
         .collect();
     let stored_links = store
         .count_records(ws, RecordKind::DealContact, Some(ConnectorKind::Hubspot))
         .await
         .unwrap();
-    assert_eq!(stored_links, truth_links.len() as u64, "every association stored once");
+    assert_eq!(
+        stored_links,
+        truth_links.len() as u64,
+        "every association stored once"
+    );
     for link in truth_links.iter().step_by(7) {
         assert!(
             store
@@ -209,16 +279,32 @@ pub async fn initial_sync_of_a_seeded_portal(env: Env) {
     let (ws, o) = setup(&env, &sim, fast_config()).await;
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
     let c = &r.connectors[0];
-    assert_eq!((c.mode, c.status), (SyncMode::Initial, SyncStatus::Completed), "{:?}", c.error);
-    assert_eq!(c.counts.inserted, 35_000 + c.records_by_table["deal_contacts"]);
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Initial, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
+    assert_eq!(
+        c.counts.inserted,
+        35_000 + c.records_by_table["deal_contacts"]
+    );
     assert_equals_truth(&env.store, ws, &sim).await;
 
     // Modify 50, archive 10: the incremental run writes exactly those.
     for id in 1..=20 {
-        sim.modify(HubSpotObject::Contacts, id * 97, [("jobtitle", "Head of Rust")]);
+        sim.modify(
+            HubSpotObject::Contacts,
+            id * 97,
+            [("jobtitle", "Head of Rust")],
+        );
     }
     for id in 1..=15 {
-        sim.modify(HubSpotObject::Deals, id * 31, [("dealstage", "closedwon"), ("hs_is_closed", "true")]);
+        sim.modify(
+            HubSpotObject::Deals,
+            id * 31,
+            [("dealstage", "closedwon"), ("hs_is_closed", "true")],
+        );
     }
     for id in 1..=15 {
         sim.modify(HubSpotObject::Companies, id * 13, [("industry", "RETAIL")]);
@@ -231,14 +317,31 @@ pub async fn initial_sync_of_a_seeded_portal(env: Env) {
     let c = &r.connectors[0];
     assert_eq!(c.mode, SyncMode::Incremental);
     assert_eq!(c.status, SyncStatus::Completed, "{:?}", c.error);
-    assert_eq!(c.counts.inserted + c.counts.updated, 60, "exactly the changes: {:?}", c.counts);
+    assert_eq!(
+        c.counts.inserted + c.counts.updated,
+        60,
+        "exactly the changes: {:?}",
+        c.counts
+    );
     assert_equals_truth(&env.store, ws, &sim).await;
     // Only the requests pagination needs: one search page per object, one archived list
     // page per object, two association reads for the changed deals.
     let counts = sim.counters().snapshot();
-    assert_eq!(counts.get("POST /crm/v3/objects/{object_type}/search"), Some(&3), "{counts:?}");
-    assert_eq!(counts.get("GET /crm/v3/objects/{object_type}"), Some(&3), "{counts:?}");
-    assert_eq!(counts.get("POST /crm/v4/associations/{from}/{to}/batch/read"), Some(&2), "{counts:?}");
+    assert_eq!(
+        counts.get("POST /crm/v3/objects/{object_type}/search"),
+        Some(&3),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("GET /crm/v3/objects/{object_type}"),
+        Some(&3),
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.get("POST /crm/v4/associations/{from}/{to}/batch/read"),
+        Some(&2),
+        "{counts:?}"
+    );
 }
 
 pub async fn identical_timestamps_past_the_search_cap(env: Env) {
@@ -272,7 +375,11 @@ pub async fn faults_lose_nothing(env: Env) {
         rest_window: Duration::from_millis(100),
         search_max: 100_000,
         search_window: Duration::from_millis(100),
-        faults: FaultConfig { server_error_rate: 0.1, rate_limit_rate: 0.1, ..Default::default() },
+        faults: FaultConfig {
+            server_error_rate: 0.1,
+            rate_limit_rate: 0.1,
+            ..Default::default()
+        },
         ..Default::default()
     })
     .await
@@ -316,7 +423,14 @@ pub async fn killed_between_pages_resumes(env: Env) {
         let o = o.clone();
         let progress = progress.clone();
         tokio::spawn(async move {
-            o.sync_workspace(ws, SyncOptions { progress: Some(progress), ..Default::default() }).await
+            o.sync_workspace(
+                ws,
+                SyncOptions {
+                    progress: Some(progress),
+                    ..Default::default()
+                },
+            )
+            .await
         })
     };
     while rx.changed().await.is_ok() {
@@ -327,7 +441,10 @@ pub async fn killed_between_pages_resumes(env: Env) {
     task.abort(); // the process dies between (or inside) pages
     assert!(task.await.unwrap_err().is_cancelled());
     let stored = all(&env.store, ws, RecordKind::Contact).await.len();
-    assert!(stored < 3_000, "the sync was interrupted ({stored} contacts)");
+    assert!(
+        stored < 3_000,
+        "the sync was interrupted ({stored} contacts)"
+    );
     // The dead run's lock is gone (released on drop / lease); the next run resumes.
     let mut result = None;
     for _ in 0..300 {
@@ -336,13 +453,24 @@ pub async fn killed_between_pages_resumes(env: Env) {
                 result = Some(r);
                 break;
             }
-            Err(pandora_sync::Error::Conflict { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(pandora_sync::Error::Conflict { .. }) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
             Err(e) => panic!("{e}"),
         }
     }
     let r = result.expect("the lock was released");
-    assert_eq!(r.connectors[0].mode, SyncMode::Incremental, "resumed from the checkpoint");
-    assert_eq!(r.connectors[0].status, SyncStatus::Completed, "{:?}", r.connectors[0].error);
+    assert_eq!(
+        r.connectors[0].mode,
+        SyncMode::Incremental,
+        "resumed from the checkpoint"
+    );
+    assert_eq!(
+        r.connectors[0].status,
+        SyncStatus::Completed,
+        "{:?}",
+        r.connectors[0].error
+    );
     assert_equals_truth(&env.store, ws, &sim).await;
 }
 
@@ -367,15 +495,27 @@ pub async fn sync_example_reports_what_the_database_holds(env: Env) {
             (name == "sync" || (name.starts_with("sync-") && !name.contains('.'))) && p.is_file()
         })
         .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| panic!("cargo test builds the sync example into {}", examples.display()));
+        .unwrap_or_else(|| {
+            panic!(
+                "cargo test builds the sync example into {}",
+                examples.display()
+            )
+        });
     let ws = Uuid::new_v4();
     let creds = serde_json::json!({"access_token": sim.config().access_token}).to_string();
     let run = |extra: &[&str]| {
         let mut cmd = std::process::Command::new(&example);
-        cmd.args(["--database", &env.database_url, "--workspace", &ws.to_string(), "--connector", "hubspot"])
-            .args(["--base-url", &sim.base_url(), "--credentials", &creds])
-            .args(["--config", &fast_config().to_string()])
-            .args(extra);
+        cmd.args([
+            "--database",
+            &env.database_url,
+            "--workspace",
+            &ws.to_string(),
+            "--connector",
+            "hubspot",
+        ])
+        .args(["--base-url", &sim.base_url(), "--credentials", &creds])
+        .args(["--config", &fast_config().to_string()])
+        .args(extra);
         cmd
     };
     let out = tokio::task::spawn_blocking({
@@ -384,22 +524,31 @@ pub async fn sync_example_reports_what_the_database_holds(env: Env) {
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["status"], "completed");
     assert_eq!(summary["mode"], "initial");
     assert!(summary["requests"].as_u64().unwrap() > 0);
-    for (table, kind) in [("accounts", RecordKind::Account), ("contacts", RecordKind::Contact), ("deals", RecordKind::Deal)] {
-        let n = env.store.count_records(ws, kind, Some(ConnectorKind::Hubspot)).await.unwrap();
+    for (table, kind) in [
+        ("accounts", RecordKind::Account),
+        ("contacts", RecordKind::Contact),
+        ("deals", RecordKind::Deal),
+    ] {
+        let n = env
+            .store
+            .count_records(ws, kind, Some(ConnectorKind::Hubspot))
+            .await
+            .unwrap();
         assert_eq!(summary["tables"][table], n, "{table}");
     }
     assert_eq!(summary["tables"]["contacts"], 120);
 
     // Bad arguments: exit 2 with a one-line message, never a panic.
-    for bad in [
-        vec!["--mode", "sideways"],
-        vec!["--connector", "pipedrive"],
-    ] {
+    for bad in [vec!["--mode", "sideways"], vec!["--connector", "pipedrive"]] {
         let out = tokio::task::spawn_blocking({
             let mut cmd = run(&bad);
             move || cmd.output().unwrap()
@@ -408,11 +557,26 @@ pub async fn sync_example_reports_what_the_database_holds(env: Env) {
         .unwrap();
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with("error: ") && !err.contains("panicked"), "{err}");
+        assert!(
+            err.starts_with("error: ") && !err.contains("panicked"),
+            "{err}"
+        );
     }
     let out = std::process::Command::new(&example)
-        .args(["--database", "sqlite:///nonexistent-dir/x.db", "--workspace", &ws.to_string(), "--connector", "hubspot"])
-        .args(["--base-url", &sim.base_url(), "--credentials", "@/nonexistent.json"])
+        .args([
+            "--database",
+            "sqlite:///nonexistent-dir/x.db",
+            "--workspace",
+            &ws.to_string(),
+            "--connector",
+            "hubspot",
+        ])
+        .args([
+            "--base-url",
+            &sim.base_url(),
+            "--credentials",
+            "@/nonexistent.json",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

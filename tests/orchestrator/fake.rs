@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use pandora_sync::{
-    Contact, ConnectorKind, Error, RecordBatch, RecordFailure, RecordSink, Result, SyncCapable,
+    ConnectorKind, Contact, Error, RecordBatch, RecordFailure, RecordSink, Result, SyncCapable,
     SyncContext, SyncMode, SyncReport,
 };
 
@@ -23,7 +23,8 @@ impl Provider {
         {
             let mut r = p.records.lock().unwrap();
             for i in 0..n {
-                let at = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap() + chrono::Duration::minutes(i64::try_from(i).unwrap());
+                let at = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap()
+                    + chrono::Duration::minutes(i64::try_from(i).unwrap());
                 r.insert(format!("c{i:04}"), (at, format!("p{i}@acme.com")));
             }
         }
@@ -31,7 +32,10 @@ impl Provider {
     }
 
     pub fn set(&self, id: &str, at: DateTime<Utc>, email: &str) {
-        self.records.lock().unwrap().insert(id.to_owned(), (at, email.to_owned()));
+        self.records
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), (at, email.to_owned()));
     }
 }
 
@@ -93,21 +97,28 @@ impl Fake {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, (at, _))| ctx.mode() == SyncMode::Initial || watermark.is_none_or(|w| *at >= w))
+            .filter(|(_, (at, _))| {
+                ctx.mode() == SyncMode::Initial || watermark.is_none_or(|w| *at >= w)
+            })
             .map(|(id, (at, email))| (id.clone(), *at, email.clone()))
             .collect();
         list.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
         let mut report = SyncReport::default();
         let mut pages = 0;
         let mut pos = offset;
-        self.runs.lock().unwrap().push((ctx.mode(), list.get(offset).map(|r| r.0.clone()), 0));
+        self.runs
+            .lock()
+            .unwrap()
+            .push((ctx.mode(), list.get(offset).map(|r| r.0.clone()), 0));
         while pos < list.len() {
             ctx.check_cancelled()?;
             let end = (pos + self.page).min(list.len());
             let mut batch = RecordBatch::default();
             for (i, (id, at, email)) in list[pos..end].iter().enumerate() {
                 if self.bad_every.is_some_and(|n| (pos + i).is_multiple_of(n)) {
-                    batch.failures.push(RecordFailure::new(Some(id.clone()), "malformed email"));
+                    batch
+                        .failures
+                        .push(RecordFailure::new(Some(id.clone()), "malformed email"));
                     continue;
                 }
                 let mut c = Contact::new(ctx.workspace_id(), self.kind, id.clone());
@@ -145,10 +156,18 @@ impl SyncCapable for Fake {
     fn kind(&self) -> ConnectorKind {
         self.kind
     }
-    async fn initial_sync(&self, ctx: &SyncContext, sink: &mut dyn RecordSink) -> Result<SyncReport> {
+    async fn initial_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
         self.run(ctx, sink).await
     }
-    async fn incremental_sync(&self, ctx: &SyncContext, sink: &mut dyn RecordSink) -> Result<SyncReport> {
+    async fn incremental_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
         self.run(ctx, sink).await
     }
 }

@@ -24,7 +24,10 @@ where
     use pandora_sync::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
-    let store = SqliteStore::connect(&url).await.unwrap().with_keyring(keyring());
+    let store = SqliteStore::connect(&url)
+        .await
+        .unwrap()
+        .with_keyring(keyring());
     store.migrate().await.unwrap();
     test(Harness {
         store: Arc::new(store.clone()),
@@ -72,7 +75,9 @@ where
     })
     .await;
     store.close().await;
-    let _ = sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {schema} CASCADE")))
-        .execute(&mut admin)
-        .await;
+    let _ = sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut admin)
+    .await;
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use pandora_sync::queue::{JobHandler, JobStatus, SYNC_JOB, Worker, WorkerConfig};
 use pandora_sync::{
     Checkpoint, ConnectionStatus, ConnectorKind, ConnectorRegistry, Error, NewConnection,
-    Orchestrator, OrchestratorConfig, Record, RecordKind, RecordQuery, Scheduler,
-    SchedulerConfig, SyncJobHandler, SyncMode, SyncOptions, SyncStatus, SyncStore,
+    Orchestrator, OrchestratorConfig, Record, RecordKind, RecordQuery, Scheduler, SchedulerConfig,
+    SyncJobHandler, SyncMode, SyncOptions, SyncStatus, SyncStore,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -36,13 +36,26 @@ fn orchestrator(store: &Arc<dyn SyncStore>, fakes: &[Fake]) -> Orchestrator {
 
 async fn contacts(store: &Arc<dyn SyncStore>, ws: Uuid) -> Vec<Record> {
     store
-        .list_records(ws, RecordKind::Contact, &RecordQuery { limit: 1000, ..Default::default() })
+        .list_records(
+            ws,
+            RecordKind::Contact,
+            &RecordQuery {
+                limit: 1000,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap()
 }
 
 async fn checkpoint(store: &Arc<dyn SyncStore>, ws: Uuid, kind: ConnectorKind) -> Checkpoint {
-    store.get_connection(ws, kind).await.unwrap().unwrap().checkpoint().unwrap()
+    store
+        .get_connection(ws, kind)
+        .await
+        .unwrap()
+        .unwrap()
+        .checkpoint()
+        .unwrap()
 }
 
 pub async fn initial_then_incremental_and_forced_mode(h: Harness) {
@@ -53,20 +66,37 @@ pub async fn initial_then_incremental_and_forced_mode(h: Harness) {
 
     let first = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
     let c = &first.connectors[0];
-    assert_eq!((c.mode, c.status), (SyncMode::Initial, SyncStatus::Completed));
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Initial, SyncStatus::Completed)
+    );
     assert_eq!(c.counts.inserted, 25);
     assert_eq!(c.records_by_table.get("contacts"), Some(&25));
     let second = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
     assert_eq!(second.connectors[0].mode, SyncMode::Incremental);
     let forced = o
-        .sync_workspace(ws, SyncOptions { mode: Some(SyncMode::Initial), ..Default::default() })
+        .sync_workspace(
+            ws,
+            SyncOptions {
+                mode: Some(SyncMode::Initial),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(forced.connectors[0].mode, SyncMode::Initial);
-    assert_eq!(forced.connectors[0].counts.unchanged, 25, "same data, nothing rewritten");
+    assert_eq!(
+        forced.connectors[0].counts.unchanged, 25,
+        "same data, nothing rewritten"
+    );
 
     // Status tracking.
-    let row = h.store.get_connection(ws, ConnectorKind::Hubspot).await.unwrap().unwrap();
+    let row = h
+        .store
+        .get_connection(ws, ConnectorKind::Hubspot)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status, ConnectionStatus::Synced);
     assert!(row.last_sync_at.is_some());
     let cursor = row.sync_cursor.unwrap();
@@ -75,11 +105,18 @@ pub async fn initial_then_incremental_and_forced_mode(h: Harness) {
     assert_eq!(cursor["usedExportApi"], false);
     assert!(cursor["lastSyncAt"].is_string());
     assert!(cursor["streams"]["items"]["watermark"].is_string());
-    let history = h.store.sync_history(ws, Some(ConnectorKind::Hubspot), 10).await.unwrap();
+    let history = h
+        .store
+        .sync_history(ws, Some(ConnectorKind::Hubspot), 10)
+        .await
+        .unwrap();
     assert_eq!(history.len(), 3);
     assert!(history.iter().all(|s| s.status == SyncStatus::Completed));
     let modes: Vec<_> = fake.runs.lock().unwrap().iter().map(|r| r.0).collect();
-    assert_eq!(modes, [SyncMode::Initial, SyncMode::Incremental, SyncMode::Initial]);
+    assert_eq!(
+        modes,
+        [SyncMode::Initial, SyncMode::Incremental, SyncMode::Initial]
+    );
 }
 
 pub async fn failure_after_three_batches_resumes_from_the_fourth(h: Harness) {
@@ -93,11 +130,20 @@ pub async fn failure_after_three_batches_resumes_from_the_fourth(h: Harness) {
     let c = &r.connectors[0];
     assert_eq!(c.status, SyncStatus::Failed);
     assert!(c.error.as_deref().unwrap().contains("connection reset"));
-    assert_eq!(contacts(&h.store, ws).await.len(), 30, "exactly three batches committed");
+    assert_eq!(
+        contacts(&h.store, ws).await.len(),
+        30,
+        "exactly three batches committed"
+    );
     let cp = checkpoint(&h.store, ws, ConnectorKind::Hubspot).await;
     assert_eq!(cp.stream("items").unwrap().cursor.as_deref(), Some("30"));
     assert_eq!(cp.watermark("items"), None, "the pass did not finish");
-    let row = h.store.get_connection(ws, ConnectorKind::Hubspot).await.unwrap().unwrap();
+    let row = h
+        .store
+        .get_connection(ws, ConnectorKind::Hubspot)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(row.status, ConnectionStatus::Error);
     assert!(row.error_message.unwrap().contains("connection reset"));
 
@@ -106,7 +152,11 @@ pub async fn failure_after_three_batches_resumes_from_the_fourth(h: Harness) {
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
     assert_eq!(r.connectors[0].status, SyncStatus::Completed);
     let run = healthy.runs.lock().unwrap()[0].clone();
-    assert_eq!(run.1.as_deref(), Some("c0030"), "resumed at the fourth batch");
+    assert_eq!(
+        run.1.as_deref(),
+        Some("c0030"),
+        "resumed at the fourth batch"
+    );
     assert_eq!(run.2, 7, "seven batches left");
     assert_eq!(r.connectors[0].counts.inserted, 70);
     let rows = contacts(&h.store, ws).await;
@@ -122,7 +172,11 @@ pub async fn records_modified_during_a_sync_arrive_next_time(h: Harness) {
     // After the first page, c0001 (already read) changes at the provider.
     fake.after_page = Some(Arc::new(move |page| {
         if page == 1 {
-            p.set("c0001", chrono::Utc::now() + chrono::Duration::seconds(1), "moved@acme.com");
+            p.set(
+                "c0001",
+                chrono::Utc::now() + chrono::Duration::seconds(1),
+                "moved@acme.com",
+            );
         }
     }));
     let o = orchestrator(&h.store, std::slice::from_ref(&fake));
@@ -134,9 +188,19 @@ pub async fn records_modified_during_a_sync_arrive_next_time(h: Harness) {
         .unwrap()
         .unwrap();
     let Record::Contact(c) = stored else { panic!() };
-    assert_eq!(c.email.as_deref(), Some("p1@acme.com"), "the change came after it was read");
-    let wm = checkpoint(&h.store, ws, ConnectorKind::Hubspot).await.watermark("items").unwrap();
-    assert!(wm < chrono::Utc::now(), "the watermark is capped below the sync start");
+    assert_eq!(
+        c.email.as_deref(),
+        Some("p1@acme.com"),
+        "the change came after it was read"
+    );
+    let wm = checkpoint(&h.store, ws, ConnectorKind::Hubspot)
+        .await
+        .watermark("items")
+        .unwrap();
+    assert!(
+        wm < chrono::Utc::now(),
+        "the watermark is capped below the sync start"
+    );
 
     let plain = Fake::new(ConnectorKind::Hubspot, provider, 10);
     let o = orchestrator(&h.store, std::slice::from_ref(&plain));
@@ -156,7 +220,11 @@ pub async fn records_modified_during_a_sync_arrive_next_time(h: Harness) {
 
 pub async fn connectors_are_isolated_and_concurrent(h: Harness) {
     let ws = Uuid::new_v4();
-    for k in [ConnectorKind::Hubspot, ConnectorKind::Gong, ConnectorKind::Monday] {
+    for k in [
+        ConnectorKind::Hubspot,
+        ConnectorKind::Gong,
+        ConnectorKind::Monday,
+    ] {
         connect(&h.store, ws, k).await;
     }
     // HubSpot and Gong meet at a barrier: run one after the other, they would never pass.
@@ -172,15 +240,25 @@ pub async fn connectors_are_isolated_and_concurrent(h: Harness) {
         message: "token revoked".into(),
     });
     let o = orchestrator(&h.store, &[a, b, broken]);
-    let r = tokio::time::timeout(Duration::from_secs(60), o.sync_workspace(ws, SyncOptions::default()))
-        .await
-        .expect("connectors ran concurrently")
-        .unwrap();
-    let by: std::collections::BTreeMap<_, _> = r.connectors.iter().map(|c| (c.connector, c)).collect();
+    let r = tokio::time::timeout(
+        Duration::from_secs(60),
+        o.sync_workspace(ws, SyncOptions::default()),
+    )
+    .await
+    .expect("connectors ran concurrently")
+    .unwrap();
+    let by: std::collections::BTreeMap<_, _> =
+        r.connectors.iter().map(|c| (c.connector, c)).collect();
     assert_eq!(by[&ConnectorKind::Hubspot].status, SyncStatus::Completed);
     assert_eq!(by[&ConnectorKind::Gong].status, SyncStatus::Completed);
     assert_eq!(by[&ConnectorKind::Monday].status, SyncStatus::Failed);
-    assert!(by[&ConnectorKind::Monday].error.as_deref().unwrap().contains("token revoked"));
+    assert!(
+        by[&ConnectorKind::Monday]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("token revoked")
+    );
     assert_eq!(r.status(), SyncStatus::Failed);
     assert_eq!(contacts(&h.store, ws).await.len(), 20 + 15 + 5);
 }
@@ -203,8 +281,20 @@ pub async fn concurrent_sync_of_one_workspace_conflicts(h: Harness) {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let err = o.sync_workspace(ws, SyncOptions::default()).await.unwrap_err();
-    assert!(matches!(err, Error::Conflict { running_id: Some(_), .. }), "{err}");
+    let err = o
+        .sync_workspace(ws, SyncOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                running_id: Some(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
     gate.wait().await;
     let done = running.await.unwrap().unwrap();
     assert_eq!(done.connectors[0].status, SyncStatus::Completed);
@@ -212,7 +302,10 @@ pub async fn concurrent_sync_of_one_workspace_conflicts(h: Harness) {
     let other = Uuid::new_v4();
     connect(&h.store, other, ConnectorKind::Hubspot).await;
     let free = Fake::new(ConnectorKind::Hubspot, Provider::seeded(3), 10);
-    orchestrator(&h.store, &[free]).sync_workspace(other, SyncOptions::default()).await.unwrap();
+    orchestrator(&h.store, &[free])
+        .sync_workspace(other, SyncOptions::default())
+        .await
+        .unwrap();
 }
 
 pub async fn per_record_failures_and_the_success_threshold(h: Harness) {
@@ -220,11 +313,19 @@ pub async fn per_record_failures_and_the_success_threshold(h: Harness) {
     connect(&h.store, ws, ConnectorKind::Hubspot).await;
     let mut few_bad = Fake::new(ConnectorKind::Hubspot, Provider::seeded(100), 25);
     few_bad.bad_every = Some(50); // 2 of 100 fail: 98 % ≥ 95 %
-    let r = orchestrator(&h.store, &[few_bad]).sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    let r = orchestrator(&h.store, &[few_bad])
+        .sync_workspace(ws, SyncOptions::default())
+        .await
+        .unwrap();
     let c = &r.connectors[0];
     assert_eq!(c.status, SyncStatus::CompletedWithErrors);
     assert_eq!(c.errors.total, 2);
-    let ids: Vec<_> = c.errors.failures.iter().map(|f| f.record_id.clone().unwrap()).collect();
+    let ids: Vec<_> = c
+        .errors
+        .failures
+        .iter()
+        .map(|f| f.record_id.clone().unwrap())
+        .collect();
     assert_eq!(ids, ["c0000", "c0050"]);
     let log = h.store.get_sync(ws, c.sync_id).await.unwrap().unwrap();
     assert_eq!(log.status, SyncStatus::CompletedWithErrors);
@@ -234,9 +335,18 @@ pub async fn per_record_failures_and_the_success_threshold(h: Harness) {
     connect(&h.store, ws2, ConnectorKind::Hubspot).await;
     let mut many_bad = Fake::new(ConnectorKind::Hubspot, Provider::seeded(100), 25);
     many_bad.bad_every = Some(10); // 10 % fail
-    let r = orchestrator(&h.store, &[many_bad]).sync_workspace(ws2, SyncOptions::default()).await.unwrap();
+    let r = orchestrator(&h.store, &[many_bad])
+        .sync_workspace(ws2, SyncOptions::default())
+        .await
+        .unwrap();
     assert_eq!(r.connectors[0].status, SyncStatus::Failed);
-    assert!(r.connectors[0].error.as_deref().unwrap().contains("success rate"));
+    assert!(
+        r.connectors[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("success rate")
+    );
 }
 
 pub async fn job_handler_runs_triggered_syncs_and_snoozes_rate_limits(h: Harness) {
@@ -249,8 +359,12 @@ pub async fn job_handler_runs_triggered_syncs_and_snoozes_rate_limits(h: Harness
         retry_after: Some(Duration::from_secs(120)),
     });
     let o = orchestrator(&h.store, &[limited]);
-    let scheduler = Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
-    let t = scheduler.trigger_sync(ws, Some(ConnectorKind::Gong), None).await.unwrap();
+    let scheduler =
+        Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let t = scheduler
+        .trigger_sync(ws, Some(ConnectorKind::Gong), None)
+        .await
+        .unwrap();
 
     let handler: Arc<dyn JobHandler> = Arc::new(SyncJobHandler::new(o));
     let stop = CancellationToken::new();
@@ -274,10 +388,21 @@ pub async fn job_handler_runs_triggered_syncs_and_snoozes_rate_limits(h: Harness
     stop.cancel();
     task.await.unwrap().unwrap();
     let j = snoozed.expect("the job was snoozed");
-    assert_eq!(j.attempts, 0, "a rate limit is a snooze, not a failed attempt");
+    assert_eq!(
+        j.attempts, 0,
+        "a rate limit is a snooze, not a failed attempt"
+    );
     assert!(j.run_after >= h.queue.now() + chrono::Duration::seconds(100));
-    assert_eq!(contacts(&h.store, ws).await.len(), 20, "the committed pages stay");
+    assert_eq!(
+        contacts(&h.store, ws).await.len(),
+        20,
+        "the committed pages stay"
+    );
     let run = h.store.get_sync(ws, t.sync_id).await.unwrap().unwrap();
     assert_eq!(run.connector, Some(ConnectorKind::Gong));
-    assert_eq!(run.status, SyncStatus::Failed, "this run stopped; the snoozed job records a new one");
+    assert_eq!(
+        run.status,
+        SyncStatus::Failed,
+        "this run stopped; the snoozed job records a new one"
+    );
 }

@@ -1,0 +1,192 @@
+//! Gong HTTP client: every request goes through [`presets::gong`] (3 per second, 10,000
+//! per day, retry with `Retry-After`, timeouts, auth).
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::types::{CallsPage, CallsRequest, UsersPage};
+use super::{GongConfig, GongCredentials};
+use crate::error::{Error, Result};
+use crate::http::{
+    Auth, Classify, DefaultClassifier, HttpStack, HttpStats, StaticAuth, Transport,
+    TransportConfig, Verdict, presets,
+};
+
+/// The extensive endpoint's path.
+pub(crate) const CALLS_PATH: &str = "/v2/calls/extensive";
+/// The users endpoint's path.
+pub(crate) const USERS_PATH: &str = "/v2/users";
+
+/// Gong's status table: the shared one, except that the extensive endpoint's 404 "No calls
+/// found" is an answer (an empty page), not a failure.
+#[derive(Debug, Clone, Copy)]
+struct GongClassifier;
+
+/// Whether a 404 is Gong's "nothing matches the filter" rather than a wrong URL.
+fn is_no_calls(response: &Response<Bytes>) -> bool {
+    if response.status() != StatusCode::NOT_FOUND {
+        return false;
+    }
+    let body = response.body();
+    let head = &body[..body.len().min(4 * 1024)];
+    let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+    text.contains("no calls found") || text.contains("\"errors\"")
+}
+
+impl Classify for GongClassifier {
+    fn classify(&self, provider: &Cow<'static, str>, response: &Response<Bytes>) -> Verdict {
+        if is_no_calls(response) {
+            return Verdict::Success;
+        }
+        DefaultClassifier.classify(provider, response)
+    }
+}
+
+pub(crate) struct GongClient {
+    base: String,
+    stack: HttpStack,
+    stats: HttpStats,
+}
+
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+impl GongClient {
+    pub(crate) fn new(
+        base_url: &str,
+        credentials: &GongCredentials,
+        config: &GongConfig,
+    ) -> Result<Self> {
+        let base = base_url.trim().trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(Error::config(format!(
+                "invalid Gong base URL {base:?}: expected http(s)://host"
+            )));
+        }
+        let transport = Transport::new(TransportConfig::default())?;
+        let stats = HttpStats::new();
+        let auth: Auth = match credentials {
+            GongCredentials::AccessKey {
+                access_key,
+                access_key_secret,
+            } => StaticAuth::basic(access_key, access_key_secret)?.into(),
+            GongCredentials::AccessToken(token) => StaticAuth::bearer(token)?.into(),
+        };
+        let mut preset = presets::gong()
+            .with_optional_rate_limit(config.rate_limit)?
+            .with_classifier(GongClassifier)
+            .with_stats(stats.clone());
+        if let Some(daily) = config.daily_limit {
+            preset = preset.with_daily_limit(Some(daily));
+        }
+        let stack = preset.build(auth, transport)?;
+        Ok(GongClient { base, stack, stats })
+    }
+
+    pub(crate) fn stats(&self) -> &HttpStats {
+        &self.stats
+    }
+
+    /// Sends one request; `Ok(None)` for the extensive endpoint's 404 "No calls found".
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Option<T>> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}{path_and_query}", self.base))
+            .header(http::header::ACCEPT, "application/json");
+        if body.is_some() {
+            req = req.header(http::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(body.map(Bytes::from).unwrap_or_default())
+            .map_err(|e| Error::config(format!("invalid Gong request: {e}")))?;
+        let resp = self.stack.send(req).await?;
+        if is_no_calls(&resp) {
+            if path_and_query.starts_with(CALLS_PATH) {
+                return Ok(None);
+            }
+            return Err(Error::api(
+                "gong",
+                resp.status().as_u16(),
+                &String::from_utf8_lossy(resp.body()),
+            ));
+        }
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            return Err(Error::api(
+                "gong",
+                status,
+                &String::from_utf8_lossy(resp.body()),
+            ));
+        }
+        serde_json::from_slice(resp.body())
+            .map(Some)
+            .map_err(|e| Error::decode(None, format!("unreadable Gong response: {e}")))
+    }
+
+    /// `GET /v2/users`: one page, the cursor in the query string.
+    pub(crate) async fn users_page(&self, cursor: Option<&str>) -> Result<UsersPage> {
+        let path = match cursor {
+            Some(c) => format!("{USERS_PATH}?cursor={}", encode(c)),
+            None => USERS_PATH.to_owned(),
+        };
+        self.send(Method::GET, &path, None)
+            .await?
+            .ok_or_else(|| Error::api("gong", 404, "no users found"))
+    }
+
+    /// `POST /v2/calls/extensive`: one page, the cursor in the JSON body. Gong's 404 for a
+    /// filter that matches nothing is an empty last page.
+    pub(crate) async fn calls_page(&self, req: &CallsRequest<'_>) -> Result<CallsPage> {
+        let body = serde_json::to_vec(req)?;
+        Ok(self
+            .send(Method::POST, CALLS_PATH, Some(body))
+            .await?
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, body: &str) -> Response<Bytes> {
+        Response::builder()
+            .status(status)
+            .body(Bytes::from(body.to_owned()))
+            .unwrap()
+    }
+
+    #[test]
+    fn no_calls_found_is_an_answer_other_404s_are_not() {
+        let p: Cow<'static, str> = "gong".into();
+        let gong = resp(
+            404,
+            r#"{"requestId":"4ubcyx","errors":["No calls found corresponding to the provided filters"]}"#,
+        );
+        assert!(matches!(
+            GongClassifier.classify(&p, &gong),
+            Verdict::Success
+        ));
+        assert!(matches!(
+            GongClassifier.classify(&p, &resp(404, "<html>Not Found</html>")),
+            Verdict::Fail(Error::Api { status: 404, .. })
+        ));
+        assert!(matches!(
+            GongClassifier.classify(&p, &resp(429, "{}")),
+            Verdict::Retry { .. }
+        ));
+        assert!(matches!(
+            GongClassifier.classify(&p, &resp(200, "{}")),
+            Verdict::Success
+        ));
+    }
+}

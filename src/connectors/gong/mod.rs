@@ -1,0 +1,403 @@
+//! The Gong connector (feature `gong`): calls → `conversations`.
+//!
+//! - **Tracked users**: every active user from `/v2/users`, or the emails and ids listed in
+//!   the config's `tracked_users`. Each user is one stream, `calls:<userId>`, read through
+//!   `POST /v2/calls/extensive` with `primaryUserIds = [userId]` and the parties exposed.
+//! - **Initial sync** reads the last `initial_days` (90) days up to the sync's start, one
+//!   checkpoint per page (the cursor travels in the JSON body, as Gong requires).
+//! - **Incremental sync** reads from the user's watermark minus `overlap_days` (14) up to
+//!   the sync's start: calls change after they happen (titles, parties), and the overlap
+//!   re-reads them; calls that did not change are left alone by the store. The watermark
+//!   is the newest `metaData.started` stored, because the extensive endpoint filters on the
+//!   start time only. A changed call that started before the overlap window is not seen
+//!   again (Gong has no change feed); widen `overlap_days` or run a backfill for those.
+//! - **Backfill** walks a user's history back from the oldest instant read so far, in
+//!   checkpointed 30-day slices, down to `backfill_days` (365) before the sync's start.
+//! - Gong answers 404 "No calls found" for a window without calls: that is an empty page.
+//! - **Per-user results** are in [`SyncReport::details`]`["by_user"]`, keyed by user id:
+//!   `{email, status: "completed" | "failed", calls, failed_records, pages, watermark,
+//!   covered_from?, error?}`. A failing user is recorded there (and as a failure with the id
+//!   `user:<id>` in the sync log) and the others go on; rate limits, exhausted quotas,
+//!   cancellation, storage errors and rejected credentials stop the sync (a rate-limited
+//!   job is snoozed and resumes from its checkpoint), and so does every user failing.
+//!
+//! Every request goes through [`presets::gong`](crate::http::presets::gong): 3 per second,
+//! 10,000 per day (a quota: running out stops the sync until a slot frees up), retries on
+//! 429 and 5xx honouring `Retry-After`. `rate_limit` and `daily_limit` in the config replace
+//! the two budgets.
+//!
+//! # Config (`--config` JSON; unknown keys are an error)
+//!
+//! | key | default | meaning |
+//! |---|---|---|
+//! | `tracked_users` | `[]` (every active user) | emails (matched case-insensitively, aliases too) or user ids |
+//! | `initial_days` | 90 | history read by an initial sync |
+//! | `overlap_days` | 14 | how far before the watermark incremental syncs start |
+//! | `backfill_days` | 365 | how far back a backfill reaches |
+//! | `workspace_id` | none | only calls of this Gong workspace |
+//! | `rate_limit` | 3 per 1000 ms | `{"max_requests", "window_ms"}` |
+//! | `daily_limit` | 10,000 | requests per 24 hours |
+
+mod client;
+mod sync;
+mod transform;
+mod types;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::connector::{Checkpoint, RecordSink, SyncCapable, SyncContext, SyncReport};
+use crate::error::{Error, Result};
+use crate::http::{HttpStats, RateLimitConfig};
+use crate::model::ConnectorKind;
+
+use client::GongClient;
+use sync::{Mode, Syncer};
+
+/// How the connector authenticates.
+#[derive(Clone)]
+pub enum GongCredentials {
+    /// An API access key and its secret (`Authorization: Basic`).
+    AccessKey {
+        /// The access key.
+        access_key: String,
+        /// The access key secret.
+        access_key_secret: SecretString,
+    },
+    /// An OAuth access token (`Authorization: Bearer`).
+    AccessToken(SecretString),
+}
+
+impl std::fmt::Debug for GongCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GongCredentials::AccessKey { .. } => {
+                f.write_str("GongCredentials::AccessKey([REDACTED])")
+            }
+            GongCredentials::AccessToken(_) => {
+                f.write_str("GongCredentials::AccessToken([REDACTED])")
+            }
+        }
+    }
+}
+
+impl GongCredentials {
+    /// An access key and its secret.
+    pub fn access_key(access_key: impl Into<String>, access_key_secret: SecretString) -> Self {
+        GongCredentials::AccessKey {
+            access_key: access_key.into(),
+            access_key_secret,
+        }
+    }
+
+    /// Reads `{"access_key", "access_key_secret"}` (or an OAuth `{"access_token"}`) through
+    /// a lookup of secret values by key.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<SecretString>) -> Result<Self> {
+        match (get("access_key"), get("access_key_secret")) {
+            (Some(key), Some(secret)) => {
+                let key = key.expose_secret().trim();
+                if key.is_empty() || secret.expose_secret().trim().is_empty() {
+                    return Err(Error::config(
+                        "gong credentials: \"access_key\" and \"access_key_secret\" must not be empty",
+                    ));
+                }
+                Ok(GongCredentials::access_key(key, secret))
+            }
+            (Some(_), None) | (None, Some(_)) => Err(Error::config(
+                "gong credentials need both \"access_key\" and \"access_key_secret\"",
+            )),
+            (None, None) => match get("access_token") {
+                Some(token) => Ok(GongCredentials::AccessToken(token)),
+                None => Err(Error::config(
+                    "gong credentials need \"access_key\" and \"access_key_secret\" (or an OAuth \"access_token\")",
+                )),
+            },
+        }
+    }
+}
+
+fn default_initial_days() -> u32 {
+    90
+}
+
+fn default_overlap_days() -> u32 {
+    14
+}
+
+fn default_backfill_days() -> u32 {
+    365
+}
+
+/// The longest history any day setting may name (about 20 years).
+const MAX_DAYS: u32 = 7_300;
+
+/// Non-secret settings (`--config` JSON). Unknown keys are an error.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GongConfig {
+    /// Replaces the per-second budget (3 per second).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Replaces the daily quota (10,000 requests per 24 hours).
+    #[serde(default)]
+    pub daily_limit: Option<u32>,
+    /// The users whose calls are synced, as emails or Gong user ids; empty: every active
+    /// user.
+    #[serde(default)]
+    pub tracked_users: Vec<String>,
+    /// Days of history an initial sync reads.
+    #[serde(default = "default_initial_days")]
+    pub initial_days: u32,
+    /// Days before the watermark an incremental sync starts (calls change after they
+    /// happen).
+    #[serde(default = "default_overlap_days")]
+    pub overlap_days: u32,
+    /// Days of history a backfill reaches.
+    #[serde(default = "default_backfill_days")]
+    pub backfill_days: u32,
+    /// Only calls of this Gong workspace (`filter.workspaceId`).
+    #[serde(default)]
+    pub workspace_id: Option<String>,
+}
+
+impl Default for GongConfig {
+    fn default() -> Self {
+        GongConfig {
+            rate_limit: None,
+            daily_limit: None,
+            tracked_users: Vec::new(),
+            initial_days: default_initial_days(),
+            overlap_days: default_overlap_days(),
+            backfill_days: default_backfill_days(),
+            workspace_id: None,
+        }
+    }
+}
+
+impl GongConfig {
+    /// Reads the config from JSON (`null` or `{}` for the defaults) and checks it.
+    ///
+    /// ```
+    /// use pandora_sync::GongConfig;
+    ///
+    /// let cfg = GongConfig::from_json(&serde_json::json!({
+    ///     "tracked_users": ["ada@example.com", "234599484000000001"],
+    ///     "initial_days": 30,
+    /// }))?;
+    /// assert_eq!((cfg.initial_days, cfg.overlap_days, cfg.backfill_days), (30, 14, 365));
+    /// assert!(GongConfig::from_json(&serde_json::json!({"lookback": 3})).is_err());
+    /// # Ok::<(), pandora_sync::Error>(())
+    /// ```
+    pub fn from_json(value: &serde_json::Value) -> Result<Self> {
+        let mut cfg: GongConfig = if value.is_null() {
+            GongConfig::default()
+        } else {
+            serde_json::from_value(value.clone())
+                .map_err(|e| Error::config(format!("invalid gong config: {e}")))?
+        };
+        cfg.validate()?;
+        cfg.tracked_users = cfg
+            .tracked_users
+            .iter()
+            .map(|u| u.trim().to_owned())
+            .collect();
+        cfg.workspace_id = cfg
+            .workspace_id
+            .map(|w| w.trim().to_owned())
+            .filter(|w| !w.is_empty());
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::config(format!("invalid gong config: {m}")));
+        if !(1..=MAX_DAYS).contains(&self.initial_days) {
+            return bad(format!(
+                "initial_days must be between 1 and {MAX_DAYS}, got {}",
+                self.initial_days
+            ));
+        }
+        if self.overlap_days > MAX_DAYS {
+            return bad(format!(
+                "overlap_days must be at most {MAX_DAYS}, got {}",
+                self.overlap_days
+            ));
+        }
+        if self.backfill_days > MAX_DAYS || self.backfill_days < self.initial_days {
+            return bad(format!(
+                "backfill_days must be between initial_days ({}) and {MAX_DAYS}, got {}",
+                self.initial_days, self.backfill_days
+            ));
+        }
+        if self.daily_limit == Some(0) {
+            return bad("daily_limit must be at least 1".into());
+        }
+        if let Some(u) = self.tracked_users.iter().find(|u| u.trim().is_empty()) {
+            return bad(format!("tracked_users holds an empty entry ({u:?})"));
+        }
+        Ok(())
+    }
+}
+
+/// The Gong connector.
+pub struct GongConnector {
+    client: GongClient,
+    config: GongConfig,
+}
+
+impl std::fmt::Debug for GongConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GongConnector")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GongConnector {
+    /// A connector for the Gong company at `base_url` (`https://api.gong.io`, the
+    /// company's own `https://us-NNNNN.api.gong.io`, or a simulator).
+    pub fn new(base_url: &str, credentials: GongCredentials, config: GongConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(GongConnector {
+            client: GongClient::new(base_url, &credentials, &config)?,
+            config,
+        })
+    }
+
+    /// Request statistics of this connector's HTTP stack.
+    pub fn http_stats(&self) -> &HttpStats {
+        self.client.stats()
+    }
+
+    async fn run(
+        &self,
+        ctx: &SyncContext,
+        checkpoint: Checkpoint,
+        mode: Mode,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        let mut s = Syncer::new(&self.client, &self.config, ctx, checkpoint);
+        s.run(mode, sink).await?;
+        let mut report = s.report;
+        report.details = json!({
+            "mode": match mode {
+                Mode::Initial => "initial",
+                Mode::Incremental => "incremental",
+                Mode::Backfill => "backfill",
+            },
+            "users_tracked": s.users_tracked,
+            "users_failed": s.users_failed,
+            "by_user": s.by_user,
+            "http": self.client.stats().snapshot(),
+        });
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl SyncCapable for GongConnector {
+    fn kind(&self) -> ConnectorKind {
+        ConnectorKind::Gong
+    }
+
+    async fn initial_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        // A forced initial sync reads the initial window from scratch; an interrupted one
+        // is resumed by an incremental run from its page cursors.
+        self.run(ctx, Checkpoint::default(), Mode::Initial, sink)
+            .await
+    }
+
+    async fn incremental_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        self.run(ctx, ctx.previous().clone(), Mode::Incremental, sink)
+            .await
+    }
+
+    async fn backfill_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        self.run(ctx, ctx.previous().clone(), Mode::Backfill, sink)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let d = GongConfig::from_json(&serde_json::Value::Null).unwrap();
+        assert_eq!(
+            (d.initial_days, d.overlap_days, d.backfill_days),
+            (90, 14, 365)
+        );
+        assert!(d.tracked_users.is_empty() && d.rate_limit.is_none());
+        let c = GongConfig::from_json(&json!({
+            "rate_limit": {"max_requests": 2, "window_ms": 1000},
+            "daily_limit": 5000,
+            "tracked_users": [" ada@x.com ", "123"],
+            "workspace_id": " ",
+        }))
+        .unwrap();
+        assert_eq!(c.tracked_users, ["ada@x.com", "123"]);
+        assert_eq!(c.daily_limit, Some(5000));
+        assert_eq!(c.workspace_id, None);
+        for bad in [
+            json!({"unknown": 1}),
+            json!({"initial_days": 0}),
+            json!({"initial_days": 100, "backfill_days": 50}),
+            json!({"overlap_days": 100000}),
+            json!({"tracked_users": [""]}),
+            json!({"tracked_users": "ada@x.com"}),
+            json!({"daily_limit": 0}),
+            json!({"rate_limit": {"max_requests": 2}}),
+        ] {
+            let err = GongConfig::from_json(&bad).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains("gong config")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_from_lookup() {
+        let get = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == k)
+                    .map(|(_, v)| SecretString::from(*v))
+            }
+        };
+        let c = GongCredentials::from_lookup(get(&[
+            ("access_key", "AK"),
+            ("access_key_secret", "s3cret"),
+        ]))
+        .unwrap();
+        assert!(matches!(&c, GongCredentials::AccessKey { access_key, .. } if access_key == "AK"));
+        assert!(!format!("{c:?}").contains("s3cret") && !format!("{c:?}").contains("AK"));
+        assert!(matches!(
+            GongCredentials::from_lookup(get(&[("access_token", "t")])).unwrap(),
+            GongCredentials::AccessToken(_)
+        ));
+        for bad in [
+            &[("access_key", "AK")][..],
+            &[][..],
+            &[("access_key", " "), ("access_key_secret", "x")][..],
+        ] {
+            assert!(GongCredentials::from_lookup(get(bad)).is_err());
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! End to end: Gong simulator → connector → orchestrator → SQLite and Postgres.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pandora_sync::simulator::{FaultConfig, GongSim, GongSimConfig, NewGongCall};
+use pandora_sync::{
+    ConnectorKind, ConnectorRegistry, ConnectorResult, Conversation, Credentials, Keyring,
+    NewConnection, Orchestrator, Record, RecordKind, RecordQuery, Store, SyncMode, SyncOptions,
+    SyncStatus, SyncStore,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::truth::assert_conversation;
+
+pub struct Env {
+    pub store: Arc<dyn SyncStore>,
+}
+
+fn keyring() -> Keyring {
+    Keyring::new("e2e", [7u8; 32]).unwrap()
+}
+
+#[cfg(feature = "sqlite")]
+pub async fn run_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use pandora_sync::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("gong.db").display());
+    let store = SqliteStore::connect(&url)
+        .await
+        .unwrap()
+        .with_keyring(keyring());
+    store.migrate().await.unwrap();
+    test(Env {
+        store: Arc::new(store),
+    })
+    .await;
+    drop(dir);
+}
+
+#[cfg(feature = "postgres")]
+pub async fn run_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use std::str::FromStr;
+
+    use pandora_sync::PgStore;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
+    });
+    let schema = format!("g_{}", Uuid::new_v4().simple());
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let options = PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = PgStore::from_pool(pool).with_keyring(keyring());
+    store.migrate().await.unwrap();
+    test(Env {
+        store: Arc::new(store.clone()),
+    })
+    .await;
+    store.close().await;
+    let _ = sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut admin)
+    .await;
+}
+
+fn fast_config() -> serde_json::Value {
+    json!({"rate_limit": {"max_requests": 100000, "window_ms": 1000}})
+}
+
+fn days(n: i64) -> chrono::Duration {
+    chrono::Duration::days(n)
+}
+
+async fn setup(env: &Env, sim: &GongSim, config: serde_json::Value) -> (Uuid, Orchestrator) {
+    let ws = Uuid::new_v4();
+    let creds = Credentials::from_json(json!({
+        "access_key": sim.config().access_key,
+        "access_key_secret": sim.config().access_key_secret,
+    }))
+    .unwrap();
+    env.store
+        .create_connection(
+            NewConnection::new(ws, ConnectorKind::Gong, "api_key")
+                .with_credentials(creds)
+                .with_config(config),
+        )
+        .await
+        .unwrap();
+    let registry =
+        ConnectorRegistry::builtin(&BTreeMap::from([(ConnectorKind::Gong, sim.base_url())]));
+    (ws, Orchestrator::new(env.store.clone(), registry))
+}
+
+async fn sync(o: &Orchestrator, ws: Uuid) -> ConnectorResult {
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(r.connectors.len(), 1);
+    r.connectors[0].clone()
+}
+
+async fn stored(store: &Arc<dyn SyncStore>, ws: Uuid) -> BTreeMap<String, Conversation> {
+    let mut out = BTreeMap::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_records(
+                ws,
+                RecordKind::Conversation,
+                &RecordQuery {
+                    after,
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let done = page.len() < 1000;
+        after = page.last().and_then(|r| r.meta().map(|m| m.id));
+        for r in page {
+            let Record::Conversation(c) = r else {
+                panic!("not a conversation")
+            };
+            out.insert(c.meta.source_id.clone(), c);
+        }
+        if done {
+            return out;
+        }
+    }
+}
+
+/// The database holds exactly the simulator's calls of `hosts`, field by field.
+async fn assert_equals_truth(env: &Env, ws: Uuid, sim: &GongSim, hosts: &[String]) {
+    let now = sim.config().now;
+    let truth = sim.truth_calls(now - days(365), now + days(1), hosts);
+    let rows = stored(&env.store, ws).await;
+    assert_eq!(
+        rows.keys().cloned().collect::<BTreeSet<_>>(),
+        truth.iter().map(|c| c.id.clone()).collect::<BTreeSet<_>>(),
+        "exactly the tracked users' calls"
+    );
+    for call in &truth {
+        assert_conversation(&rows[&call.id], call, sim);
+    }
+}
+
+pub async fn initial_sync_equals_truth_for_tracked_users(env: Env) {
+    let sim = GongSim::start(GongSimConfig {
+        users: 5,
+        calls: 500,
+        days: 60,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let users = sim.users();
+    sim.deactivate_user(&users[4].id);
+    let tracked = [
+        users[0].id.clone(),
+        users[1].id.clone(),
+        users[4].id.clone(),
+    ];
+    let mut config = fast_config();
+    config["tracked_users"] = json!([users[0].email.to_uppercase(), users[1].id, users[4].email]);
+    let (ws, o) = setup(&env, &sim, config).await;
+    let c = sync(&o, ws).await;
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Initial, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
+    let want = sim
+        .truth_calls(sim.config().now - days(90), sim.config().now, &tracked)
+        .len() as u64;
+    assert!(want > 0 && want < 500);
+    assert_eq!(c.counts.inserted, want);
+    assert_eq!(c.records_by_table["conversations"], want);
+    assert!(
+        c.requests >= 4,
+        "a users page and a page per user at least: {}",
+        c.requests
+    );
+    assert_equals_truth(&env, ws, &sim, &tracked).await;
+
+    // The connection keeps one stream per tracked user.
+    let row = env
+        .store
+        .get_connection(ws, ConnectorKind::Gong)
+        .await
+        .unwrap()
+        .unwrap();
+    let checkpoint = row.checkpoint().unwrap();
+    let streams: BTreeSet<String> = checkpoint.streams.keys().cloned().collect();
+    let want_streams: BTreeSet<String> = tracked.iter().map(|u| format!("calls:{u}")).collect();
+    assert_eq!(streams, want_streams);
+
+    // A second run is incremental and changes nothing.
+    let c = sync(&o, ws).await;
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Incremental, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
+    assert_eq!(c.counts.written(), 0, "{:?}", c.counts);
+    assert!(c.counts.unchanged > 0, "the overlap window is re-read");
+    assert_equals_truth(&env, ws, &sim, &tracked).await;
+}
+
+pub async fn incremental_writes_exactly_the_added_and_changed_calls(env: Env) {
+    let sim = GongSim::start(GongSimConfig {
+        users: 3,
+        calls: 400,
+        days: 60,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let users = sim.users();
+    sim.deactivate_user(&users[2].id);
+    let tracked = [users[0].id.clone(), users[1].id.clone()];
+    let (ws, o) = setup(&env, &sim, fast_config()).await;
+    let c = sync(&o, ws).await;
+    assert_eq!(c.status, SyncStatus::Completed, "{:?}", c.error);
+    assert_equals_truth(&env, ws, &sim, &tracked).await;
+
+    // Gong calls change after they happen; new ones arrive (one from an untracked user).
+    let now = sim.config().now;
+    sim.add_call(NewGongCall::new(
+        users[0].id.clone(),
+        now - chrono::Duration::minutes(30),
+    ))
+    .unwrap();
+    sim.add_call(NewGongCall::new(users[1].id.clone(), now - days(2)).title("Logged late"))
+        .unwrap();
+    sim.add_call(NewGongCall::new(
+        users[2].id.clone(),
+        now - chrono::Duration::minutes(10),
+    ))
+    .unwrap();
+    let recent = sim.truth_calls(now - days(7), now, &tracked);
+    assert!(recent.len() >= 12);
+    sim.modify_call(&recent[1].id, |c| {
+        c.title = format!("{} (follow-up)", c.title)
+    });
+    sim.modify_call(&recent[5].id, |c| {
+        let mut guest = c.parties[0].clone();
+        guest.id = "1".into();
+        guest.email = Some("late.joiner@guest.example".into());
+        guest.name = Some("Late Joiner".into());
+        guest.user_id = None;
+        guest.affiliation = pandora_sync::simulator::GongAffiliation::External;
+        c.parties.push(guest);
+    });
+    sim.modify_call(&recent[11].id, |c| {
+        c.duration += 90;
+        c.title = "Re-titled".into();
+    });
+    sim.counters().reset();
+
+    let c = sync(&o, ws).await;
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Incremental, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
+    assert_eq!(
+        c.counts.inserted, 2,
+        "the two new calls of tracked users: {:?}",
+        c.counts
+    );
+    assert_eq!(
+        c.counts.updated, 3,
+        "the three changed calls: {:?}",
+        c.counts
+    );
+    assert!(
+        c.counts.unchanged > 0,
+        "the rest of the overlap window is re-read, unchanged"
+    );
+    assert_equals_truth(&env, ws, &sim, &tracked).await;
+    // Only the requests the windows need: one users page and one calls page per user.
+    let counts = sim.counters().snapshot();
+    assert_eq!(counts.get("GET /v2/users"), Some(&1), "{counts:?}");
+    assert_eq!(
+        counts.get("POST /v2/calls/extensive"),
+        Some(&2),
+        "{counts:?}"
+    );
+}
+
+pub async fn empty_range_completes_cleanly(env: Env) {
+    let sim = GongSim::start(GongSimConfig {
+        users: 3,
+        calls: 0,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ws, o) = setup(&env, &sim, fast_config()).await;
+    for mode in [SyncMode::Initial, SyncMode::Incremental] {
+        let c = sync(&o, ws).await;
+        assert_eq!(
+            (c.mode, c.status),
+            (mode, SyncStatus::Completed),
+            "{:?}",
+            c.error
+        );
+        assert_eq!(c.counts.written(), 0);
+        assert_eq!(c.errors.total, 0);
+        assert!(c.error.is_none() && !c.rate_limited);
+    }
+    assert_eq!(
+        sim.counters().get("POST /v2/calls/extensive"),
+        6,
+        "one 404 per user and run"
+    );
+    assert!(stored(&env.store, ws).await.is_empty());
+    let history = env
+        .store
+        .sync_history(ws, Some(ConnectorKind::Gong), 10)
+        .await
+        .unwrap();
+    assert!(
+        history.iter().all(|h| h.status == SyncStatus::Completed),
+        "{history:?}"
+    );
+}
+
+pub async fn rate_limit_storms_lose_nothing(env: Env) {
+    let sim = GongSim::start(GongSimConfig {
+        users: 3,
+        calls: 450,
+        days: 60,
+        rate_limits: true,
+        retry_after: Duration::from_secs(1),
+        faults: FaultConfig {
+            rate_limit_rate: 0.2,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tracked = sim.active_user_ids();
+    // The client allows more than Gong's 3 per second, so Gong's own limit answers too.
+    let config = json!({"rate_limit": {"max_requests": 20, "window_ms": 1000}});
+    let (ws, o) = setup(&env, &sim, config).await;
+    // A storm longer than the retries: the first run stops, rate limited (a job would be
+    // snoozed, not failed).
+    sim.burst_429(5);
+    let first = sync(&o, ws).await;
+    assert!(first.rate_limited, "{first:?}");
+    assert!(first.retry_after_ms.is_some());
+    let mut retries = first.retries;
+    let mut done = false;
+    for _ in 0..6 {
+        let c = sync(&o, ws).await;
+        retries += c.retries;
+        if c.status == SyncStatus::Completed {
+            done = true;
+            break;
+        }
+        assert!(
+            c.rate_limited,
+            "only rate limits may stop a run: {:?}",
+            c.error
+        );
+    }
+    assert!(done, "a run completes");
+    assert!(retries > 0, "the storm was retried through");
+    assert_equals_truth(&env, ws, &sim, &tracked).await;
+}
