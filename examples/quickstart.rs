@@ -22,7 +22,15 @@ fn print_run(name: &str, r: &WorkspaceSyncResult) {
     println!("\n{name} sync: {}", r.status());
     println!(
         "  {:<10} {:<12} {:<22} {:>9} {:>9} {:>10} {:>9} {:>8} {:>10}",
-        "connector", "mode", "status", "inserted", "updated", "unchanged", "archived", "requests", "time"
+        "connector",
+        "mode",
+        "status",
+        "inserted",
+        "updated",
+        "unchanged",
+        "archived",
+        "requests",
+        "time"
     );
     for c in &r.connectors {
         println!(
@@ -56,7 +64,10 @@ fn main() -> ExitCode {
     let database = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "pandora-quickstart.db".to_owned());
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -43,14 +43,17 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
-#[cfg_attr(docsrs, doc(cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))))]
-pub use quickstart::{QuickstartConfig, QuickstartReport, run_quickstart};
 pub use gong::{
     GongAffiliation, GongSim, GongSimCall, GongSimConfig, GongSimParty, GongSimUser,
     NO_CALLS_FOUND, NewGongCall,
 };
 pub use hubspot::{HubSpotOAuthApp, HubSpotObject, HubSpotSim, HubSpotSimConfig, SimRecord};
+#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite")))
+)]
+pub use quickstart::{QuickstartConfig, QuickstartReport, run_quickstart};
 
 /// Faults a simulator injects into its answers. Decisions are deterministic: they depend on
 /// the simulator's seed and the request's sequence number (or the record's id), so a failing

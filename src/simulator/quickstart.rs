@@ -134,11 +134,12 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         .await?;
     store
         .create_connection(
-            NewConnection::new(workspace_id, ConnectorKind::Gong, "basic")
-                .with_credentials(Credentials::from_json(serde_json::json!({
+            NewConnection::new(workspace_id, ConnectorKind::Gong, "basic").with_credentials(
+                Credentials::from_json(serde_json::json!({
                     "access_key": gong.config().access_key,
                     "access_key_secret": gong.config().access_key_secret,
-                }))?),
+                }))?,
+            ),
         )
         .await?;
 
@@ -160,7 +161,15 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         hubspot.modify(HubSpotObject::Contacts, id, [("jobtitle", "VP Revenue")]);
     }
     hubspot.archive(HubSpotObject::Deals, 13);
-    hubspot.modify(HubSpotObject::Deals, 21, [("dealstage", "closedwon"), ("hs_is_closed", "true"), ("hs_is_closed_won", "true")]);
+    hubspot.modify(
+        HubSpotObject::Deals,
+        21,
+        [
+            ("dealstage", "closedwon"),
+            ("hs_is_closed", "true"),
+            ("hs_is_closed_won", "true"),
+        ],
+    );
     if let Some(host) = gong.active_user_ids().first() {
         for n in 0..3 {
             gong.add_call(

@@ -1,6 +1,6 @@
 //! End to end: HubSpot simulator → connector → orchestrator → SQLite and Postgres.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

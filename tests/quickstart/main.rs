@@ -1,5 +1,10 @@
 //! The quickstart's logic on small data, so the README's first command cannot rot.
-#![cfg(all(feature = "simulator", feature = "hubspot", feature = "gong", feature = "sqlite"))]
+#![cfg(all(
+    feature = "simulator",
+    feature = "hubspot",
+    feature = "gong",
+    feature = "sqlite"
+))]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use pandora_sync::simulator::{QuickstartConfig, run_quickstart};
@@ -18,21 +23,62 @@ async fn quickstart_runs_end_to_end() {
     for run in [&r.initial, &r.incremental] {
         assert_eq!(run.connectors.len(), 2);
         for c in &run.connectors {
-            assert_eq!(c.status, SyncStatus::Completed, "{}: {:?}", c.connector, c.error);
+            assert_eq!(
+                c.status,
+                SyncStatus::Completed,
+                "{}: {:?}",
+                c.connector,
+                c.error
+            );
         }
-        assert!(run.hooks.iter().all(|h| h.error.is_none()), "{:?}", run.hooks);
+        assert!(
+            run.hooks.iter().all(|h| h.error.is_none()),
+            "{:?}",
+            run.hooks
+        );
         assert!(!run.hooks.is_empty());
     }
-    assert!(r.initial.connectors.iter().all(|c| c.mode == SyncMode::Initial));
-    assert!(r.incremental.connectors.iter().all(|c| c.mode == SyncMode::Incremental));
-    let hubspot = r.incremental.connectors.iter().find(|c| c.connector == ConnectorKind::Hubspot).unwrap();
-    assert!(hubspot.counts.written() >= 7, "5 contacts, 2 deals changed: {:?}", hubspot.counts);
-    let gong = r.incremental.connectors.iter().find(|c| c.connector == ConnectorKind::Gong).unwrap();
-    assert!(gong.counts.inserted >= 3, "three new calls: {:?}", gong.counts);
+    assert!(
+        r.initial
+            .connectors
+            .iter()
+            .all(|c| c.mode == SyncMode::Initial)
+    );
+    assert!(
+        r.incremental
+            .connectors
+            .iter()
+            .all(|c| c.mode == SyncMode::Incremental)
+    );
+    let hubspot = r
+        .incremental
+        .connectors
+        .iter()
+        .find(|c| c.connector == ConnectorKind::Hubspot)
+        .unwrap();
+    assert!(
+        hubspot.counts.written() >= 7,
+        "5 contacts, 2 deals changed: {:?}",
+        hubspot.counts
+    );
+    let gong = r
+        .incremental
+        .connectors
+        .iter()
+        .find(|c| c.connector == ConnectorKind::Gong)
+        .unwrap();
+    assert!(
+        gong.counts.inserted >= 3,
+        "three new calls: {:?}",
+        gong.counts
+    );
     assert_eq!(r.tables["accounts"], 40);
     assert_eq!(r.tables["contacts"], 160);
     assert_eq!(r.tables["deals"], 80);
     assert!(r.tables["conversations"] >= 63);
-    assert!(r.linked_conversations > 0, "the entity linker linked calls to accounts");
+    assert!(
+        r.linked_conversations > 0,
+        "the entity linker linked calls to accounts"
+    );
     assert!(r.database.exists());
 }
