@@ -413,12 +413,17 @@ pub(crate) fn validate(record: &Record) -> Result<()> {
         }
         return Ok(());
     };
-    let Some(spec) = spec(record.kind()) else {
-        return Ok(());
-    };
+    match spec(record.kind()) {
+        Some(spec) => check_values(record, spec, &vals),
+        None => Ok(()),
+    }
+}
+
+/// [`validate`] for a record whose values are already computed.
+fn check_values(record: &Record, spec: &TableSpec, vals: &[Val<'_>]) -> Result<()> {
     let meta = record.meta();
     let record_id = meta.map_or("", |m| m.source_id.as_str());
-    for (col, val) in spec.columns.iter().zip(&vals) {
+    for (col, val) in spec.columns.iter().zip(vals) {
         match val {
             Val::Text(Some(s)) if s.contains('\0') => {
                 return Err(nul_error(record_id, spec.table, col.name));
@@ -505,15 +510,16 @@ pub(crate) fn prepare(
     source: ConnectorKind,
     batch: &RecordBatch,
 ) -> Result<PreparedBatch<'_>> {
-    let mut by_table: HashMap<RecordKind, HashMap<&str, &Record>> = HashMap::new();
+    type Kept<'a> = (Option<DateTime<Utc>>, Vec<Val<'a>>);
+    let mut by_table: HashMap<RecordKind, HashMap<&str, Kept<'_>>> = HashMap::new();
     let mut links: HashMap<(&str, &str), &DealContact> = HashMap::new();
     let mut counts: HashMap<RecordKind, u64> = HashMap::new();
     let mut link_count = 0u64;
 
     for record in &batch.records {
-        validate(record)?;
         match record {
             Record::DealContact(l) => {
+                validate(record)?;
                 if l.workspace_id != workspace_id || l.source != source {
                     return Err(owner_error(
                         "link",
@@ -539,13 +545,27 @@ pub(crate) fn prepare(
                         meta.source,
                     ));
                 }
+                let Some(spec) = spec(other.kind()) else {
+                    continue;
+                };
+                let vals = values(other)?
+                    .ok_or_else(|| Error::config("internal: link in a record table"))?;
+                if vals.len() != spec.columns.len()
+                    || spec.columns.iter().zip(&vals).any(|(c, v)| c.ty != v.ty())
+                {
+                    return Err(Error::config(format!(
+                        "internal: column mismatch in {}",
+                        spec.table
+                    )));
+                }
+                check_values(other, spec, &vals)?;
                 *counts.entry(other.kind()).or_default() += 1;
                 let slot = by_table.entry(other.kind()).or_default();
                 match slot.get(meta.source_id.as_str()) {
                     // Keep the newest copy; on a tie (or no timestamps) the later one wins.
-                    Some(kept) if kept.source_updated_at() > meta.source_updated_at => {}
+                    Some((kept, _)) if *kept > meta.source_updated_at => {}
                     _ => {
-                        slot.insert(meta.source_id.as_str(), other);
+                        slot.insert(meta.source_id.as_str(), (meta.source_updated_at, vals));
                     }
                 }
             }
@@ -557,25 +577,11 @@ pub(crate) fn prepare(
         let Some(records) = by_table.remove(&spec.kind) else {
             continue;
         };
-        let mut records: Vec<(&str, &Record)> = records.into_iter().collect();
+        let mut records: Vec<(&str, Kept<'_>)> = records.into_iter().collect();
         records.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let total = counts.get(&spec.kind).copied().unwrap_or(0);
         let unique = u64::try_from(records.len()).unwrap_or(u64::MAX);
-        let mut rows = Vec::with_capacity(records.len());
-        for (_, record) in records {
-            let vals =
-                values(record)?.ok_or_else(|| Error::config("internal: link in a record table"))?;
-            debug_assert!(spec.columns.iter().zip(&vals).all(|(c, v)| c.ty == v.ty()));
-            if vals.len() != spec.columns.len()
-                || spec.columns.iter().zip(&vals).any(|(c, v)| c.ty != v.ty())
-            {
-                return Err(Error::config(format!(
-                    "internal: column mismatch in {}",
-                    spec.table
-                )));
-            }
-            rows.push(vals);
-        }
+        let rows: Vec<Vec<Val<'_>>> = records.into_iter().map(|(_, (_, vals))| vals).collect();
         prepared.tables.push(TableRows {
             spec,
             rows,

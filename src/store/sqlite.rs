@@ -256,31 +256,19 @@ impl RowRead for SqliteRow {
     }
 }
 
-/// `(?a, ?b, ...)` tuples of `width` numbered parameters each, starting at `first`.
-fn tuples(rows: usize, width: usize, first: usize, prefix: &str) -> String {
-    let mut out = String::with_capacity(rows * width * 7);
-    let mut n = first;
-    for r in 0..rows {
-        if r > 0 {
-            out.push_str(", ");
-        }
-        out.push('(');
-        out.push_str(prefix);
-        for c in 0..width {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            out.push('?');
-            out.push_str(&n.to_string());
-            n += 1;
-        }
-        out.push(')');
-    }
-    out
+/// `rows` tuples of `width` anonymous parameters: `(?, ?), (?, ?)`.
+///
+/// The multi-row statements use anonymous `?` parameters only: sqlx looks up the name of
+/// every parameter, and SQLite's name lookup is linear in the number of numbered ones,
+/// which makes `?NNN` quadratic over a statement with thousands of them.
+fn tuples(rows: usize, width: usize) -> String {
+    let one = format!("({})", vec!["?"; width].join(", "));
+    vec![one; rows].join(", ")
 }
 
-fn rows_per_statement(width: usize, fixed: usize) -> usize {
-    ((MAX_PARAMS - fixed) / width.max(1)).clamp(1, MAX_ROWS)
+/// How many rows of `width` parameters fit in one statement (with a few to spare).
+fn rows_per_statement(width: usize) -> usize {
+    ((MAX_PARAMS - 8) / width.max(1)).clamp(1, MAX_ROWS)
 }
 
 /// Upserts one table's rows; returns (inserted, updated, unchanged).
@@ -293,19 +281,16 @@ async fn upsert_table(
 ) -> Result<(u64, u64, u64)> {
     let spec: &TableSpec = t.spec;
     let width = spec.columns.len();
-    let per = rows_per_statement(width, 3);
+    let per = rows_per_statement(width + 3);
     let conflict = rows::upsert_conflict_clause(spec, SQLITE);
     let (mut inserted, mut updated, mut unchanged) = (0u64, 0u64, 0u64);
     for (c, chunk) in t.rows.chunks(per).enumerate() {
         let base = c * per;
         // Which of these rows exist already (to tell inserts from updates).
         let existing_sql = format!(
-            "SELECT source_id FROM {} WHERE workspace_id = ?1 AND source = ?2 AND source_id IN ({})",
+            "SELECT source_id FROM {} WHERE workspace_id = ? AND source = ? AND source_id IN ({})",
             spec.table,
-            (0..chunk.len())
-                .map(|i| format!("?{}", i + 3))
-                .collect::<Vec<_>>()
-                .join(", ")
+            vec!["?"; chunk.len()].join(", ")
         );
         let mut q = sqlx::query(AssertSqlSafe(existing_sql))
             .bind(hy(ws))
@@ -326,14 +311,12 @@ async fn upsert_table(
             "INSERT INTO {} (workspace_id, source, synced_at, {}) VALUES {} {} RETURNING source_id",
             spec.table,
             spec.column_list(),
-            tuples(chunk.len(), width, 4, "?1, ?2, ?3, "),
+            tuples(chunk.len(), width + 3),
             conflict
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(hy(ws))
-            .bind(source.as_str())
-            .bind(now);
+        let mut q = sqlx::query(AssertSqlSafe(sql));
         for row in chunk {
+            q = q.bind(hy(ws)).bind(source.as_str()).bind(now);
             for v in row {
                 q = bind_val(q, v);
             }
@@ -365,12 +348,12 @@ async fn upsert_links(
     links: &[&DealContact],
 ) -> Result<(u64, u64, u64)> {
     let (mut inserted, mut updated, mut unchanged) = (0u64, 0u64, 0u64);
-    let per = rows_per_statement(3, 3);
+    let per = rows_per_statement(6);
     for chunk in links.chunks(per) {
         let existing_sql = format!(
             "SELECT deal_source_id, contact_source_id FROM deal_contacts \
-             WHERE workspace_id = ?1 AND source = ?2 AND (deal_source_id, contact_source_id) IN (VALUES {})",
-            tuples(chunk.len(), 2, 3, "")
+             WHERE workspace_id = ? AND source = ? AND (deal_source_id, contact_source_id) IN (VALUES {})",
+            tuples(chunk.len(), 2)
         );
         let mut q = sqlx::query(AssertSqlSafe(existing_sql))
             .bind(hy(ws))
@@ -398,14 +381,14 @@ async fn upsert_links(
              SET role = excluded.role, synced_at = excluded.synced_at \
              WHERE deal_contacts.role IS NOT excluded.role \
              RETURNING deal_source_id, contact_source_id",
-            tuples(chunk.len(), 3, 4, "?1, ?2, ?3, ")
+            tuples(chunk.len(), 6)
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(hy(ws))
-            .bind(source.as_str())
-            .bind(now);
+        let mut q = sqlx::query(AssertSqlSafe(sql));
         for l in chunk {
             q = q
+                .bind(hy(ws))
+                .bind(source.as_str())
+                .bind(now)
                 .bind(l.deal_source_id.as_str())
                 .bind(l.contact_source_id.as_str())
                 .bind(l.role.as_deref());
@@ -795,23 +778,25 @@ impl RecordStore for SqliteStore {
         }
 
         for d in &prepared.deletions {
-            for chunk in d.rows.chunks(rows_per_statement(2, 3)) {
+            for chunk in d.rows.chunks(rows_per_statement(2)) {
+                // Parameters in text order: the pairs, then synced_at, workspace, source.
                 let sql = format!(
                     "WITH d(source_id, deleted_at) AS (VALUES {values}) \
-                     UPDATE {t} SET archived_at = d.deleted_at, synced_at = ?3 FROM d \
-                     WHERE {t}.workspace_id = ?1 AND {t}.source = ?2 AND {t}.source_id = d.source_id \
+                     UPDATE {t} SET archived_at = d.deleted_at, synced_at = ? FROM d \
+                     WHERE {t}.workspace_id = ? AND {t}.source = ? AND {t}.source_id = d.source_id \
                        AND {t}.archived_at IS NULL \
                        AND ({t}.source_updated_at IS NULL OR {t}.source_updated_at <= d.deleted_at)",
-                    values = tuples(chunk.len(), 2, 4, ""),
+                    values = tuples(chunk.len(), 2),
                     t = d.spec.table,
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql))
-                    .bind(hy(workspace_id))
-                    .bind(source.as_str())
-                    .bind(now.as_str());
+                let mut q = sqlx::query(AssertSqlSafe(sql));
                 for (id, at) in chunk {
                     q = q.bind(*id).bind(sqlite_ts(*at));
                 }
+                q = q
+                    .bind(now.as_str())
+                    .bind(hy(workspace_id))
+                    .bind(source.as_str());
                 let done = q
                     .execute(&mut *tx)
                     .await
@@ -819,11 +804,11 @@ impl RecordStore for SqliteStore {
                 counts.archived += done.rows_affected();
             }
         }
-        for chunk in prepared.link_deletions.chunks(rows_per_statement(2, 2)) {
+        for chunk in prepared.link_deletions.chunks(rows_per_statement(2)) {
             let sql = format!(
-                "DELETE FROM deal_contacts WHERE workspace_id = ?1 AND source = ?2 \
+                "DELETE FROM deal_contacts WHERE workspace_id = ? AND source = ? \
                  AND (deal_source_id, contact_source_id) IN (VALUES {})",
-                tuples(chunk.len(), 2, 3, "")
+                tuples(chunk.len(), 2)
             );
             let mut q = sqlx::query(AssertSqlSafe(sql))
                 .bind(hy(workspace_id))
@@ -1519,10 +1504,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbered_tuples() {
-        assert_eq!(tuples(2, 2, 3, ""), "(?3, ?4), (?5, ?6)");
-        assert_eq!(tuples(1, 2, 4, "?1, ?2, ?3, "), "(?1, ?2, ?3, ?4, ?5)");
-        assert_eq!(rows_per_statement(23, 3), 1000);
-        assert_eq!(rows_per_statement(100, 3), 327);
+    fn anonymous_tuples() {
+        assert_eq!(tuples(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(tuples(1, 3), "(?, ?, ?)");
+        assert_eq!(rows_per_statement(26), 1000);
+        assert_eq!(rows_per_statement(100), 327);
     }
 }
