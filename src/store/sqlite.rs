@@ -1265,27 +1265,22 @@ impl EnrichmentStore for SqliteStore {
              used AS (\
                 SELECT conversation_id, ord, email, domain FROM flagged \
                 WHERE internal = 0 OR has_external = 0), \
-             contact_accounts AS (\
-                SELECT DISTINCT lower(trim(ct.email)) AS email, a.id AS account_id, \
-                       a.source AS source, a.source_id AS source_id \
-                FROM contacts ct \
+             matches AS (\
+                SELECT u.conversation_id AS conversation_id, 0 AS kind, u.ord AS ord, \
+                       a.id AS account_id, a.source AS source, a.source_id AS source_id \
+                FROM used u \
+                JOIN contacts ct ON ct.workspace_id = ?1 AND lower(trim(ct.email)) = u.email \
+                     AND ct.archived_at IS NULL AND ct.account_source_id IS NOT NULL \
                 JOIN accounts a ON a.workspace_id = ct.workspace_id AND a.source = ct.source \
                      AND a.source_id = ct.account_source_id AND a.archived_at IS NULL \
-                WHERE ct.workspace_id = ?1 AND ct.archived_at IS NULL \
-                  AND ct.email IS NOT NULL AND ct.account_source_id IS NOT NULL), \
-             domain_accounts AS (\
-                SELECT CASE WHEN lower(trim(a.domain)) LIKE 'www.%' \
-                            THEN substr(lower(trim(a.domain)), 5) \
-                            ELSE lower(trim(a.domain)) END AS domain, \
-                       a.id AS account_id, a.source AS source, a.source_id AS source_id \
-                FROM accounts a \
-                WHERE a.workspace_id = ?1 AND a.archived_at IS NULL AND a.domain IS NOT NULL), \
-             matches AS (\
-                SELECT u.conversation_id, 0 AS kind, u.ord, ca.account_id, ca.source, ca.source_id \
-                FROM used u JOIN contact_accounts ca ON ca.email = u.email \
                 UNION ALL \
-                SELECT u.conversation_id, 1 AS kind, u.ord, da.account_id, da.source, da.source_id \
-                FROM used u JOIN domain_accounts da ON da.domain = u.domain AND da.domain <> ''), \
+                SELECT u.conversation_id, 1, u.ord, a.id, a.source, a.source_id \
+                FROM used u \
+                JOIN accounts a ON a.workspace_id = ?1 AND a.archived_at IS NULL \
+                     AND a.domain IS NOT NULL \
+                     AND CASE WHEN lower(trim(a.domain)) LIKE 'www.%' \
+                              THEN substr(lower(trim(a.domain)), 5) \
+                              ELSE lower(trim(a.domain)) END = u.domain), \
              scored AS (\
                 SELECT conversation_id, kind, account_id, source, source_id, \
                        COUNT(DISTINCT ord) AS hits, MIN(ord) AS first_ord \
@@ -1296,21 +1291,22 @@ impl EnrichmentStore for SqliteStore {
                         ORDER BY kind, hits DESC, first_ord, source, source_id) AS rn \
                     FROM scored s) \
                 WHERE rn = 1), \
-             account_deal AS (\
-                SELECT account_id, deal_id FROM (\
-                    SELECT b.account_id AS account_id, d.id AS deal_id, \
-                           ROW_NUMBER() OVER (PARTITION BY b.account_id \
+             linked AS (\
+                SELECT conversation_id, account_id, deal_id FROM (\
+                    SELECT b.conversation_id AS conversation_id, b.account_id AS account_id, \
+                           d.id AS deal_id, \
+                           ROW_NUMBER() OVER (PARTITION BY b.conversation_id \
                                ORDER BY CASE WHEN d.is_closed = 1 THEN 1 ELSE 0 END, \
                                         d.close_date DESC NULLS LAST, d.source_id) AS rn \
-                    FROM (SELECT DISTINCT account_id, source, source_id FROM best) b \
-                    JOIN deals d ON d.workspace_id = ?1 AND d.archived_at IS NULL \
+                    FROM best b \
+                    LEFT JOIN deals d ON d.workspace_id = ?1 AND d.archived_at IS NULL \
                          AND d.source = b.source AND d.account_source_id = b.source_id) \
                 WHERE rn = 1), \
              target AS (\
-                SELECT conv.id AS id, b.account_id AS account_id, ad.deal_id AS deal_id \
-                FROM conv \
-                LEFT JOIN best b ON b.conversation_id = conv.id \
-                LEFT JOIN account_deal ad ON ad.account_id = b.account_id) \
+                SELECT conversation_id AS id, account_id, deal_id FROM linked \
+                UNION ALL \
+                SELECT conv.id, NULL, NULL FROM conv \
+                WHERE conv.id NOT IN (SELECT conversation_id FROM best)) \
              UPDATE conversations SET linked_account_id = t.account_id, linked_deal_id = t.deal_id \
              FROM target t \
              WHERE conversations.workspace_id = ?1 AND conversations.id = t.id \

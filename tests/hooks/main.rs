@@ -49,4 +49,5 @@ hooks_suite!(
     hooks_are_idempotent_and_leave_other_workspaces_alone,
     builtin_hooks_skip_when_nothing_relevant_synced,
     failing_host_hook_is_recorded_and_the_sync_completes,
+    linker_links_a_full_size_workspace,
 );

@@ -707,3 +707,122 @@ pub async fn failing_host_hook_is_recorded_and_the_sync_completes(h: Harness) {
     };
     assert_eq!(strip(after), strip(before));
 }
+
+/// The linker on a workspace of realistic size (the quickstart's: 1,000 accounts, 8,000
+/// contacts, 1,000 deals, 1,500 conversations): every conversation gets the link the rules
+/// give. Set-based statements must stay set-based here (a nested-loop plan over the
+/// participants would take minutes).
+pub async fn linker_links_a_full_size_workspace(h: Harness) {
+    const ACCOUNTS: usize = 1_000;
+    const CONTACTS: usize = 8_000;
+    const CONVERSATIONS: usize = 1_500;
+    let store = h.store.as_ref();
+    let ws = Uuid::new_v4();
+    let domain = |a: usize| format!("acme{a}.example");
+    let accounts: Vec<Record> = (0..ACCOUNTS)
+        .map(|a| account(ws, HS, &format!("a{a}"), &domain(a)))
+        .collect();
+    let contacts: Vec<Record> = (0..CONTACTS)
+        .map(|c| {
+            // Personal mailboxes: only the contact's account id links them.
+            let email = format!("person{c}@mail{}.example", c % 50);
+            contact(
+                ws,
+                HS,
+                &format!("c{c}"),
+                &email,
+                &format!("a{}", c % ACCOUNTS),
+            )
+        })
+        .collect();
+    let deals: Vec<Record> = (0..ACCOUNTS)
+        .map(|a| {
+            let mut d = Deal::new(ws, HS, format!("d{a}"));
+            d.meta.source_updated_at = Some(at(2024, 6, 1, 8, 0));
+            d.account_source_id = Some(format!("a{a}"));
+            d.is_closed = Some(false);
+            d.close_date = Some(date(2024, 9, 30));
+            d.into()
+        })
+        .collect();
+    // Expected account of each conversation (None: only internal people, nobody matches).
+    let expected = |n: usize| -> Option<usize> {
+        if n % 10 == 9 {
+            None
+        } else if n.is_multiple_of(3) {
+            Some(n % ACCOUNTS)
+        } else {
+            Some((n * 5 % CONTACTS) % ACCOUNTS)
+        }
+    };
+    let conversations: Vec<Record> = (0..CONVERSATIONS)
+        .map(|n| {
+            let rep = "rep@ours.example".to_owned();
+            let people: Vec<(String, bool)> = if n % 10 == 9 {
+                vec![(rep, true), ("manager@ours.example".to_owned(), true)]
+            } else if n.is_multiple_of(3) {
+                vec![
+                    (rep, true),
+                    (format!("buyer{n}@{}", domain(n % ACCOUNTS)), false),
+                    (format!("guest{n}@nowhere.example"), false),
+                ]
+            } else {
+                vec![
+                    (rep, true),
+                    (format!("guest{n}@nowhere.example"), false),
+                    (
+                        format!(
+                            "person{}@mail{}.example",
+                            n * 5 % CONTACTS,
+                            n * 5 % CONTACTS % 50
+                        ),
+                        false,
+                    ),
+                ]
+            };
+            let refs: Vec<(Option<&str>, bool)> =
+                people.iter().map(|(e, i)| (Some(e.as_str()), *i)).collect();
+            conversation(ws, &format!("call{n}"), &refs).into()
+        })
+        .collect();
+    connect(store, ws, HS, json!({})).await;
+    connect(store, ws, GONG, json!({})).await;
+    for chunk in accounts.chunks(500) {
+        write(store, ws, HS, chunk.to_vec()).await;
+    }
+    for chunk in contacts.chunks(500) {
+        write(store, ws, HS, chunk.to_vec()).await;
+    }
+    for chunk in deals.chunks(500) {
+        write(store, ws, HS, chunk.to_vec()).await;
+    }
+    for chunk in conversations.chunks(500) {
+        write(store, ws, GONG, chunk.to_vec()).await;
+    }
+
+    let counts = store.link_conversations(ws).await.unwrap();
+    let linked = (0..CONVERSATIONS)
+        .filter(|&n| expected(n).is_some())
+        .count() as u64;
+    assert_eq!(
+        counts,
+        LinkCounts {
+            conversations: CONVERSATIONS as u64,
+            linked_accounts: linked,
+            linked_deals: linked,
+            changed: linked,
+        }
+    );
+    for n in (0..CONVERSATIONS).step_by(37).chain([3, 9, 10]) {
+        let want =
+            expected(n).map(|a| (id(ws, HS, &format!("a{a}")), id(ws, HS, &format!("d{a}"))));
+        let got = links(store, ws, &format!("call{n}")).await;
+        assert_eq!(
+            got,
+            (want.map(|w| w.0), want.map(|w| w.1)),
+            "conversation call{n}"
+        );
+    }
+    // Running it again changes nothing.
+    assert_eq!(store.link_conversations(ws).await.unwrap().changed, 0);
+}

@@ -1,0 +1,316 @@
+//! End-to-end HubSpot initial sync benchmark against the simulator, rate limits off
+//! (standalone: `harness = false`, prints its figures).
+//!
+//! ```text
+//! cargo bench --bench e2e --features simulator,hubspot,sqlite,postgres
+//! ```
+//!
+//! 1. Records per second of an initial sync of 100,000 HubSpot records (10,000 companies,
+//!    60,000 contacts, 30,000 deals, with their associations) through the orchestrator into
+//!    SQLite (a file) and into PostgreSQL (a scratch schema in `DATABASE_URL`), against the
+//!    fetch ceiling: the same connector fetching and transforming the same pages into a sink
+//!    that drops them.
+//! 2. Peak resident memory (`VmHWM` of a child process running only that sync) of a
+//!    1,000,000-record sync against a 100,000-record one, into SQLite. Records stream in
+//!    pages, so the two should be close.
+//!
+//! `E2E_SKIP_MEMORY=1` skips part 2 (the 1,000,000-record sync takes a few minutes).
+
+// A measurement program: it prints its figures, converts counts to rates, and stops on any
+// setup failure.
+#![allow(
+    missing_docs,
+    clippy::print_stdout,
+    clippy::print_stderr,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+#[cfg(all(
+    feature = "simulator",
+    feature = "hubspot",
+    feature = "sqlite",
+    feature = "postgres"
+))]
+mod bench {
+    use std::collections::BTreeMap;
+    use std::str::FromStr;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use async_trait::async_trait;
+    use pandora_sync::simulator::{HubSpotSim, HubSpotSimConfig};
+    use pandora_sync::{
+        Checkpoint, ConnectorKind, ConnectorRegistry, Credentials, HubSpotConfig, HubSpotConnector,
+        HubSpotCredentials, Keyring, NewConnection, Orchestrator, PgStore, RecordBatch, RecordSink,
+        SqliteStore, Store, SyncCapable, SyncContext, SyncMode, SyncOptions, SyncStore,
+        WriteCounts,
+    };
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+    use uuid::Uuid;
+
+    /// The connector's own budget, far above what the loopback simulator can serve.
+    fn unthrottled() -> serde_json::Value {
+        serde_json::json!({"rate_limit": {"max_requests": 1_000_000, "window_ms": 1000}})
+    }
+
+    /// A portal of `total` records: 10 % companies, 60 % contacts, 30 % deals.
+    async fn portal(total: u64) -> HubSpotSim {
+        HubSpotSim::start(HubSpotSimConfig {
+            companies: total / 10,
+            contacts: total * 6 / 10,
+            deals: total * 3 / 10,
+            rate_limits: false,
+            ..Default::default()
+        })
+        .await
+        .expect("simulator")
+    }
+
+    /// Syncs the portal into `store` through the orchestrator; returns (records, elapsed).
+    async fn sync_into(store: Arc<dyn SyncStore>, sim: &HubSpotSim) -> (u64, Duration) {
+        store.migrate().await.expect("migrate");
+        let ws = Uuid::new_v4();
+        store
+            .create_connection(
+                NewConnection::new(ws, ConnectorKind::Hubspot, "private_app")
+                    .with_credentials(
+                        Credentials::from_json(
+                            serde_json::json!({"access_token": sim.config().access_token}),
+                        )
+                        .expect("credentials"),
+                    )
+                    .with_config(unthrottled()),
+            )
+            .await
+            .expect("connection");
+        let registry =
+            ConnectorRegistry::builtin(&BTreeMap::from([(ConnectorKind::Hubspot, sim.base_url())]));
+        let orchestrator = Orchestrator::new(store, registry);
+        let started = Instant::now();
+        let result = orchestrator
+            .sync_workspace(ws, SyncOptions::default())
+            .await
+            .expect("sync");
+        let elapsed = started.elapsed();
+        let c = &result.connectors[0];
+        assert!(c.error.is_none(), "sync failed: {:?}", c.error);
+        let records = c.records_by_table.values().sum();
+        (records, elapsed)
+    }
+
+    /// Counts what it is given and keeps nothing.
+    #[derive(Default)]
+    struct Discard {
+        records: u64,
+    }
+
+    #[async_trait]
+    impl RecordSink for Discard {
+        async fn write(
+            &mut self,
+            batch: RecordBatch,
+            _checkpoint: &Checkpoint,
+        ) -> pandora_sync::Result<WriteCounts> {
+            self.records += batch.records.len() as u64;
+            Ok(WriteCounts::default())
+        }
+    }
+
+    async fn fetch_ceiling(sim: &HubSpotSim) -> (u64, Duration) {
+        let connector = HubSpotConnector::new(
+            &sim.base_url(),
+            HubSpotCredentials::AccessToken(sim.config().access_token.clone().into()),
+            HubSpotConfig::from_json(&unthrottled()).expect("config"),
+        )
+        .expect("connector");
+        let mut sink = Discard::default();
+        let started = Instant::now();
+        connector
+            .initial_sync(
+                &SyncContext::new(Uuid::new_v4(), SyncMode::Initial),
+                &mut sink,
+            )
+            .await
+            .expect("fetch");
+        (sink.records, started.elapsed())
+    }
+
+    fn keyring() -> Keyring {
+        Keyring::new("bench", [7u8; 32]).expect("keyring")
+    }
+
+    async fn sqlite_store(path: &std::path::Path) -> SqliteStore {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        SqliteStore::connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .await
+            .expect("sqlite")
+            .with_keyring(keyring())
+    }
+
+    fn pg_url() -> String {
+        std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+    }
+
+    async fn pg_admin(sql: String) {
+        let mut conn = PgConnection::connect(&pg_url())
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", pg_url()));
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .expect("admin statement");
+    }
+
+    fn per_s(records: u64, d: Duration) -> f64 {
+        records as f64 / d.as_secs_f64()
+    }
+
+    /// Child mode: one sync of `total` records into SQLite, then print the peak RSS in KiB.
+    fn child(total: u64) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (records, elapsed) = rt.block_on(async {
+            let sim = portal(total).await;
+            let path = std::env::temp_dir().join(format!("pandora-e2e-mem-{total}.db"));
+            let store = Arc::new(sqlite_store(&path).await);
+            let out = sync_into(store.clone(), &sim).await;
+            store.close().await;
+            let _ = std::fs::remove_file(&path);
+            out
+        });
+        let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmHWM");
+        println!("{total} {records} {} {hwm}", elapsed.as_millis());
+    }
+
+    fn peak_rss(total: u64) -> (u64, u64, u64) {
+        let exe = std::env::current_exe().expect("current exe");
+        let out = std::process::Command::new(exe)
+            .env("E2E_CHILD", total.to_string())
+            .output()
+            .expect("child");
+        assert!(
+            out.status.success(),
+            "child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().expect("child output");
+        let f: Vec<u64> = line
+            .split(' ')
+            .map(|x| x.parse().expect("number"))
+            .collect();
+        (f[1], f[2], f[3])
+    }
+
+    pub fn main() {
+        if let Some(total) = std::env::var("E2E_CHILD")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            child(total);
+            return;
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let sim = portal(100_000).await;
+
+            let (fetched, fetch_time) = fetch_ceiling(&sim).await;
+            let ceiling = per_s(fetched, fetch_time);
+            println!(
+                "fetch ceiling: {fetched} records in {:.1} s = {ceiling:.0} records/s",
+                fetch_time.as_secs_f64()
+            );
+
+            let path = std::env::temp_dir().join("pandora-e2e-bench.db");
+            let store = Arc::new(sqlite_store(&path).await);
+            let (n, t) = sync_into(store.clone(), &sim).await;
+            store.close().await;
+            let _ = std::fs::remove_file(&path);
+            let sqlite = per_s(n, t);
+            println!(
+                "sqlite:        {n} records in {:.1} s = {sqlite:.0} records/s ({:.0} % of the ceiling)",
+                t.as_secs_f64(),
+                100.0 * sqlite / ceiling
+            );
+
+            let schema = format!("e2e_{}", Uuid::new_v4().simple());
+            pg_admin(format!("CREATE SCHEMA {schema}")).await;
+            let options = PgConnectOptions::from_str(&pg_url())
+                .expect("DATABASE_URL")
+                .options([("search_path", schema.as_str())]);
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await
+                .expect("pool");
+            let store = Arc::new(PgStore::from_pool(pool).with_keyring(keyring()));
+            let (n, t) = sync_into(store.clone(), &sim).await;
+            store.close().await;
+            pg_admin(format!("DROP SCHEMA {schema} CASCADE")).await;
+            let pg = per_s(n, t);
+            println!(
+                "postgres:      {n} records in {:.1} s = {pg:.0} records/s ({:.0} % of the ceiling)",
+                t.as_secs_f64(),
+                100.0 * pg / ceiling
+            );
+            sim.shutdown().await;
+        });
+
+        if std::env::var_os("E2E_SKIP_MEMORY").is_some() {
+            return;
+        }
+        let (n_small, ms_small, small) = peak_rss(100_000);
+        let (n_big, ms_big, big) = peak_rss(1_000_000);
+        println!(
+            "peak RSS, sync into SQLite: {n_small} records {:.1} MiB ({ms_small} ms), \
+             {n_big} records {:.1} MiB ({ms_big} ms): ratio {:.2}",
+            small as f64 / 1024.0,
+            big as f64 / 1024.0,
+            big as f64 / small as f64
+        );
+    }
+}
+
+#[cfg(all(
+    feature = "simulator",
+    feature = "hubspot",
+    feature = "sqlite",
+    feature = "postgres"
+))]
+fn main() {
+    bench::main();
+}
+
+#[cfg(not(all(
+    feature = "simulator",
+    feature = "hubspot",
+    feature = "sqlite",
+    feature = "postgres"
+)))]
+fn main() {
+    eprintln!(
+        "the e2e bench needs features simulator,hubspot,sqlite,postgres: \
+         cargo bench --bench e2e --features simulator,hubspot,sqlite,postgres"
+    );
+}
