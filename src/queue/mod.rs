@@ -343,6 +343,24 @@ pub trait JobQueue: Send + Sync {
         result: serde_json::Value,
     ) -> Result<bool>;
 
+    /// Completes several running jobs of `worker_id` at once (the worker batches the
+    /// completions that arrive while one write is in flight, so a busy worker commits once
+    /// per batch, not once per job). Returns the ids that were completed; a job no longer
+    /// held by `worker_id` is left alone, as with [`complete`](Self::complete).
+    async fn complete_many(
+        &self,
+        worker_id: &str,
+        jobs: Vec<(Uuid, serde_json::Value)>,
+    ) -> Result<Vec<Uuid>> {
+        let mut done = Vec::with_capacity(jobs.len());
+        for (id, result) in jobs {
+            if self.complete(id, worker_id, result).await? {
+                done.push(id);
+            }
+        }
+        Ok(done)
+    }
+
     /// Records a failed attempt: back to pending at `retry_at` while attempts remain (and
     /// `retry_at` is given), else failed for good. Returns the new status, or `None` if
     /// `worker_id` no longer holds the job.

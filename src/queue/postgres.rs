@@ -235,6 +235,31 @@ impl JobQueue for PgStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn complete_many(
+        &self,
+        worker_id: &str,
+        jobs: Vec<(Uuid, serde_json::Value)>,
+    ) -> Result<Vec<Uuid>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (ids, results): (Vec<Uuid>, Vec<serde_json::Value>) = jobs.into_iter().unzip();
+        sqlx::query_scalar(
+            "UPDATE jobs SET status = 'completed', result = u.result, completed_at = $3, \
+               locked_by = NULL, locked_until = NULL \
+             FROM UNNEST($1::uuid[], $2::jsonb[]) AS u(id, result) \
+             WHERE jobs.id = u.id AND jobs.locked_by = $4 AND jobs.status = 'running' \
+             RETURNING jobs.id",
+        )
+        .bind(&ids)
+        .bind(&results)
+        .bind(JobQueue::now(self))
+        .bind(worker_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db("completing jobs"))
+    }
+
     async fn fail(
         &self,
         job_id: Uuid,

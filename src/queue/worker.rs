@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -61,6 +61,10 @@ pub struct WorkerConfig {
     pub heartbeat_interval: Duration,
     /// Poll interval when idle (jittered ±20 %); with a notifier it is the fallback.
     pub poll_interval: Duration,
+    /// After a job finishes while others still run, how long the worker waits before it
+    /// claims again, so that one claim fills every slot freed meanwhile instead of one
+    /// claim per finished job. An idle worker claims at once.
+    pub fetch_cooldown: Duration,
     /// How long a job gets to stop after its timeout fired before it is abandoned.
     pub cancel_grace: Duration,
     /// On shutdown, how long running jobs get to finish before they are released.
@@ -79,6 +83,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(15),
             poll_interval: Duration::from_secs(1),
+            fetch_cooldown: Duration::from_millis(5),
             cancel_grace: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
             default_snooze: Duration::from_secs(60),
@@ -103,6 +108,53 @@ pub struct Worker {
     handlers: HashMap<String, Arc<dyn JobHandler>>,
     notifier: Option<Arc<dyn JobNotifier>>,
     config: WorkerConfig,
+    /// Set while [`Worker::run`] runs: successful completions go through one batching task.
+    completer: Option<mpsc::UnboundedSender<Completion>>,
+}
+
+/// A successful job waiting for its completion to be written.
+struct Completion {
+    job_id: Uuid,
+    result: serde_json::Value,
+    written: oneshot::Sender<std::result::Result<bool, String>>,
+}
+
+/// Most completions written by one statement.
+const MAX_COMPLETION_BATCH: usize = 256;
+
+/// Writes completions in batches: whatever arrived while the previous write was in flight
+/// goes into the next one (group commit), so a busy worker does not commit once per job.
+async fn write_completions(
+    queue: Arc<dyn JobQueue>,
+    worker_id: String,
+    mut rx: mpsc::UnboundedReceiver<Completion>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_COMPLETION_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let (jobs, waiters): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|c| ((c.job_id, c.result), (c.job_id, c.written)))
+            .unzip();
+        match queue.complete_many(&worker_id, jobs).await {
+            Ok(done) => {
+                for (id, written) in waiters {
+                    let _ = written.send(Ok(done.contains(&id)));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, written) in waiters {
+                    let _ = written.send(Err(msg.clone()));
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Worker {
@@ -130,6 +182,7 @@ impl Worker {
             handlers: HashMap::new(),
             notifier: None,
             config: WorkerConfig::default(),
+            completer: None,
         }
     }
 
@@ -162,7 +215,14 @@ impl Worker {
         self.run_inner(shutdown).instrument(span).await
     }
 
-    async fn run_inner(self, shutdown: CancellationToken) -> Result<()> {
+    async fn run_inner(mut self, shutdown: CancellationToken) -> Result<()> {
+        let (completions, rx) = mpsc::unbounded_channel();
+        let completer = tokio::spawn(write_completions(
+            self.queue.clone(),
+            self.config.worker_id.clone(),
+            rx,
+        ));
+        self.completer = Some(completions);
         let this = Arc::new(self);
         let concurrency = this.config.concurrency.max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
@@ -206,7 +266,14 @@ impl Worker {
             let idle = jittered(this.config.poll_interval);
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(_) = running.join_next(), if !running.is_empty() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {
+                    if !running.is_empty() && !this.config.fetch_cooldown.is_zero() {
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(this.config.fetch_cooldown) => {}
+                        }
+                    }
+                }
                 () = wait_for_work(this.notifier.as_deref(), idle), if slots.available_permits() > 0 => {}
                 () = tokio::time::sleep(idle), if slots.available_permits() == 0 => {}
             }
@@ -226,6 +293,10 @@ impl Worker {
                 }
             }
         }
+        // Every job's completion was written before its task ended; with the last sender
+        // gone the completer stops.
+        drop(this);
+        let _ = completer.await;
         Ok(())
     }
 
@@ -315,6 +386,34 @@ impl Worker {
         .await;
     }
 
+    /// Completes a job through the batching completer (directly when there is none).
+    async fn write_completion(&self, job_id: Uuid, result: serde_json::Value) -> Result<()> {
+        let w = &self.config.worker_id;
+        let Some(completer) = &self.completer else {
+            return self.queue.complete(job_id, w, result).await.map(|_| ());
+        };
+        let (written, outcome) = oneshot::channel();
+        let sent = completer.send(Completion {
+            job_id,
+            result,
+            written,
+        });
+        if let Err(mpsc::error::SendError(c)) = sent {
+            return self.queue.complete(c.job_id, w, c.result).await.map(|_| ());
+        }
+        match outcome.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(msg)) => Err(Error::Storage {
+                message: format!("completing jobs: {msg}"),
+                source: None,
+            }),
+            Err(_) => Err(Error::Storage {
+                message: "the completion writer stopped".to_owned(),
+                source: None,
+            }),
+        }
+    }
+
     async fn finish(
         &self,
         job_id: Uuid,
@@ -328,7 +427,7 @@ impl Worker {
         let retry_at = now
             + chrono::Duration::from_std(self.config.backoff.delay(attempt)).unwrap_or_default();
         let done = match outcome {
-            Outcome::Done(Ok(result)) => self.queue.complete(job_id, w, result).await.map(|_| ()),
+            Outcome::Done(Ok(result)) => self.write_completion(job_id, result).await,
             Outcome::Done(Err(_)) if cancel_requested => {
                 self.queue.mark_cancelled(job_id, w).await.map(|_| ())
             }

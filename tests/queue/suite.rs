@@ -26,6 +26,7 @@ fn config(id: &str) -> WorkerConfig {
         lease: Duration::from_secs(60),
         heartbeat_interval: Duration::from_millis(20),
         poll_interval: Duration::from_millis(10),
+        fetch_cooldown: Duration::from_millis(1),
         cancel_grace: Duration::from_millis(200),
         shutdown_timeout: Duration::from_secs(5),
         default_snooze: Duration::from_secs(60),
