@@ -14,6 +14,7 @@
 //!    1,000,000-record sync against a 100,000-record one, into SQLite. Records stream in
 //!    pages, so the two should be close.
 //!
+//! `E2E_ONLY=sqlite` or `E2E_ONLY=postgres` runs that backend alone (after the ceiling);
 //! `E2E_SKIP_MEMORY=1` skips part 2 (the 1,000,000-record sync takes a few minutes).
 
 // A measurement program: it prints its figures, converts counts to rates, and stops on any
@@ -242,6 +243,9 @@ mod bench {
                 fetch_time.as_secs_f64()
             );
 
+            let only = std::env::var("E2E_ONLY").ok();
+            let wanted = |b: &str| only.as_deref().is_none_or(|o| o == b);
+            if wanted("sqlite") {
             let path = std::env::temp_dir().join("pandora-e2e-bench.db");
             let store = Arc::new(sqlite_store(&path).await);
             let (n, t) = sync_into(store.clone(), &sim).await;
@@ -253,6 +257,8 @@ mod bench {
                 t.as_secs_f64(),
                 100.0 * sqlite / ceiling
             );
+            }
+            if wanted("postgres") {
 
             let schema = format!("e2e_{}", Uuid::new_v4().simple());
             pg_admin(format!("CREATE SCHEMA {schema}")).await;
@@ -274,6 +280,7 @@ mod bench {
                 t.as_secs_f64(),
                 100.0 * pg / ceiling
             );
+            }
             sim.shutdown().await;
         });
 
