@@ -1291,17 +1291,21 @@ impl EnrichmentStore for SqliteStore {
                         ORDER BY kind, hits DESC, first_ord, source, source_id) AS rn \
                     FROM scored s) \
                 WHERE rn = 1), \
-             linked AS (\
-                SELECT conversation_id, account_id, deal_id FROM (\
-                    SELECT b.conversation_id AS conversation_id, b.account_id AS account_id, \
-                           d.id AS deal_id, \
-                           ROW_NUMBER() OVER (PARTITION BY b.conversation_id \
+             account_deal AS MATERIALIZED (\
+                SELECT account_id, deal_id FROM (\
+                    SELECT b.account_id AS account_id, d.id AS deal_id, \
+                           ROW_NUMBER() OVER (PARTITION BY b.account_id \
                                ORDER BY CASE WHEN d.is_closed = 1 THEN 1 ELSE 0 END, \
                                         d.close_date DESC NULLS LAST, d.source_id) AS rn \
-                    FROM best b \
-                    LEFT JOIN deals d ON d.workspace_id = ?1 AND d.archived_at IS NULL \
+                    FROM (SELECT DISTINCT account_id, source, source_id FROM best) b \
+                    JOIN deals d ON d.workspace_id = ?1 AND d.archived_at IS NULL \
                          AND d.source = b.source AND d.account_source_id = b.source_id) \
                 WHERE rn = 1), \
+             linked AS (\
+                SELECT b.conversation_id AS conversation_id, b.account_id AS account_id, \
+                       (SELECT ad.deal_id FROM account_deal ad WHERE ad.account_id = b.account_id) \
+                           AS deal_id \
+                FROM best b), \
              target AS (\
                 SELECT conversation_id AS id, account_id, deal_id FROM linked \
                 UNION ALL \
