@@ -8,7 +8,9 @@
 //!   │    mode: forced, else incremental when a checkpoint is stored, else initial
 //!   │    status syncing → connector.sync(ctx, StoreSink) → status synced | error
 //!   │    StoreSink: validate records (bad ones become per-record failures), apply computed
-//!   │               fields, write_batch(records + checkpoint) in chunks of `batch_size`
+//!   │               fields, write_batch(records + checkpoint) in chunks of `batch_size`,
+//!   │               in a task, while the connector fetches the next page (one page in
+//!   │               flight; the next write, and the end of the run, wait for it)
 //!   │    sync_log row: running → completed | completed_with_errors | failed
 //!   │    a backfill when the connector asks for one (`needs_backfill`)
 //!   └─ post-sync hooks (built-ins, then the host's), errors recorded, never fatal
@@ -283,8 +285,15 @@ impl std::fmt::Debug for Orchestrator {
 
 /// The store-backed sink: validates, applies computed fields, and commits each chunk with
 /// its checkpoint in one `write_batch`.
-struct StoreSink<'a> {
-    store: &'a dyn SyncStore,
+///
+/// Writes are pipelined: a page's chunks are written by a task while the connector fetches
+/// the next page. At most one page is in flight; the next `write` (and [`StoreSink::settle`]
+/// at the end of a run, whatever its outcome) waits for it, so a store error reaches the
+/// connector one page later at most and the run's result always includes every committed
+/// page. Dropping the sink (the sync future was dropped) aborts the write in flight, whose
+/// transaction then rolls back: records and checkpoint still commit together or not at all.
+struct StoreSink {
+    store: Arc<dyn SyncStore>,
     workspace_id: Uuid,
     source: ConnectorKind,
     batch_size: usize,
@@ -294,10 +303,54 @@ struct StoreSink<'a> {
     by_table: BTreeMap<String, u64>,
     failures: CaptureSummary,
     progress: Option<ProgressReporter>,
+    in_flight: Option<InFlight>,
+}
+
+/// A page being written, and the checkpoint it makes durable.
+struct InFlight {
+    task: tokio::task::JoinHandle<Result<WriteCounts>>,
+    checkpoint: Checkpoint,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // A no-op once the task finished; otherwise its transaction is dropped (rolled back).
+        self.task.abort();
+    }
+}
+
+impl StoreSink {
+    /// Waits for the page in flight, if any; its counts are added and its checkpoint becomes
+    /// the durable one.
+    async fn settle(&mut self) -> Result<WriteCounts> {
+        let Some(mut f) = self.in_flight.take() else {
+            return Ok(WriteCounts::default());
+        };
+        let counts = match (&mut f.task).await {
+            Ok(written) => written?,
+            Err(e) => {
+                return Err(Error::Storage {
+                    message: format!("the batch writer stopped: {e}"),
+                    source: None,
+                });
+            }
+        };
+        self.durable = std::mem::take(&mut f.checkpoint);
+        self.counts += counts;
+        if let Some(p) = &self.progress {
+            p.report(
+                self.counts.written() + self.counts.unchanged,
+                None,
+                format!("{}: records stored", self.source),
+            );
+        }
+        Ok(counts)
+    }
 }
 
 #[async_trait]
-impl RecordSink for StoreSink<'_> {
+impl RecordSink for StoreSink {
+    /// Returns the counts of the previous page, whose write this call waited for.
     async fn write(&mut self, batch: RecordBatch, checkpoint: &Checkpoint) -> Result<WriteCounts> {
         let RecordBatch {
             records,
@@ -324,9 +377,10 @@ impl RecordSink for StoreSink<'_> {
                 .entry(r.kind().table().to_owned())
                 .or_insert(0) += 1;
         }
+        let previous = self.settle().await?;
+
         // Chunks before the last carry the previous (still true) durable checkpoint; the
         // last chunk carries the new one, so the checkpoint never runs ahead of the data.
-        let mut total = WriteCounts::default();
         let size = self.batch_size.max(1);
         let mut chunks: Vec<Vec<Record>> = Vec::new();
         let mut iter = good.into_iter().peekable();
@@ -338,34 +392,45 @@ impl RecordSink for StoreSink<'_> {
         }
         let last = chunks.len() - 1;
         let mut deletions = Some(deletions);
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            let is_last = i == last;
-            let part = RecordBatch {
-                records: chunk,
-                deletions: if is_last {
-                    deletions.take().unwrap_or_default()
+        let parts: Vec<(RecordBatch, Checkpoint)> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let is_last = i == last;
+                let part = RecordBatch {
+                    records: chunk,
+                    deletions: if is_last {
+                        deletions.take().unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    },
+                    failures: Vec::new(),
+                };
+                let cp = if is_last {
+                    checkpoint.clone()
                 } else {
-                    Vec::new()
-                },
-                failures: Vec::new(),
-            };
-            let cp = if is_last { checkpoint } else { &self.durable };
-            let counts = self
-                .store
-                .write_batch(self.workspace_id, self.source, &part, cp)
-                .await?;
-            total += counts;
-        }
-        self.durable = checkpoint.clone();
-        self.counts += total;
-        if let Some(p) = &self.progress {
-            p.report(
-                self.counts.written() + self.counts.unchanged,
-                None,
-                format!("{}: records stored", self.source),
-            );
-        }
-        Ok(total)
+                    self.durable.clone()
+                };
+                (part, cp)
+            })
+            .collect();
+        let store = self.store.clone();
+        let (ws, source) = (self.workspace_id, self.source);
+        let task = tokio::spawn(
+            async move {
+                let mut total = WriteCounts::default();
+                for (part, cp) in parts {
+                    total += store.write_batch(ws, source, &part, &cp).await?;
+                }
+                Ok(total)
+            }
+            .instrument(tracing::Span::current()),
+        );
+        self.in_flight = Some(InFlight {
+            task,
+            checkpoint: checkpoint.clone(),
+        });
+        Ok(previous)
     }
 }
 
@@ -603,7 +668,7 @@ impl Orchestrator {
                 }
             };
             let mut sink = StoreSink {
-                store: self.store.as_ref(),
+                store: self.store.clone(),
                 workspace_id,
                 source: kind,
                 batch_size: self.config.batch_size,
@@ -612,10 +677,20 @@ impl Orchestrator {
                 by_table: BTreeMap::new(),
                 failures: CaptureSummary::default(),
                 progress: options.progress.clone(),
+                in_flight: None,
             };
-            let run = self
+            let mut run = self
                 .run_connector_sync(&row, checkpoint, mode, &cancel, &mut sink, options)
                 .await;
+            // The last page may still be in flight: the result counts it, and a store error
+            // there fails the run (the connector's own error, if any, stays the reported one).
+            if let Err(e) = sink.settle().await {
+                if run.is_ok() {
+                    run = Err(e);
+                } else {
+                    tracing::warn!(error = %e, "writing the last page failed too");
+                }
+            }
             let (report, error, backfilled) = match run {
                 Ok((report, backfilled)) => (Some(report), None, backfilled),
                 Err(e) => (None, Some(e), false),
@@ -694,7 +769,7 @@ impl Orchestrator {
         checkpoint: Result<Checkpoint>,
         mode: SyncMode,
         cancel: &CancellationToken,
-        sink: &mut StoreSink<'_>,
+        sink: &mut StoreSink,
         options: &SyncOptions,
     ) -> Result<(SyncReport, bool)> {
         let checkpoint = checkpoint?;
@@ -713,6 +788,8 @@ impl Orchestrator {
                 .and_then(serde_json::Value::as_bool)
                 .unwrap_or(false);
         if needs_backfill {
+            // The backfill starts from the durable checkpoint: the main sync's last page first.
+            sink.settle().await?;
             let ctx = SyncContext::new(row.workspace_id, SyncMode::Backfill)
                 .with_previous(sink.durable.clone())
                 .with_lag(self.config.watermark_lag)
