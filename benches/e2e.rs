@@ -37,9 +37,16 @@
     feature = "sqlite",
     feature = "postgres"
 ))]
+mod common;
+
+#[cfg(all(
+    feature = "simulator",
+    feature = "hubspot",
+    feature = "sqlite",
+    feature = "postgres"
+))]
 mod bench {
     use std::collections::BTreeMap;
-    use std::str::FromStr;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -47,12 +54,12 @@ mod bench {
     use pandora_sync::simulator::{HubSpotSim, HubSpotSimConfig};
     use pandora_sync::{
         Checkpoint, ConnectorKind, ConnectorRegistry, Credentials, HubSpotConfig, HubSpotConnector,
-        HubSpotCredentials, Keyring, NewConnection, Orchestrator, PgStore, RecordBatch, RecordSink,
+        HubSpotCredentials, Keyring, NewConnection, Orchestrator, RecordBatch, RecordSink,
         SqliteStore, Store, SyncCapable, SyncContext, SyncMode, SyncOptions, SyncStore,
         WriteCounts,
     };
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+    use crate::common;
     use uuid::Uuid;
 
     /// The connector's own budget, far above what the loopback simulator can serve.
@@ -158,21 +165,6 @@ mod bench {
             .with_keyring(keyring())
     }
 
-    fn pg_url() -> String {
-        std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-    }
-
-    async fn pg_admin(sql: String) {
-        let mut conn = PgConnection::connect(&pg_url())
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", pg_url()));
-        sqlx::query(AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-            .expect("admin statement");
-    }
-
     fn per_s(records: u64, d: Duration) -> f64 {
         records as f64 / d.as_secs_f64()
     }
@@ -246,40 +238,31 @@ mod bench {
             let only = std::env::var("E2E_ONLY").ok();
             let wanted = |b: &str| only.as_deref().is_none_or(|o| o == b);
             if wanted("sqlite") {
-            let path = std::env::temp_dir().join("pandora-e2e-bench.db");
-            let store = Arc::new(sqlite_store(&path).await);
-            let (n, t) = sync_into(store.clone(), &sim).await;
-            store.close().await;
-            let _ = std::fs::remove_file(&path);
-            let sqlite = per_s(n, t);
-            println!(
-                "sqlite:        {n} records in {:.1} s = {sqlite:.0} records/s ({:.0} % of the ceiling)",
-                t.as_secs_f64(),
-                100.0 * sqlite / ceiling
-            );
+                let path = std::env::temp_dir().join("pandora-e2e-bench.db");
+                let store = Arc::new(sqlite_store(&path).await);
+                let (n, t) = sync_into(store.clone(), &sim).await;
+                store.close().await;
+                let _ = std::fs::remove_file(&path);
+                let sqlite = per_s(n, t);
+                println!(
+                    "sqlite:        {n} records in {:.1} s = {sqlite:.0} records/s ({:.0} % of the ceiling)",
+                    t.as_secs_f64(),
+                    100.0 * sqlite / ceiling
+                );
             }
             if wanted("postgres") {
-
-            let schema = format!("e2e_{}", Uuid::new_v4().simple());
-            pg_admin(format!("CREATE SCHEMA {schema}")).await;
-            let options = PgConnectOptions::from_str(&pg_url())
-                .expect("DATABASE_URL")
-                .options([("search_path", schema.as_str())]);
-            let pool = PgPoolOptions::new()
-                .max_connections(8)
-                .connect_with(options)
-                .await
-                .expect("pool");
-            let store = Arc::new(PgStore::from_pool(pool).with_keyring(keyring()));
-            let (n, t) = sync_into(store.clone(), &sim).await;
-            store.close().await;
-            pg_admin(format!("DROP SCHEMA {schema} CASCADE")).await;
-            let pg = per_s(n, t);
-            println!(
-                "postgres:      {n} records in {:.1} s = {pg:.0} records/s ({:.0} % of the ceiling)",
-                t.as_secs_f64(),
-                100.0 * pg / ceiling
-            );
+                let schema = format!("e2e_{}", Uuid::new_v4().simple());
+                common::admin(format!("CREATE SCHEMA {schema}")).await;
+                let store = Arc::new(common::store(&schema, 8).await.with_keyring(keyring()));
+                let (n, t) = sync_into(store.clone(), &sim).await;
+                store.close().await;
+                common::admin(format!("DROP SCHEMA {schema} CASCADE")).await;
+                let pg = per_s(n, t);
+                println!(
+                    "postgres:      {n} records in {:.1} s = {pg:.0} records/s ({:.0} % of the ceiling)",
+                    t.as_secs_f64(),
+                    100.0 * pg / ceiling
+                );
             }
             sim.shutdown().await;
         });

@@ -31,55 +31,30 @@
 )]
 
 #[cfg(feature = "postgres")]
+mod common;
+
+#[cfg(feature = "postgres")]
 mod bench {
-    use std::str::FromStr;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
     use async_trait::async_trait;
+    use pandora_sync::Store;
     use pandora_sync::queue::{
         Job, JobContext, JobHandler, JobQueue, NewJob, PgJobNotifier, Worker, WorkerConfig,
     };
-    use pandora_sync::{PgStore, Store};
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{AssertSqlSafe, Connection, PgConnection};
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
     use uuid::Uuid;
+
+    use crate::common::{admin, store};
 
     const JOBS: usize = 10_000;
     const WORKERS: usize = 4;
     const PER_WORKER: usize = 16;
     const NOTIFY_SAMPLES: usize = 200;
     const POLL_SAMPLES: usize = 30;
-
-    fn url() -> String {
-        std::env::var("DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-    }
-
-    async fn admin(sql: String) {
-        let mut conn = PgConnection::connect(&url())
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", url()));
-        sqlx::query(AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-            .expect("admin statement");
-    }
-
-    async fn store(schema: &str, max: u32) -> PgStore {
-        let options = PgConnectOptions::from_str(&url())
-            .expect("DATABASE_URL")
-            .options([("search_path", schema)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max)
-            .connect_with(options)
-            .await
-            .expect("pool");
-        PgStore::from_pool(pool)
-    }
 
     /// Counts completions and signals when all jobs ran.
     struct Count {

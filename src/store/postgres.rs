@@ -1207,14 +1207,16 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_err("checking planner statistics"))?;
-        for table in stale {
-            // Only names from ENRICHMENT_TABLES come back; ANALYZE takes no parameters.
-            if let Some(name) = ENRICHMENT_TABLES.iter().find(|t| **t == table) {
-                sqlx::query(AssertSqlSafe(format!("ANALYZE {name}")))
-                    .execute(&self.pool)
-                    .await
-                    .map_err(db_err("refreshing planner statistics"))?;
-            }
+        // Only names from ENRICHMENT_TABLES are kept; ANALYZE takes no parameters.
+        let tables: Vec<&str> = ENRICHMENT_TABLES
+            .into_iter()
+            .filter(|t| stale.iter().any(|s| s == t))
+            .collect();
+        if !tables.is_empty() {
+            sqlx::query(AssertSqlSafe(format!("ANALYZE {}", tables.join(", "))))
+                .execute(&self.pool)
+                .await
+                .map_err(db_err("refreshing planner statistics"))?;
         }
         Ok(())
     }
