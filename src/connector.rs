@@ -48,6 +48,17 @@ pub struct StreamCheckpoint {
     /// watermark (capped) when the pass finishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pass_max_updated_at: Option<DateTime<Utc>>,
+    /// The start of the run that began the pass in progress (`None` when no pass is in
+    /// progress). The pass reads changes up to this instant and its watermark is capped at
+    /// it minus the lag, also when a later run resumes the pass: a resumed pass finishes
+    /// with its own window, and a follow-up pass covers what changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_started_at: Option<DateTime<Utc>>,
+    /// A full (repairing) pass is due: reconciliation found fewer stored rows than the
+    /// provider reports. The connector reads the whole stream next time and clears the flag
+    /// when that pass finishes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repair: bool,
     /// Connector-specific state (a Drive start page token, a backfill slice, …).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
@@ -91,6 +102,31 @@ impl StreamCheckpoint {
             }
         }
         self.cursor = None;
+        self.pass_started_at = None;
+    }
+
+    /// Starts a pass, or continues the one in progress: returns the start of the run that
+    /// began it (the pass's upper bound). A new pass (no cursor stored) takes this run's
+    /// start; a resumed pass keeps the window it was begun with.
+    pub fn begin_pass(&mut self, ctx: &SyncContext) -> DateTime<Utc> {
+        match (self.cursor.is_some(), self.pass_started_at) {
+            (true, Some(started)) => started,
+            _ => {
+                self.pass_started_at = Some(ctx.started_at());
+                ctx.started_at()
+            }
+        }
+    }
+
+    /// Ends the pass with the cap of its own window (`pass start − lag`, see
+    /// [`StreamCheckpoint::begin_pass`]); returns whether it was begun by an earlier run, in
+    /// which case changes made since that run's start are not covered yet and the caller
+    /// runs a follow-up pass.
+    pub fn finish_pass_in(&mut self, ctx: &SyncContext) -> bool {
+        let started = self.pass_started_at.unwrap_or(ctx.started_at());
+        let resumed = started < ctx.started_at();
+        self.finish_pass(ctx.cap_for(started));
+        resumed
     }
 }
 
@@ -276,9 +312,14 @@ impl SyncContext {
 
     /// The newest watermark this sync may commit: `started_at − lag`.
     pub fn watermark_cap(&self) -> DateTime<Utc> {
+        self.cap_for(self.started_at)
+    }
+
+    /// The watermark cap of a pass begun at `started`: `started − lag`.
+    pub fn cap_for(&self, started: DateTime<Utc>) -> DateTime<Utc> {
         chrono::Duration::from_std(self.lag)
             .ok()
-            .and_then(|lag| self.started_at.checked_sub_signed(lag))
+            .and_then(|lag| started.checked_sub_signed(lag))
             .unwrap_or(DateTime::<Utc>::MIN_UTC)
     }
 
@@ -432,6 +473,22 @@ pub struct SyncReport {
     pub used_export_api: bool,
     /// Connector-specific detail (e.g. Gong's per-user results).
     pub details: serde_json::Value,
+    /// Totals the provider reported for streams read in full during this sync (HubSpot
+    /// search `total`, Gong `records.totalRecords`, …); the orchestrator reconciles them
+    /// with the rows stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_totals: Vec<SourceTotal>,
+}
+
+/// A provider-reported total of a stream, for reconciliation with the rows stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceTotal {
+    /// The checkpoint stream the total belongs to (its `repair` flag is set on a gap).
+    pub stream: String,
+    /// The record kind the stream stores.
+    pub kind: RecordKind,
+    /// The number of live (not archived) records the provider reports.
+    pub total: u64,
 }
 
 /// A connector that can sync.
