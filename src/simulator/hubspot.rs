@@ -158,6 +158,13 @@ pub struct HubSpotSimConfig {
     pub search_lag: Duration,
     /// Injected faults.
     pub faults: FaultConfig,
+    /// The account's daily request quota (`None`: unlimited). Once used up, every CRM
+    /// request answers HubSpot's `DAILY` 429 until [`HubSpotSim::reset_daily_quota`].
+    pub daily_limit: Option<u64>,
+    /// The account's time zone, as `GET /account-info/v3/details` reports it.
+    pub time_zone: String,
+    /// The account's current UTC offset in milliseconds (`utcOffsetMilliseconds`).
+    pub utc_offset_ms: i64,
 }
 
 impl Default for HubSpotSimConfig {
@@ -181,6 +188,9 @@ impl Default for HubSpotSimConfig {
             assoc_page_size: 100,
             search_lag: Duration::ZERO,
             faults: FaultConfig::default(),
+            daily_limit: None,
+            time_zone: "Etc/UTC".into(),
+            utc_offset_ms: 0,
         }
     }
 }
@@ -224,6 +234,34 @@ struct Data {
     next_token: u64,
 }
 
+/// An endpoint whose answers a hook counts (see [`HubSpotSim::after_served`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HubSpotEndpoint {
+    /// `GET /crm/v3/objects/{type}` (live or archived list) of one object type.
+    List(HubSpotObject),
+    /// `POST /crm/v3/objects/{type}/search` of one object type.
+    Search(HubSpotObject),
+    /// `POST /crm/v4/associations/{from}/{to}/batch/read`.
+    Associations,
+}
+
+type HookFn = Box<dyn FnOnce(&HubSpotPortal) + Send>;
+
+struct Hook {
+    endpoint: HubSpotEndpoint,
+    remaining: u64,
+    run: HookFn,
+}
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hook")
+            .field("endpoint", &self.endpoint)
+            .field("remaining", &self.remaining)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     cfg: HubSpotSimConfig,
@@ -231,6 +269,16 @@ struct Inner {
     rest: SimLimiter,
     search: SimLimiter,
     data: Mutex<Data>,
+    hooks: Mutex<Vec<Hook>>,
+    daily_used: Mutex<u64>,
+}
+
+/// A handle on the simulated portal's data: what a hook (see [`HubSpotSim::after_served`])
+/// changes between two requests of a sync. Changes show in every later answer at once
+/// (search included, unless a search lag is set), as in the real portal.
+#[derive(Debug, Clone)]
+pub struct HubSpotPortal {
+    inner: Arc<Inner>,
 }
 
 /// A fake HubSpot portal on loopback.
@@ -530,6 +578,53 @@ impl Inner {
         Some(rec)
     }
 
+    /// Counts a successful answer of `endpoint` and runs the hooks it makes due (outside
+    /// every lock, so they can change the data).
+    fn served(self: &Arc<Self>, endpoint: HubSpotEndpoint) {
+        let due: Vec<HookFn> = {
+            let mut hooks = lock(&self.hooks);
+            let mut due = Vec::new();
+            let mut keep = Vec::with_capacity(hooks.len());
+            for mut h in hooks.drain(..) {
+                if h.endpoint == endpoint {
+                    h.remaining -= 1;
+                    if h.remaining == 0 {
+                        due.push(h.run);
+                        continue;
+                    }
+                }
+                keep.push(h);
+            }
+            *hooks = keep;
+            due
+        };
+        let portal = HubSpotPortal {
+            inner: self.clone(),
+        };
+        for run in due {
+            run(&portal);
+        }
+    }
+
+    /// Counts a request against the daily quota; false once the quota is used up.
+    fn take_daily(&self) -> bool {
+        let Some(limit) = self.cfg.daily_limit else {
+            return true;
+        };
+        let mut used = lock(&self.daily_used);
+        if *used >= limit {
+            return false;
+        }
+        *used += 1;
+        true
+    }
+
+    /// `(limit, remaining)` of the daily quota, when one is set.
+    fn daily(&self) -> Option<(u64, u64)> {
+        let limit = self.cfg.daily_limit?;
+        Some((limit, limit.saturating_sub(*lock(&self.daily_used))))
+    }
+
     fn is_archived(data: &Data, obj: HubSpotObject, id: u64) -> bool {
         data.overlay
             .get(&(obj, id))
@@ -682,6 +777,45 @@ fn rate_limited(budget: Budget, inner: &Inner) -> Response<Body> {
     resp
 }
 
+/// HubSpot's answer once the account's daily quota is used up: `policyName: "DAILY"`, the
+/// daily headers at zero, no `Retry-After` (the quota resets at midnight in the account's
+/// time zone).
+fn daily_limited(inner: &Inner) -> Response<Body> {
+    let mut resp = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &json!({
+            "status": "error",
+            "message": "You have reached your daily limit.",
+            "errorType": "RATE_LIMIT",
+            "correlationId": uuid::Uuid::new_v4().to_string(),
+            "policyName": "DAILY",
+            "requestId": uuid::Uuid::new_v4().to_string(),
+        }),
+    );
+    add_daily_headers(&mut resp, inner);
+    resp
+}
+
+/// `X-HubSpot-RateLimit-Daily` and `-Daily-Remaining` (private apps only; HubSpot does not
+/// send them to OAuth apps, and neither does the simulator when it has an OAuth app).
+fn add_daily_headers(resp: &mut Response<Body>, inner: &Inner) {
+    let Some((limit, remaining)) = inner.daily() else {
+        return;
+    };
+    if inner.cfg.oauth.is_some() {
+        return;
+    }
+    let h = resp.headers_mut();
+    for (name, value) in [
+        ("x-hubspot-ratelimit-daily", limit),
+        ("x-hubspot-ratelimit-daily-remaining", remaining),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value.to_string()) {
+            h.insert(name, v);
+        }
+    }
+}
+
 fn add_rate_headers(resp: &mut Response<Body>, inner: &Inner, remaining: usize) {
     let h = resp.headers_mut();
     let window_ms = inner.cfg.rest_window.as_millis().to_string();
@@ -713,6 +847,9 @@ async fn admit(
             "INVALID_AUTHENTICATION",
             "Authentication credentials not found. This API supports OAuth 2.0 authentication.",
         ));
+    }
+    if !inner.take_daily() {
+        return Err(daily_limited(inner));
     }
     match injected {
         Injected::ServerError(code) => {
@@ -848,6 +985,8 @@ async fn list_objects(
     if let Some(r) = remaining {
         add_rate_headers(&mut resp, &inner, r);
     }
+    add_daily_headers(&mut resp, &inner);
+    inner.served(HubSpotEndpoint::List(obj));
     resp
 }
 
@@ -1178,7 +1317,9 @@ async fn search_objects(
     if after + limit < total {
         body["paging"] = json!({"next": {"after": (after + limit).to_string()}});
     }
-    json_response(StatusCode::OK, &body)
+    let resp = json_response(StatusCode::OK, &body);
+    inner.served(HubSpotEndpoint::Search(obj));
+    resp
 }
 
 fn type_id(from: HubSpotObject, to: HubSpotObject) -> u64 {
@@ -1258,11 +1399,44 @@ async fn associations_batch_read(
     } else {
         StatusCode::MULTI_STATUS
     };
-    json_response(
+    let mut resp = json_response(
         status,
         &json!({
             "status": "COMPLETE", "startedAt": now, "completedAt": now,
             "results": results, "numErrors": errors.len(), "errors": errors,
+        }),
+    );
+    add_daily_headers(&mut resp, &inner);
+    inner.served(HubSpotEndpoint::Associations);
+    resp
+}
+
+/// `GET /account-info/v3/details`: the portal's id, time zone and currency. The simulator
+/// answers it even once the daily quota is used up (an assumption: HubSpot documents no
+/// exemption) and counts it against no budget.
+async fn account_details(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response<Body> {
+    if !inner.check_auth(&headers) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "INVALID_AUTHENTICATION",
+            "Authentication credentials not found. This API supports OAuth 2.0 authentication.",
+        );
+    }
+    let offset = inner.cfg.utc_offset_ms;
+    let abs = offset.unsigned_abs() / 60_000;
+    let sign = if offset < 0 { '-' } else { '+' };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "portalId": 1000 + inner.cfg.seed % 1_000_000,
+            "accountType": "STANDARD",
+            "timeZone": inner.cfg.time_zone,
+            "companyCurrency": "USD",
+            "additionalCurrencies": [],
+            "utcOffset": format!("{sign}{:02}:{:02}", abs / 60, abs % 60),
+            "utcOffsetMilliseconds": offset,
+            "uiDomain": "app.hubspot.com",
+            "dataHostingLocation": "na1",
         }),
     )
 }
@@ -1304,72 +1478,7 @@ async fn oauth_token(
     )
 }
 
-impl HubSpotSim {
-    /// Starts the simulator on `127.0.0.1` and an ephemeral port.
-    pub async fn start(cfg: HubSpotSimConfig) -> std::io::Result<HubSpotSim> {
-        let common = Arc::new(Common::new(cfg.seed, cfg.faults.clone()));
-        let inner = Arc::new(Inner {
-            rest: SimLimiter::new(cfg.rest_max, cfg.rest_window),
-            search: SimLimiter::new(cfg.search_max, cfg.search_window),
-            data: Mutex::new(Data {
-                search_lag: cfg.search_lag,
-                ..Default::default()
-            }),
-            common: common.clone(),
-            cfg,
-        });
-        let router = Router::new()
-            .route("/crm/v3/objects/{object_type}", get(list_objects))
-            .route("/crm/v3/objects/{object_type}/search", post(search_objects))
-            .route(
-                "/crm/v4/associations/{from}/{to}/batch/read",
-                post(associations_batch_read),
-            )
-            .route("/oauth/v1/token", post(oauth_token))
-            .with_state(inner.clone())
-            .route_layer(axum::middleware::from_fn_with_state(
-                common,
-                super::count_requests,
-            ));
-        let server = SimServer::serve(router).await?;
-        Ok(HubSpotSim { inner, server })
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
-    /// Stops the server.
-    pub async fn shutdown(self) {
-        self.server.shutdown().await;
-    }
-
-    /// Requests served, per endpoint.
-    pub fn counters(&self) -> &RequestCounters {
-        &self.inner.common.counters
-    }
-
-    /// Replaces the injected faults.
-    pub fn set_faults(&self, faults: FaultConfig) {
-        *lock(&self.inner.common.faults) = faults;
-    }
-
-    /// Answers the next `n` requests with 429.
-    pub fn burst_429(&self, n: u64) {
-        self.inner.common.burst_429.store(n, Ordering::Relaxed);
-    }
-
-    /// Makes writes show up in search only after `lag`.
-    pub fn set_search_lag(&self, lag: Duration) {
-        lock(&self.inner.data).search_lag = lag;
-    }
-
-    /// The configuration it was started with.
-    pub fn config(&self) -> &HubSpotSimConfig {
-        &self.inner.cfg
-    }
-
+impl HubSpotPortal {
     fn write(&self, obj: HubSpotObject, id: u64, f: impl FnOnce(&mut Override)) -> bool {
         let now = now_ms();
         let mut data = lock(&self.inner.data);
@@ -1440,6 +1549,146 @@ impl HubSpotSim {
     pub fn record(&self, obj: HubSpotObject, id: u64) -> Option<SimRecord> {
         let data = lock(&self.inner.data);
         self.inner.current(&data, obj, id)
+    }
+
+}
+
+impl HubSpotSim {
+    /// Starts the simulator on `127.0.0.1` and an ephemeral port.
+    pub async fn start(cfg: HubSpotSimConfig) -> std::io::Result<HubSpotSim> {
+        let common = Arc::new(Common::new(cfg.seed, cfg.faults.clone()));
+        let inner = Arc::new(Inner {
+            rest: SimLimiter::new(cfg.rest_max, cfg.rest_window),
+            search: SimLimiter::new(cfg.search_max, cfg.search_window),
+            data: Mutex::new(Data {
+                search_lag: cfg.search_lag,
+                ..Default::default()
+            }),
+            common: common.clone(),
+            hooks: Mutex::new(Vec::new()),
+            daily_used: Mutex::new(0),
+            cfg,
+        });
+        let router = Router::new()
+            .route("/crm/v3/objects/{object_type}", get(list_objects))
+            .route("/crm/v3/objects/{object_type}/search", post(search_objects))
+            .route(
+                "/crm/v4/associations/{from}/{to}/batch/read",
+                post(associations_batch_read),
+            )
+            .route("/oauth/v1/token", post(oauth_token))
+            .route("/account-info/v3/details", get(account_details))
+            .with_state(inner.clone())
+            .route_layer(axum::middleware::from_fn_with_state(
+                common,
+                super::count_requests,
+            ));
+        let server = SimServer::serve(router).await?;
+        Ok(HubSpotSim { inner, server })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        self.server.base_url()
+    }
+
+    /// Stops the server.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+
+    /// Requests served, per endpoint.
+    pub fn counters(&self) -> &RequestCounters {
+        &self.inner.common.counters
+    }
+
+    /// Replaces the injected faults.
+    pub fn set_faults(&self, faults: FaultConfig) {
+        *lock(&self.inner.common.faults) = faults;
+    }
+
+    /// Answers the next `n` requests with 429.
+    pub fn burst_429(&self, n: u64) {
+        self.inner.common.burst_429.store(n, Ordering::Relaxed);
+    }
+
+    /// Makes writes show up in search only after `lag`.
+    pub fn set_search_lag(&self, lag: Duration) {
+        lock(&self.inner.data).search_lag = lag;
+    }
+
+    /// The configuration it was started with.
+    pub fn config(&self) -> &HubSpotSimConfig {
+        &self.inner.cfg
+    }
+
+    /// A handle on the portal's data (for hooks and other threads).
+    pub fn portal(&self) -> HubSpotPortal {
+        HubSpotPortal {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Changes properties of a record and stamps it modified now. False if it does not exist.
+    pub fn modify<K: Into<String>, V: Into<String>>(
+        &self,
+        obj: HubSpotObject,
+        id: u64,
+        props: impl IntoIterator<Item = (K, V)>,
+    ) -> bool {
+        self.portal().modify(obj, id, props)
+    }
+
+    /// Creates a record (created and modified now) and returns its id.
+    pub fn create<K: Into<String>, V: Into<String>>(
+        &self,
+        obj: HubSpotObject,
+        props: impl IntoIterator<Item = (K, V)>,
+    ) -> u64 {
+        self.portal().create(obj, props)
+    }
+
+    /// Archives a record now. False if it does not exist.
+    pub fn archive(&self, obj: HubSpotObject, id: u64) -> bool {
+        self.portal().archive(obj, id)
+    }
+
+    /// Stamps many records with one identical modification time (HubSpot's bulk updates).
+    pub fn stamp(&self, obj: HubSpotObject, ids: impl IntoIterator<Item = u64>, at: DateTime<Utc>) {
+        self.portal().stamp(obj, ids, at);
+    }
+
+    /// The record as the portal holds it now, archived or not; `None` if it never existed.
+    pub fn record(&self, obj: HubSpotObject, id: u64) -> Option<SimRecord> {
+        self.portal().record(obj, id)
+    }
+
+    /// Runs `hook` once, right after the `nth` (counted from now, 1-based) successful answer
+    /// of `endpoint` was built and before it is sent: the way to change data between two
+    /// pages of a sync. The answer already served is not affected; every later one is.
+    pub fn after_served(
+        &self,
+        endpoint: HubSpotEndpoint,
+        nth: u64,
+        hook: impl FnOnce(&HubSpotPortal) + Send + 'static,
+    ) {
+        lock(&self.inner.hooks).push(Hook {
+            endpoint,
+            remaining: nth.max(1),
+            run: Box::new(hook),
+        });
+    }
+
+    /// Makes the daily quota available again (HubSpot resets it at midnight in the
+    /// account's time zone).
+    pub fn reset_daily_quota(&self) {
+        *lock(&self.inner.daily_used) = 0;
+    }
+
+    /// Uses up the daily quota now: every later CRM request answers the `DAILY` 429 (until
+    /// [`HubSpotSim::reset_daily_quota`]); needs a `daily_limit`.
+    pub fn exhaust_daily_quota(&self) {
+        *lock(&self.inner.daily_used) = self.inner.cfg.daily_limit.unwrap_or(0);
     }
 
     /// The highest id of the object type (seeded plus created).

@@ -47,7 +47,10 @@ pub use gong::{
     GongAffiliation, GongSim, GongSimCall, GongSimConfig, GongSimParty, GongSimUser,
     NO_CALLS_FOUND, NewGongCall,
 };
-pub use hubspot::{HubSpotOAuthApp, HubSpotObject, HubSpotSim, HubSpotSimConfig, SimRecord};
+pub use hubspot::{
+    HubSpotEndpoint, HubSpotOAuthApp, HubSpotObject, HubSpotPortal, HubSpotSim, HubSpotSimConfig,
+    SimRecord,
+};
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
 #[cfg_attr(
     docsrs,

@@ -581,3 +581,270 @@ pub async fn sync_example_reports_what_the_database_holds(env: Env) {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The stored checkpoint of the workspace's HubSpot connection.
+async fn checkpoint(env: &Env, ws: Uuid) -> pandora_sync::Checkpoint {
+    env.store
+        .get_connection(ws, ConnectorKind::Hubspot)
+        .await
+        .unwrap()
+        .expect("the connection exists")
+        .checkpoint()
+        .unwrap()
+}
+
+/// An orchestrator with no watermark lag and a HubSpot config with no lookback, so that a
+/// change a few milliseconds old is exactly as exposed as one an hour old under the real
+/// settings (tests cannot wait out a 5-minute lag).
+async fn setup_no_lag(env: &Env, sim: &HubSpotSim) -> (Uuid, Orchestrator) {
+    let mut config = fast_config();
+    config["lookback_minutes"] = serde_json::json!(0);
+    let (ws, o) = setup(env, sim, config).await;
+    let o = o.with_config(pandora_sync::OrchestratorConfig {
+        watermark_lag: Duration::ZERO,
+        ..Default::default()
+    });
+    (ws, o)
+}
+
+async fn contact_title(env: &Env, ws: Uuid, id: u64) -> Option<String> {
+    match env
+        .store
+        .get_record(
+            ws,
+            RecordKind::Contact,
+            ConnectorKind::Hubspot,
+            &id.to_string(),
+        )
+        .await
+        .unwrap()
+    {
+        Some(Record::Contact(c)) => c.title,
+        other => panic!("contact {id}: {other:?}"),
+    }
+}
+
+/// Waits until the simulator's clock (milliseconds) has moved past the previous stamp.
+async fn tick() {
+    tokio::time::sleep(Duration::from_millis(5)).await;
+}
+
+/// Issue 11, case 1: 600 contacts changed (even ids 30 minutes ago, odd ids a minute ago);
+/// 20 of those already served on the first search page change again before the second page
+/// is asked for, so they leave the search's `LTE sync start` set. Paging by offset then
+/// skips the 20 records at the page boundary, and the watermark (moved to the sync start
+/// minus the lag by the younger changes) passes the ten older ones for good. Keyset paging
+/// (`hs_object_id > last id`, no offset) loses nothing, with the same number of requests.
+pub async fn changes_during_a_search_pass_are_not_lost(env: Env) {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 20,
+        contacts: 1_000,
+        deals: 0,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ws, o) = setup(&env, &sim, fast_config()).await;
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(r.connectors[0].status, SyncStatus::Completed);
+
+    let now = Utc::now();
+    for id in 1..=600u64 {
+        sim.modify(HubSpotObject::Contacts, id, [("jobtitle", format!("wave1-{id}"))]);
+        let minutes = if id % 2 == 0 { 30 } else { 1 };
+        sim.stamp(
+            HubSpotObject::Contacts,
+            [id],
+            now - chrono::Duration::minutes(minutes),
+        );
+    }
+    // Once the first contacts page (ids 1..=200) is served, 20 of its records change again.
+    sim.after_served(
+        pandora_sync::simulator::HubSpotEndpoint::Search(HubSpotObject::Contacts),
+        1,
+        |portal| {
+            for id in 1..=20u64 {
+                portal.modify(HubSpotObject::Contacts, id, [("jobtitle", format!("wave2-{id}"))]);
+            }
+        },
+    );
+    sim.counters().reset();
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Incremental, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
+    let mut lost = Vec::new();
+    for id in 21..=600u64 {
+        if contact_title(&env, ws, id).await != Some(format!("wave1-{id}")) {
+            lost.push(id);
+        }
+    }
+    assert!(lost.is_empty(), "changes never stored: {lost:?}");
+    for id in 1..=20u64 {
+        let title = contact_title(&env, ws, id).await;
+        assert!(
+            title == Some(format!("wave1-{id}")) || title == Some(format!("wave2-{id}")),
+            "contact {id}: {title:?}"
+        );
+    }
+    // No extra request: three search pages for the 600 contacts, one for each other object.
+    assert_eq!(
+        sim.counters()
+            .get("POST /crm/v3/objects/{object_type}/search"),
+        5,
+        "{:?}",
+        sim.counters().snapshot()
+    );
+    // The next run brings the second wave; the database then equals the portal.
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(r.connectors[0].status, SyncStatus::Completed);
+    for id in 1..=20u64 {
+        assert_eq!(contact_title(&env, ws, id).await, Some(format!("wave2-{id}")));
+    }
+    assert_equals_truth(&env.store, ws, &sim).await;
+}
+
+/// Issue 11, case 2 (list pass): an initial sync is interrupted in the contacts list; before
+/// it resumes, contact 5 (already read, below the stored cursor) changes, then contact 2,900
+/// (not read yet). The resumed pass must end with its own window (the first run's start),
+/// not the resuming run's, and a follow-up pass in the same run must read contact 5:
+/// otherwise the watermark lands on contact 2,900's change and contact 5's is never read.
+pub async fn resumed_list_pass_is_followed_up(env: Env) {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 20,
+        contacts: 3_000,
+        deals: 40,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ws, o) = setup_no_lag(&env, &sim).await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    sim.after_served(
+        pandora_sync::simulator::HubSpotEndpoint::List(HubSpotObject::Contacts),
+        5,
+        {
+            let cancel = cancel.clone();
+            move |_| cancel.cancel()
+        },
+    );
+    let r = o
+        .sync_workspace(
+            ws,
+            SyncOptions {
+                cancel: cancel.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_ne!(r.connectors[0].status, SyncStatus::Completed);
+    let stored = all(&env.store, ws, RecordKind::Contact).await.len();
+    assert!((100..2_900).contains(&stored), "interrupted mid-pass: {stored}");
+    let before = checkpoint(&env, ws).await;
+    let contacts = before.stream("contacts").unwrap();
+    assert!(contacts.cursor.is_some() && contacts.watermark.is_none());
+
+    tick().await;
+    sim.modify(HubSpotObject::Contacts, 5, [("jobtitle", "changed after the crash")]);
+    tick().await;
+    sim.modify(HubSpotObject::Contacts, 2_900, [("jobtitle", "changed later")]);
+    tick().await;
+
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Incremental, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
+    assert_eq!(
+        contact_title(&env, ws, 5).await.as_deref(),
+        Some("changed after the crash"),
+        "the change below the resumed cursor is stored by the follow-up pass"
+    );
+    let t5 = sim.record(HubSpotObject::Contacts, 5).unwrap().updated_at;
+    let after = checkpoint(&env, ws).await;
+    let contacts = after.stream("contacts").unwrap();
+    assert!(contacts.cursor.is_none() && contacts.pass_started_at.is_none());
+    assert!(contacts.watermark.unwrap() >= t5, "{contacts:?}");
+    assert_equals_truth(&env.store, ws, &sim).await;
+    // And it stays so.
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(r.connectors[0].status, SyncStatus::Completed);
+    assert_equals_truth(&env.store, ws, &sim).await;
+}
+
+/// Issue 11, case 2 (search pass): an incremental pass over 600 changed contacts is
+/// interrupted after its second page; before it resumes, contact 5 (below the stored
+/// cursor) changes, then contact 550 (above it). The resumed pass keeps its window and the
+/// follow-up pass reads contact 5, so the watermark never passes an unread change.
+pub async fn resumed_search_pass_is_followed_up(env: Env) {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 20,
+        contacts: 1_000,
+        deals: 0,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ws, o) = setup_no_lag(&env, &sim).await;
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(r.connectors[0].status, SyncStatus::Completed);
+    tick().await;
+    for id in 1..=600u64 {
+        sim.modify(HubSpotObject::Contacts, id, [("jobtitle", format!("wave1-{id}"))]);
+    }
+    tick().await;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    sim.after_served(
+        pandora_sync::simulator::HubSpotEndpoint::Search(HubSpotObject::Contacts),
+        2,
+        {
+            let cancel = cancel.clone();
+            move |_| cancel.cancel()
+        },
+    );
+    let r = o
+        .sync_workspace(
+            ws,
+            SyncOptions {
+                cancel: cancel.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_ne!(r.connectors[0].status, SyncStatus::Completed);
+    let before = checkpoint(&env, ws).await;
+    assert!(before.stream("contacts").unwrap().cursor.is_some(), "{before:?}");
+    assert_eq!(contact_title(&env, ws, 5).await.as_deref(), Some("wave1-5"));
+
+    tick().await;
+    sim.modify(HubSpotObject::Contacts, 5, [("jobtitle", "changed after the crash")]);
+    tick().await;
+    sim.modify(HubSpotObject::Contacts, 550, [("jobtitle", "changed later")]);
+    tick().await;
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(c.status, SyncStatus::Completed, "{:?}", c.error);
+    assert_eq!(
+        contact_title(&env, ws, 5).await.as_deref(),
+        Some("changed after the crash")
+    );
+    let t5 = sim.record(HubSpotObject::Contacts, 5).unwrap().updated_at;
+    let after = checkpoint(&env, ws).await;
+    assert!(after.watermark("contacts").unwrap() >= t5);
+    assert_equals_truth(&env.store, ws, &sim).await;
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(r.connectors[0].status, SyncStatus::Completed);
+    assert_equals_truth(&env.store, ws, &sim).await;
+}

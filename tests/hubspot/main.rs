@@ -36,6 +36,9 @@ e2e_suite!(
     faults_lose_nothing,
     killed_between_pages_resumes,
     sync_example_reports_what_the_database_holds,
+    changes_during_a_search_pass_are_not_lost,
+    resumed_list_pass_is_followed_up,
+    resumed_search_pass_is_followed_up,
 );
 
 use std::collections::{BTreeMap, BTreeSet};
