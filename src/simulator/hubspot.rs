@@ -1539,7 +1539,9 @@ impl HubSpotPortal {
     }
 
     /// Stamps many records with one identical modification time (HubSpot's bulk updates).
+    /// The portal keeps milliseconds, as HubSpot does.
     pub fn stamp(&self, obj: HubSpotObject, ids: impl IntoIterator<Item = u64>, at: DateTime<Utc>) {
+        let at = DateTime::from_timestamp_millis(at.timestamp_millis()).unwrap_or(at);
         for id in ids {
             self.write(obj, id, |o| o.updated_at = at);
         }

@@ -224,10 +224,10 @@ impl SyncCapable for HubSpotConnector {
         // resumed by an incremental run from its page cursors.
         let mut s = self.syncer(ctx, Checkpoint::default());
         for obj in Object::ALL {
-            s.list_pass(obj, sink).await?;
+            s.sync_object(obj, sink).await?;
         }
         for obj in Object::ALL {
-            s.archived_pass(obj, sink).await?;
+            s.sync_archived(obj, sink).await?;
         }
         Ok(self.finish(s))
     }
@@ -239,10 +239,10 @@ impl SyncCapable for HubSpotConnector {
     ) -> Result<SyncReport> {
         let mut s = self.syncer(ctx, ctx.previous().clone());
         for obj in Object::ALL {
-            s.search_pass(obj, sink).await?;
+            s.sync_object(obj, sink).await?;
         }
         for obj in Object::ALL {
-            s.archived_pass(obj, sink).await?;
+            s.sync_archived(obj, sink).await?;
         }
         Ok(self.finish(s))
     }

@@ -14,10 +14,10 @@ use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPER
 use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort};
 use crate::capture::RecordFailure;
 use crate::connector::{
-    Checkpoint, RecordBatch, RecordSink, StreamCheckpoint, SyncContext, SyncReport,
+    Checkpoint, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncContext, SyncReport,
 };
-use crate::error::Result;
-use crate::model::{DealContact, Record};
+use crate::error::{Error, Result};
+use crate::model::{DealContact, Record, RecordKind};
 
 /// The CRM objects the connector syncs, in dependency order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +35,15 @@ impl Object {
             Object::Companies => "companies",
             Object::Contacts => "contacts",
             Object::Deals => "deals",
+        }
+    }
+
+    /// The table the object's records go to.
+    pub(crate) fn kind(self) -> RecordKind {
+        match self {
+            Object::Companies => RecordKind::Account,
+            Object::Contacts => RecordKind::Contact,
+            Object::Deals => RecordKind::Deal,
         }
     }
 
@@ -72,8 +81,6 @@ impl Object {
     }
 }
 
-/// The most results one search query may page through.
-const SEARCH_CAP: u64 = 10_000;
 /// Search page size (HubSpot's maximum).
 const SEARCH_LIMIT: u32 = 200;
 /// List page size (HubSpot's maximum).
@@ -82,6 +89,54 @@ const LIST_LIMIT: u32 = 100;
 const ASSOC_CHUNK: usize = 1_000;
 /// Checkpoint flag: an inline association block was cut off, so a backfill is needed.
 const NEEDS_BACKFILL: &str = "needs_association_backfill";
+/// Checkpoint key: which read the stream's pass in progress is (what its cursor means).
+const PASS_KIND: &str = "pass";
+
+/// The read a stream's pass in progress is: a list pass's cursor is HubSpot's list token, a
+/// search pass's is the last `hs_object_id` read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PassKind {
+    List,
+    Search,
+}
+
+impl PassKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            PassKind::List => "list",
+            PassKind::Search => "search",
+        }
+    }
+}
+
+/// The kind of the pass in progress, if any. Checkpoints written before the kind was
+/// recorded are read by the old rule: no watermark means a list pass.
+fn pass_in_progress(s: &StreamCheckpoint) -> Option<PassKind> {
+    s.cursor.as_ref()?;
+    match s.extra.get(PASS_KIND).and_then(|v| v.as_str()) {
+        Some("list") => Some(PassKind::List),
+        Some("search") => Some(PassKind::Search),
+        _ if s.watermark.is_none() => Some(PassKind::List),
+        _ => Some(PassKind::Search),
+    }
+}
+
+/// Drops the pass in progress (a full pass replaces it).
+fn abandon_pass(s: &mut StreamCheckpoint) {
+    s.cursor = None;
+    s.pass_max_updated_at = None;
+    s.pass_started_at = None;
+    s.extra.remove(PASS_KIND);
+}
+
+/// A result's `id` as a number (`hs_object_id`); `None` when it is not one.
+fn numeric_id(raw: &serde_json::Value) -> Option<u64> {
+    match raw.get("id")? {
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        serde_json::Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
 
 pub(crate) struct Syncer<'a> {
     pub(crate) client: &'a HubSpotClient,
@@ -159,13 +214,47 @@ impl Syncer<'_> {
         Ok(())
     }
 
-    /// Initial pass over one object through the list endpoint, resumable from the stored
-    /// page cursor. The watermark moves only when the pass ends, since the list is in id
-    /// order, not modification order.
-    pub(crate) async fn list_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<()> {
+    /// Syncs one object: a full list pass when the stream has no watermark or a repair is
+    /// due, else an incremental search pass; an interrupted pass is resumed first. A resumed
+    /// pass ends with its own window (the start of the run that began it), so one follow-up
+    /// pass in this run reads what changed between that start and this run's.
+    pub(crate) async fn sync_object(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<()> {
+        if self.object_pass(obj, sink).await? {
+            self.object_pass(obj, sink).await?;
+        }
+        Ok(())
+    }
+
+    /// One pass (list or search, see [`Syncer::sync_object`]); returns whether it was a
+    /// resumed pass (see [`StreamCheckpoint::finish_pass_in`]).
+    async fn object_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
+        let s = self.stream(obj.path());
+        let in_progress = pass_in_progress(s);
+        let full = s.watermark.is_none() || s.repair;
+        match (in_progress, full) {
+            (Some(PassKind::List), _) | (None, true) => self.list_pass(obj, sink).await,
+            (Some(PassKind::Search), true) => {
+                // A repair is due: the full read replaces the search pass in progress.
+                abandon_pass(s);
+                self.list_pass(obj, sink).await
+            }
+            (Some(PassKind::Search), false) | (None, false) => self.search_pass(obj, sink).await,
+        }
+    }
+
+    /// Full pass over one object through the list endpoint (its `after` is an id cursor:
+    /// records changing during the pass do not shift it), resumable from the stored page
+    /// cursor. The watermark moves only when the pass ends, since the list is in id order,
+    /// not modification order; a repair flag is cleared then, and the provider's total is
+    /// reported for reconciliation.
+    async fn list_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
         let props = properties(obj, self.config);
         let stream = obj.path();
-        let mut after = self.stream(stream).cursor.clone();
+        let ctx = self.ctx;
+        let s = self.stream(stream);
+        s.begin_pass(ctx);
+        s.extra.insert(PASS_KIND.into(), json!(PassKind::List.as_str()));
+        let mut after = s.cursor.clone();
         let span = tracing::info_span!("hubspot_list", object = stream);
         async {
             loop {
@@ -183,20 +272,30 @@ impl Syncer<'_> {
                 let next = page.next_after().map(str::to_owned);
                 let mut batch = RecordBatch::default();
                 let truncated = self.transform_page(obj, page, &mut batch);
-                let cap = self.ctx.watermark_cap();
                 let s = self.stream(stream);
                 s.observe_records(&batch.records);
                 if truncated {
                     s.extra.insert(NEEDS_BACKFILL.into(), json!(true));
                 }
-                match &next {
-                    Some(a) => s.cursor = Some(a.clone()),
-                    None => s.finish_pass(cap),
-                }
+                let resumed = match &next {
+                    Some(a) => {
+                        s.cursor = Some(a.clone());
+                        false
+                    }
+                    None => {
+                        let resumed = s.finish_pass_in(ctx);
+                        s.extra.remove(PASS_KIND);
+                        s.repair = false;
+                        resumed
+                    }
+                };
                 self.write(sink, batch).await?;
                 match next {
                     Some(a) => after = Some(a),
-                    None => return Ok(()),
+                    None => {
+                        self.report_total(obj).await?;
+                        return Ok(resumed);
+                    }
                 }
             }
         }
@@ -204,36 +303,60 @@ impl Syncer<'_> {
         .await
     }
 
+    /// The provider's count of live records of `obj` (search without filters, one result,
+    /// never archived records), for reconciliation after a full pass.
+    async fn report_total(&mut self, obj: Object) -> Result<()> {
+        let req = SearchRequest {
+            filter_groups: Vec::new(),
+            sorts: Vec::new(),
+            properties: vec!["hs_object_id".to_owned()],
+            limit: 1,
+            after: None,
+        };
+        let page = self.client.search_page(obj.path(), &req).await?;
+        match page.total() {
+            Ok(total) => self.report.source_totals.push(SourceTotal {
+                stream: obj.path().to_owned(),
+                kind: obj.kind(),
+                total,
+            }),
+            Err(e) => {
+                tracing::warn!(object = obj.path(), error = %e, "HubSpot search total unusable; not reconciled");
+            }
+        }
+        Ok(())
+    }
+
     /// Incremental pass over one object through search: modified in
-    /// `[watermark − lookback, sync start]`, sorted by `hs_object_id`, restarting the query
-    /// with `hs_object_id > last` before the 10,000-result cap. The checkpoint's cursor is
-    /// the last committed `hs_object_id`, so a resumed pass continues after it.
-    pub(crate) async fn search_pass(
-        &mut self,
-        obj: Object,
-        sink: &mut dyn RecordSink,
-    ) -> Result<()> {
+    /// `[watermark − lookback, pass start]`, sorted by `hs_object_id`. Every page is a fresh
+    /// query for `hs_object_id > last id read` (keyset paging): search's `after` is an offset
+    /// into a live result set, and a record modified during the pass leaves the set, which
+    /// would shift every later offset and skip the record at the next page boundary. A fresh
+    /// query per page costs nothing extra and never reaches the 10,000-result cap. The
+    /// checkpoint's cursor is the last committed `hs_object_id`, so a resumed pass continues
+    /// after it, with its own window.
+    async fn search_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
         let stream = obj.path();
-        let Some(watermark) = self.stream(stream).watermark else {
+        let ctx = self.ctx;
+        let lookback = chrono::Duration::from_std(self.config.lookback).unwrap_or_default();
+        let props = properties(obj, self.config);
+        let s = self.stream(stream);
+        let Some(watermark) = s.watermark else {
             // Never synced: a full list pass is the only complete read.
             return self.list_pass(obj, sink).await;
         };
-        let lookback = chrono::Duration::from_std(self.config.lookback).unwrap_or_default();
         let from = watermark.checked_sub_signed(lookback).unwrap_or(watermark);
-        let until = self.ctx.started_at();
-        let props = properties(obj, self.config);
-        let mut last_id: u64 = self
-            .stream(stream)
-            .cursor
-            .as_deref()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let until = s.begin_pass(ctx);
+        s.extra.insert(PASS_KIND.into(), json!(PassKind::Search.as_str()));
+        let mut last_id: u64 = match s.cursor.as_deref() {
+            None => 0,
+            Some(c) => c.trim().parse().unwrap_or_else(|_| {
+                tracing::warn!(object = stream, cursor = c, "unreadable search cursor in the checkpoint; the pass restarts");
+                0
+            }),
+        };
         let span = tracing::info_span!("hubspot_search", object = stream);
         async {
-            // The query's id floor stays fixed while paging with `after`; it moves to the
-            // last id seen only when the query restarts (re-windowing or resuming).
-            let mut floor = last_id;
-            let mut after: Option<u64> = None;
             loop {
                 self.ctx.check_cancelled()?;
                 let req = SearchRequest {
@@ -252,7 +375,7 @@ impl Syncer<'_> {
                             Filter {
                                 property_name: "hs_object_id".into(),
                                 operator: "GT",
-                                value: floor.to_string(),
+                                value: last_id.to_string(),
                             },
                         ],
                     }],
@@ -262,41 +385,44 @@ impl Syncer<'_> {
                     }],
                     properties: props.clone(),
                     limit: SEARCH_LIMIT,
-                    after: after.map(|a| a.to_string()),
+                    after: None,
                 };
                 let page = self.client.search_page(obj.path(), &req).await?;
-                let next: Option<u64> = page.next_after().and_then(|a| a.parse().ok());
-                let page_max_id = page
-                    .results
-                    .iter()
-                    .filter_map(|r| r.get("id")?.as_str()?.parse::<u64>().ok())
-                    .max();
+                let more = page.search_has_more()?;
+                let page_max_id = page.results.iter().filter_map(numeric_id).max();
+                if more {
+                    // The next query starts after this page's last id; a page that does not
+                    // move it (no numeric ids, or ids not above the floor) would loop.
+                    match page_max_id.filter(|m| *m > last_id) {
+                        Some(m) => last_id = m,
+                        None => {
+                            return Err(Error::decode(
+                                None,
+                                format!(
+                                    "HubSpot search page for {stream} announces more results but no hs_object_id above {last_id}"
+                                ),
+                            ));
+                        }
+                    }
+                }
                 let mut batch = RecordBatch::default();
                 self.transform_page(obj, page, &mut batch);
                 if obj == Object::Deals {
                     self.attach_deal_associations(&mut batch).await?;
                 }
-                if let Some(m) = page_max_id {
-                    last_id = last_id.max(m);
-                }
-                let cap = self.ctx.watermark_cap();
                 let s = self.stream(stream);
                 s.observe_records(&batch.records);
-                let done = next.is_none();
-                if done {
-                    s.finish_pass(cap);
-                } else {
+                let resumed = if more {
                     s.cursor = Some(last_id.to_string());
-                }
+                    false
+                } else {
+                    let resumed = s.finish_pass_in(ctx);
+                    s.extra.remove(PASS_KIND);
+                    resumed
+                };
                 self.write(sink, batch).await?;
-                match next {
-                    None => return Ok(()),
-                    // Re-window before paging past the cap: restart after the last id.
-                    Some(n) if n + u64::from(SEARCH_LIMIT) > SEARCH_CAP => {
-                        floor = last_id;
-                        after = None;
-                    }
-                    Some(n) => after = Some(n),
+                if !more {
+                    return Ok(resumed);
                 }
             }
         }
@@ -304,22 +430,28 @@ impl Syncer<'_> {
         .await
     }
 
-    /// Archived records of one object (search never returns them). The archived list is
-    /// not filterable by time, so records archived before the stream's watermark (minus the
-    /// lookback) are skipped client-side; the stream's watermark is the newest `archived_at`.
-    pub(crate) async fn archived_pass(
-        &mut self,
-        obj: Object,
-        sink: &mut dyn RecordSink,
-    ) -> Result<()> {
+    /// Archived records of one object (search never returns them), followed up like the
+    /// other passes when a resumed pass ends (see [`Syncer::sync_object`]).
+    pub(crate) async fn sync_archived(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<()> {
+        if self.archived_pass(obj, sink).await? {
+            self.archived_pass(obj, sink).await?;
+        }
+        Ok(())
+    }
+
+    /// One pass over the archived list (an id cursor, like the live list). The archived list
+    /// is not filterable by time, so records archived before the stream's watermark (minus
+    /// the lookback) are skipped client-side; the stream's watermark is the newest
+    /// `archived_at`, capped by the pass's own window.
+    async fn archived_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
         let stream = obj.archived_stream();
+        let ctx = self.ctx;
         let props = properties(obj, self.config);
         let lookback = chrono::Duration::from_std(self.config.lookback).unwrap_or_default();
-        let since = self
-            .stream(stream)
-            .watermark
-            .map(|w| w.checked_sub_signed(lookback).unwrap_or(w));
-        let mut after = self.stream(stream).cursor.clone();
+        let s = self.stream(stream);
+        let since = s.watermark.map(|w| w.checked_sub_signed(lookback).unwrap_or(w));
+        s.begin_pass(ctx);
+        let mut after = s.cursor.clone();
         loop {
             self.ctx.check_cancelled()?;
             let page = self
@@ -336,19 +468,21 @@ impl Syncer<'_> {
                     _ => true,
                 }
             });
-            let cap = self.ctx.watermark_cap();
             let s = self.stream(stream);
             for at in batch.records.iter().filter_map(|r| r.meta()?.archived_at) {
                 s.observe(at);
             }
-            match &next {
-                Some(a) => s.cursor = Some(a.clone()),
-                None => s.finish_pass(cap),
-            }
+            let resumed = match &next {
+                Some(a) => {
+                    s.cursor = Some(a.clone());
+                    false
+                }
+                None => s.finish_pass_in(ctx),
+            };
             self.write(sink, batch).await?;
             match next {
                 Some(a) => after = Some(a),
-                None => return Ok(()),
+                None => return Ok(resumed),
             }
         }
     }

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::error::{Error, Result};
+
 /// One CRM object as the list and search endpoints return it. Property values are strings
 /// (or null) in the real API.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,10 +44,24 @@ pub(crate) struct Paging {
     pub next: Option<PagingNext>,
 }
 
-/// The next page's cursor.
+/// The next page's cursor (a string in every HubSpot answer; a number is read as its
+/// decimal string, anything else fails the page).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct PagingNext {
+    #[serde(default, deserialize_with = "string_or_number")]
     pub after: Option<String>,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "paging cursor is neither a string nor a number: {}",
+            crate::error::body_excerpt(&other.to_string())
+        ))),
+    }
 }
 
 /// A list or search page. Results stay raw JSON so a malformed record fails alone.
@@ -54,6 +70,9 @@ pub(crate) struct Page {
     #[serde(default)]
     pub results: Vec<Value>,
     pub paging: Option<Paging>,
+    /// Search only: how many records match the query.
+    #[serde(default)]
+    pub total: Option<Value>,
 }
 
 impl Page {
@@ -65,6 +84,40 @@ impl Page {
             .after
             .as_deref()
             .filter(|a| !a.is_empty())
+    }
+
+    /// Whether a search page says more results follow. Search's `paging.next.after` is a
+    /// numeric offset; a cursor that is not one means the API answered something the
+    /// connector does not understand: an error, never "last page".
+    pub(crate) fn search_has_more(&self) -> Result<bool> {
+        let Some(next) = self.paging.as_ref().and_then(|p| p.next.as_ref()) else {
+            return Ok(false);
+        };
+        match next.after.as_deref() {
+            Some(a) if a.trim().parse::<u64>().is_ok() => Ok(true),
+            other => Err(Error::decode(
+                None,
+                format!(
+                    "HubSpot search answered a non-numeric paging cursor {:?}",
+                    other.map(crate::error::body_excerpt)
+                ),
+            )),
+        }
+    }
+
+    /// Search's `total`: the number of records matching the query.
+    pub(crate) fn total(&self) -> Result<u64> {
+        self.total.as_ref().and_then(Value::as_u64).ok_or_else(|| {
+            Error::decode(
+                None,
+                format!(
+                    "HubSpot search total is not a count: {:?}",
+                    self.total
+                        .as_ref()
+                        .map(|t| crate::error::body_excerpt(&t.to_string()))
+                ),
+            )
+        })
     }
 }
 
