@@ -311,3 +311,61 @@ async fn malformed_records_are_captured_with_ids() {
     assert_eq!(report.records_failed, bad.len() as u64);
     assert_eq!(report.records_fetched, 50 - bad.len() as u64);
 }
+
+/// Issue 11, case 5: HubSpot's `DAILY` 429 stops the sync with the reset at the next
+/// midnight in the account's time zone (read once, lazily, from the account details).
+#[tokio::test]
+async fn daily_quota_stops_until_the_accounts_midnight() {
+    use chrono::{FixedOffset, NaiveTime};
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 30,
+        contacts: 50,
+        deals: 0,
+        rate_limits: false,
+        daily_limit: Some(2),
+        time_zone: "US/Eastern".into(),
+        utc_offset_ms: -5 * 3_600_000,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = connector(&sim);
+    let ny = FixedOffset::west_opt(5 * 3600).unwrap();
+    for run in 0..2 {
+        let mut sink = MemorySink::new();
+        let before = Utc::now();
+        let err = c
+            .sync(&SyncContext::new(ws(), SyncMode::Initial), &mut sink)
+            .await
+            .unwrap_err();
+        let pandora_sync::Error::QuotaExhausted {
+            resets_at: Some(at),
+            ..
+        } = err
+        else {
+            panic!("run {run}: expected a quota stop with its reset, got {err}");
+        };
+        assert_eq!(at.with_timezone(&ny).time(), NaiveTime::MIN, "{at}");
+        assert!(at > before && at - before <= chrono::Duration::days(1), "{at}");
+        if run == 0 {
+            // The companies page and its total were served before the quota ran out;
+            // what was read is in the sink with its checkpoint.
+            assert_eq!(
+                sink.records()
+                    .filter(|r| matches!(r, Record::Account(_)))
+                    .count(),
+                30
+            );
+        }
+    }
+    // One account lookup for the connector, not one per stop.
+    assert_eq!(sim.counters().get("GET /account-info/v3/details"), 1);
+    // No retry of a daily stop, and the second run is refused locally until the reset:
+    // the companies page and the one contacts request answered with the 429.
+    assert_eq!(
+        sim.counters().get("GET /crm/v3/objects/{object_type}"),
+        2,
+        "{:?}",
+        sim.counters().snapshot()
+    );
+}

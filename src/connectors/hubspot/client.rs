@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
 use http::{Method, Request, Uri};
 use serde::de::DeserializeOwned;
+use tokio::sync::OnceCell;
 
 use super::types::{AssocBatchRequest, AssocBatchResponse, AssocInput, Page, SearchRequest};
 use super::{HubSpotConfig, HubSpotCredentials};
@@ -22,7 +24,50 @@ pub(crate) struct HubSpotClient {
     base: String,
     rest: HttpStack,
     search: HttpStack,
+    /// For `GET /account-info/v3/details` only: its own budget, so that the REST budget's
+    /// quota stop (which follows a `DAILY` 429) does not refuse the one request that tells
+    /// when the quota resets.
+    account: HttpStack,
+    /// The account's UTC offset, fetched at most once per connector (one sync), and only
+    /// when a quota stop needs it; `None` inside when it could not be read.
+    utc_offset: OnceCell<Option<FixedOffset>>,
     stats: HttpStats,
+}
+
+/// When HubSpot's daily quota resets: the next midnight in the account's time zone (given
+/// as its UTC offset now), or the next midnight UTC when the offset is unknown. An offset
+/// taken now can be an hour off across a daylight-saving change before that midnight.
+pub(crate) fn daily_reset(now: DateTime<Utc>, offset: Option<FixedOffset>) -> DateTime<Utc> {
+    let day = match offset {
+        Some(o) => now.with_timezone(&o).date_naive(),
+        None => now.date_naive(),
+    };
+    let midnight = day.succ_opt().map(|d| d.and_time(NaiveTime::MIN));
+    match (midnight, offset) {
+        (Some(m), Some(o)) => m
+            .and_local_timezone(o)
+            .single()
+            .map(|t| t.with_timezone(&Utc)),
+        (Some(m), None) => Some(m.and_utc()),
+        (None, _) => None,
+    }
+    .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The account's current UTC offset from `GET /account-info/v3/details`
+/// (`utcOffsetMilliseconds`, else `utcOffset` such as `-05:00`).
+pub(crate) fn account_offset(details: &serde_json::Value) -> Option<FixedOffset> {
+    let from_ms = details
+        .get("utcOffsetMilliseconds")
+        .and_then(serde_json::Value::as_i64)
+        .and_then(|ms| i32::try_from(ms / 1000).ok())
+        .and_then(FixedOffset::east_opt);
+    from_ms.or_else(|| {
+        details
+            .get("utcOffset")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|s| s.trim().parse::<FixedOffset>().ok())
+    })
 }
 
 fn encode(s: &str) -> String {
@@ -81,13 +126,59 @@ impl HubSpotClient {
         let search = search
             .with_optional_rate_limit(config.search_rate_limit)?
             .with_stats(stats.clone())
+            .build(auth.clone(), transport.clone())?;
+        let account = presets::hubspot()
+            .with_stats(stats.clone())
             .build(auth, transport)?;
         Ok(HubSpotClient {
             base,
             rest,
             search,
+            account,
+            utc_offset: OnceCell::new(),
             stats,
         })
+    }
+
+    /// A quota stop (HubSpot's `DAILY` 429, or the budget's stop that follows it) carries
+    /// the reset at the next midnight in the account's time zone.
+    async fn with_daily_reset(&self, error: Error) -> Error {
+        match error {
+            Error::QuotaExhausted { provider, .. } => {
+                let offset = *self
+                    .utc_offset
+                    .get_or_init(|| async { self.fetch_utc_offset().await })
+                    .await;
+                let resets_at = daily_reset(Utc::now(), offset);
+                tracing::warn!(%resets_at, "HubSpot daily quota used up; the sync stops until the reset");
+                Error::QuotaExhausted {
+                    provider,
+                    resets_at: Some(resets_at),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn fetch_utc_offset(&self) -> Option<FixedOffset> {
+        match self
+            .send_raw::<serde_json::Value>(&self.account, Method::GET, "/account-info/v3/details", None)
+            .await
+        {
+            Ok(details) => {
+                let offset = account_offset(&details);
+                tracing::debug!(
+                    time_zone = details.get("timeZone").and_then(serde_json::Value::as_str).unwrap_or("?"),
+                    offset = ?offset,
+                    "HubSpot account time zone"
+                );
+                offset
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "HubSpot account time zone unknown; the quota reset is taken as midnight UTC");
+                None
+            }
+        }
     }
 
     pub(crate) fn stats(&self) -> &HttpStats {
@@ -95,6 +186,19 @@ impl HubSpotClient {
     }
 
     async fn send<T: DeserializeOwned>(
+        &self,
+        stack: &HttpStack,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<T> {
+        match self.send_raw(stack, method, path_and_query, body).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.with_daily_reset(e).await),
+        }
+    }
+
+    async fn send_raw<T: DeserializeOwned>(
         &self,
         stack: &HttpStack,
         method: Method,
@@ -214,5 +318,70 @@ impl HubSpotClient {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn at(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
+    }
+
+    #[test]
+    fn daily_quota_resets_at_the_accounts_next_midnight() {
+        let new_york = FixedOffset::west_opt(5 * 3600);
+        // 22:00 in New York (03:00 UTC the next day): midnight is two hours away.
+        assert_eq!(
+            daily_reset(at(2026, 12, 1, 3, 0), new_york),
+            at(2026, 12, 1, 5, 0)
+        );
+        // 01:00 in New York: the next midnight is 23 hours away, not in the past.
+        assert_eq!(
+            daily_reset(at(2026, 12, 1, 6, 0), new_york),
+            at(2026, 12, 2, 5, 0)
+        );
+        // Exactly midnight: the quota just reset; the next reset is a day later.
+        assert_eq!(
+            daily_reset(at(2026, 12, 1, 5, 0), new_york),
+            at(2026, 12, 2, 5, 0)
+        );
+        // East of UTC, across a month and a year end.
+        let kiritimati = FixedOffset::east_opt(14 * 3600);
+        assert_eq!(
+            daily_reset(at(2026, 12, 31, 9, 59), kiritimati),
+            at(2026, 12, 31, 10, 0)
+        );
+        // Unknown zone: the next midnight UTC.
+        assert_eq!(daily_reset(at(2026, 12, 31, 23, 59), None), at(2027, 1, 1, 0, 0));
+        // The end of time does not panic.
+        assert_eq!(
+            daily_reset(DateTime::<Utc>::MAX_UTC, None),
+            DateTime::<Utc>::MAX_UTC
+        );
+        assert!(daily_reset(DateTime::<Utc>::MIN_UTC, kiritimati) > DateTime::<Utc>::MIN_UTC);
+    }
+
+    #[test]
+    fn account_offset_reads_milliseconds_then_the_string() {
+        let details = json!({"portalId": 1, "timeZone": "US/Eastern", "utcOffset": "-05:00", "utcOffsetMilliseconds": -18_000_000});
+        assert_eq!(account_offset(&details), FixedOffset::west_opt(5 * 3600));
+        let only_string = json!({"timeZone": "Asia/Kolkata", "utcOffset": "+05:30"});
+        assert_eq!(
+            account_offset(&only_string),
+            FixedOffset::east_opt(5 * 3600 + 1800)
+        );
+        for bad in [
+            json!({}),
+            json!({"utcOffsetMilliseconds": i64::MAX, "utcOffset": "soon"}),
+            json!({"utcOffsetMilliseconds": "-18000000"}),
+            json!({"utcOffsetMilliseconds": 90_000_000}),
+            json!([1, 2]),
+        ] {
+            assert_eq!(account_offset(&bad), None, "{bad}");
+        }
     }
 }

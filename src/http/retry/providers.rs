@@ -32,7 +32,7 @@ fn secs(v: Option<&Value>) -> Option<Duration> {
 }
 
 /// HubSpot: a 429 whose `policyName` is `DAILY` is the daily quota (no retry, the sync
-/// stops); a ten-secondly or secondly 429 without `Retry-After` waits for the rolling
+/// stops; it resets at the next midnight UTC as far as the response tells); a ten-secondly or secondly 429 without `Retry-After` waits for the rolling
 /// window (`X-HubSpot-RateLimit-Interval-Milliseconds`, else 10 s / 1 s).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HubSpotClassifier;
@@ -47,7 +47,10 @@ impl Classify for HubSpotClassifier {
             });
             let retry_after = response_retry_after(response);
             match policy.as_deref() {
-                Some("DAILY") => return Verdict::Fail(quota(provider, None)),
+                // The quota resets at midnight in the account's time zone, which the
+                // response does not name: the next midnight UTC stands in (the HubSpot
+                // connector replaces it with midnight in the account's zone).
+                Some("DAILY") => return Verdict::Fail(quota(provider, next_utc_midnight())),
                 Some("TEN_SECONDLY_ROLLING") if retry_after.is_none() => {
                     let window = response
                         .headers()
@@ -341,7 +344,29 @@ mod tests {
 
     #[test]
     fn hubspot_daily_is_quota_and_ten_secondly_waits_the_window() {
-        let daily = r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","policyName":"DAILY"}"#;
+        let daily = r#"{"status":"error","message":"You have reached your daily limit.","errorType":"RATE_LIMIT","correlationId":"c033cdaa-2c40-4a64-ae48-b4cec88dad24","policyName":"DAILY","requestId":"3d3e35b7-0dae-4b9f-a6e3-9c230cbcf8dd"}"#;
+        let before = Utc::now();
+        match HubSpotClassifier.classify(
+            &p(),
+            &resp(
+                429,
+                &[
+                    ("x-hubspot-ratelimit-daily", "250000"),
+                    ("x-hubspot-ratelimit-daily-remaining", "0"),
+                ],
+                daily,
+            ),
+        ) {
+            Verdict::Fail(Error::QuotaExhausted {
+                resets_at: Some(at),
+                ..
+            }) => {
+                // The next midnight UTC: never "unknown", never more than a day away.
+                assert_eq!(at.time(), NaiveTime::MIN);
+                assert!(at > before && at - before <= chrono::Duration::days(1));
+            }
+            other => panic!("expected a quota stop with its reset, got {other:?}"),
+        }
         assert!(matches!(
             HubSpotClassifier.classify(&p(), &resp(429, &[], daily)),
             Verdict::Fail(Error::QuotaExhausted { .. })
