@@ -227,6 +227,9 @@ struct Override {
 
 #[derive(Debug, Default)]
 struct Data {
+    /// Served as search's `paging.next.after` instead of the real offset (a provider
+    /// sending cursors the client cannot use).
+    search_after_override: Option<String>,
     extra: BTreeMap<HubSpotObject, u64>,
     overlay: BTreeMap<(HubSpotObject, u64), Override>,
     search_lag: Duration,
@@ -1315,7 +1318,11 @@ async fn search_objects(
         .collect();
     let mut body = json!({ "total": total, "results": results });
     if after + limit < total {
-        body["paging"] = json!({"next": {"after": (after + limit).to_string()}});
+        let next = lock(&inner.data)
+            .search_after_override
+            .clone()
+            .unwrap_or_else(|| (after + limit).to_string());
+        body["paging"] = json!({"next": {"after": next}});
     }
     let resp = json_response(StatusCode::OK, &body);
     inner.served(HubSpotEndpoint::Search(obj));
@@ -1679,6 +1686,13 @@ impl HubSpotSim {
             remaining: nth.max(1),
             run: Box::new(hook),
         });
+    }
+
+    /// Serves `after` as search's `paging.next.after` on every page that has a next one,
+    /// instead of the numeric offset (`None` goes back to offsets): a provider answering
+    /// cursors a client cannot use, huge or not numbers at all.
+    pub fn set_search_paging_after(&self, after: Option<String>) {
+        lock(&self.inner.data).search_after_override = after;
     }
 
     /// Makes the daily quota available again (HubSpot resets it at midnight in the

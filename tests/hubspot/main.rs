@@ -369,3 +369,56 @@ async fn daily_quota_stops_until_the_accounts_midnight() {
         sim.counters().snapshot()
     );
 }
+
+/// Issue 11, case 8: search's `paging.next.after` is an offset, but the connector pages by
+/// `hs_object_id` and never adds to it: a huge cursor cannot overflow anything, and one that
+/// is not a number is an error value, never "last page" (which would end the pass early and
+/// move the watermark past unread records).
+#[tokio::test]
+async fn absurd_search_cursors_are_errors_not_panics() {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 5,
+        contacts: 500,
+        deals: 0,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = connector(&sim);
+    let base = sim.config().base_time;
+    let mut previous = Checkpoint::default();
+    for stream in ["companies", "contacts", "deals"] {
+        previous.stream_mut(stream).watermark = Some(base);
+    }
+    let at = Utc.with_ymd_and_hms(2025, 1, 31, 23, 59, 59).unwrap();
+    sim.stamp(HubSpotObject::Contacts, 1..=450, at);
+
+    sim.set_search_paging_after(Some(u64::MAX.to_string()));
+    let ctx = SyncContext::new(ws(), SyncMode::Incremental).with_previous(previous.clone());
+    let mut sink = MemorySink::new();
+    c.sync(&ctx, &mut sink).await.unwrap();
+    let ids: BTreeSet<String> = sink
+        .records()
+        .filter(|r| matches!(r, Record::Contact(_)))
+        .map(Record::source_id)
+        .collect();
+    assert_eq!(ids.len(), 450);
+    assert_eq!(
+        sink.last_checkpoint().unwrap().watermark("contacts"),
+        Some(at)
+    );
+
+    for bad in ["NTI1Cg%3D%3D", "-5", "", "1e3", "99999999999999999999999999"] {
+        sim.set_search_paging_after(Some(bad.to_owned()));
+        let mut sink = MemorySink::new();
+        let err = c.sync(&ctx, &mut sink).await.unwrap_err();
+        assert!(
+            matches!(&err, pandora_sync::Error::Decode { .. }),
+            "{bad:?}: {err}"
+        );
+        // The pass did not finish: its watermark did not move.
+        let last = sink.last_checkpoint().unwrap();
+        assert_eq!(last.watermark("contacts"), Some(base), "{bad:?}");
+    }
+}
