@@ -422,3 +422,107 @@ async fn absurd_search_cursors_are_errors_not_panics() {
         assert_eq!(last.watermark("contacts"), Some(base), "{bad:?}");
     }
 }
+
+/// Reconciliation: after each full pass the report carries the provider's count of live
+/// records (search without filters, one request per object), under the checkpoint's stream
+/// names and the tables' record kinds; incremental passes ask for no totals.
+#[tokio::test]
+async fn full_passes_report_source_totals() {
+    use pandora_sync::{RecordKind, SourceTotal};
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 40,
+        contacts: 300,
+        deals: 150,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    sim.archive(HubSpotObject::Deals, 5);
+    sim.archive(HubSpotObject::Contacts, 9);
+    sim.archive(HubSpotObject::Contacts, 10);
+    let c = connector(&sim);
+    let mut sink = MemorySink::new();
+    let report = c
+        .sync(&SyncContext::new(ws(), SyncMode::Initial), &mut sink)
+        .await
+        .unwrap();
+    let expected: Vec<SourceTotal> = [
+        (HubSpotObject::Companies, RecordKind::Account),
+        (HubSpotObject::Contacts, RecordKind::Contact),
+        (HubSpotObject::Deals, RecordKind::Deal),
+    ]
+    .into_iter()
+    .map(|(obj, kind)| SourceTotal {
+        stream: obj.as_str().to_owned(),
+        kind,
+        total: sim.truth_count(obj, false),
+    })
+    .collect();
+    assert_eq!(report.source_totals, expected);
+    assert_eq!(expected[1].total, 298);
+    let checkpoint = sink.last_checkpoint().unwrap().clone();
+    for t in &report.source_totals {
+        assert!(checkpoint.stream(&t.stream).is_some(), "{}", t.stream);
+    }
+    assert_eq!(
+        sim.counters()
+            .get("POST /crm/v3/objects/{object_type}/search"),
+        3
+    );
+
+    sim.modify(HubSpotObject::Contacts, 3, [("jobtitle", "CTO")]);
+    sim.counters().reset();
+    let ctx = SyncContext::new(ws(), SyncMode::Incremental).with_previous(checkpoint);
+    let report = c.sync(&ctx, &mut MemorySink::new()).await.unwrap();
+    assert!(report.source_totals.is_empty(), "{:?}", report.source_totals);
+}
+
+/// A stream flagged for repair is read in full by the next sync, even with a search pass in
+/// progress; the flag is cleared when that pass ends and the total is reported.
+#[tokio::test]
+async fn repair_flag_reads_the_stream_in_full() {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 10,
+        contacts: 250,
+        deals: 0,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = connector(&sim);
+    let mut sink = MemorySink::new();
+    c.sync(&SyncContext::new(ws(), SyncMode::Initial), &mut sink)
+        .await
+        .unwrap();
+    let mut checkpoint = sink.last_checkpoint().unwrap().clone();
+    let watermark = checkpoint.watermark("contacts");
+    {
+        let s = checkpoint.stream_mut("contacts");
+        s.repair = true;
+        // An unfinished search pass: the repair replaces it.
+        s.cursor = Some("120".into());
+        s.extra.insert("pass".into(), serde_json::json!("search"));
+    }
+    let ctx = SyncContext::new(ws(), SyncMode::Incremental).with_previous(checkpoint);
+    let mut sink = MemorySink::new();
+    let report = c.sync(&ctx, &mut sink).await.unwrap();
+    let contacts: BTreeSet<String> = sink
+        .records()
+        .filter(|r| matches!(r, Record::Contact(_)))
+        .map(Record::source_id)
+        .collect();
+    assert_eq!(contacts.len(), 250, "every contact re-read");
+    let last = sink.last_checkpoint().unwrap();
+    let s = last.stream("contacts").unwrap();
+    assert!(!s.repair && s.cursor.is_none() && !s.extra.contains_key("pass"), "{s:?}");
+    assert!(s.watermark >= watermark);
+    let streams: Vec<&str> = report
+        .source_totals
+        .iter()
+        .map(|t| t.stream.as_str())
+        .collect();
+    assert_eq!(streams, ["contacts"]);
+    assert_eq!(report.source_totals[0].total, 250);
+}

@@ -283,7 +283,14 @@ impl Syncer<'_> {
                         false
                     }
                     None => {
+                        let started = s.pass_started_at.unwrap_or(ctx.started_at());
                         let resumed = s.finish_pass_in(ctx);
+                        // A full pass that found nothing dated still read everything up to
+                        // its window: later changes are found by search from there, instead
+                        // of a full pass (and a total) on every sync of an empty object.
+                        if s.watermark.is_none() {
+                            s.watermark = Some(ctx.cap_for(started));
+                        }
                         s.extra.remove(PASS_KIND);
                         s.repair = false;
                         resumed
