@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use pandora_sync::simulator::{
-    FaultConfig, HubSpotOAuthApp, HubSpotObject, HubSpotSim, HubSpotSimConfig,
+    FaultConfig, HubSpotEndpoint, HubSpotOAuthApp, HubSpotObject, HubSpotSim, HubSpotSimConfig,
 };
 use serde_json::{Value, json};
 
@@ -503,4 +503,87 @@ async fn a_million_records_cost_no_memory() {
         again.record(HubSpotObject::Contacts, 777_777),
         sim.record(HubSpotObject::Contacts, 777_777)
     );
+}
+
+/// A hook changes data between two pages; search answers from live data, and its `after`
+/// is an offset into the live result set, as in the real API: a record leaving the set
+/// shifts every later offset (the simulator reproduces the skip offset paging suffers).
+#[tokio::test]
+async fn hooks_change_data_between_pages_and_offsets_shift() {
+    let sim = HubSpotSim::start(cfg()).await.unwrap();
+    let at = Utc.with_ymd_and_hms(2025, 3, 1, 0, 0, 0).unwrap();
+    sim.stamp(HubSpotObject::Contacts, 1..=30, at);
+    let until = at.timestamp_millis() + 1;
+    let body = json!({
+        "filterGroups": [{"filters": [
+            {"propertyName": "lastmodifieddate", "operator": "GTE", "value": at.timestamp_millis().to_string()},
+            {"propertyName": "lastmodifieddate", "operator": "LTE", "value": until.to_string()},
+        ]}],
+        "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+        "limit": 10,
+    });
+    sim.after_served(HubSpotEndpoint::Search(HubSpotObject::Contacts), 1, |portal| {
+        // Records 1..=3 (already served) are modified now: they leave the `LTE` window.
+        for id in 1..=3 {
+            assert!(portal.modify(HubSpotObject::Contacts, id, [("jobtitle", "moved")]));
+        }
+    });
+    let ids = search_ids(&sim, "contacts", body).await;
+    // Page 1 had 1..=10; page 2 (offset 10 of 27 left) starts at 14: 11..=13 are skipped.
+    assert_eq!(&ids[..10], (1..=10).collect::<Vec<_>>().as_slice());
+    assert_eq!(ids[10], 14);
+    assert_eq!(ids.len(), 27);
+    assert_eq!(
+        sim.record(HubSpotObject::Contacts, 2).unwrap().properties["jobtitle"].as_deref(),
+        Some("moved")
+    );
+    // A hook runs once.
+    assert_eq!(sim.counters().get("POST /crm/v3/objects/{object_type}/search"), 3);
+}
+
+/// The daily quota answers HubSpot's `DAILY` 429 (body and headers); the account details
+/// give the time zone.
+#[tokio::test]
+async fn daily_quota_and_account_details() {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        daily_limit: Some(2),
+        time_zone: "US/Eastern".into(),
+        utc_offset_ms: -18_000_000,
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .get(format!("{}/crm/v3/objects/contacts?limit=5", sim.base_url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-hubspot-ratelimit-daily"], "2");
+    assert_eq!(resp.headers()["x-hubspot-ratelimit-daily-remaining"], "1");
+    assert_eq!(get(&sim, "/crm/v3/objects/contacts?limit=5").await.0, 200);
+    let resp = reqwest::Client::new()
+        .post(format!("{}/crm/v3/objects/contacts/search", sim.base_url()))
+        .bearer_auth(TOKEN)
+        .json(&json!({"limit": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["x-hubspot-ratelimit-daily-remaining"], "0");
+    assert!(resp.headers().get("retry-after").is_none());
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["policyName"], "DAILY");
+    assert_eq!(body["errorType"], "RATE_LIMIT");
+    assert_eq!(body["message"], "You have reached your daily limit.");
+    let (status, details) = get(&sim, "/account-info/v3/details").await;
+    assert_eq!(status, 200);
+    assert_eq!(details["timeZone"], "US/Eastern");
+    assert_eq!(details["utcOffset"], "-05:00");
+    assert_eq!(details["utcOffsetMilliseconds"], -18_000_000);
+    sim.reset_daily_quota();
+    assert_eq!(get(&sim, "/crm/v3/objects/deals?limit=1").await.0, 200);
+    sim.exhaust_daily_quota();
+    assert_eq!(get(&sim, "/crm/v3/objects/deals?limit=1").await.0, 429);
 }
