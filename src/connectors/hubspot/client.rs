@@ -38,11 +38,14 @@ pub(crate) struct HubSpotClient {
 /// as its UTC offset now), or the next midnight UTC when the offset is unknown. An offset
 /// taken now can be an hour off across a daylight-saving change before that midnight.
 pub(crate) fn daily_reset(now: DateTime<Utc>, offset: Option<FixedOffset>) -> DateTime<Utc> {
+    // `with_timezone` panics at the ends of time; the checked form does not.
     let day = match offset {
-        Some(o) => now.with_timezone(&o).date_naive(),
-        None => now.date_naive(),
+        Some(o) => now.naive_utc().checked_add_offset(o).map(|l| l.date()),
+        None => Some(now.date_naive()),
     };
-    let midnight = day.succ_opt().map(|d| d.and_time(NaiveTime::MIN));
+    let midnight = day
+        .and_then(|d| d.succ_opt())
+        .map(|d| d.and_time(NaiveTime::MIN));
     match (midnight, offset) {
         (Some(m), Some(o)) => m
             .and_local_timezone(o)
@@ -363,6 +366,11 @@ mod tests {
             DateTime::<Utc>::MAX_UTC
         );
         assert!(daily_reset(DateTime::<Utc>::MIN_UTC, kiritimati) > DateTime::<Utc>::MIN_UTC);
+        // Found by the property test: `with_timezone` panics here.
+        assert_eq!(
+            daily_reset(DateTime::<Utc>::MAX_UTC, kiritimati),
+            DateTime::<Utc>::MAX_UTC
+        );
     }
 
     #[test]

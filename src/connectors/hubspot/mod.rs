@@ -19,6 +19,8 @@
 //! (4 per second); `rate_limit` and `search_rate_limit` in the config replace them.
 
 mod client;
+#[cfg(test)]
+mod fuzz;
 mod sync;
 mod transform;
 mod types;
