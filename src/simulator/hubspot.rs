@@ -1559,7 +1559,6 @@ impl HubSpotPortal {
         let data = lock(&self.inner.data);
         self.inner.current(&data, obj, id)
     }
-
 }
 
 impl HubSpotSim {

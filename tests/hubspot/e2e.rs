@@ -651,7 +651,11 @@ pub async fn changes_during_a_search_pass_are_not_lost(env: Env) {
 
     let now = Utc::now();
     for id in 1..=600u64 {
-        sim.modify(HubSpotObject::Contacts, id, [("jobtitle", format!("wave1-{id}"))]);
+        sim.modify(
+            HubSpotObject::Contacts,
+            id,
+            [("jobtitle", format!("wave1-{id}"))],
+        );
         let minutes = if id % 2 == 0 { 30 } else { 1 };
         sim.stamp(
             HubSpotObject::Contacts,
@@ -665,7 +669,11 @@ pub async fn changes_during_a_search_pass_are_not_lost(env: Env) {
         1,
         |portal| {
             for id in 1..=20u64 {
-                portal.modify(HubSpotObject::Contacts, id, [("jobtitle", format!("wave2-{id}"))]);
+                portal.modify(
+                    HubSpotObject::Contacts,
+                    id,
+                    [("jobtitle", format!("wave2-{id}"))],
+                );
             }
         },
     );
@@ -704,7 +712,10 @@ pub async fn changes_during_a_search_pass_are_not_lost(env: Env) {
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
     assert_eq!(r.connectors[0].status, SyncStatus::Completed);
     for id in 1..=20u64 {
-        assert_eq!(contact_title(&env, ws, id).await, Some(format!("wave2-{id}")));
+        assert_eq!(
+            contact_title(&env, ws, id).await,
+            Some(format!("wave2-{id}"))
+        );
     }
     assert_equals_truth(&env.store, ws, &sim).await;
 }
@@ -746,15 +757,26 @@ pub async fn resumed_list_pass_is_followed_up(env: Env) {
         .unwrap();
     assert_ne!(r.connectors[0].status, SyncStatus::Completed);
     let stored = all(&env.store, ws, RecordKind::Contact).await.len();
-    assert!((100..2_900).contains(&stored), "interrupted mid-pass: {stored}");
+    assert!(
+        (100..2_900).contains(&stored),
+        "interrupted mid-pass: {stored}"
+    );
     let before = checkpoint(&env, ws).await;
     let contacts = before.stream("contacts").unwrap();
     assert!(contacts.cursor.is_some() && contacts.watermark.is_none());
 
     tick().await;
-    sim.modify(HubSpotObject::Contacts, 5, [("jobtitle", "changed after the crash")]);
+    sim.modify(
+        HubSpotObject::Contacts,
+        5,
+        [("jobtitle", "changed after the crash")],
+    );
     tick().await;
-    sim.modify(HubSpotObject::Contacts, 2_900, [("jobtitle", "changed later")]);
+    sim.modify(
+        HubSpotObject::Contacts,
+        2_900,
+        [("jobtitle", "changed later")],
+    );
     tick().await;
 
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
@@ -801,7 +823,11 @@ pub async fn resumed_search_pass_is_followed_up(env: Env) {
     assert_eq!(r.connectors[0].status, SyncStatus::Completed);
     tick().await;
     for id in 1..=600u64 {
-        sim.modify(HubSpotObject::Contacts, id, [("jobtitle", format!("wave1-{id}"))]);
+        sim.modify(
+            HubSpotObject::Contacts,
+            id,
+            [("jobtitle", format!("wave1-{id}"))],
+        );
     }
     tick().await;
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -825,13 +851,24 @@ pub async fn resumed_search_pass_is_followed_up(env: Env) {
         .unwrap();
     assert_ne!(r.connectors[0].status, SyncStatus::Completed);
     let before = checkpoint(&env, ws).await;
-    assert!(before.stream("contacts").unwrap().cursor.is_some(), "{before:?}");
+    assert!(
+        before.stream("contacts").unwrap().cursor.is_some(),
+        "{before:?}"
+    );
     assert_eq!(contact_title(&env, ws, 5).await.as_deref(), Some("wave1-5"));
 
     tick().await;
-    sim.modify(HubSpotObject::Contacts, 5, [("jobtitle", "changed after the crash")]);
+    sim.modify(
+        HubSpotObject::Contacts,
+        5,
+        [("jobtitle", "changed after the crash")],
+    );
     tick().await;
-    sim.modify(HubSpotObject::Contacts, 550, [("jobtitle", "changed later")]);
+    sim.modify(
+        HubSpotObject::Contacts,
+        550,
+        [("jobtitle", "changed later")],
+    );
     tick().await;
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
     let c = &r.connectors[0];

@@ -346,7 +346,10 @@ async fn daily_quota_stops_until_the_accounts_midnight() {
             panic!("run {run}: expected a quota stop with its reset, got {err}");
         };
         assert_eq!(at.with_timezone(&ny).time(), NaiveTime::MIN, "{at}");
-        assert!(at > before && at - before <= chrono::Duration::days(1), "{at}");
+        assert!(
+            at > before && at - before <= chrono::Duration::days(1),
+            "{at}"
+        );
         if run == 0 {
             // The companies page and its total were served before the quota ran out;
             // what was read is in the sink with its checkpoint.
@@ -409,7 +412,13 @@ async fn absurd_search_cursors_are_errors_not_panics() {
         Some(at)
     );
 
-    for bad in ["NTI1Cg%3D%3D", "-5", "", "1e3", "99999999999999999999999999"] {
+    for bad in [
+        "NTI1Cg%3D%3D",
+        "-5",
+        "",
+        "1e3",
+        "99999999999999999999999999",
+    ] {
         sim.set_search_paging_after(Some(bad.to_owned()));
         let mut sink = MemorySink::new();
         let err = c.sync(&ctx, &mut sink).await.unwrap_err();
@@ -475,7 +484,11 @@ async fn full_passes_report_source_totals() {
     sim.counters().reset();
     let ctx = SyncContext::new(ws(), SyncMode::Incremental).with_previous(checkpoint);
     let report = c.sync(&ctx, &mut MemorySink::new()).await.unwrap();
-    assert!(report.source_totals.is_empty(), "{:?}", report.source_totals);
+    assert!(
+        report.source_totals.is_empty(),
+        "{:?}",
+        report.source_totals
+    );
 }
 
 /// A stream flagged for repair is read in full by the next sync, even with a search pass in
@@ -516,7 +529,10 @@ async fn repair_flag_reads_the_stream_in_full() {
     assert_eq!(contacts.len(), 250, "every contact re-read");
     let last = sink.last_checkpoint().unwrap();
     let s = last.stream("contacts").unwrap();
-    assert!(!s.repair && s.cursor.is_none() && !s.extra.contains_key("pass"), "{s:?}");
+    assert!(
+        !s.repair && s.cursor.is_none() && !s.extra.contains_key("pass"),
+        "{s:?}"
+    );
     assert!(s.watermark >= watermark);
     let streams: Vec<&str> = report
         .source_totals

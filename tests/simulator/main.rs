@@ -522,12 +522,16 @@ async fn hooks_change_data_between_pages_and_offsets_shift() {
         "sorts": [{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
         "limit": 10,
     });
-    sim.after_served(HubSpotEndpoint::Search(HubSpotObject::Contacts), 1, |portal| {
-        // Records 1..=3 (already served) are modified now: they leave the `LTE` window.
-        for id in 1..=3 {
-            assert!(portal.modify(HubSpotObject::Contacts, id, [("jobtitle", "moved")]));
-        }
-    });
+    sim.after_served(
+        HubSpotEndpoint::Search(HubSpotObject::Contacts),
+        1,
+        |portal| {
+            // Records 1..=3 (already served) are modified now: they leave the `LTE` window.
+            for id in 1..=3 {
+                assert!(portal.modify(HubSpotObject::Contacts, id, [("jobtitle", "moved")]));
+            }
+        },
+    );
     let ids = search_ids(&sim, "contacts", body).await;
     // Page 1 had 1..=10; page 2 (offset 10 of 27 left) starts at 14: 11..=13 are skipped.
     assert_eq!(&ids[..10], (1..=10).collect::<Vec<_>>().as_slice());
@@ -538,7 +542,11 @@ async fn hooks_change_data_between_pages_and_offsets_shift() {
         Some("moved")
     );
     // A hook runs once.
-    assert_eq!(sim.counters().get("POST /crm/v3/objects/{object_type}/search"), 3);
+    assert_eq!(
+        sim.counters()
+            .get("POST /crm/v3/objects/{object_type}/search"),
+        3
+    );
 }
 
 /// The daily quota answers HubSpot's `DAILY` 429 (body and headers); the account details
@@ -554,7 +562,10 @@ async fn daily_quota_and_account_details() {
     .await
     .unwrap();
     let resp = reqwest::Client::new()
-        .get(format!("{}/crm/v3/objects/contacts?limit=5", sim.base_url()))
+        .get(format!(
+            "{}/crm/v3/objects/contacts?limit=5",
+            sim.base_url()
+        ))
         .bearer_auth(TOKEN)
         .send()
         .await

@@ -165,7 +165,12 @@ impl HubSpotClient {
 
     async fn fetch_utc_offset(&self) -> Option<FixedOffset> {
         match self
-            .send_raw::<serde_json::Value>(&self.account, Method::GET, "/account-info/v3/details", None)
+            .send_raw::<serde_json::Value>(
+                &self.account,
+                Method::GET,
+                "/account-info/v3/details",
+                None,
+            )
             .await
         {
             Ok(details) => {
@@ -359,7 +364,10 @@ mod tests {
             at(2026, 12, 31, 10, 0)
         );
         // Unknown zone: the next midnight UTC.
-        assert_eq!(daily_reset(at(2026, 12, 31, 23, 59), None), at(2027, 1, 1, 0, 0));
+        assert_eq!(
+            daily_reset(at(2026, 12, 31, 23, 59), None),
+            at(2027, 1, 1, 0, 0)
+        );
         // The end of time does not panic.
         assert_eq!(
             daily_reset(DateTime::<Utc>::MAX_UTC, None),

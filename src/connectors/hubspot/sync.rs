@@ -218,7 +218,11 @@ impl Syncer<'_> {
     /// due, else an incremental search pass; an interrupted pass is resumed first. A resumed
     /// pass ends with its own window (the start of the run that began it), so one follow-up
     /// pass in this run reads what changed between that start and this run's.
-    pub(crate) async fn sync_object(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<()> {
+    pub(crate) async fn sync_object(
+        &mut self,
+        obj: Object,
+        sink: &mut dyn RecordSink,
+    ) -> Result<()> {
         if self.object_pass(obj, sink).await? {
             self.object_pass(obj, sink).await?;
         }
@@ -253,7 +257,8 @@ impl Syncer<'_> {
         let ctx = self.ctx;
         let s = self.stream(stream);
         s.begin_pass(ctx);
-        s.extra.insert(PASS_KIND.into(), json!(PassKind::List.as_str()));
+        s.extra
+            .insert(PASS_KIND.into(), json!(PassKind::List.as_str()));
         let mut after = s.cursor.clone();
         let span = tracing::info_span!("hubspot_list", object = stream);
         async {
@@ -354,11 +359,16 @@ impl Syncer<'_> {
         };
         let from = watermark.checked_sub_signed(lookback).unwrap_or(watermark);
         let until = s.begin_pass(ctx);
-        s.extra.insert(PASS_KIND.into(), json!(PassKind::Search.as_str()));
+        s.extra
+            .insert(PASS_KIND.into(), json!(PassKind::Search.as_str()));
         let mut last_id: u64 = match s.cursor.as_deref() {
             None => 0,
             Some(c) => c.trim().parse().unwrap_or_else(|_| {
-                tracing::warn!(object = stream, cursor = c, "unreadable search cursor in the checkpoint; the pass restarts");
+                tracing::warn!(
+                    object = stream,
+                    cursor = c,
+                    "unreadable search cursor in the checkpoint; the pass restarts"
+                );
                 0
             }),
         };
@@ -439,7 +449,11 @@ impl Syncer<'_> {
 
     /// Archived records of one object (search never returns them), followed up like the
     /// other passes when a resumed pass ends (see [`Syncer::sync_object`]).
-    pub(crate) async fn sync_archived(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<()> {
+    pub(crate) async fn sync_archived(
+        &mut self,
+        obj: Object,
+        sink: &mut dyn RecordSink,
+    ) -> Result<()> {
         if self.archived_pass(obj, sink).await? {
             self.archived_pass(obj, sink).await?;
         }
@@ -456,7 +470,9 @@ impl Syncer<'_> {
         let props = properties(obj, self.config);
         let lookback = chrono::Duration::from_std(self.config.lookback).unwrap_or_default();
         let s = self.stream(stream);
-        let since = s.watermark.map(|w| w.checked_sub_signed(lookback).unwrap_or(w));
+        let since = s
+            .watermark
+            .map(|w| w.checked_sub_signed(lookback).unwrap_or(w));
         s.begin_pass(ctx);
         let mut after = s.cursor.clone();
         loop {
