@@ -1,16 +1,26 @@
 //! The HubSpot CRM connector (feature `hubspot`): companies → `accounts`, contacts →
 //! `contacts`, deals → `deals`, deal–contact associations → `deal_contacts`.
 //!
-//! - **Initial sync** reads each object through the list endpoint (100 a page) with the
-//!   properties the schema needs (others the config names go to `custom_fields`) and the
-//!   inline associations, one checkpoint per page; then archived records
-//!   (`archived=true`) are stored soft-deleted.
+//! - **Initial sync** reads each object through the list endpoint (100 a page, an id
+//!   cursor) with the properties the schema needs (others the config names go to
+//!   `custom_fields`) and the inline associations, one checkpoint per page; then archived
+//!   records (`archived=true`) are stored soft-deleted. After each full pass the
+//!   provider's count of live records (search `total`) goes to
+//!   [`SyncReport::source_totals`](crate::SyncReport::source_totals) for reconciliation.
 //! - **Incremental sync** reads through search on the right last-modified property
 //!   (`lastmodifieddate` for contacts, `hs_lastmodifieddate` otherwise) from the stored
-//!   watermark minus a lookback, bounded above by the sync's start, sorted by
-//!   `hs_object_id`, and restarts the query after the last id before HubSpot's
-//!   10,000-result cap, so any number of changes (even with one identical timestamp)
-//!   arrives. Deal associations come from the v4 batch endpoint.
+//!   watermark minus a lookback, bounded above by the pass's start, sorted by
+//!   `hs_object_id`, every page a fresh query for `hs_object_id > last id read` (search's
+//!   `after` is an offset into a live set, which shifts when records change during the
+//!   pass); so no change is skipped, none is read past the 10,000-result cap, and any number
+//!   of changes (even with one identical timestamp) arrives. Deal associations come from
+//!   the v4 batch endpoint. A stream flagged for repair is read in full instead.
+//! - **Resumed passes** end with the window of the run that began them; a follow-up pass in
+//!   the same run then reads what changed since.
+//! - **Daily quota**: HubSpot's `DAILY` 429 stops the sync with
+//!   [`Error::QuotaExhausted`](crate::Error::QuotaExhausted) resetting at the next midnight
+//!   in the account's time zone (`GET /account-info/v3/details`, asked once and only then;
+//!   midnight UTC when unknown).
 //! - **Backfill** re-reads every deal's contacts through the v4 batch endpoint, 1,000 deals
 //!   a request; the sync report asks for it when an inline association list was cut off.
 //!

@@ -1,6 +1,7 @@
-//! The HubSpot sync: list-based initial passes, search-based incremental passes with
-//! `hs_object_id` re-windowing past the 10,000-result cap, archived records as soft deletes,
-//! and association backfill through the v4 batch endpoint.
+//! The HubSpot sync: list-based full passes, search-based incremental passes paged by
+//! `hs_object_id` (keyset, never an offset into a live set), archived records as soft
+//! deletes, resumed passes finished in their own window and followed up, and association
+//! backfill through the v4 batch endpoint.
 
 use std::collections::BTreeSet;
 
