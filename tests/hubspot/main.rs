@@ -542,3 +542,84 @@ async fn repair_flag_reads_the_stream_in_full() {
     assert_eq!(streams, ["contacts"]);
     assert_eq!(report.source_totals[0].total, 250);
 }
+
+/// Issue 11, case 2, checkpoint by checkpoint: after an interrupted list pass, a change below
+/// the stored cursor (contact 5) and then one above it (contact 290) are made. No checkpoint
+/// of the resuming run may carry a contacts watermark at or past contact 5's change before
+/// the batch that stores that change.
+#[tokio::test]
+async fn watermark_never_passes_an_unread_change() {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 5,
+        contacts: 300,
+        deals: 0,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let config = HubSpotConfig::from_json(&serde_json::json!({
+        "rate_limit": {"max_requests": 100000, "window_ms": 1000},
+        "search_rate_limit": {"max_requests": 100000, "window_ms": 1000},
+        "lookback_minutes": 0
+    }))
+    .unwrap();
+    let c = HubSpotConnector::new(
+        &sim.base_url(),
+        HubSpotCredentials::AccessToken(SecretString::from(sim.config().access_token.clone())),
+        config,
+    )
+    .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    sim.after_served(
+        pandora_sync::simulator::HubSpotEndpoint::List(HubSpotObject::Contacts),
+        1,
+        {
+            let cancel = cancel.clone();
+            move |_| cancel.cancel()
+        },
+    );
+    let ctx = SyncContext::new(ws(), SyncMode::Initial)
+        .with_lag(std::time::Duration::ZERO)
+        .with_cancel(cancel);
+    let mut sink = MemorySink::new();
+    let err = c.sync(&ctx, &mut sink).await.unwrap_err();
+    assert!(matches!(err, pandora_sync::Error::Cancelled), "{err}");
+    let previous = sink.last_checkpoint().unwrap().clone();
+    assert!(previous.stream("contacts").unwrap().cursor.is_some());
+
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    sim.modify(
+        HubSpotObject::Contacts,
+        5,
+        [("jobtitle", "below the cursor")],
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    sim.modify(
+        HubSpotObject::Contacts,
+        290,
+        [("jobtitle", "above the cursor")],
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let t5 = sim.record(HubSpotObject::Contacts, 5).unwrap().updated_at;
+
+    let ctx = SyncContext::new(ws(), SyncMode::Incremental)
+        .with_lag(std::time::Duration::ZERO)
+        .with_previous(previous);
+    let mut sink = MemorySink::new();
+    c.sync(&ctx, &mut sink).await.unwrap();
+    let mut stored = false;
+    for (batch, checkpoint) in &sink.batches {
+        stored |= batch.records.iter().any(|r| {
+            matches!(r, Record::Contact(c) if c.meta.source_id == "5" && c.title.as_deref() == Some("below the cursor"))
+        });
+        if !stored {
+            let w = checkpoint.watermark("contacts");
+            assert!(
+                w.is_none_or(|w| w < t5),
+                "watermark {w:?} passed the unread change at {t5}"
+            );
+        }
+    }
+    assert!(stored, "the change below the resumed cursor was read");
+}
