@@ -1229,7 +1229,7 @@ async fn search_objects(
         Some(Some(a)) => a,
         Some(None) => return bad("after must be an integer"),
     };
-    if after + limit > 10_000 {
+    if after.saturating_add(limit) > 10_000 {
         return bad("Search results are limited to 10,000: page past 10000 results is not allowed");
     }
     let props: Vec<String> = req
@@ -1393,7 +1393,7 @@ async fn associations_batch_read(
                 .map(|t| json!({"toObjectId": t, "associationTypes": [{"category": "HUBSPOT_DEFINED", "typeId": type_id(from, to), "label": null}]}))
                 .collect();
             let mut r = json!({"from": {"id": id.to_string()}, "to": to_json});
-            if offset + page_size < all.len() {
+            if offset.saturating_add(page_size) < all.len() {
                 r["paging"] =
                     json!({"next": {"after": (offset + page_size).to_string(), "link": null}});
             }

@@ -598,3 +598,24 @@ async fn daily_quota_and_account_details() {
     sim.exhaust_daily_quota();
     assert_eq!(get(&sim, "/crm/v3/objects/deals?limit=1").await.0, 429);
 }
+
+/// Absurd offsets from a client are validation errors, not a crashed simulator.
+#[tokio::test]
+async fn huge_offsets_are_rejected() {
+    let sim = HubSpotSim::start(cfg()).await.unwrap();
+    let (status, _) = post(
+        &sim,
+        "/crm/v3/objects/contacts/search",
+        &json!({"limit": 10, "after": u64::MAX.to_string()}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = post(
+        &sim,
+        "/crm/v4/associations/deals/contacts/batch/read",
+        &json!({"inputs": [{"id": "1", "after": u64::MAX.to_string()}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["results"][0]["paging"].is_null());
+}
