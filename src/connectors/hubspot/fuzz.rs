@@ -367,3 +367,24 @@ fn odd_values_map_to_values_not_garbage() {
     assert_ne!(a.employee_count, Some(i64::MIN));
     assert!(a.annual_revenue.is_none_or(f64::is_finite));
 }
+
+/// Lone surrogates, truncated escapes and invalid UTF-8 in a page are decode errors.
+#[test]
+fn invalid_escapes_and_bytes_are_errors() {
+    for text in [
+        r#"{"results":[{"id":"\ud800","properties":{}}]}"#,
+        r#"{"results":[{"id":"1","properties":{"name":"\udc00\ud800"}}]}"#,
+        r#"{"results":[{"id":"1","properties":{"name":"\u12"}}]}"#,
+        r#"{"results":[],"paging":{"next":{"after":"\uZZZZ"}}}"#,
+    ] {
+        assert!(serde_json::from_str::<Page>(text).is_err(), "{text}");
+        assert!(
+            serde_json::from_str::<AssocBatchResponse>(text).is_err(),
+            "{text}"
+        );
+    }
+    let mut bytes = br#"{"results":[{"id":"1","properties":{"name":""#.to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe, 0xc3]);
+    bytes.extend_from_slice(br#""}}]}"#);
+    assert!(serde_json::from_slice::<Page>(&bytes).is_err());
+}
