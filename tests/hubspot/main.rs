@@ -623,3 +623,75 @@ async fn watermark_never_passes_an_unread_change() {
     }
     assert!(stored, "the change below the resumed cursor was read");
 }
+
+/// Issue 11, case 2 for the archived list: an interrupted archived pass resumes; a record
+/// archived before the resume below the stored cursor is soft-deleted by the follow-up pass
+/// (the archived watermark does not jump past it to a later archive above the cursor).
+#[tokio::test]
+async fn resumed_archived_pass_is_followed_up() {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 2,
+        contacts: 260,
+        deals: 0,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for id in 11..=260 {
+        sim.archive(HubSpotObject::Contacts, id);
+    }
+    let config = HubSpotConfig::from_json(&serde_json::json!({
+        "rate_limit": {"max_requests": 100000, "window_ms": 1000},
+        "search_rate_limit": {"max_requests": 100000, "window_ms": 1000},
+        "lookback_minutes": 0
+    }))
+    .unwrap();
+    let c = HubSpotConnector::new(
+        &sim.base_url(),
+        HubSpotCredentials::AccessToken(SecretString::from(sim.config().access_token.clone())),
+        config,
+    )
+    .unwrap();
+    // The live contacts list is one page; the archived one has three: stop after its first.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    sim.after_served(
+        pandora_sync::simulator::HubSpotEndpoint::List(HubSpotObject::Contacts),
+        2,
+        {
+            let cancel = cancel.clone();
+            move |_| cancel.cancel()
+        },
+    );
+    let ctx = SyncContext::new(ws(), SyncMode::Initial)
+        .with_lag(std::time::Duration::ZERO)
+        .with_cancel(cancel);
+    let mut sink = MemorySink::new();
+    let err = c.sync(&ctx, &mut sink).await.unwrap_err();
+    assert!(matches!(err, pandora_sync::Error::Cancelled), "{err}");
+    let previous = sink.last_checkpoint().unwrap().clone();
+    assert!(
+        previous
+            .stream("contacts_archived")
+            .unwrap()
+            .cursor
+            .is_some(),
+        "{previous:?}"
+    );
+
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    sim.archive(HubSpotObject::Contacts, 5); // below the archived cursor
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    sim.archive(HubSpotObject::Contacts, 200); // above it, archived again later
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+
+    let ctx = SyncContext::new(ws(), SyncMode::Incremental)
+        .with_lag(std::time::Duration::ZERO)
+        .with_previous(previous);
+    let mut sink = MemorySink::new();
+    c.sync(&ctx, &mut sink).await.unwrap();
+    let archived_5 = sink.records().any(|r| {
+        matches!(r, Record::Contact(c) if c.meta.source_id == "5" && c.meta.archived_at.is_some())
+    });
+    assert!(archived_5, "contact 5's archiving was read");
+}
