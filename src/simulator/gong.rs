@@ -244,6 +244,9 @@ struct Inner {
     /// Seconds the seeded calls spread over.
     span: u64,
     data: Mutex<Data>,
+    /// Cursors carry the epoch they were issued in; [`GongSim::expire_cursors`] moves it on
+    /// and every older cursor is answered 400 "cursor has expired".
+    cursor_epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A fake Gong company on loopback.
@@ -935,6 +938,20 @@ fn encode_cursor(v: &Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
+/// The epoch a decoded cursor was issued in (0 for cursors without one).
+fn epoch_of(v: &Value) -> Option<u64> {
+    match v.get("e") {
+        None => Some(0),
+        Some(e) => e.as_u64(),
+    }
+}
+
+impl Inner {
+    fn epoch(&self) -> u64 {
+        self.cursor_epoch.load(Ordering::SeqCst)
+    }
+}
+
 fn decode_cursor(s: &str) -> Option<Value> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s.trim())
@@ -953,9 +970,12 @@ async fn list_users(
     let (start, page_no) = match q.get("cursor").filter(|c| !c.is_empty()) {
         None => (1, 0),
         Some(c) => match decode_cursor(c)
-            .and_then(|v| Some((v.get("u")?.as_u64()?, v.get("p")?.as_u64()?)))
+            .and_then(|v| Some((v.get("u")?.as_u64()?, v.get("p")?.as_u64()?, epoch_of(&v)?)))
         {
-            Some(pos) => pos,
+            Some((_, _, e)) if e != inner.epoch() => {
+                return error(StatusCode::BAD_REQUEST, "cursor has expired");
+            }
+            Some((u, p, _)) => (u, p),
             None => return error(StatusCode::BAD_REQUEST, "cursor is invalid"),
         },
     };
@@ -976,7 +996,9 @@ async fn list_users(
         "currentPageNumber": page_no,
     });
     if let Some(n) = next {
-        records["cursor"] = json!(encode_cursor(&json!({"u": n, "p": page_no + 1})));
+        records["cursor"] = json!(encode_cursor(
+            &json!({"u": n, "p": page_no + 1, "e": inner.epoch()})
+        ));
     }
     json_response(
         StatusCode::OK,
@@ -1072,9 +1094,11 @@ async fn calls_extensive(
                 (v.get("k")?.as_i64()?, v.get("i")?.as_u64()?),
                 v.get("p")?.as_u64()?,
                 v.get("t")?.as_u64()?,
+                epoch_of(&v)?,
             ))
         }) {
-            Some(p) => Some(p),
+            Some((_, _, _, e)) if e != inner.epoch() => return bad("cursor has expired"),
+            Some((k, p, t, _)) => Some((k, p, t)),
             None => return bad("cursor is invalid"),
         },
         Some(_) => return bad("cursor must be a string"),
@@ -1107,7 +1131,7 @@ async fn calls_extensive(
     });
     if let Some((k, i)) = next {
         records["cursor"] = json!(encode_cursor(
-            &json!({"k": k, "i": i, "p": page_no + 1, "t": total})
+            &json!({"k": k, "i": i, "p": page_no + 1, "t": total, "e": inner.epoch()})
         ));
     }
     let calls: Vec<Value> = calls.iter().map(|c| inner.call_json(c, &sel)).collect();
@@ -1128,6 +1152,7 @@ impl GongSim {
             seeded,
             span: u64::from(cfg.days.max(1)) * 86_400,
             data: Mutex::new(Data::default()),
+            cursor_epoch: std::sync::atomic::AtomicU64::new(0),
             common: common.clone(),
             cfg,
         });
@@ -1151,6 +1176,13 @@ impl GongSim {
     /// Stops the server.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
+    }
+
+    /// Expires every cursor issued so far (users and calls): Gong's cursors are opaque and
+    /// not valid forever, and a later request with one is answered 400 "cursor has
+    /// expired".
+    pub fn expire_cursors(&self) {
+        self.inner.cursor_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Requests served, per endpoint (`"GET /v2/users"`, `"POST /v2/calls/extensive"`).

@@ -8,6 +8,9 @@ mod sim;
 #[cfg(feature = "gong")]
 mod connector;
 
+#[cfg(feature = "gong")]
+mod live;
+
 #[cfg(all(feature = "gong", any(feature = "sqlite", feature = "postgres")))]
 mod e2e;
 
