@@ -1372,6 +1372,7 @@ mod tests {
             seeded: if users == 0 { 0 } else { calls },
             span: u64::from(days.max(1)) * 86_400,
             data: Mutex::new(Data::default()),
+            cursor_epoch: std::sync::atomic::AtomicU64::new(0),
             common: Arc::new(Common::new(cfg.seed, FaultConfig::default())),
             cfg,
         }

@@ -415,8 +415,8 @@ async fn absurd_stored_dates_do_not_overflow() {
 #[tokio::test]
 async fn the_daily_quota_is_counted_across_runs() {
     let sim = GongSim::start(sim_config(1, 250, 60)).await.unwrap();
-    // users + 3 pages = 4 requests per run.
-    let c = connector(&sim, json!({"daily_limit": 10}));
+    // users + 3 pages = 4 requests for the initial run.
+    let c = connector(&sim, json!({"daily_limit": 8}));
     let mut first = MemorySink::new();
     c.sync(&ctx(SyncMode::Initial, now(), None), &mut first)
         .await
@@ -426,7 +426,8 @@ async fn the_daily_quota_is_counted_across_runs() {
     assert_eq!(quota.extra["day"], json!("2025-03-01"));
     assert_eq!(quota.extra["used"], json!(4));
 
-    // Second run the same day: users + 2 pages (the overlap) = 3; 7 used.
+    // Second run the same day: users + the overlap's pages.
+    sim.counters().reset();
     let mut second = MemorySink::new();
     c.sync(
         &ctx(SyncMode::Incremental, now() + chrono::Duration::hours(1), Some(&cp)),
@@ -435,9 +436,11 @@ async fn the_daily_quota_is_counted_across_runs() {
     .await
     .unwrap();
     let cp = second.last_checkpoint().unwrap().clone();
-    assert_eq!(cp.stream("gong:requests").unwrap().extra["used"], json!(7));
+    let used = 4 + sim.counters().total();
+    assert_eq!(cp.stream("gong:requests").unwrap().extra["used"], json!(used));
+    assert!(used < 8);
 
-    // A third run would pass 10: it stops, and commits its checkpoint with the count.
+    // A third run would pass 8: it stops, and commits its checkpoint with the count.
     sim.counters().reset();
     let mut third = MemorySink::new();
     let err = c
@@ -455,7 +458,7 @@ async fn the_daily_quota_is_counted_across_runs() {
         other => panic!("expected a quota stop, got {other}"),
     }
     let stopped = third.last_checkpoint().expect("committed before stopping");
-    assert_eq!(stopped.stream("gong:requests").unwrap().extra["used"], json!(10));
+    assert_eq!(stopped.stream("gong:requests").unwrap().extra["used"], json!(8));
     assert!(sim.counters().get("POST /v2/calls/extensive") <= 2);
 
     // The next UTC day starts from zero.
@@ -472,7 +475,8 @@ async fn the_daily_quota_is_counted_across_runs() {
     .unwrap();
     let q = fourth.last_checkpoint().unwrap().stream("gong:requests").unwrap().clone();
     assert_eq!(q.extra["day"], json!("2025-03-02"));
-    assert!(q.extra["used"].as_u64().unwrap() <= 4);
+    let used = q.extra["used"].as_u64().unwrap();
+    assert!(used > 0 && used < 8, "{used}");
 }
 
 /// A Gong 429 with `Retry-After` is a rate limit (snoozed), not a quota stop, and it is

@@ -307,9 +307,13 @@ impl SyncCapable for GongConnector {
         sink: &mut dyn RecordSink,
     ) -> Result<SyncReport> {
         // A forced initial sync reads the initial window from scratch; an interrupted one
-        // is resumed by an incremental run from its page cursors.
-        self.run(ctx, Checkpoint::default(), Mode::Initial, sink)
-            .await
+        // is resumed by an incremental run from its page cursors. The day's request count
+        // belongs to the company, not to the streams: it carries over.
+        let mut fresh = Checkpoint::default();
+        if let Some(q) = ctx.previous().stream(sync::QUOTA_STREAM) {
+            fresh.streams.insert(sync::QUOTA_STREAM.to_owned(), q.clone());
+        }
+        self.run(ctx, fresh, Mode::Initial, sink).await
     }
 
     async fn incremental_sync(
