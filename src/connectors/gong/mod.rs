@@ -39,6 +39,8 @@
 //! | `daily_limit` | 10,000 | requests per 24 hours |
 
 mod client;
+#[cfg(test)]
+mod fuzz;
 mod sync;
 mod transform;
 mod types;

@@ -888,6 +888,82 @@ mod tests {
         assert!(!is_client_error(&Error::api("gong", 503, "")));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn date_arithmetic_on_any_instant_never_overflows(
+            secs in proptest::num::i64::ANY,
+            n in 0u32..=u32::MAX,
+        ) {
+            // Any instant chrono can hold (the checkpoint's range), any day count.
+            let t = DateTime::from_timestamp(secs % 8_000_000_000_000, 0)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            for edge in [t, DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC] {
+                let b = back(edge, days(n));
+                proptest::prop_assert!(b >= earliest());
+                proptest::prop_assert!(b <= edge.max(earliest()));
+                let _ = floor_secs(b);
+                proptest::prop_assert!(next_utc_midnight(edge) >= edge);
+            }
+        }
+    }
+
+    /// The day's count rolls over at UTC midnight on tokio's clock: a run that starts at
+    /// 23:59:58 with the day's quota spent may go on two seconds later.
+    #[tokio::test(start_paused = true)]
+    async fn the_daily_count_rolls_over_at_utc_midnight() {
+        let stats = HttpStats::new();
+        let start = Utc.with_ymd_and_hms(2025, 3, 1, 23, 59, 58).unwrap();
+        let midnight = Utc.with_ymd_and_hms(2025, 3, 2, 0, 0, 0).unwrap();
+        let mut cp = Checkpoint::default();
+        let s = cp.stream_mut(QUOTA_STREAM);
+        s.extra.insert(QUOTA_DAY.into(), json!("2025-03-01"));
+        s.extra.insert(QUOTA_USED.into(), json!(3));
+        let mut q = DailyQuota::load(&cp, 3, start, &stats);
+        assert_eq!(q.check(), Err(midnight), "spent: stop until the next UTC midnight");
+
+        tokio::time::advance(std::time::Duration::from_secs(3)).await;
+        assert_eq!(q.check(), Ok(()), "a new day");
+        for _ in 0..3 {
+            stats.add_attempt();
+        }
+        q.charge(&stats);
+        assert_eq!(
+            q.check(),
+            Err(Utc.with_ymd_and_hms(2025, 3, 3, 0, 0, 0).unwrap())
+        );
+        q.store(&mut cp);
+        let s = cp.stream(QUOTA_STREAM).unwrap();
+        assert_eq!(s.extra[QUOTA_DAY], json!("2025-03-02"));
+        assert_eq!(s.extra[QUOTA_USED], json!(3));
+
+        // Another day's count, or garbage, is not carried.
+        let later = Utc.with_ymd_and_hms(2025, 3, 3, 8, 0, 0).unwrap();
+        assert_eq!(DailyQuota::load(&cp, 3, later, &stats).check(), Ok(()));
+        cp.stream_mut(QUOTA_STREAM)
+            .extra
+            .insert(QUOTA_USED.into(), json!("lots"));
+        assert_eq!(DailyQuota::load(&cp, 3, midnight, &stats).check(), Ok(()));
+    }
+
+    #[test]
+    fn old_windows_migrate_to_the_shared_pass_start() {
+        let to = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
+        let mut s = StreamCheckpoint {
+            cursor: Some("c".into()),
+            ..Default::default()
+        };
+        s.extra.insert(WINDOW_FROM.into(), json!("2024-12-01T12:00:00Z"));
+        s.extra.insert(WINDOW_TO.into(), json!("2025-03-01T12:00:00Z"));
+        migrate(&mut s);
+        assert_eq!(s.pass_started_at, Some(to));
+        assert!(!s.extra.contains_key(WINDOW_TO) && s.extra.contains_key(WINDOW_FROM));
+        // No pass in progress: the stale key goes, nothing else changes.
+        let mut idle = StreamCheckpoint::default();
+        idle.extra.insert(WINDOW_TO.into(), json!("garbage"));
+        migrate(&mut idle);
+        assert_eq!(idle, StreamCheckpoint::default());
+    }
+
     #[test]
     fn windows_are_whole_seconds() {
         let t = Utc.with_ymd_and_hms(2024, 5, 1, 9, 30, 15).unwrap()
