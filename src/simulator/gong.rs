@@ -247,6 +247,8 @@ struct Inner {
     /// Cursors carry the epoch they were issued in; [`GongSim::expire_cursors`] moves it on
     /// and every older cursor is answered 400 "cursor has expired".
     cursor_epoch: std::sync::atomic::AtomicU64,
+    /// Requests left (plus one) before every cursor expires; 0: off.
+    expire_countdown: std::sync::atomic::AtomicU64,
 }
 
 /// A fake Gong company on loopback.
@@ -895,6 +897,13 @@ fn too_many(wait: Duration, message: &str) -> Response<Body> {
 /// Auth, injected faults, latency, the per-second limit and the daily cap: `Err` is the
 /// response to send instead of serving the request.
 async fn admit(inner: &Inner, headers: &HeaderMap) -> Result<(), Response<Body>> {
+    if inner
+        .expire_countdown
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        == Ok(1)
+    {
+        inner.cursor_epoch.fetch_add(1, Ordering::SeqCst);
+    }
     let (injected, latency) = decide(&inner.common);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -1153,6 +1162,7 @@ impl GongSim {
             span: u64::from(cfg.days.max(1)) * 86_400,
             data: Mutex::new(Data::default()),
             cursor_epoch: std::sync::atomic::AtomicU64::new(0),
+            expire_countdown: std::sync::atomic::AtomicU64::new(0),
             common: common.clone(),
             cfg,
         });
@@ -1183,6 +1193,14 @@ impl GongSim {
     /// expired".
     pub fn expire_cursors(&self) {
         self.inner.cursor_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Serves the next `n` requests, then expires every cursor issued so far (as
+    /// [`GongSim::expire_cursors`] would between request `n` and request `n + 1`).
+    pub fn expire_cursors_after(&self, n: u64) {
+        self.inner
+            .expire_countdown
+            .store(n.saturating_add(1), Ordering::SeqCst);
     }
 
     /// Requests served, per endpoint (`"GET /v2/users"`, `"POST /v2/calls/extensive"`).
@@ -1373,6 +1391,7 @@ mod tests {
             span: u64::from(days.max(1)) * 86_400,
             data: Mutex::new(Data::default()),
             cursor_epoch: std::sync::atomic::AtomicU64::new(0),
+            expire_countdown: std::sync::atomic::AtomicU64::new(0),
             common: Arc::new(Common::new(cfg.seed, FaultConfig::default())),
             cfg,
         }

@@ -290,6 +290,24 @@ async fn a_cursor_expiring_mid_pass_restarts_the_window() {
     assert_eq!(ids(&sink.inner), truth(&sim, now() - days(90), now()));
 }
 
+/// The users listing (not checkpointed) starts again when Gong rejects its cursor.
+#[tokio::test]
+async fn a_users_cursor_expiring_mid_listing_lists_again() {
+    let sim = GongSim::start(sim_config(150, 300, 30)).await.unwrap();
+    let c = connector(&sim, json!({}));
+    // The first users page is served, then its cursor expires.
+    sim.expire_cursors_after(1);
+    let mut sink = MemorySink::new();
+    let report = c
+        .sync(&ctx(SyncMode::Initial, now(), None), &mut sink)
+        .await
+        .unwrap();
+    assert_eq!(report.details["users_tracked"], 150);
+    assert_eq!(report.details["users_failed"], 0);
+    assert_eq!(ids(&sink), truth(&sim, now() - days(90), now()));
+    assert_eq!(sim.counters().get("GET /v2/users"), 4, "page 1, rejected page 2, pages 1 and 2");
+}
+
 /// A cursor that keeps expiring does not loop forever: the user fails after a bounded
 /// number of restarts.
 #[tokio::test]
