@@ -256,10 +256,7 @@ mod tests {
         assert_eq!(parse_retry_after("1e300", now), day);
         assert_eq!(parse_retry_after("1.8e19", now), day);
         assert_eq!(parse_retry_after("inf", now), None);
-        assert_eq!(
-            parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now),
-            day
-        );
+        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now), day);
         assert_eq!(
             parse_retry_after("86400", now),
             Some(Duration::from_secs(86_400))

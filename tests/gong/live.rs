@@ -143,8 +143,15 @@ async fn a_call_added_below_the_cursor_between_crash_and_resume_is_stored() {
     let checkpoint = sink.inner.last_checkpoint().unwrap().clone();
     let stream = checkpoint.stream(&format!("calls:{user}")).unwrap();
     assert!(stream.cursor.is_some(), "interrupted after page 1");
-    assert_eq!(stream.pass_started_at, Some(t1), "the pass carries its window");
-    assert!(!stream.extra.contains_key("window_to"), "one shape: pass_started_at");
+    assert_eq!(
+        stream.pass_started_at,
+        Some(t1),
+        "the pass carries its window"
+    );
+    assert!(
+        !stream.extra.contains_key("window_to"),
+        "one shape: pass_started_at"
+    );
 
     // Between the crash and the resume: a call below the cursor (page 1 ended at
     // t1 - 141 s), inside the pass's window.
@@ -163,11 +170,18 @@ async fn a_call_added_below_the_cursor_between_crash_and_resume_is_stored() {
     )
     .await
     .unwrap();
-    assert!(ids(&next).contains(&late), "the late call was skipped for good");
+    assert!(
+        ids(&next).contains(&late),
+        "the late call was skipped for good"
+    );
     let mut all = ids(&sink.inner);
     all.extend(ids(&next));
     assert_eq!(all, truth(&sim, t1 - days(90), t2), "nothing lost");
-    let s = next.last_checkpoint().unwrap().stream(&format!("calls:{user}")).unwrap();
+    let s = next
+        .last_checkpoint()
+        .unwrap()
+        .stream(&format!("calls:{user}"))
+        .unwrap();
     assert!(s.cursor.is_none() && s.pass_started_at.is_none());
 }
 
@@ -228,21 +242,28 @@ async fn changes_between_pages_skip_nothing() {
     let mut sink = Hooked::new(None, |page| {
         // Before each stored page: a call early in the window (below every cursor), one
         // late in it (ahead), and a changed title on an early call.
-        let early = now() - days(59) + chrono::Duration::seconds(page as i64);
-        let late = now() - chrono::Duration::hours(1) - chrono::Duration::seconds(page as i64);
+        let early = now() - days(59) + chrono::Duration::seconds(i64::try_from(page).unwrap());
+        let late = now()
+            - chrono::Duration::hours(1)
+            - chrono::Duration::seconds(i64::try_from(page).unwrap());
         for (i, at) in [early, late].into_iter().enumerate() {
             let host = users[(page + i) % users.len()].clone();
             let id = sim.add_call(NewGongCall::new(host, at)).unwrap();
             added.lock().unwrap().push(id);
         }
-        let first = sim.truth_calls(now() - days(60), now(), &[])[page].id.clone();
+        let first = sim.truth_calls(now() - days(60), now(), &[])[page]
+            .id
+            .clone();
         sim.modify_call(&first, |c| c.title = format!("changed {page}"));
     });
     c.sync(&ctx(SyncMode::Initial, now(), None), &mut sink)
         .await
         .unwrap();
     let first = ids(&sink.inner);
-    assert!(first.is_superset(&before), "a call present throughout was skipped");
+    assert!(
+        first.is_superset(&before),
+        "a call present throughout was skipped"
+    );
 
     // The next run reads everything the pass could not see yet.
     let mut next = MemorySink::new();
@@ -263,7 +284,12 @@ async fn changes_between_pages_skip_nothing() {
         .filter(|id| sim.call(id).unwrap().started >= now() - days(14))
         .cloned()
         .collect();
-    assert!(rows.keys().cloned().collect::<BTreeSet<_>>().is_superset(&late));
+    assert!(
+        rows.keys()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .is_superset(&late)
+    );
     // Everything inside the overlap carries its latest version.
     for call in sim.truth_calls(now() - days(14), now() + days(1), &[]) {
         assert_eq!(rows[&call.id].title.as_deref(), Some(call.title.as_str()));
@@ -305,7 +331,11 @@ async fn a_users_cursor_expiring_mid_listing_lists_again() {
     assert_eq!(report.details["users_tracked"], 150);
     assert_eq!(report.details["users_failed"], 0);
     assert_eq!(ids(&sink), truth(&sim, now() - days(90), now()));
-    assert_eq!(sim.counters().get("GET /v2/users"), 4, "page 1, rejected page 2, pages 1 and 2");
+    assert_eq!(
+        sim.counters().get("GET /v2/users"),
+        4,
+        "page 1, rejected page 2, pages 1 and 2"
+    );
 }
 
 /// A cursor that keeps expiring does not loop forever: the user fails after a bounded
@@ -364,7 +394,10 @@ async fn a_repair_pass_reads_the_initial_window_and_reports_the_total() {
         .into_iter()
         .map(|c| c.id)
         .collect();
-    assert!(got.is_superset(&want), "the repair pass reads the whole window");
+    assert!(
+        got.is_superset(&want),
+        "the repair pass reads the whole window"
+    );
     let end = sink.last_checkpoint().unwrap();
     assert!(!end.stream(&format!("calls:{}", users[0])).unwrap().repair);
     assert_eq!(
@@ -373,7 +406,10 @@ async fn a_repair_pass_reads_the_initial_window_and_reports_the_total() {
         "only the full pass reports a total: {:?}",
         report.source_totals
     );
-    assert_eq!(report.source_totals[0].stream, format!("calls:{}", users[0]));
+    assert_eq!(
+        report.source_totals[0].stream,
+        format!("calls:{}", users[0])
+    );
     assert_eq!(report.source_totals[0].total, want.len() as u64);
 
     // An incremental run reads the overlap only and reports no total.
@@ -440,7 +476,9 @@ async fn the_daily_quota_is_counted_across_runs() {
         .await
         .unwrap();
     let cp = first.last_checkpoint().unwrap().clone();
-    let quota = cp.stream("gong:requests").expect("the count is checkpointed");
+    let quota = cp
+        .stream("gong:requests")
+        .expect("the count is checkpointed");
     assert_eq!(quota.extra["day"], json!("2025-03-01"));
     assert_eq!(quota.extra["used"], json!(4));
 
@@ -448,14 +486,21 @@ async fn the_daily_quota_is_counted_across_runs() {
     sim.counters().reset();
     let mut second = MemorySink::new();
     c.sync(
-        &ctx(SyncMode::Incremental, now() + chrono::Duration::hours(1), Some(&cp)),
+        &ctx(
+            SyncMode::Incremental,
+            now() + chrono::Duration::hours(1),
+            Some(&cp),
+        ),
         &mut second,
     )
     .await
     .unwrap();
     let cp = second.last_checkpoint().unwrap().clone();
     let used = 4 + sim.counters().total();
-    assert_eq!(cp.stream("gong:requests").unwrap().extra["used"], json!(used));
+    assert_eq!(
+        cp.stream("gong:requests").unwrap().extra["used"],
+        json!(used)
+    );
     assert!(used < 8);
 
     // A third run would pass 8: it stops, and commits its checkpoint with the count.
@@ -463,7 +508,11 @@ async fn the_daily_quota_is_counted_across_runs() {
     let mut third = MemorySink::new();
     let err = c
         .sync(
-            &ctx(SyncMode::Initial, now() + chrono::Duration::hours(2), Some(&cp)),
+            &ctx(
+                SyncMode::Initial,
+                now() + chrono::Duration::hours(2),
+                Some(&cp),
+            ),
             &mut third,
         )
         .await
@@ -476,7 +525,10 @@ async fn the_daily_quota_is_counted_across_runs() {
         other => panic!("expected a quota stop, got {other}"),
     }
     let stopped = third.last_checkpoint().expect("committed before stopping");
-    assert_eq!(stopped.stream("gong:requests").unwrap().extra["used"], json!(8));
+    assert_eq!(
+        stopped.stream("gong:requests").unwrap().extra["used"],
+        json!(8)
+    );
     assert!(sim.counters().get("POST /v2/calls/extensive") <= 2);
 
     // The next UTC day starts from zero.
@@ -491,7 +543,12 @@ async fn the_daily_quota_is_counted_across_runs() {
     )
     .await
     .unwrap();
-    let q = fourth.last_checkpoint().unwrap().stream("gong:requests").unwrap().clone();
+    let q = fourth
+        .last_checkpoint()
+        .unwrap()
+        .stream("gong:requests")
+        .unwrap()
+        .clone();
     assert_eq!(q.extra["day"], json!("2025-03-02"));
     let used = q.extra["used"].as_u64().unwrap();
     assert!(used > 0 && used < 8, "{used}");

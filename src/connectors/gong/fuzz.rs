@@ -43,7 +43,8 @@ fn arb_leaf() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|i| json!(i)),
         any::<u64>().prop_map(|i| json!(i)),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,12}".prop_map(Value::String),
         arb_date(),
     ]
@@ -80,7 +81,10 @@ fn arb_party() -> impl Strategy<Value = Value> {
         maybe(".{0,20}@x\\.com".prop_map(Value::String)),
         maybe(".{0,10}".prop_map(Value::String)),
         maybe("[0-9]{1,20}".prop_map(Value::String)),
-        maybe(prop_oneof![Just(json!("Internal")), Just(json!("External"))]),
+        maybe(prop_oneof![
+            Just(json!("Internal")),
+            Just(json!("External"))
+        ]),
         any::<u8>(),
     )
         .prop_map(|(email, name, user_id, affiliation, drop)| {

@@ -342,7 +342,11 @@ impl<'a> Syncer<'a> {
             self.after_request();
             let page = match result {
                 Ok(p) => p,
-                Err(e) if cursor.is_some() && is_client_error(&e) && restarts < MAX_CURSOR_RESTARTS => {
+                Err(e)
+                    if cursor.is_some()
+                        && is_client_error(&e)
+                        && restarts < MAX_CURSOR_RESTARTS =>
+                {
                     // The listing is not checkpointed: start it again.
                     tracing::warn!(error = %e, "Gong rejected the users cursor; listing again");
                     restarts += 1;
@@ -415,10 +419,11 @@ impl<'a> Syncer<'a> {
             Err(e) => {
                 // Whatever stopped the run, the requests it made count against the day: commit
                 // the checkpoint (what it holds is stored already) unless storage is failing.
-                if self.quota_dirty && !matches!(e, Error::Storage { .. }) {
-                    if let Err(w) = sink.write(RecordBatch::default(), &self.checkpoint).await {
-                        tracing::warn!(error = %w, "could not commit the Gong checkpoint after a stop");
-                    }
+                if self.quota_dirty
+                    && !matches!(e, Error::Storage { .. })
+                    && let Err(w) = sink.write(RecordBatch::default(), &self.checkpoint).await
+                {
+                    tracing::warn!(error = %w, "could not commit the Gong checkpoint after a stop");
                 }
                 Err(e)
             }
@@ -600,7 +605,9 @@ impl<'a> Syncer<'a> {
         let (watermark, repair) = self
             .checkpoint
             .stream(&name)
-            .map_or((watermark, false), |s| (s.watermark.or(watermark), s.repair));
+            .map_or((watermark, false), |s| {
+                (s.watermark.or(watermark), s.repair)
+            });
         let full = back(start, days(self.config.initial_days));
         let from = match watermark {
             Some(w) => floor_secs(back(w, days(self.config.overlap_days))),
@@ -919,7 +926,11 @@ mod tests {
         s.extra.insert(QUOTA_DAY.into(), json!("2025-03-01"));
         s.extra.insert(QUOTA_USED.into(), json!(3));
         let mut q = DailyQuota::load(&cp, 3, start, &stats);
-        assert_eq!(q.check(), Err(midnight), "spent: stop until the next UTC midnight");
+        assert_eq!(
+            q.check(),
+            Err(midnight),
+            "spent: stop until the next UTC midnight"
+        );
 
         tokio::time::advance(std::time::Duration::from_secs(3)).await;
         assert_eq!(q.check(), Ok(()), "a new day");
@@ -952,8 +963,10 @@ mod tests {
             cursor: Some("c".into()),
             ..Default::default()
         };
-        s.extra.insert(WINDOW_FROM.into(), json!("2024-12-01T12:00:00Z"));
-        s.extra.insert(WINDOW_TO.into(), json!("2025-03-01T12:00:00Z"));
+        s.extra
+            .insert(WINDOW_FROM.into(), json!("2024-12-01T12:00:00Z"));
+        s.extra
+            .insert(WINDOW_TO.into(), json!("2025-03-01T12:00:00Z"));
         migrate(&mut s);
         assert_eq!(s.pass_started_at, Some(to));
         assert!(!s.extra.contains_key(WINDOW_TO) && s.extra.contains_key(WINDOW_FROM));
