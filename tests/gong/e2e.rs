@@ -404,3 +404,48 @@ pub async fn rate_limit_storms_lose_nothing(env: Env) {
     assert!(retries > 0, "the storm was retried through");
     assert_equals_truth(&env, ws, &sim, &tracked).await;
 }
+
+/// The daily request count is kept with the connection through the store: a later run
+/// that would pass the limit stops before its first request, as rate limited (snoozed), and
+/// leaves the stored count as it was.
+pub async fn the_daily_count_survives_between_runs(env: Env) {
+    let sim = GongSim::start(GongSimConfig {
+        users: 2,
+        calls: 100,
+        days: 30,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // users + one page per user = 3 requests for the first run.
+    let mut config = fast_config();
+    config["daily_limit"] = json!(3);
+    let (ws, o) = setup(&env, &sim, config).await;
+    let first = sync(&o, ws).await;
+    assert_eq!(first.status, SyncStatus::Completed, "{:?}", first.error);
+    let used = |env: &Env| {
+        let store = env.store.clone();
+        async move {
+            let row = store
+                .get_connection(ws, ConnectorKind::Gong)
+                .await
+                .unwrap()
+                .unwrap();
+            let cp = row.checkpoint().unwrap();
+            cp.streams["gong:requests"].extra["used"].clone()
+        }
+    };
+    assert_eq!(used(&env).await, json!(3));
+
+    sim.counters().reset();
+    let second = sync(&o, ws).await;
+    assert!(second.rate_limited, "a quota stop is snoozed: {second:?}");
+    assert!(
+        second.error.as_deref().unwrap_or("").contains("quota"),
+        "{:?}",
+        second.error
+    );
+    assert_eq!(sim.counters().total(), 0, "no request past the limit");
+    assert_eq!(used(&env).await, json!(3));
+}
