@@ -419,6 +419,19 @@ async fn a_repair_pass_reads_the_initial_window_and_reports_the_total() {
         .await
         .unwrap();
     assert!(r.source_totals.is_empty());
+
+    // A backfill run honours a repair flag too.
+    let mut cp = plain.last_checkpoint().unwrap_or(end).clone();
+    cp.stream_mut(&format!("calls:{}", users[1])).repair = true;
+    let mut back = MemorySink::new();
+    let r = c
+        .sync(&ctx(SyncMode::Backfill, at, Some(&cp)), &mut back)
+        .await
+        .unwrap();
+    let streams: Vec<_> = r.source_totals.iter().map(|t| t.stream.clone()).collect();
+    assert_eq!(streams, [format!("calls:{}", users[1])]);
+    let end = back.last_checkpoint().unwrap();
+    assert!(!end.stream(&format!("calls:{}", users[1])).unwrap().repair);
 }
 
 /// Case 8: a stored watermark at the edge of the representable range (DB state, or a

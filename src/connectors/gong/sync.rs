@@ -557,13 +557,13 @@ impl<'a> Syncer<'a> {
             Mode::Incremental => self.incremental(user, start, stats, sink).await,
             Mode::Backfill => {
                 let name = stream_name(&user.id);
-                let covered = self
+                let (covered, repair) = self
                     .checkpoint
                     .stream(&name)
-                    .and_then(|s| extra_time(s, COVERED_FROM));
-                if covered.is_none() {
+                    .map_or((None, false), |s| (extra_time(s, COVERED_FROM), s.repair));
+                if covered.is_none() || repair {
                     // Nothing read yet: the initial window first, so the covered history
-                    // is one piece reaching up to now.
+                    // is one piece reaching up to now. A repair is due: that pass too.
                     self.incremental(user, start, stats, sink).await?;
                 }
                 self.backfill(user, start, stats, sink).await
