@@ -29,11 +29,15 @@ const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remai
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 const SFORCE_LIMIT_INFO: HeaderName = HeaderName::from_static("sforce-limit-info");
 
+/// The longest `Retry-After` honoured: one day. A provider asking for more (or an absurd
+/// value) is taken as "one day", so no `now + wait` downstream can overflow.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// The `Retry-After` of a response, as delta-seconds or an HTTP-date relative to `now()`
-/// (called only for a date).
+/// (called only for a date), at most [`MAX_RETRY_AFTER`].
 ///
-/// Fractional seconds are accepted; a date in the past gives zero; anything unparsable gives
-/// `None`.
+/// Fractional seconds are accepted; a date in the past gives zero; a number or date too
+/// large to represent gives [`MAX_RETRY_AFTER`]; anything unparsable gives `None`.
 pub(crate) fn retry_after(
     headers: &HeaderMap,
     now: impl FnOnce() -> SystemTime,
@@ -53,15 +57,23 @@ fn parse_retry_after_with(raw: &str, now: impl FnOnce() -> SystemTime) -> Option
         return None;
     }
     if raw.bytes().all(|b| b.is_ascii_digit()) {
-        return raw.parse::<u64>().ok().map(Duration::from_secs);
+        // All digits: only too many of them fails to parse, which is "very long".
+        let secs = raw.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     if let Ok(secs) = raw.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0)
-            .then(|| Duration::try_from_secs_f64(secs).ok())
-            .flatten();
+        return (secs.is_finite() && secs >= 0.0).then(|| {
+            Duration::try_from_secs_f64(secs)
+                .unwrap_or(MAX_RETRY_AFTER)
+                .min(MAX_RETRY_AFTER)
+        });
     }
     let at = httpdate::parse_http_date(raw).ok()?;
-    Some(at.duration_since(now()).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now())
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 fn header_u64(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
@@ -236,7 +248,19 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("", now), None);
         assert_eq!(parse_retry_after("NaN", now), None);
-        assert_eq!(parse_retry_after("99999999999999999999999", now), None);
+        // Enormous values are capped at a day, whatever their form.
+        let day = Some(MAX_RETRY_AFTER);
+        assert_eq!(parse_retry_after("99999999999999999999999", now), day);
+        assert_eq!(parse_retry_after("18446744073709551615", now), day);
+        assert_eq!(parse_retry_after("86401", now), day);
+        assert_eq!(parse_retry_after("1e300", now), day);
+        assert_eq!(parse_retry_after("1.8e19", now), day);
+        assert_eq!(parse_retry_after("inf", now), None);
+        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now), day);
+        assert_eq!(
+            parse_retry_after("86400", now),
+            Some(Duration::from_secs(86_400))
+        );
     }
 
     #[test]
@@ -354,5 +378,92 @@ mod tests {
         off.salesforce_stop_percent = None;
         let h = map(&[("sforce-limit-info", "api-usage=5000/5000")]);
         assert!(!read(&off, StatusCode::OK, &h).quota_stop);
+    }
+
+    /// Header values a provider (or a proxy in between) might send: numbers of any size and
+    /// sign, fractions, dates at and beyond the calendar's edges, structured fields, garbage.
+    fn arb_value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>().prop_map(|f| f.to_string()),
+            "[0-9]{15,40}",
+            "[0-9]{1,25}\\.[0-9]{0,25}",
+            Just("Fri, 31 Dec 9999 23:59:59 GMT".to_owned()),
+            Just("Thu, 01 Jan 1970 00:00:00 GMT".to_owned()),
+            Just("Sun, 06 Nov 1994 08:49:37 GMT".to_owned()),
+            "[a-zA-Z]{3}, [0-9]{2} [a-zA-Z]{3} [0-9]{4,6} [0-9:]{8} GMT",
+            "\"[a-z]{0,5}\";r=[0-9]{0,22};t=[0-9]{0,22}(, [a-z]{0,3};w=[0-9]{0,22})?",
+            "(limit|remaining|reset|q|w|r|t)=[0-9\\-]{0,22}(, ?(limit|remaining|reset|w)=[0-9]{0,22}){0,3}",
+            "api-usage=[0-9]{0,22}/[0-9]{0,22}(\\([a-z=]*\\))?(; per-app-api-usage=[0-9/]{0,9})?",
+            "[ -~]{0,40}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn header_parsers_never_panic_and_cap_every_wait(
+            values in proptest::collection::vec(
+                (0usize..10, arb_value()),
+                0..8,
+            ),
+            status in proptest::prop_oneof![
+                proptest::strategy::Just(200u16),
+                proptest::strategy::Just(429u16),
+                proptest::strategy::Just(503u16),
+            ],
+            now_secs in proptest::num::u64::ANY,
+            hubspot in proptest::bool::ANY,
+            ietf in proptest::bool::ANY,
+            percent in proptest::option::of(0u8..=255),
+        ) {
+            let names = [
+                http::header::RETRY_AFTER,
+                HUBSPOT_REMAINING,
+                HUBSPOT_INTERVAL,
+                HUBSPOT_SECONDLY_REMAINING,
+                HUBSPOT_DAILY_REMAINING,
+                RATELIMIT,
+                RATELIMIT_POLICY,
+                RATELIMIT_REMAINING,
+                RATELIMIT_RESET,
+                SFORCE_LIMIT_INFO,
+            ];
+            let mut h = HeaderMap::new();
+            for (i, v) in &values {
+                if let Ok(v) = HeaderValue::from_str(v) {
+                    h.append(names[*i].clone(), v);
+                }
+            }
+            // Any wall clock the system might report, even far from now.
+            let now = SystemTime::UNIX_EPOCH
+                .checked_add(Duration::from_secs(now_secs % (400 * 365 * 24 * 3600)))
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            if let Some(d) = retry_after(&h, || now) {
+                proptest::prop_assert!(d <= MAX_RETRY_AFTER);
+            }
+            for (_, v) in &values {
+                if let Some(d) = parse_retry_after(v, now) {
+                    proptest::prop_assert!(d <= MAX_RETRY_AFTER);
+                }
+                let _ = salesforce_usage(v);
+            }
+            let _ = ietf_hold(&h);
+            let policy = HeaderPolicy {
+                hubspot,
+                ietf,
+                retry_after: true,
+                salesforce_stop_percent: percent,
+                ..HeaderPolicy::default()
+            };
+            let status = StatusCode::from_u16(status).unwrap();
+            let s = read(&policy, status, &h);
+            if let Some(hold) = s.hold {
+                proptest::prop_assert!(hold <= policy.max_hold);
+            }
+        }
     }
 }

@@ -244,6 +244,11 @@ struct Inner {
     /// Seconds the seeded calls spread over.
     span: u64,
     data: Mutex<Data>,
+    /// Cursors carry the epoch they were issued in; [`GongSim::expire_cursors`] moves it on
+    /// and every older cursor is answered 400 "cursor has expired".
+    cursor_epoch: std::sync::atomic::AtomicU64,
+    /// Requests left (plus one) before every cursor expires; 0: off.
+    expire_countdown: std::sync::atomic::AtomicU64,
 }
 
 /// A fake Gong company on loopback.
@@ -892,6 +897,13 @@ fn too_many(wait: Duration, message: &str) -> Response<Body> {
 /// Auth, injected faults, latency, the per-second limit and the daily cap: `Err` is the
 /// response to send instead of serving the request.
 async fn admit(inner: &Inner, headers: &HeaderMap) -> Result<(), Response<Body>> {
+    if inner
+        .expire_countdown
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| v.checked_sub(1))
+        == Ok(1)
+    {
+        inner.cursor_epoch.fetch_add(1, Ordering::SeqCst);
+    }
     let (injected, latency) = decide(&inner.common);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -935,6 +947,20 @@ fn encode_cursor(v: &Value) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
+/// The epoch a decoded cursor was issued in (0 for cursors without one).
+fn epoch_of(v: &Value) -> Option<u64> {
+    match v.get("e") {
+        None => Some(0),
+        Some(e) => e.as_u64(),
+    }
+}
+
+impl Inner {
+    fn epoch(&self) -> u64 {
+        self.cursor_epoch.load(Ordering::SeqCst)
+    }
+}
+
 fn decode_cursor(s: &str) -> Option<Value> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s.trim())
@@ -953,9 +979,12 @@ async fn list_users(
     let (start, page_no) = match q.get("cursor").filter(|c| !c.is_empty()) {
         None => (1, 0),
         Some(c) => match decode_cursor(c)
-            .and_then(|v| Some((v.get("u")?.as_u64()?, v.get("p")?.as_u64()?)))
+            .and_then(|v| Some((v.get("u")?.as_u64()?, v.get("p")?.as_u64()?, epoch_of(&v)?)))
         {
-            Some(pos) => pos,
+            Some((_, _, e)) if e != inner.epoch() => {
+                return error(StatusCode::BAD_REQUEST, "cursor has expired");
+            }
+            Some((u, p, _)) => (u, p),
             None => return error(StatusCode::BAD_REQUEST, "cursor is invalid"),
         },
     };
@@ -976,7 +1005,9 @@ async fn list_users(
         "currentPageNumber": page_no,
     });
     if let Some(n) = next {
-        records["cursor"] = json!(encode_cursor(&json!({"u": n, "p": page_no + 1})));
+        records["cursor"] = json!(encode_cursor(
+            &json!({"u": n, "p": page_no + 1, "e": inner.epoch()})
+        ));
     }
     json_response(
         StatusCode::OK,
@@ -1072,9 +1103,11 @@ async fn calls_extensive(
                 (v.get("k")?.as_i64()?, v.get("i")?.as_u64()?),
                 v.get("p")?.as_u64()?,
                 v.get("t")?.as_u64()?,
+                epoch_of(&v)?,
             ))
         }) {
-            Some(p) => Some(p),
+            Some((_, _, _, e)) if e != inner.epoch() => return bad("cursor has expired"),
+            Some((k, p, t, _)) => Some((k, p, t)),
             None => return bad("cursor is invalid"),
         },
         Some(_) => return bad("cursor must be a string"),
@@ -1107,7 +1140,7 @@ async fn calls_extensive(
     });
     if let Some((k, i)) = next {
         records["cursor"] = json!(encode_cursor(
-            &json!({"k": k, "i": i, "p": page_no + 1, "t": total})
+            &json!({"k": k, "i": i, "p": page_no + 1, "t": total, "e": inner.epoch()})
         ));
     }
     let calls: Vec<Value> = calls.iter().map(|c| inner.call_json(c, &sel)).collect();
@@ -1128,6 +1161,8 @@ impl GongSim {
             seeded,
             span: u64::from(cfg.days.max(1)) * 86_400,
             data: Mutex::new(Data::default()),
+            cursor_epoch: std::sync::atomic::AtomicU64::new(0),
+            expire_countdown: std::sync::atomic::AtomicU64::new(0),
             common: common.clone(),
             cfg,
         });
@@ -1151,6 +1186,21 @@ impl GongSim {
     /// Stops the server.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
+    }
+
+    /// Expires every cursor issued so far (users and calls): Gong's cursors are opaque and
+    /// not valid forever, and a later request with one is answered 400 "cursor has
+    /// expired".
+    pub fn expire_cursors(&self) {
+        self.inner.cursor_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Serves the next `n` requests, then expires every cursor issued so far (as
+    /// [`GongSim::expire_cursors`] would between request `n` and request `n + 1`).
+    pub fn expire_cursors_after(&self, n: u64) {
+        self.inner
+            .expire_countdown
+            .store(n.saturating_add(1), Ordering::SeqCst);
     }
 
     /// Requests served, per endpoint (`"GET /v2/users"`, `"POST /v2/calls/extensive"`).
@@ -1340,6 +1390,8 @@ mod tests {
             seeded: if users == 0 { 0 } else { calls },
             span: u64::from(days.max(1)) * 86_400,
             data: Mutex::new(Data::default()),
+            cursor_epoch: std::sync::atomic::AtomicU64::new(0),
+            expire_countdown: std::sync::atomic::AtomicU64::new(0),
             common: Arc::new(Common::new(cfg.seed, FaultConfig::default())),
             cfg,
         }

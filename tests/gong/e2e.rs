@@ -208,7 +208,8 @@ pub async fn initial_sync_equals_truth_for_tracked_users(env: Env) {
     );
     assert_equals_truth(&env, ws, &sim, &tracked).await;
 
-    // The connection keeps one stream per tracked user.
+    // The connection keeps one stream per tracked user, and the company's request count of
+    // the day (the daily quota, kept with the connection).
     let row = env
         .store
         .get_connection(ws, ConnectorKind::Gong)
@@ -217,8 +218,11 @@ pub async fn initial_sync_equals_truth_for_tracked_users(env: Env) {
         .unwrap();
     let checkpoint = row.checkpoint().unwrap();
     let streams: BTreeSet<String> = checkpoint.streams.keys().cloned().collect();
-    let want_streams: BTreeSet<String> = tracked.iter().map(|u| format!("calls:{u}")).collect();
+    let mut want_streams: BTreeSet<String> = tracked.iter().map(|u| format!("calls:{u}")).collect();
+    want_streams.insert("gong:requests".to_owned());
     assert_eq!(streams, want_streams);
+    let quota = &checkpoint.streams["gong:requests"].extra;
+    assert!(quota["used"].as_u64().unwrap() > tracked.len() as u64);
 
     // A second run is incremental and changes nothing.
     let c = sync(&o, ws).await;
@@ -399,4 +403,49 @@ pub async fn rate_limit_storms_lose_nothing(env: Env) {
     assert!(done, "a run completes");
     assert!(retries > 0, "the storm was retried through");
     assert_equals_truth(&env, ws, &sim, &tracked).await;
+}
+
+/// The daily request count is kept with the connection through the store: a later run
+/// that would pass the limit stops before its first request, as rate limited (snoozed), and
+/// leaves the stored count as it was.
+pub async fn the_daily_count_survives_between_runs(env: Env) {
+    let sim = GongSim::start(GongSimConfig {
+        users: 2,
+        calls: 100,
+        days: 30,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // users + one page per user = 3 requests for the first run.
+    let mut config = fast_config();
+    config["daily_limit"] = json!(3);
+    let (ws, o) = setup(&env, &sim, config).await;
+    let first = sync(&o, ws).await;
+    assert_eq!(first.status, SyncStatus::Completed, "{:?}", first.error);
+    let used = |env: &Env| {
+        let store = env.store.clone();
+        async move {
+            let row = store
+                .get_connection(ws, ConnectorKind::Gong)
+                .await
+                .unwrap()
+                .unwrap();
+            let cp = row.checkpoint().unwrap();
+            cp.streams["gong:requests"].extra["used"].clone()
+        }
+    };
+    assert_eq!(used(&env).await, json!(3));
+
+    sim.counters().reset();
+    let second = sync(&o, ws).await;
+    assert!(second.rate_limited, "a quota stop is snoozed: {second:?}");
+    assert!(
+        second.error.as_deref().unwrap_or("").contains("quota"),
+        "{:?}",
+        second.error
+    );
+    assert_eq!(sim.counters().total(), 0, "no request past the limit");
+    assert_eq!(used(&env).await, json!(3));
 }

@@ -8,6 +8,9 @@ mod sim;
 #[cfg(feature = "gong")]
 mod connector;
 
+#[cfg(feature = "gong")]
+mod live;
+
 #[cfg(all(feature = "gong", any(feature = "sqlite", feature = "postgres")))]
 mod e2e;
 
@@ -41,6 +44,7 @@ e2e_suite!(
     incremental_writes_exactly_the_added_and_changed_calls,
     empty_range_completes_cleanly,
     rate_limit_storms_lose_nothing,
+    the_daily_count_survives_between_runs,
 );
 
 #[cfg(feature = "gong")]

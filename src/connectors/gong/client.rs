@@ -76,13 +76,13 @@ impl GongClient {
             } => StaticAuth::basic(access_key, access_key_secret)?.into(),
             GongCredentials::AccessToken(token) => StaticAuth::bearer(token)?.into(),
         };
-        let mut preset = presets::gong()
+        // The daily quota is counted by the sync against the count kept with the connection
+        // (see `sync::DailyQuota`), not by an in-memory window that forgets it between runs.
+        let preset = presets::gong()
+            .with_daily_limit(None)
             .with_optional_rate_limit(config.rate_limit)?
             .with_classifier(GongClassifier)
             .with_stats(stats.clone());
-        if let Some(daily) = config.daily_limit {
-            preset = preset.with_daily_limit(Some(daily));
-        }
         let stack = preset.build(auth, transport)?;
         Ok(GongClient { base, stack, stats })
     }
@@ -150,7 +150,7 @@ impl GongClient {
         Ok(self
             .send(Method::POST, CALLS_PATH, Some(body))
             .await?
-            .unwrap_or_default())
+            .unwrap_or_else(CallsPage::none_found))
     }
 }
 

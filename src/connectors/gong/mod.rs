@@ -14,6 +14,14 @@
 //! - **Backfill** walks a user's history back from the oldest instant read so far, in
 //!   checkpointed 30-day slices, down to `backfill_days` (365) before the sync's start.
 //! - Gong answers 404 "No calls found" for a window without calls: that is an empty page.
+//! - **Resumes** finish an interrupted pass with its own window (`pass_started_at`, the
+//!   filter's upper bound), then read the follow-up window. A cursor Gong rejects
+//!   (expired) restarts its window, at most twice per pass.
+//! - **Repair**: a stream flagged `repair` by reconciliation is read over the whole initial
+//!   window; the flag is cleared when that pass ends. Such full passes (and initial ones)
+//!   report Gong's `records.totalRecords` in [`SyncReport::source_totals`] for their
+//!   `calls:<userId>` stream: the calls of that user that started in
+//!   `[start − initial_days, start)`.
 //! - **Per-user results** are in [`SyncReport::details`]`["by_user"]`, keyed by user id:
 //!   `{email, status: "completed" | "failed", calls, failed_records, pages, watermark,
 //!   covered_from?, error?}`. A failing user is recorded there (and as a failure with the id
@@ -22,9 +30,13 @@
 //!   job is snoozed and resumes from its checkpoint), and so does every user failing.
 //!
 //! Every request goes through [`presets::gong`](crate::http::presets::gong): 3 per second,
-//! 10,000 per day (a quota: running out stops the sync until a slot frees up), retries on
-//! 429 and 5xx honouring `Retry-After`. `rate_limit` and `daily_limit` in the config replace
-//! the two budgets.
+//! retries on 429 and 5xx honouring `Retry-After` (a 429 that outlasts the retries is a
+//! rate limit: the job is snoozed). The **daily limit** (10,000 requests per company and
+//! day) is counted locally, every attempt included, and kept with the connection in the
+//! checkpoint stream `gong:requests` (`{"day": "YYYY-MM-DD", "used": n}`, UTC days: Gong
+//! documents no reset time), committed with every page. A run that would pass it commits
+//! its checkpoint and stops with [`Error::QuotaExhausted`] carrying the next UTC midnight.
+//! `rate_limit` and `daily_limit` in the config replace the two budgets.
 //!
 //! # Config (`--config` JSON; unknown keys are an error)
 //!
@@ -36,9 +48,11 @@
 //! | `backfill_days` | 365 | how far back a backfill reaches |
 //! | `workspace_id` | none | only calls of this Gong workspace |
 //! | `rate_limit` | 3 per 1000 ms | `{"max_requests", "window_ms"}` |
-//! | `daily_limit` | 10,000 | requests per 24 hours |
+//! | `daily_limit` | 10,000 | requests per UTC day (counted across runs) |
 
 mod client;
+#[cfg(test)]
+mod fuzz;
 mod sync;
 mod transform;
 mod types;
@@ -140,7 +154,7 @@ pub struct GongConfig {
     /// Replaces the per-second budget (3 per second).
     #[serde(default)]
     pub rate_limit: Option<RateLimitConfig>,
-    /// Replaces the daily quota (10,000 requests per 24 hours).
+    /// Replaces the daily quota (10,000 requests per UTC day, counted across runs).
     #[serde(default)]
     pub daily_limit: Option<u32>,
     /// The users whose calls are synced, as emails or Gong user ids; empty: every active
@@ -307,9 +321,15 @@ impl SyncCapable for GongConnector {
         sink: &mut dyn RecordSink,
     ) -> Result<SyncReport> {
         // A forced initial sync reads the initial window from scratch; an interrupted one
-        // is resumed by an incremental run from its page cursors.
-        self.run(ctx, Checkpoint::default(), Mode::Initial, sink)
-            .await
+        // is resumed by an incremental run from its page cursors. The day's request count
+        // belongs to the company, not to the streams: it carries over.
+        let mut fresh = Checkpoint::default();
+        if let Some(q) = ctx.previous().stream(sync::QUOTA_STREAM) {
+            fresh
+                .streams
+                .insert(sync::QUOTA_STREAM.to_owned(), q.clone());
+        }
+        self.run(ctx, fresh, Mode::Initial, sink).await
     }
 
     async fn incremental_sync(

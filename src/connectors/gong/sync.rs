@@ -5,17 +5,26 @@
 //! - `watermark`: the newest `metaData.started` stored (capped at the sync's start minus the
 //!   lag). The extensive endpoint filters on the start time only, so that is the one
 //!   usable watermark; calls change after they start, which the overlap window covers.
-//! - `cursor` plus `extra.window_from` / `extra.window_to`: the page cursor of a pass in
+//! - `cursor`, `pass_started_at` and `extra.window_from`: the page cursor of a pass in
 //!   progress and the exact filter it belongs to (a Gong cursor is only valid for its
-//!   query), so a resumed pass sends the same filter.
+//!   query): `[window_from, pass_started_at)`, so a resumed pass sends the same filter and
+//!   finishes with its own window (its watermark capped at its own start minus the lag);
+//!   the follow-up pass of the resuming run covers what changed since. Checkpoints of
+//!   earlier releases kept the upper bound as `extra.window_to`; it is migrated when read.
+//! - `repair`: a full pass over the initial window is due (reconciliation found a gap); it
+//!   is cleared when such a pass, begun by this run, finishes.
 //! - `extra.covered_from`: every call of the user that started from this instant up to the
 //!   watermark has been read; backfill walks it further back.
 //! - `extra.backfill_cursor` / `backfill_from` / `backfill_to`: a backfill slice in
 //!   progress.
+//!
+//! The company's daily request count lives in the stream [`QUOTA_STREAM`] (`extra.day`, the
+//! UTC day, and `extra.used`), so it is committed with every page and survives between
+//! runs (see [`DailyQuota`]).
 
 use std::collections::{BTreeSet, HashMap};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
@@ -25,16 +34,29 @@ use super::transform;
 use super::types::{CallsFilter, CallsPage, CallsRequest, ContentSelector, GongUser};
 use crate::capture::RecordFailure;
 use crate::connector::{
-    Checkpoint, RecordBatch, RecordSink, StreamCheckpoint, SyncContext, SyncReport,
+    Checkpoint, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncContext, SyncReport,
 };
 use crate::error::{Error, Result};
-use crate::model::Record;
+use crate::http::HttpStats;
+use crate::model::{Record, RecordKind};
 use crate::sanitize;
 
 /// Backfill walks history in slices of this many days, one checkpoint per page.
 pub(crate) const BACKFILL_SLICE_DAYS: i64 = 30;
 
+/// Gong's documented default: 10,000 requests per day per company.
+pub(crate) const DEFAULT_DAILY_LIMIT: u32 = 10_000;
+
+/// The checkpoint stream holding the company's request count of the day.
+pub(crate) const QUOTA_STREAM: &str = "gong:requests";
+const QUOTA_DAY: &str = "day";
+const QUOTA_USED: &str = "used";
+
+/// How often one pass may restart its window after Gong rejects its cursor (expired).
+const MAX_CURSOR_RESTARTS: u32 = 2;
+
 const WINDOW_FROM: &str = "window_from";
+/// Where earlier releases kept a pass's upper bound (now `pass_started_at`).
 const WINDOW_TO: &str = "window_to";
 const COVERED_FROM: &str = "covered_from";
 const BACKFILL_CURSOR: &str = "backfill_cursor";
@@ -105,6 +127,136 @@ fn days(n: u32) -> chrono::Duration {
     chrono::Duration::days(i64::from(n))
 }
 
+/// The earliest instant a window starts at: Gong holds no call before it, and a window
+/// reaching further back (from an absurd stored date) is read from here.
+fn earliest() -> DateTime<Utc> {
+    DateTime::UNIX_EPOCH
+}
+
+/// `t − d`, never before [`earliest`] (and never overflowing, whatever `t` is).
+fn back(t: DateTime<Utc>, d: chrono::Duration) -> DateTime<Utc> {
+    t.checked_sub_signed(d)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+        .max(earliest())
+}
+
+/// Moves a checkpoint of an earlier release onto the shared pass window: the pass in
+/// progress kept its upper bound in `extra.window_to`, now `pass_started_at`.
+pub(crate) fn migrate(s: &mut StreamCheckpoint) {
+    if let Some(to) = extra_time(s, WINDOW_TO)
+        && s.cursor.is_some()
+        && s.pass_started_at.is_none()
+    {
+        s.pass_started_at = Some(to);
+    }
+    s.extra.remove(WINDOW_TO);
+}
+
+/// The company's requests of the current UTC day, counted locally (Gong does not report
+/// them back) and kept in the checkpoint's [`QUOTA_STREAM`] so the count survives between
+/// runs and commits with the pages.
+///
+/// Gong documents 10,000 requests per day per company without a reset time; the count is
+/// kept per UTC day and a stop reports the next UTC midnight as the reset. Every attempt
+/// counts (retries too). The day is told from the sync's start plus the time elapsed on
+/// tokio's clock, so tests on a paused clock control it.
+#[derive(Debug, Clone)]
+pub(crate) struct DailyQuota {
+    limit: u64,
+    day: NaiveDate,
+    used: u64,
+    /// The stack's attempts already counted.
+    seen_attempts: u64,
+    started_at: DateTime<Utc>,
+    origin: tokio::time::Instant,
+}
+
+impl DailyQuota {
+    /// The count stored in `checkpoint` (zero for another day or none stored).
+    pub(crate) fn load(
+        checkpoint: &Checkpoint,
+        limit: u32,
+        started_at: DateTime<Utc>,
+        stats: &HttpStats,
+    ) -> Self {
+        let mut q = DailyQuota {
+            limit: u64::from(limit.max(1)),
+            day: started_at.date_naive(),
+            used: 0,
+            seen_attempts: stats.snapshot().attempts,
+            started_at,
+            origin: tokio::time::Instant::now(),
+        };
+        if let Some(s) = checkpoint.stream(QUOTA_STREAM) {
+            let day = s
+                .extra
+                .get(QUOTA_DAY)
+                .and_then(Value::as_str)
+                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
+            let used = s.extra.get(QUOTA_USED).and_then(Value::as_u64);
+            if let (Some(day), Some(used)) = (day, used)
+                && day == q.day
+            {
+                q.used = used;
+            }
+        }
+        q
+    }
+
+    /// Now: the sync's start plus the time elapsed since on tokio's clock.
+    fn now(&self) -> DateTime<Utc> {
+        chrono::Duration::from_std(self.origin.elapsed())
+            .ok()
+            .and_then(|d| self.started_at.checked_add_signed(d))
+            .unwrap_or(self.started_at)
+    }
+
+    /// Starts a new count when the UTC day changed.
+    fn roll(&mut self) {
+        let today = self.now().date_naive();
+        if today != self.day {
+            self.day = today;
+            self.used = 0;
+        }
+    }
+
+    /// Counts the attempts the stack made since the last call.
+    pub(crate) fn charge(&mut self, stats: &HttpStats) {
+        let attempts = stats.snapshot().attempts;
+        let new = attempts.saturating_sub(self.seen_attempts);
+        self.seen_attempts = attempts;
+        self.roll();
+        self.used = self.used.saturating_add(new);
+    }
+
+    /// `Err(next reset)` when one more request would exceed the day's limit.
+    pub(crate) fn check(&mut self) -> std::result::Result<(), DateTime<Utc>> {
+        self.roll();
+        if self.used.saturating_add(1) > self.limit {
+            return Err(next_utc_midnight(self.now()));
+        }
+        Ok(())
+    }
+
+    /// Writes the count into the checkpoint.
+    pub(crate) fn store(&self, checkpoint: &mut Checkpoint) {
+        let s = checkpoint.stream_mut(QUOTA_STREAM);
+        s.extra.insert(
+            QUOTA_DAY.into(),
+            json!(self.day.format("%Y-%m-%d").to_string()),
+        );
+        s.extra.insert(QUOTA_USED.into(), json!(self.used));
+    }
+}
+
+/// The first UTC midnight after `t` (`t` itself at the end of the calendar).
+fn next_utc_midnight(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.date_naive()
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map_or(t, |d| d.and_utc())
+}
+
 fn extra_time(s: &StreamCheckpoint, key: &str) -> Option<DateTime<Utc>> {
     s.extra
         .get(key)
@@ -138,6 +290,10 @@ pub(crate) struct Syncer<'a> {
     pub(crate) users_failed: u64,
     /// User id → email, from `/v2/users` (the host's address when its party is missing).
     emails: HashMap<String, String>,
+    /// The company's requests of the day, kept with the connection.
+    quota: DailyQuota,
+    /// Whether the checkpoint holds a request count not written to the sink yet.
+    quota_dirty: bool,
 }
 
 impl<'a> Syncer<'a> {
@@ -145,13 +301,26 @@ impl<'a> Syncer<'a> {
         client: &'a GongClient,
         config: &'a GongConfig,
         ctx: &'a SyncContext,
-        checkpoint: Checkpoint,
+        mut checkpoint: Checkpoint,
     ) -> Self {
+        for (name, s) in checkpoint.streams.iter_mut() {
+            if name.starts_with("calls:") {
+                migrate(s);
+            }
+        }
+        let quota = DailyQuota::load(
+            &checkpoint,
+            config.daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT),
+            ctx.started_at(),
+            client.stats(),
+        );
         Syncer {
             client,
             config,
             ctx,
             checkpoint,
+            quota,
+            quota_dirty: false,
             report: SyncReport::default(),
             by_user: Map::new(),
             users_tracked: 0,
@@ -165,9 +334,28 @@ impl<'a> Syncer<'a> {
     pub(crate) async fn tracked_users(&mut self) -> Result<Vec<Resolved>> {
         let mut all: Vec<GongUser> = Vec::new();
         let mut cursor: Option<String> = None;
+        let mut restarts = 0;
         loop {
             self.ctx.check_cancelled()?;
-            let page = self.client.users_page(cursor.as_deref()).await?;
+            self.before_request()?;
+            let result = self.client.users_page(cursor.as_deref()).await;
+            self.after_request();
+            let page = match result {
+                Ok(p) => p,
+                Err(e)
+                    if cursor.is_some()
+                        && is_client_error(&e)
+                        && restarts < MAX_CURSOR_RESTARTS =>
+                {
+                    // The listing is not checkpointed: start it again.
+                    tracing::warn!(error = %e, "Gong rejected the users cursor; listing again");
+                    restarts += 1;
+                    cursor = None;
+                    all.clear();
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let next = page.next_cursor().map(str::to_owned);
             for raw in &page.users {
                 match GongUser::from_json(raw) {
@@ -220,6 +408,51 @@ impl<'a> Syncer<'a> {
     /// failure in the batch) and the others go on, unless the error stops the sync (rate
     /// limit, quota, cancellation, storage, credentials) or every user failed.
     pub(crate) async fn run(&mut self, mode: Mode, sink: &mut dyn RecordSink) -> Result<()> {
+        match self.run_users(mode, sink).await {
+            Ok(()) => {
+                // Commit the day's count with the last checkpoint.
+                if self.quota_dirty {
+                    sink.write(RecordBatch::default(), &self.checkpoint).await?;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Whatever stopped the run, the requests it made count against the day: commit
+                // the checkpoint (what it holds is stored already) unless storage is failing.
+                if self.quota_dirty
+                    && !matches!(e, Error::Storage { .. })
+                    && let Err(w) = sink.write(RecordBatch::default(), &self.checkpoint).await
+                {
+                    tracing::warn!(error = %w, "could not commit the Gong checkpoint after a stop");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// `Err(QuotaExhausted)` when one more request would pass the day's limit.
+    fn before_request(&mut self) -> Result<()> {
+        self.quota.charge(self.client.stats());
+        match self.quota.check() {
+            Ok(()) => Ok(()),
+            Err(resets_at) => {
+                tracing::warn!(%resets_at, "Gong daily request limit reached; stopping until it resets");
+                Err(Error::QuotaExhausted {
+                    provider: "gong".into(),
+                    resets_at: Some(resets_at),
+                })
+            }
+        }
+    }
+
+    /// Counts the request just made and puts the count in the checkpoint.
+    fn after_request(&mut self) {
+        self.quota.charge(self.client.stats());
+        self.quota.store(&mut self.checkpoint);
+        self.quota_dirty = true;
+    }
+
+    async fn run_users(&mut self, mode: Mode, sink: &mut dyn RecordSink) -> Result<()> {
         let users = self.tracked_users().await?;
         self.users_tracked = users.len() as u64;
         let mut first_error: Option<Error> = None;
@@ -301,6 +534,7 @@ impl<'a> Syncer<'a> {
             ..Default::default()
         };
         sink.write(batch, &self.checkpoint).await?;
+        self.quota_dirty = false;
         Ok(())
     }
 
@@ -315,7 +549,7 @@ impl<'a> Syncer<'a> {
         match mode {
             Mode::Initial => {
                 let w = Window {
-                    from: start - days(self.config.initial_days),
+                    from: back(start, days(self.config.initial_days)),
                     to: start,
                 };
                 self.pass(user, Pass::Main, w, None, stats, sink).await
@@ -323,13 +557,13 @@ impl<'a> Syncer<'a> {
             Mode::Incremental => self.incremental(user, start, stats, sink).await,
             Mode::Backfill => {
                 let name = stream_name(&user.id);
-                let covered = self
+                let (covered, repair) = self
                     .checkpoint
                     .stream(&name)
-                    .and_then(|s| extra_time(s, COVERED_FROM));
-                if covered.is_none() {
+                    .map_or((None, false), |s| (extra_time(s, COVERED_FROM), s.repair));
+                if covered.is_none() || repair {
                     // Nothing read yet: the initial window first, so the covered history
-                    // is one piece reaching up to now.
+                    // is one piece reaching up to now. A repair is due: that pass too.
                     self.incremental(user, start, stats, sink).await?;
                 }
                 self.backfill(user, start, stats, sink).await
@@ -350,12 +584,14 @@ impl<'a> Syncer<'a> {
         let name = stream_name(&user.id);
         let (interrupted, watermark) = match self.checkpoint.stream(&name) {
             Some(s) => {
-                let window = match (
-                    &s.cursor,
-                    extra_time(s, WINDOW_FROM),
-                    extra_time(s, WINDOW_TO),
-                ) {
-                    (Some(c), Some(from), Some(to)) => Some((Window { from, to }, c.clone())),
+                let window = match (&s.cursor, extra_time(s, WINDOW_FROM), s.pass_started_at) {
+                    (Some(c), Some(from), Some(started)) => Some((
+                        Window {
+                            from,
+                            to: floor_secs(started),
+                        },
+                        c.clone(),
+                    )),
                     _ => None,
                 };
                 (window, s.watermark)
@@ -366,15 +602,19 @@ impl<'a> Syncer<'a> {
             self.pass(user, Pass::Main, w, Some(cursor), stats, sink)
                 .await?;
         }
-        let watermark = self
+        let (watermark, repair) = self
             .checkpoint
             .stream(&name)
-            .and_then(|s| s.watermark)
-            .or(watermark);
+            .map_or((watermark, false), |s| {
+                (s.watermark.or(watermark), s.repair)
+            });
+        let full = back(start, days(self.config.initial_days));
         let from = match watermark {
-            Some(w) => floor_secs(w - days(self.config.overlap_days)),
-            None => start - days(self.config.initial_days),
+            Some(w) => floor_secs(back(w, days(self.config.overlap_days))),
+            None => full,
         };
+        // A repairing pass reads the whole initial window.
+        let from = if repair { from.min(full) } else { from };
         if from >= start {
             return Ok(());
         }
@@ -399,7 +639,7 @@ impl<'a> Syncer<'a> {
         sink: &mut dyn RecordSink,
     ) -> Result<()> {
         let name = stream_name(&user.id);
-        let horizon = start - days(self.config.backfill_days);
+        let horizon = back(start, days(self.config.backfill_days));
         let in_progress = self.checkpoint.stream(&name).and_then(|s| {
             let cursor = s.extra.get(BACKFILL_CURSOR)?.as_str()?.to_owned();
             Some((
@@ -419,11 +659,11 @@ impl<'a> Syncer<'a> {
                 .checkpoint
                 .stream(&name)
                 .and_then(|s| extra_time(s, COVERED_FROM))
-                .unwrap_or(start - days(self.config.initial_days));
+                .unwrap_or_else(|| back(start, days(self.config.initial_days)));
             if covered <= horizon {
                 return Ok(());
             }
-            let from = (covered - chrono::Duration::days(BACKFILL_SLICE_DAYS)).max(horizon);
+            let from = back(covered, chrono::Duration::days(BACKFILL_SLICE_DAYS)).max(horizon);
             self.pass(
                 user,
                 Pass::Backfill,
@@ -458,9 +698,22 @@ impl<'a> Syncer<'a> {
         sink: &mut dyn RecordSink,
     ) -> Result<()> {
         let name = stream_name(&user.id);
-        let mut may_restart = cursor.is_some();
+        if kind == Pass::Main
+            && cursor.is_none()
+            && let Some(s) = self.checkpoint.streams.get_mut(&name)
+        {
+            // A new pass: nothing of an earlier one applies.
+            s.cursor = None;
+            s.pass_started_at = None;
+        }
+        // Whether this run read the window from its first page (Gong's total then describes
+        // exactly what the pass read), and the total of the last page.
+        let mut from_first_page = cursor.is_none();
+        let mut total: Option<u64> = None;
+        let mut restarts = 0;
         loop {
             self.ctx.check_cancelled()?;
+            self.before_request()?;
             let req = CallsRequest {
                 cursor: cursor.as_deref(),
                 filter: CallsFilter {
@@ -471,19 +724,28 @@ impl<'a> Syncer<'a> {
                 },
                 content_selector: ContentSelector::default(),
             };
-            let page = match self.client.calls_page(&req).await {
+            let result = self.client.calls_page(&req).await;
+            self.after_request();
+            let page = match result {
                 Ok(p) => p,
-                Err(e) if may_restart && is_client_error(&e) => {
-                    // A stored cursor Gong no longer accepts: read the window from its start.
-                    tracing::warn!(user = %user.id, error = %e, "stored Gong cursor rejected; restarting the window");
-                    may_restart = false;
+                Err(e)
+                    if cursor.is_some()
+                        && is_client_error(&e)
+                        && restarts < MAX_CURSOR_RESTARTS =>
+                {
+                    // A cursor Gong no longer accepts (stored by an earlier run, or expired
+                    // during this pass): read the window again from its start. Calls already
+                    // stored are left alone by the store.
+                    tracing::warn!(user = %user.id, error = %e, "Gong cursor rejected; restarting the window");
+                    restarts += 1;
                     cursor = None;
+                    from_first_page = true;
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            may_restart = false;
             stats.pages += 1;
+            total = page.total().or(total);
             let next = page.next_cursor().map(str::to_owned);
             if next.is_some() && next == cursor {
                 return Err(Error::decode(
@@ -495,21 +757,40 @@ impl<'a> Syncer<'a> {
             let started = self.transform_page(page, &mut batch);
             stats.calls += batch.records.len() as u64;
             stats.failed += batch.failures.len() as u64;
-            let cap = self.ctx.watermark_cap();
+            // A pass over the whole initial window, read from its first page by this run:
+            // Gong's total describes exactly that range, and it repairs the stream.
+            let full = from_first_page
+                && w.to.signed_duration_since(w.from) >= days(self.config.initial_days);
             let s = self.checkpoint.stream_mut(&name);
             match (kind, &next) {
                 (Pass::Main, Some(c)) => {
                     started.iter().for_each(|t| s.observe(*t));
+                    // A new pass takes this run's start; a resumed one keeps its own.
+                    s.begin_pass(self.ctx);
                     s.cursor = Some(c.clone());
                     s.extra.insert(WINDOW_FROM.into(), json!(fmt(w.from)));
-                    s.extra.insert(WINDOW_TO.into(), json!(fmt(w.to)));
                 }
                 (Pass::Main, None) => {
                     started.iter().for_each(|t| s.observe(*t));
-                    s.finish_pass(cap);
+                    // Ends with the pass's own window; when it was begun by an earlier run,
+                    // the caller's follow-up pass covers what changed since.
+                    let resumed = s.finish_pass_in(self.ctx);
                     s.extra.remove(WINDOW_FROM);
-                    s.extra.remove(WINDOW_TO);
                     lower_covered_from(s, w.from);
+                    if full {
+                        s.repair = false;
+                        if let Some(total) = total {
+                            self.report.source_totals.retain(|t| t.stream != name);
+                            self.report.source_totals.push(SourceTotal {
+                                stream: name.clone(),
+                                kind: RecordKind::Conversation,
+                                total,
+                            });
+                        }
+                    }
+                    if resumed {
+                        tracing::debug!(user = %user.id, "resumed Gong pass finished with its own window");
+                    }
                 }
                 (Pass::Backfill, Some(c)) => {
                     s.extra.insert(BACKFILL_CURSOR.into(), json!(c));
@@ -560,6 +841,7 @@ impl<'a> Syncer<'a> {
         self.report.records_fetched += batch.records.len() as u64;
         self.report.records_failed += batch.failures.len() as u64;
         sink.write(batch, &self.checkpoint).await?;
+        self.quota_dirty = false;
         self.ctx
             .progress()
             .report(self.report.records_fetched, None, "gong: calls written");
@@ -611,6 +893,88 @@ mod tests {
         )));
         assert!(!is_client_error(&Error::api("gong", 429, "")));
         assert!(!is_client_error(&Error::api("gong", 503, "")));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn date_arithmetic_on_any_instant_never_overflows(
+            secs in proptest::num::i64::ANY,
+            n in 0u32..=u32::MAX,
+        ) {
+            // Any instant chrono can hold (the checkpoint's range), any day count.
+            let t = DateTime::from_timestamp(secs % 8_000_000_000_000, 0)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            for edge in [t, DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC] {
+                let b = back(edge, days(n));
+                proptest::prop_assert!(b >= earliest());
+                proptest::prop_assert!(b <= edge.max(earliest()));
+                let _ = floor_secs(b);
+                proptest::prop_assert!(next_utc_midnight(edge) >= edge);
+            }
+        }
+    }
+
+    /// The day's count rolls over at UTC midnight on tokio's clock: a run that starts at
+    /// 23:59:58 with the day's quota spent may go on two seconds later.
+    #[tokio::test(start_paused = true)]
+    async fn the_daily_count_rolls_over_at_utc_midnight() {
+        let stats = HttpStats::new();
+        let start = Utc.with_ymd_and_hms(2025, 3, 1, 23, 59, 58).unwrap();
+        let midnight = Utc.with_ymd_and_hms(2025, 3, 2, 0, 0, 0).unwrap();
+        let mut cp = Checkpoint::default();
+        let s = cp.stream_mut(QUOTA_STREAM);
+        s.extra.insert(QUOTA_DAY.into(), json!("2025-03-01"));
+        s.extra.insert(QUOTA_USED.into(), json!(3));
+        let mut q = DailyQuota::load(&cp, 3, start, &stats);
+        assert_eq!(
+            q.check(),
+            Err(midnight),
+            "spent: stop until the next UTC midnight"
+        );
+
+        tokio::time::advance(std::time::Duration::from_secs(3)).await;
+        assert_eq!(q.check(), Ok(()), "a new day");
+        for _ in 0..3 {
+            stats.add_attempt();
+        }
+        q.charge(&stats);
+        assert_eq!(
+            q.check(),
+            Err(Utc.with_ymd_and_hms(2025, 3, 3, 0, 0, 0).unwrap())
+        );
+        q.store(&mut cp);
+        let s = cp.stream(QUOTA_STREAM).unwrap();
+        assert_eq!(s.extra[QUOTA_DAY], json!("2025-03-02"));
+        assert_eq!(s.extra[QUOTA_USED], json!(3));
+
+        // Another day's count, or garbage, is not carried.
+        let later = Utc.with_ymd_and_hms(2025, 3, 3, 8, 0, 0).unwrap();
+        assert_eq!(DailyQuota::load(&cp, 3, later, &stats).check(), Ok(()));
+        cp.stream_mut(QUOTA_STREAM)
+            .extra
+            .insert(QUOTA_USED.into(), json!("lots"));
+        assert_eq!(DailyQuota::load(&cp, 3, midnight, &stats).check(), Ok(()));
+    }
+
+    #[test]
+    fn old_windows_migrate_to_the_shared_pass_start() {
+        let to = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
+        let mut s = StreamCheckpoint {
+            cursor: Some("c".into()),
+            ..Default::default()
+        };
+        s.extra
+            .insert(WINDOW_FROM.into(), json!("2024-12-01T12:00:00Z"));
+        s.extra
+            .insert(WINDOW_TO.into(), json!("2025-03-01T12:00:00Z"));
+        migrate(&mut s);
+        assert_eq!(s.pass_started_at, Some(to));
+        assert!(!s.extra.contains_key(WINDOW_TO) && s.extra.contains_key(WINDOW_FROM));
+        // No pass in progress: the stale key goes, nothing else changes.
+        let mut idle = StreamCheckpoint::default();
+        idle.extra.insert(WINDOW_TO.into(), json!("garbage"));
+        migrate(&mut idle);
+        assert_eq!(idle, StreamCheckpoint::default());
     }
 
     #[test]

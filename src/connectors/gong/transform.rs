@@ -18,6 +18,11 @@ const MAPPED: &[&str] = &["id", "title", "started", "duration", "url"];
 /// Decodes one raw call; a malformed call fails alone, naming its id when it has one.
 pub(crate) fn decode(raw: Value) -> Result<GongCall> {
     let id = call_id(&raw);
+    // serde would also read a struct from an array (`[{…metaData…}, …]`): a call is an
+    // object or malformed.
+    if !raw.is_object() {
+        return Err(Error::decode(None, "malformed Gong call: not an object"));
+    }
     serde_json::from_value(raw)
         .map_err(|e| Error::decode(id.as_deref(), format!("malformed Gong call: {e}")))
 }
@@ -233,6 +238,9 @@ mod tests {
                 ..
             }
         ));
+        // Found by fuzzing: serde reads a struct from an array too.
+        assert!(decode(json!([{"id": "1"}])).is_err());
+        assert!(decode(json!("call")).is_err());
         let no_id = decode(json!({"metaData": {"title": "x"}})).unwrap();
         assert!(conversation(ws(), &no_id, &HashMap::new()).is_err());
     }

@@ -4,15 +4,27 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// `records`: Gong's paging block. `cursor` is present only while more pages remain.
+/// `totalRecords` is read leniently (a count of any JSON shape must not fail the page).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Records {
     pub cursor: Option<String>,
+    #[serde(default)]
+    pub total_records: Option<Value>,
 }
 
 impl Records {
     fn next(&self) -> Option<&str> {
         self.cursor.as_deref().filter(|c| !c.trim().is_empty())
+    }
+
+    /// `totalRecords` as a count: a non-negative integer (or a numeric string), else `None`.
+    fn total(&self) -> Option<u64> {
+        match self.total_records.as_ref()? {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
     }
 }
 
@@ -44,6 +56,22 @@ pub(crate) struct CallsPage {
 impl CallsPage {
     pub(crate) fn next_cursor(&self) -> Option<&str> {
         self.records.next()
+    }
+
+    /// `records.totalRecords`: the calls matching the request's filter (all pages).
+    pub(crate) fn total(&self) -> Option<u64> {
+        self.records.total()
+    }
+
+    /// The page Gong's 404 "No calls found" stands for: empty, and nothing matches.
+    pub(crate) fn none_found() -> Self {
+        CallsPage {
+            records: Records {
+                cursor: None,
+                total_records: Some(Value::from(0u64)),
+            },
+            calls: Vec::new(),
+        }
     }
 }
 

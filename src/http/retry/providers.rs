@@ -12,6 +12,7 @@ use super::classify::{
     Classify, DefaultClassifier, Verdict, contains, excerpt, rate_limited, response_retry_after,
 };
 use crate::Error;
+use crate::http::headers::MAX_RETRY_AFTER;
 
 fn json(body: &Bytes) -> Option<Value> {
     serde_json::from_slice(body).ok()
@@ -24,11 +25,17 @@ fn quota(provider: &Cow<'static, str>, resets_at: Option<DateTime<Utc>>) -> Erro
     }
 }
 
+/// A wait in seconds from a body, capped like `Retry-After` (at a day).
 fn secs(v: Option<&Value>) -> Option<Duration> {
     let v = v?;
     v.as_u64()
         .map(Duration::from_secs)
-        .or_else(|| v.as_f64().and_then(|f| Duration::try_from_secs_f64(f).ok()))
+        .or_else(|| {
+            v.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .map(|f| Duration::try_from_secs_f64(f).unwrap_or(MAX_RETRY_AFTER))
+        })
+        .map(|d| d.min(MAX_RETRY_AFTER))
 }
 
 /// HubSpot: a 429 whose `policyName` is `DAILY` is the daily quota (no retry, the sync
@@ -235,7 +242,7 @@ impl MondayClassifier {
 fn reset_in_seconds(message: Option<&str>) -> Option<Duration> {
     let rest = message?.split("reset in ").nth(1)?;
     let n: u64 = rest.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_secs(n))
+    Some(Duration::from_secs(n).min(MAX_RETRY_AFTER))
 }
 
 fn next_utc_midnight() -> Option<DateTime<Utc>> {
@@ -455,6 +462,22 @@ mod tests {
         assert_eq!(
             retry_after_of(MondayClassifier.classify(&p(), &resp(200, &[], legacy))),
             Some(Duration::from_secs(3))
+        );
+        // Absurd waits in a body are capped at a day, like `Retry-After`.
+        for absurd in ["18446744073709551615", "1e300", "999999999"] {
+            let body = format!(
+                r#"{{"errors":[{{"message":"x","extensions":{{"code":"COMPLEXITY_BUDGET_EXHAUSTED","retry_in_seconds":{absurd}}}}}]}}"#
+            );
+            assert_eq!(
+                retry_after_of(MondayClassifier.classify(&p(), &resp(200, &[], &body))),
+                Some(MAX_RETRY_AFTER),
+                "{absurd}"
+            );
+        }
+        let huge = r#"{"error_code":"ComplexityException","status_code":429,"error_message":"budget exhausted, reset in 99999999999 seconds","error_data":{},"errors":["x"]}"#;
+        assert_eq!(
+            retry_after_of(MondayClassifier.classify(&p(), &resp(200, &[], huge))),
+            Some(MAX_RETRY_AFTER)
         );
         let field = r#"{"error_message":"Concurrency limit exceeded for the field","error_code":"FIELD_LIMIT_EXCEEDED","error_data":{"retry_in_seconds":15,"entity":"boards"},"status_code":429}"#;
         assert_eq!(
