@@ -26,8 +26,8 @@ mod store;
 pub use capture::{RecordFailure, is_sync_acceptable, success_rate};
 pub use connector::{
     Checkpoint, DEFAULT_WATERMARK_LAG, Deletion, DocumentAdapter, MemorySink, NewTask, Progress,
-    ProgressReporter, RecordBatch, RecordSink, StreamCheckpoint, SyncCapable, SyncContext,
-    SourceTotal, SyncReport, TaskAdapter, TaskUpdate, WriteCounts,
+    ProgressReporter, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncCapable,
+    SyncContext, SyncReport, TaskAdapter, TaskUpdate, WriteCounts,
 };
 pub use error::{BODY_EXCERPT_CHARS, BoxError, Error, Result, body_excerpt, redact_secrets};
 pub use model::{

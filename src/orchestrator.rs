@@ -40,8 +40,7 @@ use crate::queue::{Job, JobContext, JobHandler};
 use crate::scheduler::SyncJobPayload;
 use crate::store::{
     ConnectionRow, ConnectionStatus, Credentials, SyncErrors, SyncOutcome, SyncStatus, SyncStore,
-    WorkspaceLock,
-    validate_record,
+    WorkspaceLock, validate_record,
 };
 
 /// Builds a connector from its connection row and opened credentials.

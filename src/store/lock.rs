@@ -242,7 +242,11 @@ fn proc_start_time(pid: u32) -> std::result::Result<Option<u64>, ()> {
     if matches!(*state, "Z" | "X" | "x") {
         return Ok(None);
     }
-    fields.get(19).and_then(|f| f.parse().ok()).map(Some).ok_or(())
+    fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .map(Some)
+        .ok_or(())
 }
 
 impl HolderProcess {
