@@ -43,6 +43,26 @@ fn sync_example() -> &'static Path {
         {
             cmd.arg("--target-dir").arg(target);
         }
+        // What cargo set for this test process describes this package, not the build: a
+        // dependency's build script that watches one of them would be rebuilt for nothing.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&key.as_ref())
+            {
+                cmd.env_remove(key.as_ref());
+            }
+        }
         if exe.components().any(|c| c.as_os_str() == "release") {
             cmd.arg("--release");
         }
