@@ -15,6 +15,8 @@ use pandora_sync::simulator::{HubSpotSim, HubSpotSimConfig};
 use pandora_sync::{ConnectionStatus, ConnectorKind, RecordKind, Store, SyncStatus, SyncStore};
 use uuid::Uuid;
 
+mod lock;
+
 /// The `sync` example, built once for this test binary with the features it was built
 /// with, in the same target directory and profile (cargo reports where the binary is).
 fn sync_example() -> &'static Path {
@@ -77,9 +79,9 @@ fn sync_example() -> &'static Path {
     })
 }
 
-struct Env {
-    store: Arc<dyn SyncStore>,
-    database_url: String,
+pub(crate) struct Env {
+    pub(crate) store: Arc<dyn SyncStore>,
+    pub(crate) database_url: String,
 }
 
 #[cfg(feature = "sqlite")]
@@ -373,7 +375,10 @@ macro_rules! process_suite {
     };
 }
 
+use lock::a_dead_holders_runs_are_interrupted;
+
 process_suite!(
     killed_sync_is_taken_over_and_resumed,
-    two_runs_at_once_one_syncs
+    two_runs_at_once_one_syncs,
+    a_dead_holders_runs_are_interrupted,
 );
