@@ -10,7 +10,8 @@
 //!
 //! `--credentials` and `--config` take JSON or `@path/to/file.json`. Credentials are sealed
 //! with the key in `PANDORA_SYNC_KEY` (base64, 32 bytes) or, without it, a key made for this
-//! run (they are written again on every run). Progress goes to stderr; `--json` prints one
+//! run (they are written again on every run, and only that run can open them: set the key
+//! when a worker is to sync the stored connection too). Progress goes to stderr; `--json` prints one
 //! summary to stdout. Exit code: 0 completed (with or without record errors), 1 failed,
 //! 2 bad arguments.
 //!
