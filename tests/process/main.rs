@@ -350,6 +350,17 @@ async fn two_runs_at_once_one_syncs(env: Env) {
     let history = env.store.sync_history(ws, None, 10).await.unwrap();
     assert_eq!(history.len(), 3, "{history:?}");
     assert!(history.iter().all(|h| h.status == SyncStatus::Completed));
+
+    // A run that does not get the lock within --wait gives up, saying so.
+    let held = env.store.try_lock_workspace(ws).await.unwrap().unwrap();
+    let out = output(sync_cmd(&env, &sim, ws, &rate(6), &["--wait", "1"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    let why = text(&out.stderr);
+    assert!(
+        why.contains("already running") && why.contains("did not end within 1 s"),
+        "{why}"
+    );
+    held.release().await.unwrap();
 }
 
 macro_rules! process_suite {
