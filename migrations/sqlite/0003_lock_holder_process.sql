@@ -1,7 +1,7 @@
 -- A workspace lock records the process that holds it (host name, pid, and
--- "<boot id>/<pid namespace>/<process start time>"), so that a process on the same host can
--- take over at once a lock whose holder died (SIGKILL, crash) instead of waiting out its
--- lease. NULL for leases taken before this migration: those are only waited out.
+-- "<boot id>/<pid namespace>/<uid>/<process start time>"), so that a process on the same
+-- host can take over at once a lock whose holder died (SIGKILL, crash) instead of waiting
+-- out its lease. NULL for leases taken before this migration: those are only waited out.
 ALTER TABLE sync_locks ADD COLUMN holder_host TEXT;
 ALTER TABLE sync_locks ADD COLUMN holder_pid INTEGER;
 ALTER TABLE sync_locks ADD COLUMN holder_process TEXT;

@@ -190,17 +190,18 @@ mod holder {
         pub host: String,
         /// The process id.
         pub pid: u32,
-        /// `<boot id>/<pid namespace>/<start time>`: which boot of the kernel, which pid
-        /// namespace the pid belongs to, and when the process started (clock ticks since boot,
-        /// field 22 of `/proc/<pid>/stat`), so that a reused pid is not mistaken for the holder.
-        /// `None` where `/proc` does not tell (not Linux): such holders are only ever waited out.
+        /// `<boot id>/<pid namespace>/<uid>/<start time>`: which boot of the kernel, which pid
+        /// namespace the pid belongs to, which user runs it (`/proc` may hide other users'
+        /// processes), and when it started (clock ticks since boot, field 22 of
+        /// `/proc/<pid>/stat`), so that a reused pid is not mistaken for the holder. `None`
+        /// where `/proc` does not tell (not Linux): such holders are only ever waited out.
         pub identity: Option<String>,
     }
 
     /// What a probe found about a recorded lock holder.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub(crate) enum Liveness {
-        /// The holder runs (or may run: another host, another pid namespace, no `/proc`).
+        /// The holder runs, or may: another host, boot, pid namespace or user, no `/proc`.
         Unknown,
         /// The holder is this very process or another live one on this host.
         Alive,
@@ -208,8 +209,8 @@ mod holder {
         Gone,
     }
 
-    /// The `<boot id>/<pid namespace>` part of identities made on this host, and the host
-    /// name; `None` without a readable `/proc`.
+    /// The host name, and the `<boot id>/<pid namespace>/<uid>` part of the identities this
+    /// process makes; `None` without a readable `/proc`.
     fn this_machine() -> Option<&'static (String, String)> {
         static MACHINE: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
         MACHINE
@@ -224,9 +225,22 @@ mod holder {
                 let boot = read("/proc/sys/kernel/random/boot_id")?;
                 let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
                 let ns = ns.to_str()?.to_owned();
-                Some((host, format!("{boot}/{ns}")))
+                let uid = proc_uid()?;
+                Some((host, format!("{boot}/{ns}/{uid}")))
             })
             .as_ref()
+    }
+
+    /// The user running this process (the owner of `/proc/self`).
+    #[cfg(unix)]
+    fn proc_uid() -> Option<u32> {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+    }
+
+    #[cfg(not(unix))]
+    fn proc_uid() -> Option<u32> {
+        None
     }
 
     /// What `/proc/<pid>/stat` says about a process: `None` when it is gone or a zombie, its
@@ -274,7 +288,8 @@ mod holder {
         }
 
         /// Whether this holder still runs, as far as this process can tell: only a holder
-        /// recorded on this host, in this boot and pid namespace, can be found [`Liveness::Gone`].
+        /// recorded on this host, in this boot and pid namespace, by this user, can be found
+        /// [`Liveness::Gone`].
         pub(crate) fn liveness(&self) -> Liveness {
             let (Some((host, machine)), Some(identity)) = (this_machine(), &self.identity) else {
                 return Liveness::Unknown;
@@ -348,7 +363,11 @@ mod holder {
                     ..holder.clone()
                 },
                 HolderProcess {
-                    identity: Some(format!("another-boot/pid:[1]/{start}")),
+                    identity: Some(format!("another-boot/pid:[1]/0/{start}")),
+                    ..holder.clone()
+                },
+                HolderProcess {
+                    identity: Some(format!("{machine}-other-user/{start}")),
                     ..holder.clone()
                 },
                 HolderProcess {
