@@ -40,7 +40,7 @@ use crate::queue::{Job, JobContext, JobHandler};
 use crate::scheduler::SyncJobPayload;
 use crate::store::{
     ConnectionRow, ConnectionStatus, Credentials, SyncErrors, SyncOutcome, SyncStatus, SyncStore,
-    validate_record,
+    WorkspaceLock, validate_record,
 };
 
 /// Builds a connector from its connection row and opened credentials.
@@ -508,6 +508,32 @@ impl Orchestrator {
                     .map(|s| s.id),
             });
         };
+        self.run_under(lock, options).await
+    }
+
+    /// Syncs a workspace under a lock the caller already holds (taken with
+    /// [`LockStore::try_lock_workspace`](crate::LockStore::try_lock_workspace)), e.g. to
+    /// write the connection's credentials and config and sync them with no other run in
+    /// between. The lock is released when the sync ends.
+    ///
+    /// # Errors
+    /// As [`Orchestrator::sync_workspace`], never [`Error::Conflict`].
+    pub async fn sync_workspace_locked(
+        &self,
+        lock: WorkspaceLock,
+        options: SyncOptions,
+    ) -> Result<WorkspaceSyncResult> {
+        let workspace_id = lock.workspace_id();
+        let span = tracing::info_span!("sync", %workspace_id);
+        self.run_under(lock, options).instrument(span).await
+    }
+
+    async fn run_under(
+        &self,
+        lock: WorkspaceLock,
+        options: SyncOptions,
+    ) -> Result<WorkspaceSyncResult> {
+        let workspace_id = lock.workspace_id();
         // The lock lost (connection died, lease taken over) cancels the sync.
         let cancel = options.cancel.child_token();
         let lost = lock.lost();

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::clock::{Clock, SystemClock, now_micros};
 use super::crypto::{Credentials, Keyring};
-use super::lock::{LockBackend, WorkspaceLock, new_holder};
+use super::lock::{INTERRUPTED, LockBackend, WorkspaceLock, new_holder};
 use super::rows::{
     self, ColType, PG, RowRead, TableRows, Val, decode_connection, decode_record, decode_sync_log,
 };
@@ -1141,6 +1141,38 @@ impl LockStore for PgStore {
         if !taken {
             let _ = conn.close().await;
             return Ok(None);
+        }
+        // Every run of the workspace holds this lock while it is `running`, and the lock
+        // lives exactly as long as its holder's session: a `running` run found now belongs
+        // to a holder that died (SIGKILL, crash, lost connection). End it, and its
+        // connection's `syncing`, before anyone starts again.
+        let ended: std::result::Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(concat!(
+            "WITH ended AS (UPDATE sync_log SET status = 'failed', error_message = $2, \
+                 completed_at = $3, duration_ms = ",
+            duration_sql!("$3"),
+            " WHERE workspace_id = $1 AND status = 'running' RETURNING id, connector_type), \
+             conns AS (UPDATE connections SET status = 'error', error_message = $2, updated_at = $3 \
+                 WHERE workspace_id = $1 AND status = 'syncing' \
+                   AND connector_name IN (SELECT connector_type FROM ended)) \
+             SELECT id FROM ended"
+        ))
+        .bind(workspace_id)
+        .bind(INTERRUPTED)
+        .bind(self.now())
+        .fetch_all(&mut conn)
+        .await;
+        match ended {
+            Ok(ids) if !ids.is_empty() => tracing::warn!(
+                %workspace_id,
+                interrupted = ids.len(),
+                "took over the workspace lock of a process that died; its runs are failed as interrupted"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                // Closing the session releases the lock: nobody runs over the dead runs.
+                let _ = conn.close().await;
+                return Err(Error::storage("ending the runs of a dead lock holder", e));
+            }
         }
         let lock = PgSessionLock {
             conn: Arc::new(Mutex::new(Some(conn))),

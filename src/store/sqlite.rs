@@ -20,7 +20,7 @@ use uuid::fmt::Hyphenated;
 
 use super::clock::{Clock, SystemClock, now_micros};
 use super::crypto::{Credentials, Keyring};
-use super::lock::{LockBackend, WorkspaceLock, new_holder};
+use super::lock::{HolderProcess, INTERRUPTED, Liveness, LockBackend, WorkspaceLock, new_holder};
 use super::rows::{
     self, RowRead, SQLITE, TableRows, TableSpec, Val, decode_connection, decode_record,
     decode_sync_log, sqlite_ts,
@@ -158,7 +158,8 @@ impl SqliteStore {
     }
 
     /// Sets the lease of workspace locks ([`DEFAULT_LOCK_TTL`] by default); the guard
-    /// renews it every third of that. A crashed holder blocks the workspace this long.
+    /// renews it every third of that. A crashed holder blocks the workspace this long for
+    /// processes on other hosts; on its own host the lock is taken over at once.
     pub fn with_lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl.max(Duration::from_millis(30));
         self
@@ -1171,26 +1172,110 @@ impl LockBackend for SqliteLease {
 impl LockStore for SqliteStore {
     async fn try_lock_workspace(&self, workspace_id: Uuid) -> Result<Option<WorkspaceLock>> {
         let holder = new_holder();
+        let me = HolderProcess::current();
         let ttl = chrono::Duration::from_std(self.lock_ttl)
             .map_err(|_| Error::config("the lock lease is too long"))?;
         let now = self.now();
-        let taken = sqlx::query(
-            "INSERT INTO sync_locks (workspace_id, holder, acquired_at, expires_at) VALUES (?1, ?2, ?3, ?4) \
+        // One IMMEDIATE transaction: read the lease, judge its holder, take it over and end
+        // a dead holder's runs, with no other writer in between.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_err("taking the workspace lock"))?;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_err("taking the workspace lock"))?;
+        let current = sqlx::query(
+            "SELECT holder, expires_at, holder_host, holder_pid, holder_process              FROM sync_locks WHERE workspace_id = ?1",
+        )
+        .bind(hy(workspace_id))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err("reading the workspace lock"))?;
+        // A lease whose holder is gone from this host is free at once; any other, once
+        // expired. Only a gone holder's runs are known to be dead.
+        let mut dead: Option<(String, HolderProcess)> = None;
+        if let Some(row) = &current {
+            let held_by = rows::required(row.text("holder")?, "holder")?;
+            let expires_at = rows::required(row.ts("expires_at")?, "expires_at")?;
+            let recorded = match (
+                row.text("holder_host")?,
+                row.int("holder_pid")?.and_then(|p| u32::try_from(p).ok()),
+            ) {
+                (Some(host), Some(pid)) => Some(HolderProcess {
+                    host,
+                    pid,
+                    identity: row.text("holder_process")?,
+                }),
+                _ => None,
+            };
+            match recorded {
+                Some(p) if p.liveness() == Liveness::Gone => dead = Some((held_by, p)),
+                _ if expires_at > now => return Ok(None),
+                _ => {}
+            }
+        }
+        sqlx::query(
+            "INSERT INTO sync_locks (workspace_id, holder, acquired_at, expires_at, holder_host, holder_pid, holder_process) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
              ON CONFLICT (workspace_id) DO UPDATE SET holder = excluded.holder, \
-                 acquired_at = excluded.acquired_at, expires_at = excluded.expires_at \
-             WHERE sync_locks.expires_at <= excluded.acquired_at \
-             RETURNING holder",
+                 acquired_at = excluded.acquired_at, expires_at = excluded.expires_at, \
+                 holder_host = excluded.holder_host, holder_pid = excluded.holder_pid, \
+                 holder_process = excluded.holder_process",
         )
         .bind(hy(workspace_id))
         .bind(holder.as_str())
         .bind(sqlite_ts(now))
         .bind(sqlite_ts(now + ttl))
-        .fetch_optional(&self.pool)
+        .bind(me.host.as_str())
+        .bind(i64::from(me.pid))
+        .bind(me.identity.as_deref())
+        .execute(&mut *tx)
         .await
         .map_err(db_err("taking the workspace lock"))?;
-        if taken.is_none() {
-            return Ok(None);
+        if let Some((dead_holder, process)) = &dead {
+            let ended = sqlx::query(
+                "UPDATE sync_log SET status = 'failed', error_message = ?3, completed_at = ?4, \
+                     duration_ms = MAX(0, CAST(ROUND((julianday(?4) - julianday(started_at)) * 86400000.0) AS INTEGER)) \
+                 WHERE workspace_id = ?1 AND status = 'running' AND lock_holder = ?2 \
+                 RETURNING id, connector_type",
+            )
+            .bind(hy(workspace_id))
+            .bind(dead_holder.as_str())
+            .bind(INTERRUPTED)
+            .bind(sqlite_ts(now))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err("ending the runs of a dead lock holder"))?;
+            for row in &ended {
+                let Some(connector) = row.text("connector_type")? else {
+                    continue;
+                };
+                sqlx::query(
+                    "UPDATE connections SET status = 'error', error_message = ?3, updated_at = ?4 \
+                     WHERE workspace_id = ?1 AND connector_name = ?2 AND status = 'syncing'",
+                )
+                .bind(hy(workspace_id))
+                .bind(connector)
+                .bind(INTERRUPTED)
+                .bind(sqlite_ts(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("ending the runs of a dead lock holder"))?;
+            }
+            tracing::warn!(
+                %workspace_id,
+                pid = process.pid,
+                host = %process.host,
+                interrupted = ended.len(),
+                "took over the workspace lock of a process that died; its runs are failed as interrupted"
+            );
         }
+        tx.commit()
+            .await
+            .map_err(db_err("taking the workspace lock"))?;
         let lease = SqliteLease {
             pool: self.pool.clone(),
             clock: Arc::clone(&self.clock),

@@ -1,0 +1,402 @@
+//! Process-level tests of the `sync` example against the HubSpot simulator: a run killed
+//! with SIGKILL is followed at once by one that resumes it, and two runs of one workspace
+//! started together never collide. On SQLite and PostgreSQL.
+#![cfg(all(feature = "simulator", feature = "hubspot", unix))]
+#![cfg(any(feature = "sqlite", feature = "postgres"))]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use pandora_sync::simulator::{HubSpotSim, HubSpotSimConfig};
+use pandora_sync::{ConnectionStatus, ConnectorKind, RecordKind, Store, SyncStatus, SyncStore};
+use uuid::Uuid;
+
+mod lock;
+
+/// The `sync` example, built once for this test binary with the features it was built
+/// with, in the same target directory and profile (cargo reports where the binary is).
+fn sync_example() -> &'static Path {
+    static EXAMPLE: OnceLock<PathBuf> = OnceLock::new();
+    EXAMPLE.get_or_init(|| {
+        let features: Vec<&str> = [
+            ("sqlite", cfg!(feature = "sqlite")),
+            ("postgres", cfg!(feature = "postgres")),
+            ("hubspot", cfg!(feature = "hubspot")),
+            ("gong", cfg!(feature = "gong")),
+            ("simulator", cfg!(feature = "simulator")),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect();
+        let exe = std::env::current_exe().unwrap();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--example", "sync", "--message-format=json"])
+            .args(["--no-default-features", "--features", &features.join(",")]);
+        // The target directory is the ancestor of this binary that cargo tagged as one.
+        if let Some(target) = exe
+            .ancestors()
+            .find(|dir| dir.join("CACHEDIR.TAG").is_file())
+        {
+            cmd.arg("--target-dir").arg(target);
+        }
+        // What cargo set for this test process describes this package, not the build: a
+        // dependency's build script that watches one of them would be rebuilt for nothing.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&key.as_ref())
+            {
+                cmd.env_remove(key.as_ref());
+            }
+        }
+        if exe.components().any(|c| c.as_os_str() == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.stderr(Stdio::inherit()).output().unwrap();
+        assert!(out.status.success(), "building the sync example failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "sync")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reports the sync example's executable")
+    })
+}
+
+pub(crate) struct Env {
+    pub(crate) store: Arc<dyn SyncStore>,
+    pub(crate) database_url: String,
+}
+
+#[cfg(feature = "sqlite")]
+async fn run_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use pandora_sync::SqliteStore;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
+    let store = SqliteStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    test(Env {
+        store: Arc::new(store),
+        database_url: url,
+    })
+    .await;
+    drop(dir);
+}
+
+#[cfg(feature = "postgres")]
+async fn run_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    use std::str::FromStr;
+
+    use pandora_sync::PgStore;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
+    });
+    let schema = format!("p_{}", Uuid::new_v4().simple());
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let options = PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = PgStore::from_pool(pool);
+    store.migrate().await.unwrap();
+    // The example connects by URL: point it at the same schema.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let database_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
+    test(Env {
+        store: Arc::new(store.clone()),
+        database_url,
+    })
+    .await;
+    store.close().await;
+    let _ = sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut admin)
+    .await;
+}
+
+/// A client-side rate limit: `per_second` requests a second on every endpoint.
+fn rate(per_second: u32) -> String {
+    let limit = serde_json::json!({"max_requests": per_second, "window_ms": 1000});
+    serde_json::json!({"rate_limit": limit, "search_rate_limit": limit}).to_string()
+}
+
+/// A `sync` command for `ws` against `sim`, with no `PANDORA_SYNC_KEY`: every run seals
+/// the credentials with a key of its own, as a user trying the example would.
+fn sync_cmd(env: &Env, sim: &HubSpotSim, ws: Uuid, config: &str, extra: &[&str]) -> Command {
+    let creds = serde_json::json!({"access_token": sim.config().access_token}).to_string();
+    let mut cmd = Command::new(sync_example());
+    cmd.args(["--database", &env.database_url])
+        .args(["--workspace", &ws.to_string(), "--connector", "hubspot"])
+        .args(["--base-url", &sim.base_url(), "--credentials", &creds])
+        .args(["--config", config])
+        .args(extra)
+        .env_remove("PANDORA_SYNC_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+async fn output(mut cmd: Command) -> Output {
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out.stdout)))
+}
+
+fn portal(contacts: u64) -> HubSpotSimConfig {
+    HubSpotSimConfig {
+        companies: 20,
+        contacts,
+        deals: 20,
+        rate_limits: false,
+        ..Default::default()
+    }
+}
+
+/// A sync killed with SIGKILL mid-run: the next run is not refused (no lease to wait out),
+/// resumes from the last committed page, and the dead run's row ends `failed`/interrupted.
+async fn killed_sync_is_taken_over_and_resumed(env: Env) {
+    let sim = HubSpotSim::start(portal(3_000)).await.unwrap();
+    let ws = Uuid::new_v4();
+
+    // What a whole sync costs, in another workspace.
+    let full = summary(
+        &output(sync_cmd(
+            &env,
+            &sim,
+            Uuid::new_v4(),
+            &rate(100_000),
+            &["--json"],
+        ))
+        .await,
+    );
+    let full_requests = full["requests"].as_u64().unwrap();
+    assert_eq!(full["tables"]["contacts"], 3_000);
+
+    // 5 requests a second: 30 contact pages take about 6 s. Kill it 10 pages in.
+    let mut child = sync_cmd(&env, &sim, ws, &rate(5), &[]).spawn().unwrap();
+    let mut committed = 0;
+    for _ in 0..600 {
+        committed = env
+            .store
+            .count_records(ws, RecordKind::Contact, Some(ConnectorKind::Hubspot))
+            .await
+            .unwrap();
+        if committed >= 1_000 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first run ended before it was killed"
+    );
+    assert!(
+        committed >= 1_000,
+        "only {committed} contacts were committed"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let dead = env.store.sync_history(ws, None, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let dead = dead[0].clone();
+    assert_eq!(dead.status, SyncStatus::Running, "killed mid-run: {dead:?}");
+
+    // At once: not refused, completes, resumes from the checkpoint.
+    let out = output(sync_cmd(&env, &sim, ws, &rate(100_000), &["--json"])).await;
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("already running"), "refused: {stderr}");
+    let resumed = summary(&out);
+    assert_eq!(resumed["status"], "completed", "{resumed}");
+    assert_eq!(resumed["tables"]["contacts"], 3_000);
+    // It read only the contacts after the last committed page (a full read hands all
+    // 3,000 to the store), with fewer requests than a whole sync.
+    let read = resumed["recordsByTable"]["contacts"].as_u64().unwrap_or(0);
+    assert!(
+        read <= 3_000 - committed,
+        "the resumed run read {read} contacts, {committed} were committed before the kill: it did not resume"
+    );
+    let resumed_requests = resumed["requests"].as_u64().unwrap();
+    assert!(
+        resumed_requests < full_requests,
+        "the resumed run made {resumed_requests} requests, a full sync {full_requests}"
+    );
+
+    // The dead run's row is failed as interrupted; its connection is no longer syncing.
+    let row = env.store.get_sync(ws, dead.id).await.unwrap().unwrap();
+    assert_eq!(row.status, SyncStatus::Failed, "{row:?}");
+    assert!(
+        row.error_message
+            .as_deref()
+            .is_some_and(|m| m.contains("interrupted")),
+        "{row:?}"
+    );
+    assert!(row.completed_at.is_some());
+    let conn = env
+        .store
+        .get_connection(ws, ConnectorKind::Hubspot)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.status, ConnectionStatus::Synced);
+    assert!(env.store.active_syncs(ws).await.unwrap().is_empty());
+}
+
+/// Two runs of one workspace started together (each with its own key): exactly one syncs,
+/// the other says a sync is already running; with `--wait` the second waits and syncs.
+async fn two_runs_at_once_one_syncs(env: Env) {
+    let sim = HubSpotSim::start(portal(1_500)).await.unwrap();
+    let ws = Uuid::new_v4();
+    // About 3 s a run at 6 requests a second: the two overlap.
+    let (a, b) = tokio::join!(
+        output(sync_cmd(&env, &sim, ws, &rate(6), &[])),
+        output(sync_cmd(&env, &sim, ws, &rate(6), &[]))
+    );
+    let outs = [a, b];
+    for out in &outs {
+        let stderr = text(&out.stderr).to_lowercase();
+        assert!(
+            !stderr.contains("decrypt")
+                && !stderr.contains("storage error")
+                && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+    let ok: Vec<&Output> = outs.iter().filter(|o| o.status.success()).collect();
+    let refused: Vec<&Output> = outs.iter().filter(|o| !o.status.success()).collect();
+    assert_eq!(ok.len(), 1, "exactly one syncs: {outs:?}");
+    assert_eq!(refused[0].status.code(), Some(1));
+    let why = text(&refused[0].stderr);
+    assert!(
+        why.starts_with("error: ")
+            && why.contains("a sync of workspace")
+            && why.contains("already running"),
+        "{why}"
+    );
+    let n = env
+        .store
+        .count_records(ws, RecordKind::Contact, Some(ConnectorKind::Hubspot))
+        .await
+        .unwrap();
+    assert_eq!(n, 1_500);
+    let history = env.store.sync_history(ws, None, 10).await.unwrap();
+    assert_eq!(history.len(), 1, "the refused run left no row: {history:?}");
+    assert_eq!(history[0].status, SyncStatus::Completed);
+
+    // With --wait, the second run waits for the first and then syncs (incrementally).
+    let (a, b) = tokio::join!(
+        output(sync_cmd(
+            &env,
+            &sim,
+            ws,
+            &rate(6),
+            &["--wait", "120", "--json"]
+        )),
+        output(sync_cmd(
+            &env,
+            &sim,
+            ws,
+            &rate(6),
+            &["--wait", "120", "--json"]
+        ))
+    );
+    let (a, b) = (summary(&a), summary(&b));
+    assert_eq!(a["status"], "completed", "{a}");
+    assert_eq!(b["status"], "completed", "{b}");
+    let history = env.store.sync_history(ws, None, 10).await.unwrap();
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert!(history.iter().all(|h| h.status == SyncStatus::Completed));
+
+    // A run that does not get the lock within --wait gives up, saying so.
+    let held = env.store.try_lock_workspace(ws).await.unwrap().unwrap();
+    let out = output(sync_cmd(&env, &sim, ws, &rate(6), &["--wait", "1"])).await;
+    assert_eq!(out.status.code(), Some(1));
+    let why = text(&out.stderr);
+    assert!(
+        why.contains("already running") && why.contains("did not end within 1 s"),
+        "{why}"
+    );
+    held.release().await.unwrap();
+}
+
+macro_rules! process_suite {
+    ($($name:ident),* $(,)?) => {
+        #[cfg(feature = "sqlite")]
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::run_sqlite(crate::$name).await;
+                }
+            )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::run_postgres(crate::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+use lock::a_dead_holders_runs_are_interrupted;
+
+process_suite!(
+    killed_sync_is_taken_over_and_resumed,
+    two_runs_at_once_one_syncs,
+    a_dead_holders_runs_are_interrupted,
+);
