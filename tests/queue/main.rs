@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod harness;
+mod multiprocess;
 mod suite;
 
 macro_rules! queue_suite {
