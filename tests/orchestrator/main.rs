@@ -42,4 +42,5 @@ orchestrator_suite!(
     link_rows_do_not_count_toward_the_success_threshold,
     flush_makes_every_written_page_durable,
     reconciliation_flags_a_gap_for_a_repairing_pass,
+    a_dropped_sync_fails_its_running_row,
 );

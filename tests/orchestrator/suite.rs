@@ -687,3 +687,33 @@ pub async fn reconciliation_flags_a_gap_for_a_repairing_pass(h: Harness) {
     assert_eq!(errors.reconciliation, c.errors.reconciliation);
     assert_eq!(errors.warnings, c.errors.warnings);
 }
+
+pub async fn a_dropped_sync_fails_its_running_row(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let mut stuck = Fake::new(ConnectorKind::Hubspot, Provider::seeded(10), 5);
+    // Nobody else ever reaches this barrier: the connector hangs until it is dropped.
+    stuck.gate = Some(Arc::new(tokio::sync::Barrier::new(2)));
+    let o = orchestrator(&h.store, &[stuck]);
+    let dropped =
+        tokio::time::timeout(Duration::from_millis(300), o.sync_workspace(ws, SyncOptions::default()))
+            .await;
+    assert!(dropped.is_err(), "the sync was still running when dropped");
+    let mut history = Vec::new();
+    for _ in 0..300 {
+        history = h.store.sync_history(ws, None, 10).await.unwrap();
+        if history.iter().all(|s| s.status.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].status, SyncStatus::Failed);
+    assert!(
+        history[0]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("interrupted")
+    );
+}
