@@ -26,8 +26,8 @@ mod store;
 pub use capture::{RecordFailure, is_sync_acceptable, success_rate};
 pub use connector::{
     Checkpoint, DEFAULT_WATERMARK_LAG, Deletion, DocumentAdapter, MemorySink, NewTask, Progress,
-    ProgressReporter, RecordBatch, RecordSink, StreamCheckpoint, SyncCapable, SyncContext,
-    SourceTotal, SyncReport, TaskAdapter, TaskUpdate, WriteCounts,
+    ProgressReporter, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncCapable,
+    SyncContext, SyncReport, TaskAdapter, TaskUpdate, WriteCounts,
 };
 pub use error::{BODY_EXCERPT_CHARS, BoxError, Error, Result, body_excerpt, redact_secrets};
 pub use model::{
@@ -46,9 +46,9 @@ pub use store::{
     Backend, Clock, ConnectionRow, ConnectionStatus, ConnectionStore, Credentials,
     DEFAULT_LOCK_TTL, DealFieldCounts, EnrichmentStore, InternalCounts, Keyring, LinkCounts,
     LockStore, MAX_PAGE, ManualClock, NewConnection, RateLimitStop, Reconciliation, RecordQuery,
-    RecordStore, STALE_SYNC_AFTER,
-    SealedCredentials, Store, SyncErrors, SyncLogEntry, SyncLogStore, SyncOutcome, SyncStatus,
-    SyncStore, SystemClock, WorkspaceLock, connect_store, normalize_domain, validate_record,
+    RecordStore, STALE_SYNC_AFTER, SealedCredentials, Store, SyncErrors, SyncLogEntry,
+    SyncLogStore, SyncOutcome, SyncStatus, SyncStore, SystemClock, WorkspaceLock, connect_store,
+    normalize_domain, validate_record,
 };
 
 #[cfg(feature = "gong")]

@@ -534,7 +534,9 @@ impl Drop for RunGuard {
             };
             match store.finish_sync(ws, id, &outcome).await {
                 Ok(()) | Err(Error::Conflict { .. }) => {}
-                Err(e) => tracing::warn!(error = %e, sync_id = %id, "failing a dropped sync run failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, sync_id = %id, "failing a dropped sync run failed")
+                }
             }
             if let Some(kind) = connector {
                 let status = store
@@ -981,10 +983,7 @@ impl Orchestrator {
                 checkpoint.stream_mut(stream).repair = true;
             }
             let mut members = serde_json::Map::new();
-            members.insert(
-                "streams".into(),
-                serde_json::to_value(&checkpoint.streams)?,
-            );
+            members.insert("streams".into(), serde_json::to_value(&checkpoint.streams)?);
             self.store.merge_sync_cursor(ws, source, &members).await
         };
         if let Err(e) = flagged.await {
@@ -1196,7 +1195,13 @@ fn job_outcome(result: WorkspaceSyncResult) -> Result<serde_json::Value> {
     let limited = result.connectors.iter().filter(|c| c.rate_limited);
     let quota = limited
         .clone()
-        .filter_map(|c| c.errors.rate_limited.as_ref().filter(|r| r.quota).map(|r| (c, r)))
+        .filter_map(|c| {
+            c.errors
+                .rate_limited
+                .as_ref()
+                .filter(|r| r.quota)
+                .map(|r| (c, r))
+        })
         // The latest known reset; an unknown one (next midnight at the latest) wins.
         .max_by_key(|(_, r)| r.resets_at.map_or((1, None), |at| (0, Some(at))));
     if let Some((c, stop)) = quota {

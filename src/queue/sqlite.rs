@@ -294,9 +294,13 @@ impl JobQueue for SqliteStore {
         .await
         .map_err(db("failing a job"))?;
         let Some(row) = row else { return Ok(None) };
-        let status = JobStatus::parse(&row.try_get::<String, _>("status").map_err(db("failing a job"))?)?;
+        let status = JobStatus::parse(
+            &row.try_get::<String, _>("status")
+                .map_err(db("failing a job"))?,
+        )?;
         if status == JobStatus::Failed {
-            self.end_job_syncs(&[row], &format!("job failed: {error}")).await;
+            self.end_job_syncs(&[row], &format!("job failed: {error}"))
+                .await;
         }
         Ok(Some(status))
     }
@@ -372,9 +376,13 @@ impl JobQueue for SqliteStore {
         .await
         .map_err(db("cancelling a job"))?;
         let Some(row) = row else { return Ok(None) };
-        let status = JobStatus::parse(&row.try_get::<String, _>("status").map_err(db("cancelling a job"))?)?;
+        let status = JobStatus::parse(
+            &row.try_get::<String, _>("status")
+                .map_err(db("cancelling a job"))?,
+        )?;
         if status == JobStatus::Cancelled {
-            self.end_job_syncs(&[row], "job cancelled before it ran").await;
+            self.end_job_syncs(&[row], "job cancelled before it ran")
+                .await;
         }
         Ok(Some(status))
     }

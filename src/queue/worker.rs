@@ -590,7 +590,11 @@ mod tests {
             now() + chrono::Duration::seconds(60)
         );
         assert_eq!(
-            add_capped(DateTime::<Utc>::MAX_UTC, Duration::from_secs(10), MAX_RETRY_AFTER),
+            add_capped(
+                DateTime::<Utc>::MAX_UTC,
+                Duration::from_secs(10),
+                MAX_RETRY_AFTER
+            ),
             DateTime::<Utc>::MAX_UTC
         );
     }

@@ -51,7 +51,8 @@ pub(crate) use rows::sqlite_ts;
 pub use sqlite::SqliteStore;
 pub use types::{
     Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, MAX_PAGE, NewConnection,
-    RateLimitStop, Reconciliation, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry, SyncOutcome, SyncStatus,
+    RateLimitStop, Reconciliation, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry,
+    SyncOutcome, SyncStatus,
 };
 
 /// What every store does: say which backend it is, create its schema, check the database.

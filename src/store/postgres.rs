@@ -882,7 +882,11 @@ impl RecordStore for PgStore {
             "SELECT COUNT(*) FROM {} WHERE workspace_id = $1 AND source = $2{} \
              AND ($3::timestamptz IS NULL{})",
             kind.table(),
-            if links { "" } else { " AND archived_at IS NULL" },
+            if links {
+                ""
+            } else {
+                " AND archived_at IS NULL"
+            },
             if links {
                 ""
             } else {

@@ -959,7 +959,11 @@ impl RecordStore for SqliteStore {
         let sql = format!(
             "SELECT COUNT(*) FROM {} WHERE workspace_id = ?1 AND source = ?2{}{}",
             kind.table(),
-            if links { "" } else { " AND archived_at IS NULL" },
+            if links {
+                ""
+            } else {
+                " AND archived_at IS NULL"
+            },
             if updated_since.is_some() {
                 " AND source_updated_at >= ?3"
             } else {

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pandora_sync::queue::{BackoffPolicy, Job, JobHandler, JobStatus, SYNC_JOB, Worker, WorkerConfig};
+use pandora_sync::queue::{
+    BackoffPolicy, Job, JobHandler, JobStatus, SYNC_JOB, Worker, WorkerConfig,
+};
 use pandora_sync::{
     Checkpoint, ConnectionStatus, ConnectorKind, ConnectorRegistry, Error, NewConnection,
     Orchestrator, OrchestratorConfig, Record, RecordKind, RecordQuery, Scheduler, SchedulerConfig,
@@ -410,7 +412,13 @@ pub async fn job_handler_runs_triggered_syncs_and_snoozes_rate_limits(h: Harness
     assert_eq!(stop.retry_after_ms, Some(120_000));
 }
 
-fn worker(h: &Harness, o: Orchestrator) -> (CancellationToken, tokio::task::JoinHandle<pandora_sync::Result<()>>) {
+fn worker(
+    h: &Harness,
+    o: Orchestrator,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<pandora_sync::Result<()>>,
+) {
     let handler: Arc<dyn JobHandler> = Arc::new(SyncJobHandler::new(o));
     let stop = CancellationToken::new();
     let worker = Worker::new(h.queue.clone())
@@ -503,7 +511,10 @@ pub async fn a_quota_stop_ends_cleanly_and_snoozes_to_the_reset(h: Harness) {
     stop.cancel();
     task.await.unwrap().unwrap();
     assert_eq!(j.attempts, 0, "a quota stop spends no attempt");
-    assert_eq!(j.run_after, resets_at, "rescheduled to the provider's reset");
+    assert_eq!(
+        j.run_after, resets_at,
+        "rescheduled to the provider's reset"
+    );
     assert_eq!(limited.runs.lock().unwrap().len(), 1, "no retry loop");
     let history = h.store.sync_history(ws, None, 10).await.unwrap();
     assert_eq!(history.len(), 1, "one sync_log row: {history:?}");
@@ -520,7 +531,11 @@ pub async fn a_quota_stop_ends_cleanly_and_snoozes_to_the_reset(h: Harness) {
         .unwrap()
         .unwrap();
     assert_eq!(conn.status, ConnectionStatus::Synced, "not in error");
-    assert_eq!(contacts(&h.store, ws).await.len(), 20, "committed pages stay");
+    assert_eq!(
+        contacts(&h.store, ws).await.len(),
+        20,
+        "committed pages stay"
+    );
     assert_eq!(
         checkpoint(&h.store, ws, ConnectorKind::Hubspot)
             .await
@@ -556,7 +571,11 @@ pub async fn a_quota_stop_ends_cleanly_and_snoozes_to_the_reset(h: Harness) {
     assert!(j.run_after > before);
     assert!(j.run_after <= before + chrono::Duration::days(1));
     assert_eq!(
-        (j.run_after.hour(), j.run_after.minute(), j.run_after.second()),
+        (
+            j.run_after.hour(),
+            j.run_after.minute(),
+            j.run_after.second()
+        ),
         (0, 0, 0),
         "{}",
         j.run_after
@@ -571,7 +590,9 @@ pub async fn link_rows_do_not_count_toward_the_success_threshold(h: Harness) {
         bad_every: 10,
     };
     let mut registry = ConnectorRegistry::new();
-    registry = registry.register(ConnectorKind::Hubspot, move |_r, _c| Ok(Box::new(fake.clone())));
+    registry = registry.register(ConnectorKind::Hubspot, move |_r, _c| {
+        Ok(Box::new(fake.clone()))
+    });
     let r = Orchestrator::new(h.store.clone(), registry)
         .with_config(OrchestratorConfig {
             batch_size: 7,
@@ -587,8 +608,17 @@ pub async fn link_rows_do_not_count_toward_the_success_threshold(h: Harness) {
         SyncStatus::Failed,
         "90 of 100 deals is below 95 %, links or not"
     );
-    assert!(c.error.as_deref().unwrap().contains("10 of 100 records failed"));
-    assert_eq!(c.counts.written(), 90, "records_synced counts deals, not links");
+    assert!(
+        c.error
+            .as_deref()
+            .unwrap()
+            .contains("10 of 100 records failed")
+    );
+    assert_eq!(
+        c.counts.written(),
+        90,
+        "records_synced counts deals, not links"
+    );
     assert_eq!(c.records_by_table.get("deal_contacts"), Some(&450));
     let log = h.store.get_sync(ws, c.sync_id).await.unwrap().unwrap();
     assert_eq!(log.records_synced, 90);
@@ -611,8 +641,9 @@ pub async fn flush_makes_every_written_page_durable(h: Harness) {
         seen: Arc::default(),
     };
     let seen = probe.seen.clone();
-    let registry = ConnectorRegistry::new()
-        .register(ConnectorKind::Hubspot, move |_r, _c| Ok(Box::new(probe.clone())));
+    let registry = ConnectorRegistry::new().register(ConnectorKind::Hubspot, move |_r, _c| {
+        Ok(Box::new(probe.clone()))
+    });
     let r = Orchestrator::new(h.store.clone(), registry)
         .sync_workspace(ws, SyncOptions::default())
         .await
@@ -627,7 +658,11 @@ pub async fn flush_makes_every_written_page_durable(h: Harness) {
             .as_ref()
             .and_then(|c| c.stream("contacts"))
             .and_then(|s| s.cursor.clone());
-        assert_eq!(cursor, Some(format!("ack-{page}")), "page {page}'s checkpoint");
+        assert_eq!(
+            cursor,
+            Some(format!("ack-{page}")),
+            "page {page}'s checkpoint"
+        );
     }
     let mut memory = pandora_sync::MemorySink::new();
     pandora_sync::RecordSink::flush(&mut memory).await.unwrap();
@@ -667,21 +702,32 @@ pub async fn reconciliation_flags_a_gap_for_a_repairing_pass(h: Harness) {
         .await
         .unwrap();
     let c = &r.connectors[0];
-    assert_eq!(c.status, SyncStatus::Completed, "a gap is a warning, not a failure");
+    assert_eq!(
+        c.status,
+        SyncStatus::Completed,
+        "a gap is a warning, not a failure"
+    );
     let rec = &c.errors.reconciliation[0];
     assert_eq!(rec.stream, "items");
     assert_eq!(rec.kind, RecordKind::Contact);
     assert_eq!((rec.source_total, rec.stored, rec.in_flight), (42, 30, 0));
     assert!(rec.repair);
     assert_eq!(c.errors.warnings.len(), 1);
-    assert!(c.errors.warnings[0].contains("42"), "{}", c.errors.warnings[0]);
+    assert!(
+        c.errors.warnings[0].contains("42"),
+        "{}",
+        c.errors.warnings[0]
+    );
     let stream = checkpoint(&h.store, ws, ConnectorKind::Hubspot)
         .await
         .stream("items")
         .cloned()
         .unwrap();
     assert!(stream.repair, "the next sync runs a repairing pass");
-    assert!(stream.watermark.is_some(), "the rest of the checkpoint is kept");
+    assert!(
+        stream.watermark.is_some(),
+        "the rest of the checkpoint is kept"
+    );
     let log = h.store.get_sync(ws, c.sync_id).await.unwrap().unwrap();
     let errors = log.errors.unwrap();
     assert_eq!(errors.reconciliation, c.errors.reconciliation);
@@ -695,9 +741,11 @@ pub async fn a_dropped_sync_fails_its_running_row(h: Harness) {
     // Nobody else ever reaches this barrier: the connector hangs until it is dropped.
     stuck.gate = Some(Arc::new(tokio::sync::Barrier::new(2)));
     let o = orchestrator(&h.store, &[stuck]);
-    let dropped =
-        tokio::time::timeout(Duration::from_millis(300), o.sync_workspace(ws, SyncOptions::default()))
-            .await;
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(300),
+        o.sync_workspace(ws, SyncOptions::default()),
+    )
+    .await;
     assert!(dropped.is_err(), "the sync was still running when dropped");
     let mut history = Vec::new();
     for _ in 0..300 {

@@ -81,7 +81,9 @@ fn spawn_process(
         rt.block_on(async {
             let store = pg::schema_store(&schema, 4).await;
             let queue: Arc<dyn JobQueue> = Arc::new(store);
-            let worker = Worker::new(queue).register("tiny", handler).config(config(id));
+            let worker = Worker::new(queue)
+                .register("tiny", handler)
+                .config(config(id));
             tokio::select! {
                 r = worker.run(stop) => r.unwrap(),
                 () = kill.cancelled() => {}

@@ -11,8 +11,8 @@ use pandora_sync::queue::{
     WorkerConfig,
 };
 use pandora_sync::{
-    Clock, ConnectionStatus, ConnectorKind, Error, LEADER_LOCK_ID, NewConnection, Result, Scheduler, SchedulerConfig,
-    SyncMode, SyncStatus,
+    Clock, ConnectionStatus, ConnectorKind, Error, LEADER_LOCK_ID, NewConnection, Result,
+    Scheduler, SchedulerConfig, SyncMode, SyncStatus,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -791,10 +791,7 @@ pub async fn every_end_of_a_sync_job_ends_its_sync_run(h: Harness) {
     h.store.start_sync(ws, t.sync_id, None).await.unwrap();
     h.clock.advance(chrono::Duration::seconds(6));
     assert_eq!(h.queue.rescue_expired().await.unwrap(), 1);
-    assert_eq!(
-        job(&h.queue, ws, t.job_id).await.status,
-        JobStatus::Failed
-    );
+    assert_eq!(job(&h.queue, ws, t.job_id).await.status, JobStatus::Failed);
     let r = run(t.sync_id).await;
     assert_eq!(r.status, SyncStatus::Failed);
     assert!(r.error_message.unwrap().contains("interrupted"));
