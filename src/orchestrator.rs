@@ -12,9 +12,28 @@
 //!   │               in a task, while the connector fetches the next page (one page in
 //!   │               flight; the next write, and the end of the run, wait for it)
 //!   │    sync_log row: running → completed | completed_with_errors | failed
+//!   │      (a rate limit or exhausted quota ends the run cleanly: completed_with_errors
+//!   │       with `errors.rate_limited`, checkpoint kept, connection not in error)
 //!   │    a backfill when the connector asks for one (`needs_backfill`)
+//!   │    reconciliation of the provider's totals with the live rows stored
 //!   └─ post-sync hooks (built-ins, then the host's), errors recorded, never fatal
 //! ```
+//!
+//! Counting (the success threshold, `records_synced`, progress) covers records of the
+//! primary tables only; deal-contact links are stored with them but counted apart. A run
+//! whose future is dropped before it recorded its outcome fails its `sync_log` row as
+//! interrupted, so no row stays `running`.
+//!
+//! # Reconciliation
+//!
+//! After a successful run, every [`SourceTotal`](crate::SourceTotal) the connector reported
+//! (a stream read in full) is compared with the workspace's live rows of that kind from that
+//! source, and both numbers go to [`SyncErrors::reconciliation`] (the result and
+//! `sync_log.errors`). Tolerance: records change while a pass reads them, so the gap
+//! `total − stored` is allowed up to the stored rows modified since the pass started (their
+//! `source_updated_at`) plus the records that failed this run (captured, not silent). A
+//! larger gap is a warning, and the stream's stored checkpoint gets `repair = true`, so the
+//! connector runs a repairing full pass at the next sync.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -196,7 +215,8 @@ pub struct ConnectorResult {
     pub status: SyncStatus,
     /// The mode it ran in.
     pub mode: SyncMode,
-    /// Rows written (inserted, updated, unchanged, archived).
+    /// Rows of the primary tables written (inserted, updated, unchanged, archived);
+    /// deal-contact links are not counted here (see `records_by_table`).
     pub counts: WriteCounts,
     /// Records handed to the store, by table.
     pub records_by_table: BTreeMap<String, u64>,
@@ -533,7 +553,9 @@ impl Drop for RunGuard {
                 error_message: Some(message.to_owned()),
             };
             match store.finish_sync(ws, id, &outcome).await {
-                Ok(()) | Err(Error::Conflict { .. }) => {}
+                Ok(()) => {}
+                // The outcome was recorded after all (dropped while closing).
+                Err(Error::Conflict { .. }) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, sync_id = %id, "failing a dropped sync run failed")
                 }
@@ -855,7 +877,8 @@ impl Orchestrator {
                 (None, true, _) => SyncStatus::CompletedWithErrors,
             };
             if let (None, Some(report)) = (&error, &report) {
-                self.reconcile(&row, report, &previous, run_started, &mut errors)
+                let failed = sink.failures.failed;
+                self.reconcile(&row, report, &previous, run_started, failed, &mut errors)
                     .await;
             }
             let error_message = match (&error, acceptable) {
@@ -911,6 +934,7 @@ impl Orchestrator {
         report: &SyncReport,
         previous: &Checkpoint,
         run_started: chrono::DateTime<Utc>,
+        failed: u64,
         errors: &mut SyncErrors,
     ) {
         if report.source_totals.is_empty() {
@@ -945,7 +969,7 @@ impl Orchestrator {
                 }
             };
             let gap = t.total.saturating_sub(stored);
-            let needs_repair = gap > in_flight;
+            let needs_repair = gap > in_flight.saturating_add(failed);
             if needs_repair {
                 tracing::warn!(stream = %t.stream, total = t.total, stored, in_flight, "reconciliation gap; a repairing pass runs next sync");
                 errors.warnings.push(format!(
@@ -965,6 +989,7 @@ impl Orchestrator {
                 source_total: t.total,
                 stored,
                 in_flight,
+                failed,
                 repair: needs_repair,
             });
         }

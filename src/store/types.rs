@@ -237,7 +237,7 @@ impl ConnectionRow {
 /// {"total": 2, "failures": [{"record_id": "42", "message": "…"}],
 ///  "rate_limited": {"provider": "hubspot", "resets_at": "2024-06-02T00:00:00Z"},
 ///  "reconciliation": [{"stream": "contacts", "kind": "contact", "source_total": 100,
-///                      "stored": 90, "in_flight": 0, "repair": true}],
+///                      "stored": 90, "in_flight": 0, "failed": 0, "repair": true}],
 ///  "warnings": ["contacts: the provider reports 100 live records, 90 are stored"]}
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -275,11 +275,13 @@ pub struct RateLimitStop {
 
 /// One stream's provider total against the rows stored after a full pass.
 ///
-/// `in_flight` is the tolerance: the stored live rows of the kind whose `source_updated_at`
-/// is at or after the pass's start, i.e. records that changed at the provider while the pass
-/// ran (created, modified, or deleted ones the provider's total may or may not include).
-/// A gap `source_total − stored` larger than `in_flight` sets `repair`: a warning, and the
-/// stream's checkpoint is flagged so the next sync runs a repairing full pass.
+/// The tolerance is `in_flight + failed`: `in_flight` counts the stored live rows of the
+/// kind whose `source_updated_at` is at or after the pass's start, i.e. records that changed
+/// at the provider while the pass ran (created, modified, or deleted ones the provider's
+/// total may or may not include); `failed` counts the run's per-record failures (captured
+/// and reported, not silently lost). A gap `source_total − stored` larger than the tolerance
+/// sets `repair`: a warning, and the stream's checkpoint is flagged so the next sync runs a
+/// repairing full pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reconciliation {
     /// The checkpoint stream.
@@ -290,8 +292,11 @@ pub struct Reconciliation {
     pub source_total: u64,
     /// Live (not archived) rows stored for the workspace, source and kind.
     pub stored: u64,
-    /// The tolerance for changes made during the pass (see the type's docs).
+    /// Stored rows changed since the pass started (see the type's docs).
     pub in_flight: u64,
+    /// Records of the run that failed (see the type's docs).
+    #[serde(default)]
+    pub failed: u64,
     /// Whether a repairing full pass was scheduled.
     pub repair: bool,
 }

@@ -732,6 +732,23 @@ pub async fn reconciliation_flags_a_gap_for_a_repairing_pass(h: Harness) {
     let errors = log.errors.unwrap();
     assert_eq!(errors.reconciliation, c.errors.reconciliation);
     assert_eq!(errors.warnings, c.errors.warnings);
+
+    // Records that failed (captured and reported) are not a silent gap: no repair.
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let mut few_bad = Fake::new(ConnectorKind::Hubspot, Provider::seeded(100), 25);
+    few_bad.bad_every = Some(50);
+    few_bad.report_total_extra = Some(0);
+    let r = orchestrator(&h.store, &[few_bad])
+        .sync_workspace(ws, SyncOptions::default())
+        .await
+        .unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(c.status, SyncStatus::CompletedWithErrors);
+    let rec = &c.errors.reconciliation[0];
+    assert_eq!((rec.source_total, rec.stored, rec.failed), (100, 98, 2));
+    assert!(!rec.repair);
+    assert!(c.errors.warnings.is_empty());
 }
 
 pub async fn a_dropped_sync_fails_its_running_row(h: Harness) {
