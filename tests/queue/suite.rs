@@ -813,6 +813,38 @@ pub async fn every_end_of_a_sync_job_ends_its_sync_run(h: Harness) {
     assert_eq!(run(t.sync_id).await.status, SyncStatus::Failed);
     no_active_sync(&h, ws).await;
 
+    // 6. Timed out on its last attempt (the handler hangs, the run never started).
+    let quick = Scheduler::new(
+        h.store.clone(),
+        h.queue.clone(),
+        SchedulerConfig {
+            max_attempts: 1,
+            job_timeout: Duration::from_millis(50),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = quick.trigger_sync(ws, None, None).await.unwrap();
+    let hang: Arc<dyn JobHandler> = Arc::new(FnHandler(|_job: Job, _ctx: JobContext| {
+        Box::pin(async {
+            std::future::pending::<()>().await;
+            Ok(serde_json::Value::Null)
+        }) as futures_util::future::BoxFuture<'static, Result<serde_json::Value>>
+    }));
+    let (stop, task) = spawn_worker(h.queue.clone(), SYNC_JOB, hang, config("w4"));
+    let q = h.queue.clone();
+    eventually("the job times out for good", || {
+        let q = q.clone();
+        async move { q.get_job(ws, t.job_id).await.unwrap().unwrap().status == JobStatus::Failed }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let r = run(t.sync_id).await;
+    assert_eq!(r.status, SyncStatus::Failed);
+    assert!(r.error_message.unwrap().contains("timed out"));
+    no_active_sync(&h, ws).await;
+
     // After all of these, the next trigger is accepted.
     s.trigger_sync(ws, None, None).await.unwrap();
 }
