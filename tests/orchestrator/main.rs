@@ -44,3 +44,27 @@ orchestrator_suite!(
     reconciliation_flags_a_gap_for_a_repairing_pass,
     a_dropped_sync_fails_its_running_row,
 );
+
+/// Tests that drive the store's clock.
+mod clocked {
+    #[cfg(feature = "sqlite")]
+    mod sqlite {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_daily_quota_does_not_loop_and_resumes_after_the_reset() {
+            crate::harness::run_sqlite_clocked(
+                crate::suite::a_daily_quota_does_not_loop_and_resumes_after_the_reset,
+            )
+            .await;
+        }
+    }
+    #[cfg(feature = "postgres")]
+    mod postgres {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_daily_quota_does_not_loop_and_resumes_after_the_reset() {
+            crate::harness::run_postgres_clocked(
+                crate::suite::a_daily_quota_does_not_loop_and_resumes_after_the_reset,
+            )
+            .await;
+        }
+    }
+}

@@ -7,7 +7,7 @@ use pandora_sync::queue::{
     BackoffPolicy, Job, JobHandler, JobStatus, SYNC_JOB, Worker, WorkerConfig,
 };
 use pandora_sync::{
-    Checkpoint, ConnectionStatus, ConnectorKind, ConnectorRegistry, Error, NewConnection,
+    Checkpoint, Clock, ConnectionStatus, ConnectorKind, ConnectorRegistry, Error, NewConnection,
     Orchestrator, OrchestratorConfig, Record, RecordKind, RecordQuery, Scheduler, SchedulerConfig,
     SyncJobHandler, SyncMode, SyncOptions, SyncStatus, SyncStore,
 };
@@ -783,4 +783,76 @@ pub async fn a_dropped_sync_fails_its_running_row(h: Harness) {
             .unwrap()
             .contains("interrupted")
     );
+}
+
+/// The store's clock moves minute by minute through the hours after a daily quota stop
+/// (HubSpot's `DAILY` 429: no reset time): the job waits for the next UTC midnight instead
+/// of retrying every minute and writing a failed row each time; after midnight it resumes
+/// from its checkpoint and completes.
+pub async fn a_daily_quota_does_not_loop_and_resumes_after_the_reset(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let mut daily = Fake::new(ConnectorKind::Hubspot, Provider::seeded(40), 10);
+    daily.fail_after_pages = Some(2);
+    daily.error = Arc::new(|| Error::QuotaExhausted {
+        provider: "hubspot".into(),
+        resets_at: None,
+    });
+    let scheduler =
+        Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let t = scheduler
+        .trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
+        .await
+        .unwrap();
+    let (stop, task) = worker(&h, orchestrator(&h.store, &[daily.clone()]));
+    let snoozed = wait_job(&h, ws, t.job_id, |j| {
+        j.status == JobStatus::Pending && j.last_error.is_some()
+    })
+    .await;
+    let midnight = (h.clock.now() + chrono::Duration::days(1))
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    assert_eq!(
+        snoozed.run_after,
+        midnight.max(h.clock.now() + chrono::Duration::minutes(1))
+    );
+    // Two hours (or until just before the reset), a minute at a time, with the worker
+    // polling: nothing runs again.
+    let minutes = (snoozed.run_after - h.clock.now())
+        .num_minutes()
+        .clamp(0, 120)
+        - 1;
+    for _ in 0..minutes {
+        h.clock.advance(chrono::Duration::minutes(1));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert_eq!(
+        daily.runs.lock().unwrap().len(),
+        1,
+        "no retry before the reset"
+    );
+    let history = h.store.sync_history(ws, None, 10).await.unwrap();
+    assert_eq!(history.len(), 1, "one sync_log row, not one a minute");
+    assert_eq!(history[0].status, SyncStatus::CompletedWithErrors);
+    // Past the reset, the job resumes from its checkpoint and completes.
+    h.clock
+        .set(snoozed.run_after + chrono::Duration::seconds(1));
+    let done = wait_job(&h, ws, t.job_id, |j| j.status.is_finished()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.attempts, 1, "the quota stop spent no attempt");
+    let runs = daily.runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        runs[1].1.as_deref(),
+        Some("c0020"),
+        "resumed where it stopped"
+    );
+    assert_eq!(contacts(&h.store, ws).await.len(), 40);
+    let history = h.store.sync_history(ws, None, 10).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].status, SyncStatus::Completed);
 }
