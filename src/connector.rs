@@ -3,10 +3,22 @@
 //!
 //! A sync never returns "all the records". It reads the provider page by page and pushes each
 //! page into a [`RecordSink`] together with the [`Checkpoint`] that is true once that page is
-//! stored. The sink returns only after the batch *and* the checkpoint are durable (the
-//! storage backends commit both in one transaction), so a crash at any point resumes from the
-//! last committed page: nothing skipped, nothing duplicated, and memory stays flat however
-//! many records the provider holds.
+//! stored. A page and its checkpoint become durable together (the storage backends commit
+//! both in one transaction), so a crash at any point resumes from the last committed page:
+//! nothing skipped, nothing duplicated, and memory stays flat however many records the
+//! provider holds.
+//!
+//! # What is durable when
+//!
+//! A sink may pipeline: the orchestrator's sink commits a page in the background while the
+//! connector fetches the next one. So when [`RecordSink::write`] returns `Ok`, every
+//! *earlier* page (and its checkpoint) is durable, and the page just given is on its way;
+//! when [`RecordSink::flush`] returns `Ok`, every page written so far is durable. A
+//! connector that only reads needs neither: a crash loses at most the page in flight, and
+//! the stored checkpoint (which never runs ahead of its records) makes the next run read it
+//! again. A connector that must *acknowledge* something to the provider once the data is
+//! safe (commit a consumer offset, delete a queue message, confirm a cursor that the
+//! provider forgets after acknowledgement) calls `flush` first.
 //!
 //! # Watermarks
 //!
@@ -412,13 +424,31 @@ impl std::ops::AddAssign for WriteCounts {
 
 /// Where a connector pushes its pages.
 ///
-/// `write` returns only once the batch and the checkpoint are durable together: when it
-/// returns `Ok`, a crash can no longer lose the batch, and a restarted sync resumes from
-/// `checkpoint`. When it returns `Err`, neither was stored.
+/// A batch and its checkpoint are always committed together (or not at all), in the order
+/// written, but a sink may commit them after `write` returns (see the module docs):
+///
+/// * when `write` returns `Ok`, every batch written *before* this one is durable; this one
+///   is durable once the next `write` or [`flush`](RecordSink::flush) returns `Ok`;
+/// * when `write` or `flush` returns `Err`, a batch failed to commit (this one or an earlier
+///   one still in flight): the durable checkpoint is the last one before it, and the sync
+///   should stop (a restart resumes from there);
+/// * a sync that returns without calling `flush` loses nothing: the host settles the sink
+///   at the end of the run and reports a failed commit as the run's error.
+///
+/// Sinks that commit synchronously (e.g. [`MemorySink`]) are durable when `write` returns,
+/// and their `flush` does nothing.
 #[async_trait]
 pub trait RecordSink: Send {
-    /// Stores one batch and the checkpoint that holds once it is stored.
+    /// Stores one batch and the checkpoint that holds once it is stored. Returns what the
+    /// sink has committed since the previous call (for a synchronous sink, this batch).
     async fn write(&mut self, batch: RecordBatch, checkpoint: &Checkpoint) -> Result<WriteCounts>;
+
+    /// Waits until every batch written so far, with its checkpoint, is durable. Call it
+    /// before acknowledging anything to the provider that must not be acknowledged for
+    /// data that could still be lost. The default does nothing (a synchronous sink).
+    async fn flush(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A [`RecordSink`] that keeps every batch in memory, for tests of connectors.
@@ -458,6 +488,11 @@ impl RecordSink for MemorySink {
         };
         self.batches.push((batch, checkpoint.clone()));
         Ok(counts)
+    }
+
+    /// Nothing to wait for: every batch is kept by the time `write` returns.
+    async fn flush(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 

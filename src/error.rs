@@ -135,6 +135,14 @@ pub enum Error {
     /// The work was cancelled through its cancellation token.
     #[error("cancelled")]
     Cancelled,
+
+    /// A sync ran but failed (a connector failed, or too many records failed): the job
+    /// that ran it fails its attempt and is retried with backoff while attempts remain.
+    #[error("sync failed: {message}")]
+    SyncFailed {
+        /// What failed, per connector.
+        message: String,
+    },
 }
 
 fn fmt_after(after: Option<Duration>) -> String {

@@ -45,9 +45,10 @@ pub use store::SqliteStore;
 pub use store::{
     Backend, Clock, ConnectionRow, ConnectionStatus, ConnectionStore, Credentials,
     DEFAULT_LOCK_TTL, DealFieldCounts, EnrichmentStore, InternalCounts, Keyring, LinkCounts,
-    LockStore, MAX_PAGE, ManualClock, NewConnection, RecordQuery, RecordStore, STALE_SYNC_AFTER,
-    SealedCredentials, Store, SyncErrors, SyncLogEntry, SyncLogStore, SyncOutcome, SyncStatus,
-    SyncStore, SystemClock, WorkspaceLock, connect_store, normalize_domain, validate_record,
+    LockStore, MAX_PAGE, ManualClock, NewConnection, RateLimitStop, Reconciliation, RecordQuery,
+    RecordStore, STALE_SYNC_AFTER, SealedCredentials, Store, SyncErrors, SyncLogEntry,
+    SyncLogStore, SyncOutcome, SyncStatus, SyncStore, SystemClock, WorkspaceLock, connect_store,
+    normalize_domain, validate_record,
 };
 
 #[cfg(feature = "gong")]

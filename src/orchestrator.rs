@@ -12,9 +12,28 @@
 //!   │               in a task, while the connector fetches the next page (one page in
 //!   │               flight; the next write, and the end of the run, wait for it)
 //!   │    sync_log row: running → completed | completed_with_errors | failed
+//!   │      (a rate limit or exhausted quota ends the run cleanly: completed_with_errors
+//!   │       with `errors.rate_limited`, checkpoint kept, connection not in error)
 //!   │    a backfill when the connector asks for one (`needs_backfill`)
+//!   │    reconciliation of the provider's totals with the live rows stored
 //!   └─ post-sync hooks (built-ins, then the host's), errors recorded, never fatal
 //! ```
+//!
+//! Counting (the success threshold, `records_synced`, progress) covers records of the
+//! primary tables only; deal-contact links are stored with them but counted apart. A run
+//! whose future is dropped before it recorded its outcome fails its `sync_log` row as
+//! interrupted, so no row stays `running`.
+//!
+//! # Reconciliation
+//!
+//! After a successful run, every [`SourceTotal`](crate::SourceTotal) the connector reported
+//! (a stream read in full) is compared with the workspace's live rows of that kind from that
+//! source, and both numbers go to [`SyncErrors::reconciliation`] (the result and
+//! `sync_log.errors`). Tolerance: records change while a pass reads them, so the gap
+//! `total − stored` is allowed up to the stored rows modified since the pass started (their
+//! `source_updated_at`) plus the records that failed this run (captured, not silent). A
+//! larger gap is a warning, and the stream's stored checkpoint gets `repair = true`, so the
+//! connector runs a repairing full pass at the next sync.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,12 +54,12 @@ use crate::connector::{
 };
 use crate::error::{Error, Result};
 use crate::hooks::{HookOutcome, PostSyncHook, SyncCompleted};
-use crate::model::{ConnectorKind, Record, SyncMode};
+use crate::model::{ConnectorKind, Record, RecordKind, SyncMode};
 use crate::queue::{Job, JobContext, JobHandler};
 use crate::scheduler::SyncJobPayload;
 use crate::store::{
-    ConnectionRow, ConnectionStatus, Credentials, SyncErrors, SyncOutcome, SyncStatus, SyncStore,
-    WorkspaceLock, validate_record,
+    ConnectionRow, ConnectionStatus, Credentials, RateLimitStop, Reconciliation, SyncErrors,
+    SyncOutcome, SyncStatus, SyncStore, WorkspaceLock, validate_record,
 };
 
 /// Builds a connector from its connection row and opened credentials.
@@ -196,7 +215,8 @@ pub struct ConnectorResult {
     pub status: SyncStatus,
     /// The mode it ran in.
     pub mode: SyncMode,
-    /// Rows written (inserted, updated, unchanged, archived).
+    /// Rows of the primary tables written (inserted, updated, unchanged, archived);
+    /// deal-contact links are not counted here (see `records_by_table`).
     pub counts: WriteCounts,
     /// Records handed to the store, by table.
     pub records_by_table: BTreeMap<String, u64>,
@@ -287,11 +307,17 @@ impl std::fmt::Debug for Orchestrator {
 /// its checkpoint in one `write_batch`.
 ///
 /// Writes are pipelined: a page's chunks are written by a task while the connector fetches
-/// the next page. At most one page is in flight; the next `write` (and [`StoreSink::settle`]
-/// at the end of a run, whatever its outcome) waits for it, so a store error reaches the
-/// connector one page later at most and the run's result always includes every committed
-/// page. Dropping the sink (the sync future was dropped) aborts the write in flight, whose
-/// transaction then rolls back: records and checkpoint still commit together or not at all.
+/// the next page. At most one page is in flight; the next `write`, [`RecordSink::flush`]
+/// (and [`StoreSink::settle`] at the end of a run, whatever its outcome) waits for it, so a
+/// store error reaches the connector one page later at most and the run's result always
+/// includes every committed page. Dropping the sink (the sync future was dropped) aborts
+/// the write in flight, whose transaction then rolls back: records and checkpoint still
+/// commit together or not at all.
+///
+/// Counting (the success threshold, `records_synced`, progress) covers records of the
+/// primary tables only: [`RecordKind::DealContact`] links are stored in chunks of their own
+/// after the page's records and counted apart, so five links per deal do not turn a 10 %
+/// deal failure rate into a success.
 struct StoreSink {
     store: Arc<dyn SyncStore>,
     workspace_id: Uuid,
@@ -299,16 +325,26 @@ struct StoreSink {
     batch_size: usize,
     /// The last checkpoint that is durable.
     durable: Checkpoint,
+    /// Rows of the primary tables (every table but `deal_contacts`).
     counts: WriteCounts,
+    /// Deal-contact links.
+    link_counts: WriteCounts,
     by_table: BTreeMap<String, u64>,
     failures: CaptureSummary,
     progress: Option<ProgressReporter>,
     in_flight: Option<InFlight>,
 }
 
+/// What one page's write did: primary-table rows and links.
+#[derive(Debug, Clone, Copy, Default)]
+struct PageCounts {
+    records: WriteCounts,
+    links: WriteCounts,
+}
+
 /// A page being written, and the checkpoint it makes durable.
 struct InFlight {
-    task: tokio::task::JoinHandle<Result<WriteCounts>>,
+    task: tokio::task::JoinHandle<Result<PageCounts>>,
     checkpoint: Checkpoint,
 }
 
@@ -326,7 +362,7 @@ impl StoreSink {
         let Some(mut f) = self.in_flight.take() else {
             return Ok(WriteCounts::default());
         };
-        let counts = match (&mut f.task).await {
+        let page = match (&mut f.task).await {
             Ok(written) => written?,
             Err(e) => {
                 return Err(Error::Storage {
@@ -336,7 +372,8 @@ impl StoreSink {
             }
         };
         self.durable = std::mem::take(&mut f.checkpoint);
-        self.counts += counts;
+        self.counts += page.records;
+        self.link_counts += page.links;
         if let Some(p) = &self.progress {
             p.report(
                 self.counts.written() + self.counts.unchanged,
@@ -344,13 +381,17 @@ impl StoreSink {
                 format!("{}: records stored", self.source),
             );
         }
-        Ok(counts)
+        let mut total = page.records;
+        total += page.links;
+        Ok(total)
     }
 }
 
 #[async_trait]
 impl RecordSink for StoreSink {
-    /// Returns the counts of the previous page, whose write this call waited for.
+    /// Returns the counts of the previous page (records and links), whose write this call
+    /// waited for. The page given here is durable once the next `write` or
+    /// [`flush`](RecordSink::flush) returns `Ok`.
     async fn write(&mut self, batch: RecordBatch, checkpoint: &Checkpoint) -> Result<WriteCounts> {
         let RecordBatch {
             records,
@@ -370,32 +411,38 @@ impl RecordSink for StoreSink {
                     .record_failures([RecordFailure::new(Some(r.source_id()), e.to_string())]),
             }
         }
-        self.failures.succeeded += good.len() as u64;
         for r in &good {
             *self
                 .by_table
                 .entry(r.kind().table().to_owned())
                 .or_insert(0) += 1;
         }
+        let (links, primary): (Vec<Record>, Vec<Record>) = good
+            .into_iter()
+            .partition(|r| r.kind() == RecordKind::DealContact);
+        self.failures.succeeded += primary.len() as u64;
         let previous = self.settle().await?;
 
         // Chunks before the last carry the previous (still true) durable checkpoint; the
         // last chunk carries the new one, so the checkpoint never runs ahead of the data.
+        // Links come after the page's records, in chunks of their own (counted apart).
         let size = self.batch_size.max(1);
-        let mut chunks: Vec<Vec<Record>> = Vec::new();
-        let mut iter = good.into_iter().peekable();
-        while iter.peek().is_some() {
-            chunks.push(iter.by_ref().take(size).collect());
+        let mut chunks: Vec<(Vec<Record>, bool)> = Vec::new();
+        for (records, is_link) in [(primary, false), (links, true)] {
+            let mut iter = records.into_iter().peekable();
+            while iter.peek().is_some() {
+                chunks.push((iter.by_ref().take(size).collect(), is_link));
+            }
         }
         if chunks.is_empty() {
-            chunks.push(Vec::new());
+            chunks.push((Vec::new(), false));
         }
         let last = chunks.len() - 1;
         let mut deletions = Some(deletions);
-        let parts: Vec<(RecordBatch, Checkpoint)> = chunks
+        let parts: Vec<(RecordBatch, Checkpoint, bool)> = chunks
             .into_iter()
             .enumerate()
-            .map(|(i, chunk)| {
+            .map(|(i, (chunk, is_link))| {
                 let is_last = i == last;
                 let part = RecordBatch {
                     records: chunk,
@@ -411,18 +458,28 @@ impl RecordSink for StoreSink {
                 } else {
                     self.durable.clone()
                 };
-                (part, cp)
+                (part, cp, is_link)
             })
             .collect();
         let store = self.store.clone();
         let (ws, source) = (self.workspace_id, self.source);
         let task = tokio::spawn(
             async move {
-                let mut total = WriteCounts::default();
-                for (part, cp) in parts {
-                    total += store.write_batch(ws, source, &part, &cp).await?;
+                let mut page = PageCounts::default();
+                for (part, cp, is_link) in parts {
+                    let c = store.write_batch(ws, source, &part, &cp).await?;
+                    // Deletions (in the last chunk) count as archived records.
+                    page.records.archived += c.archived;
+                    let target = if is_link {
+                        &mut page.links
+                    } else {
+                        &mut page.records
+                    };
+                    target.inserted += c.inserted;
+                    target.updated += c.updated;
+                    target.unchanged += c.unchanged;
                 }
-                Ok(total)
+                Ok(page)
             }
             .instrument(tracing::Span::current()),
         );
@@ -431,6 +488,108 @@ impl RecordSink for StoreSink {
             checkpoint: checkpoint.clone(),
         });
         Ok(previous)
+    }
+
+    /// Waits for the page in flight: when it returns `Ok`, every page written so far and
+    /// its checkpoint are committed.
+    async fn flush(&mut self) -> Result<()> {
+        self.settle().await.map(|_| ())
+    }
+}
+
+/// Fails a `sync_log` row whose run was dropped before it recorded its outcome (the sync
+/// future was dropped: a job abandoned after its timeout, a host that stopped waiting), so
+/// no `running` row outlives its run. Disarmed once the outcome is recorded.
+struct RunGuard {
+    store: Arc<dyn SyncStore>,
+    workspace_id: Uuid,
+    sync_id: Uuid,
+    connector: Option<ConnectorKind>,
+    armed: bool,
+}
+
+impl RunGuard {
+    fn new(
+        store: Arc<dyn SyncStore>,
+        workspace_id: Uuid,
+        sync_id: Uuid,
+        connector: Option<ConnectorKind>,
+    ) -> Self {
+        RunGuard {
+            store,
+            workspace_id,
+            sync_id,
+            connector,
+            armed: true,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for RunGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(sync_id = %self.sync_id, "a dropped sync run could not be failed: no runtime");
+            return;
+        };
+        let (store, ws, id, connector) = (
+            self.store.clone(),
+            self.workspace_id,
+            self.sync_id,
+            self.connector,
+        );
+        handle.spawn(async move {
+            let message = "interrupted: the sync was stopped before it finished";
+            let outcome = SyncOutcome {
+                status: SyncStatus::Failed,
+                records_synced: 0,
+                errors: SyncErrors::default(),
+                error_message: Some(message.to_owned()),
+            };
+            match store.finish_sync(ws, id, &outcome).await {
+                Ok(()) => {}
+                // The outcome was recorded after all (dropped while closing).
+                Err(Error::Conflict { .. }) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, sync_id = %id, "failing a dropped sync run failed")
+                }
+            }
+            if let Some(kind) = connector {
+                let status = store
+                    .set_connection_status(ws, kind, ConnectionStatus::Error, Some(message))
+                    .await;
+                if let Err(e) = status {
+                    tracing::warn!(error = %e, "resetting the connection status failed");
+                }
+            }
+        });
+    }
+}
+
+/// The `rate_limited` outcome of a run stopped by `e` (a snooze error).
+fn rate_limit_stop(kind: ConnectorKind, e: &Error) -> RateLimitStop {
+    let provider = match e {
+        Error::RateLimited { provider, .. }
+        | Error::QuotaExhausted { provider, .. }
+        | Error::Api { provider, .. } => provider.to_string(),
+        _ => kind.to_string(),
+    };
+    let quota = matches!(e, Error::QuotaExhausted { .. });
+    RateLimitStop {
+        provider,
+        quota,
+        retry_after_ms: if quota {
+            None
+        } else {
+            e.retry_after().map(millis)
+        },
+        resets_at: e.resets_at(),
     }
 }
 
@@ -582,10 +741,12 @@ impl Orchestrator {
         }
         let umbrella = options.sync_id;
         let single = connections.len() == 1;
+        let mut umbrella_guard = None;
         if let (Some(id), false) = (umbrella, single) {
             self.store
                 .start_sync(workspace_id, id, options.mode)
                 .await?;
+            umbrella_guard = Some(RunGuard::new(self.store.clone(), workspace_id, id, None));
         }
         let bound = self
             .config
@@ -650,7 +811,11 @@ impl Orchestrator {
                 errors: SyncErrors::new(&errors, total),
                 error_message: (!failed.is_empty()).then(|| failed.join("; ")),
             };
-            self.store.finish_sync(workspace_id, id, &outcome).await?;
+            let finished = self.store.finish_sync(workspace_id, id, &outcome).await;
+            if let Some(g) = umbrella_guard.as_mut() {
+                g.disarm();
+            }
+            finished?;
         }
         Ok(result)
     }
@@ -693,13 +858,17 @@ impl Orchestrator {
                     };
                 }
             };
+            let mut guard = RunGuard::new(self.store.clone(), workspace_id, sync_id, Some(kind));
+            let previous = checkpoint.as_ref().cloned().unwrap_or_default();
+            let run_started = Utc::now();
             let mut sink = StoreSink {
                 store: self.store.clone(),
                 workspace_id,
                 source: kind,
                 batch_size: self.config.batch_size,
-                durable: checkpoint.as_ref().cloned().unwrap_or_default(),
+                durable: previous.clone(),
                 counts: WriteCounts::default(),
+                link_counts: WriteCounts::default(),
                 by_table: BTreeMap::new(),
                 failures: CaptureSummary::default(),
                 progress: options.progress.clone(),
@@ -721,14 +890,27 @@ impl Orchestrator {
                 Ok((report, backfilled)) => (Some(report), None, backfilled),
                 Err(e) => (None, Some(e), false),
             };
-            let errors = SyncErrors::new(&sink.failures.failures, sink.failures.failed);
+            let mut errors = SyncErrors::new(&sink.failures.failures, sink.failures.failed);
             let acceptable = sink.failures.is_acceptable(self.config.success_threshold);
+            // A rate limit or an exhausted quota stops the run cleanly (DESIGN 4.6): its
+            // checkpoint is committed, and the job resumes it after the limit.
+            let stopped = error.as_ref().filter(|e| e.is_snooze());
+            errors.rate_limited = stopped.map(|e| rate_limit_stop(kind, e));
             let status = match (&error, acceptable, sink.failures.failed) {
+                (Some(e), true, _) if e.is_snooze() => SyncStatus::CompletedWithErrors,
                 (Some(_), _, _) | (None, false, _) => SyncStatus::Failed,
                 (None, true, 0) => SyncStatus::Completed,
                 (None, true, _) => SyncStatus::CompletedWithErrors,
             };
+            if let (None, Some(report)) = (&error, &report) {
+                let failed = sink.failures.failed;
+                self.reconcile(&row, report, &previous, run_started, failed, &mut errors)
+                    .await;
+            }
             let error_message = match (&error, acceptable) {
+                (Some(e), true) if e.is_snooze() => Some(format!(
+                    "stopped by {e}; the checkpoint is kept and the sync resumes after the limit"
+                )),
                 (Some(e), _) => Some(e.to_string()),
                 (None, false) => Some(format!(
                     "{} of {} records failed (success rate below {:.0} %)",
@@ -759,11 +941,107 @@ impl Orchestrator {
             };
             self.close_log(&row, &result, report.as_ref(), error.as_ref())
                 .await;
+            guard.disarm();
             tracing::info!(status = %status, written = result.counts.written(), failed = result.errors.total, "connector sync finished");
             result
         }
         .instrument(span)
         .await
+    }
+
+    /// Compares the provider's totals (streams read in full) with the live rows stored,
+    /// records both in `errors.reconciliation`, and on a gap beyond the changes made during
+    /// the pass (see [`Reconciliation`]) adds a warning and flags the stream for a
+    /// repairing full pass (`repair` in the stored checkpoint). Never fails the run: a
+    /// store error here becomes a warning.
+    async fn reconcile(
+        &self,
+        row: &ConnectionRow,
+        report: &SyncReport,
+        previous: &Checkpoint,
+        run_started: chrono::DateTime<Utc>,
+        failed: u64,
+        errors: &mut SyncErrors,
+    ) {
+        if report.source_totals.is_empty() {
+            return;
+        }
+        let (ws, source) = (row.workspace_id, row.connector);
+        let mut repair = Vec::new();
+        for t in &report.source_totals {
+            // A resumed pass began in an earlier run: its changes count from then.
+            let pass_start = previous
+                .stream(&t.stream)
+                .and_then(|s| s.pass_started_at)
+                .map_or(run_started, |p| p.min(run_started));
+            let counted = async {
+                let stored = self
+                    .store
+                    .count_live_records(ws, t.kind, source, None)
+                    .await?;
+                let in_flight = self
+                    .store
+                    .count_live_records(ws, t.kind, source, Some(pass_start))
+                    .await?;
+                Ok::<_, Error>((stored, in_flight))
+            };
+            let (stored, in_flight) = match counted.await {
+                Ok(c) => c,
+                Err(e) => {
+                    errors
+                        .warnings
+                        .push(format!("{}: reconciliation failed: {e}", t.stream));
+                    continue;
+                }
+            };
+            let gap = t.total.saturating_sub(stored);
+            let needs_repair = gap > in_flight.saturating_add(failed);
+            if needs_repair {
+                tracing::warn!(stream = %t.stream, total = t.total, stored, in_flight, "reconciliation gap; a repairing pass runs next sync");
+                errors.warnings.push(format!(
+                    "{}: the provider reports {} live {} records, {} are stored ({} changed \
+                     during the pass); a repairing full pass runs at the next sync",
+                    t.stream,
+                    t.total,
+                    t.kind.table(),
+                    stored,
+                    in_flight
+                ));
+                repair.push(t.stream.clone());
+            }
+            errors.reconciliation.push(Reconciliation {
+                stream: t.stream.clone(),
+                kind: t.kind,
+                source_total: t.total,
+                stored,
+                in_flight,
+                failed,
+                repair: needs_repair,
+            });
+        }
+        if repair.is_empty() {
+            return;
+        }
+        let flagged = async {
+            let mut checkpoint = self
+                .store
+                .get_connection(ws, source)
+                .await?
+                .map(|c| c.checkpoint())
+                .transpose()?
+                .unwrap_or_default();
+            for stream in &repair {
+                checkpoint.stream_mut(stream).repair = true;
+            }
+            let mut members = serde_json::Map::new();
+            members.insert("streams".into(), serde_json::to_value(&checkpoint.streams)?);
+            self.store.merge_sync_cursor(ws, source, &members).await
+        };
+        if let Err(e) = flagged.await {
+            errors
+                .warnings
+                .push(format!("scheduling the repairing pass failed: {e}"));
+        }
     }
 
     async fn open_log(
@@ -857,6 +1135,7 @@ impl Orchestrator {
             "usedExportApi".into(),
             serde_json::json!(report.is_some_and(|r| r.used_export_api)),
         );
+        // A rate-limited stop is not failed, so the connection is not in error either.
         let (status, message) = if result.status == SyncStatus::Failed {
             (ConnectionStatus::Error, result.error.as_deref())
         } else {
@@ -880,9 +1159,13 @@ impl Orchestrator {
 
 /// Runs [`SYNC_JOB`](crate::queue::SYNC_JOB)s from the worker through the orchestrator.
 ///
-/// Progress goes to the job; a sync stopped by a rate limit or a daily quota is returned as
-/// that error, so the worker snoozes the job instead of failing it; a workspace already
-/// syncing is a snooze too (the lock frees up soon).
+/// Progress goes to the job. A sync with a failed connector returns
+/// [`Error::SyncFailed`], so the attempt fails and is retried with backoff; a sync stopped
+/// by a rate limit or a daily quota is returned as that error, so the worker snoozes the job
+/// (to the quota's reset) instead of failing it; a workspace already syncing is a snooze too
+/// (the lock frees up soon). Only a completed (or completed-with-errors) sync completes the
+/// job. Each attempt records its own `sync_log` rows: the first uses the trigger's pending
+/// row, a retry records fresh ones.
 #[derive(Debug, Clone)]
 pub struct SyncJobHandler {
     orchestrator: Orchestrator,
@@ -933,14 +1216,56 @@ impl JobHandler for SyncJobHandler {
             }
             Err(e) => return Err(e),
         };
-        // A connector stopped by a rate limit or quota: snooze the whole job (its checkpoint
-        // is committed, so the retry resumes where it stopped).
-        if let Some(c) = result.connectors.iter().find(|c| c.rate_limited) {
-            return Err(Error::RateLimited {
-                provider: c.connector.to_string().into(),
-                retry_after: c.retry_after_ms.map(Duration::from_millis),
-            });
-        }
-        Ok(serde_json::to_value(&result)?)
+        job_outcome(result)
     }
+}
+
+/// What a finished workspace sync means for its job (DESIGN 4.9): a failed connector fails
+/// the attempt (retried with backoff while attempts remain); otherwise a connector stopped
+/// by an exhausted quota snoozes the job until the reset, one stopped by a rate limit for
+/// its `retry_after` (no attempt spent; the checkpoint is committed, so the next attempt
+/// resumes where it stopped); only a completed run completes the job.
+fn job_outcome(result: WorkspaceSyncResult) -> Result<serde_json::Value> {
+    let failed: Vec<String> = result
+        .connectors
+        .iter()
+        .filter(|c| c.status == SyncStatus::Failed)
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c.connector,
+                c.error.as_deref().unwrap_or("failed")
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(Error::SyncFailed {
+            message: failed.join("; "),
+        });
+    }
+    let limited = result.connectors.iter().filter(|c| c.rate_limited);
+    let quota = limited
+        .clone()
+        .filter_map(|c| {
+            c.errors
+                .rate_limited
+                .as_ref()
+                .filter(|r| r.quota)
+                .map(|r| (c, r))
+        })
+        // The latest known reset; an unknown one (next midnight at the latest) wins.
+        .max_by_key(|(_, r)| r.resets_at.map_or((1, None), |at| (0, Some(at))));
+    if let Some((c, stop)) = quota {
+        return Err(Error::QuotaExhausted {
+            provider: c.connector.to_string().into(),
+            resets_at: stop.resets_at,
+        });
+    }
+    if let Some(c) = limited.max_by_key(|c| c.retry_after_ms) {
+        return Err(Error::RateLimited {
+            provider: c.connector.to_string().into(),
+            retry_after: c.retry_after_ms.map(Duration::from_millis),
+        });
+    }
+    Ok(serde_json::to_value(&result)?)
 }

@@ -230,16 +230,20 @@ impl Scheduler {
 
     /// Starts a sync now (priority [`MANUAL_PRIORITY`]).
     ///
-    /// Stale runs of the workspace (running for more than an hour) are failed first. Then,
-    /// if a sync that overlaps this one (the same connector, or either covering every
-    /// connector) is pending or running, the result is [`Error::Conflict`] carrying that
-    /// run's id (the HTTP API answers 409).
+    /// The connector must exist and be enabled (without a connector: the workspace must
+    /// have an enabled connection), else [`Error::Config`] and nothing is created: a run
+    /// that could never start would otherwise block the workspace. Stale runs of the
+    /// workspace (running, or pending, for more than an hour) are failed next. Then, if a
+    /// sync that overlaps this one (the same connector, or either covering every connector)
+    /// is pending or running, the result is [`Error::Conflict`] carrying that run's id (the
+    /// HTTP API answers 409).
     pub async fn trigger_sync(
         &self,
         workspace_id: Uuid,
         connector: Option<ConnectorKind>,
         mode: Option<SyncMode>,
     ) -> Result<TriggeredSync> {
+        self.check_syncable(workspace_id, connector).await?;
         let now = self.queue.now();
         let stale_before = now - chrono::Duration::from_std(STALE_SYNC_AFTER).unwrap_or_default();
         let failed = self
@@ -247,7 +251,7 @@ impl Scheduler {
             .fail_stale_syncs(
                 Some(workspace_id),
                 stale_before,
-                "stale: running for more than 1 hour; failed before a new trigger",
+                "stale: running or pending for more than 1 hour; failed before a new trigger",
             )
             .await?;
         if !failed.is_empty() {
@@ -274,6 +278,39 @@ impl Scheduler {
         }
         self.enqueue_sync(workspace_id, connector, mode, MANUAL_PRIORITY)
             .await
+    }
+
+    /// Checks that `connector` (or, with `None`, at least one connector) of the workspace
+    /// exists and is enabled.
+    async fn check_syncable(
+        &self,
+        workspace_id: Uuid,
+        connector: Option<ConnectorKind>,
+    ) -> Result<()> {
+        match connector {
+            Some(kind) => match self.store.get_connection(workspace_id, kind).await? {
+                None => Err(Error::config(format!(
+                    "workspace {workspace_id} has no {kind} connection"
+                ))),
+                Some(c) if c.status == ConnectionStatus::Disabled => Err(Error::config(format!(
+                    "the {kind} connection of workspace {workspace_id} is disabled"
+                ))),
+                Some(_) => Ok(()),
+            },
+            None => {
+                let connections = self.store.list_connections(workspace_id).await?;
+                if connections
+                    .iter()
+                    .any(|c| c.status != ConnectionStatus::Disabled)
+                {
+                    Ok(())
+                } else {
+                    Err(Error::config(format!(
+                        "workspace {workspace_id} has no enabled connection"
+                    )))
+                }
+            }
+        }
     }
 
     /// One tick: for each workspace with enabled connections, skip it when a sync is pending
@@ -319,7 +356,11 @@ impl Scheduler {
         let stale_before = now - chrono::Duration::from_std(STALE_SYNC_AFTER).unwrap_or_default();
         let stale = self
             .store
-            .fail_stale_syncs(None, stale_before, "stale: running for more than 1 hour")
+            .fail_stale_syncs(
+                None,
+                stale_before,
+                "stale: running or pending for more than 1 hour",
+            )
             .await?;
         let keep = chrono::Duration::from_std(self.config.job_retention).unwrap_or_default();
         let pruned = self.queue.prune_finished(now - keep).await?;

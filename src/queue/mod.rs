@@ -13,6 +13,13 @@
 //! gets [`Error::Conflict`](crate::Error::Conflict) carrying the winner's id).
 //!
 //! [`Worker`] runs jobs; see its docs for heartbeats, timeouts, panics and shutdown.
+//!
+//! Every path that ends a [`SYNC_JOB`] ends its `sync_log` row (the payload's `sync_id`)
+//! when the handler did not: failed out of attempts or with a final error, cancelled while
+//! pending or running, rescued and given up, all fail a still `pending` or `running` row
+//! with the reason; a job rescued for another attempt fails its `running` row as
+//! interrupted (the next attempt records fresh runs). So no row outlives its job and no
+//! workspace stays blocked by a run nobody will finish (DESIGN 4.9).
 
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -33,7 +40,29 @@ use crate::error::{Error, Result};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{JOBS_CHANNEL, PgJobNotifier};
-pub use worker::{JobContext, JobHandler, Worker, WorkerConfig};
+pub use worker::{
+    JobContext, JobHandler, MAX_QUOTA_WAIT, MAX_RETRY_AFTER, Worker, WorkerConfig, snooze_until,
+};
+
+/// The `sync_log` row a [`SYNC_JOB`] runs (its payload's `sync_id`); `None` for other jobs.
+pub(crate) fn job_sync_id(job_type: &str, payload: &serde_json::Value) -> Option<Uuid> {
+    if job_type != SYNC_JOB {
+        return None;
+    }
+    payload
+        .get("sync_id")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+}
+
+/// A job that just ended (or went back to pending after its worker died), and what that
+/// means for its `sync_log` row.
+pub(crate) struct EndedJob {
+    pub(crate) workspace_id: Uuid,
+    pub(crate) sync_id: Uuid,
+    /// The job is over for good: a run it never started (`pending`) is failed too.
+    pub(crate) finished: bool,
+}
 
 /// The job type of a workspace sync.
 pub const SYNC_JOB: &str = "sync";

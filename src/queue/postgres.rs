@@ -9,7 +9,9 @@ use sqlx::Row;
 use sqlx::postgres::{PgListener, PgRow};
 use uuid::Uuid;
 
-use super::{Heartbeat, Job, JobNotifier, JobQueue, JobStatus, MAX_JOBS_PAGE, NewJob};
+use super::{
+    EndedJob, Heartbeat, Job, JobNotifier, JobQueue, JobStatus, MAX_JOBS_PAGE, NewJob, job_sync_id,
+};
 use crate::connector::Progress;
 use crate::error::{Error, Result};
 use crate::store::PgStore;
@@ -27,6 +29,34 @@ fn db(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
 
 fn count(v: i32) -> u32 {
     u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+/// The sync run of an ending job row (`status, workspace_id, job_type, payload`).
+fn ended_job(r: &PgRow) -> Option<EndedJob> {
+    let status: String = r.try_get("status").ok()?;
+    let job_type: String = r.try_get("job_type").ok()?;
+    let payload: serde_json::Value = r.try_get("payload").ok()?;
+    Some(EndedJob {
+        workspace_id: r.try_get("workspace_id").ok()?,
+        sync_id: job_sync_id(&job_type, &payload)?,
+        finished: JobStatus::parse(&status).is_ok_and(JobStatus::is_finished),
+    })
+}
+
+impl PgStore {
+    /// Ends the `sync_log` rows of jobs that just ended (see the module docs of
+    /// [`queue`](super)). A failure is logged: the job's own update already committed, and
+    /// the staleness rule fails the row later.
+    async fn end_job_syncs(&self, rows: &[PgRow], reason: &str) {
+        for ended in rows.iter().filter_map(ended_job) {
+            if let Err(e) = self
+                .fail_active_sync(ended.workspace_id, ended.sync_id, reason, ended.finished)
+                .await
+            {
+                tracing::warn!(error = %e, sync_id = %ended.sync_id, "ending a job's sync run failed");
+            }
+        }
+    }
 }
 
 fn row_to_job(r: &PgRow) -> Result<Job> {
@@ -267,14 +297,15 @@ impl JobQueue for PgStore {
         error: &str,
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<Option<JobStatus>> {
-        let status: Option<String> = sqlx::query_scalar(
+        let row = sqlx::query(
             "UPDATE jobs SET \
                status = CASE WHEN $1::timestamptz IS NOT NULL AND attempts < max_attempts THEN 'pending' ELSE 'failed' END, \
                error = CASE WHEN $1::timestamptz IS NOT NULL AND attempts < max_attempts THEN error ELSE $2 END, \
                completed_at = CASE WHEN $1::timestamptz IS NOT NULL AND attempts < max_attempts THEN NULL ELSE $3 END, \
                run_after = COALESCE($1::timestamptz, run_after), last_error = $2, \
                locked_by = NULL, locked_until = NULL \
-             WHERE id = $4 AND locked_by = $5 AND status = 'running' RETURNING status",
+             WHERE id = $4 AND locked_by = $5 AND status = 'running' \
+             RETURNING status, workspace_id, job_type, payload",
         )
         .bind(retry_at)
         .bind(crate::redact_secrets(error))
@@ -284,7 +315,14 @@ impl JobQueue for PgStore {
         .fetch_optional(self.pool())
         .await
         .map_err(db("failing a job"))?;
-        status.as_deref().map(JobStatus::parse).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let status: String = row.try_get("status").map_err(db("failing a job"))?;
+        let status = JobStatus::parse(&status)?;
+        if status == JobStatus::Failed {
+            self.end_job_syncs(&[row], &format!("job failed: {error}"))
+                .await;
+        }
+        Ok(Some(status))
     }
 
     async fn snooze(
@@ -328,25 +366,27 @@ impl JobQueue for PgStore {
         let done = sqlx::query(
             "UPDATE jobs SET status = 'cancelled', completed_at = $1, error = 'cancelled', \
                locked_by = NULL, locked_until = NULL \
-             WHERE id = $2 AND locked_by = $3 AND status = 'running'",
+             WHERE id = $2 AND locked_by = $3 AND status = 'running' \
+             RETURNING status, workspace_id, job_type, payload",
         )
         .bind(JobQueue::now(self))
         .bind(job_id)
         .bind(worker_id)
-        .execute(self.pool())
+        .fetch_all(self.pool())
         .await
         .map_err(db("cancelling a job"))?;
-        Ok(done.rows_affected() == 1)
+        self.end_job_syncs(&done, "job cancelled").await;
+        Ok(done.len() == 1)
     }
 
     async fn cancel(&self, workspace_id: Uuid, job_id: Uuid) -> Result<Option<JobStatus>> {
-        let status: Option<String> = sqlx::query_scalar(
+        let row = sqlx::query(
             "UPDATE jobs SET \
                cancel_requested_at = CASE WHEN status = 'running' THEN COALESCE(cancel_requested_at, $1) ELSE cancel_requested_at END, \
                completed_at = CASE WHEN status = 'pending' THEN $1 ELSE completed_at END, \
                error = CASE WHEN status = 'pending' THEN 'cancelled' ELSE error END, \
                status = CASE WHEN status = 'pending' THEN 'cancelled' ELSE status END \
-             WHERE workspace_id = $2 AND id = $3 RETURNING status",
+             WHERE workspace_id = $2 AND id = $3 RETURNING status, workspace_id, job_type, payload",
         )
         .bind(JobQueue::now(self))
         .bind(workspace_id)
@@ -354,7 +394,14 @@ impl JobQueue for PgStore {
         .fetch_optional(self.pool())
         .await
         .map_err(db("cancelling a job"))?;
-        status.as_deref().map(JobStatus::parse).transpose()
+        let Some(row) = row else { return Ok(None) };
+        let status: String = row.try_get("status").map_err(db("cancelling a job"))?;
+        let status = JobStatus::parse(&status)?;
+        if status == JobStatus::Cancelled {
+            self.end_job_syncs(&[row], "job cancelled before it ran")
+                .await;
+        }
+        Ok(Some(status))
     }
 
     async fn cancel_jobs_for_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<u64> {
@@ -428,13 +475,16 @@ impl JobQueue for PgStore {
                completed_at = CASE WHEN attempts >= max_attempts THEN $1 ELSE NULL END, \
                last_error = 'lease expired: the worker stopped heartbeating', \
                run_after = $1, locked_by = NULL, locked_until = NULL \
-             WHERE status = 'running' AND locked_until < $1",
+             WHERE status = 'running' AND locked_until < $1 \
+             RETURNING status, workspace_id, job_type, payload",
         )
         .bind(JobQueue::now(self))
-        .execute(self.pool())
+        .fetch_all(self.pool())
         .await
         .map_err(db("rescuing expired jobs"))?;
-        Ok(done.rows_affected())
+        self.end_job_syncs(&done, "interrupted: its worker stopped heartbeating")
+            .await;
+        Ok(u64::try_from(done.len()).unwrap_or(u64::MAX))
     }
 
     async fn prune_finished(&self, before: DateTime<Utc>) -> Result<u64> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -424,16 +425,14 @@ impl Worker {
     ) {
         let w = &self.config.worker_id;
         let now = self.queue.now();
-        let retry_at = now
-            + chrono::Duration::from_std(self.config.backoff.delay(attempt)).unwrap_or_default();
+        let retry_at = add_capped(now, self.config.backoff.delay(attempt), MAX_RETRY_AFTER);
         let done = match outcome {
             Outcome::Done(Ok(result)) => self.write_completion(job_id, result).await,
             Outcome::Done(Err(_)) if cancel_requested => {
                 self.queue.mark_cancelled(job_id, w).await.map(|_| ())
             }
             Outcome::Done(Err(e)) if e.is_snooze() => {
-                let wait = e.retry_after().unwrap_or(self.config.default_snooze);
-                let until = now + chrono::Duration::from_std(wait).unwrap_or_default();
+                let until = snooze_until(now, &e, self.config.default_snooze);
                 tracing::info!(error = %e, until = %until, "snoozing job");
                 self.queue
                     .snooze(job_id, w, until, &e.to_string())
@@ -479,6 +478,54 @@ impl Worker {
     }
 }
 
+/// The longest snooze a provider's `Retry-After` can ask for (a longer one is capped).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(86_400);
+
+/// The latest a quota reset can reschedule a job (a `resets_at` further away is clamped).
+pub const MAX_QUOTA_WAIT: Duration = Duration::from_secs(2 * 86_400);
+
+/// `now + wait`, with `wait` capped at `cap`, never overflowing.
+fn add_capped(now: DateTime<Utc>, wait: Duration, cap: Duration) -> DateTime<Utc> {
+    let wait = chrono::Duration::from_std(wait.min(cap)).unwrap_or(chrono::Duration::zero());
+    now.checked_add_signed(wait).unwrap_or(now)
+}
+
+/// The next UTC midnight after `now` (a daily quota of unknown reset is over by then).
+fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
+    now.date_naive()
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
+        .unwrap_or_else(|| add_capped(now, MAX_RETRY_AFTER, MAX_RETRY_AFTER))
+}
+
+/// When a job stopped by `e` (an error that [`is_snooze`](Error::is_snooze)) runs again.
+///
+/// - An exhausted quota waits for its `resets_at`, clamped between `now + default_snooze`
+///   (a reset already past) and `now +` [`MAX_QUOTA_WAIT`]; without a reset time, until the
+///   next UTC midnight (a daily quota is over by then at the latest).
+/// - A rate limit waits its `retry_after`, capped at [`MAX_RETRY_AFTER`], or
+///   `default_snooze` when the provider did not say.
+///
+/// The arithmetic is checked: an absurd provider value cannot overflow.
+pub fn snooze_until(now: DateTime<Utc>, e: &Error, default_snooze: Duration) -> DateTime<Utc> {
+    match e {
+        Error::QuotaExhausted { resets_at, .. } => {
+            let earliest = add_capped(now, default_snooze, MAX_RETRY_AFTER);
+            let latest = add_capped(now, MAX_QUOTA_WAIT, MAX_QUOTA_WAIT);
+            match resets_at {
+                Some(at) => (*at).clamp(earliest, latest),
+                None => next_utc_midnight(now).max(earliest),
+            }
+        }
+        _ => add_capped(
+            now,
+            e.retry_after().unwrap_or(default_snooze),
+            MAX_RETRY_AFTER,
+        ),
+    }
+}
+
 /// Errors that retrying cannot fix: configuration, authentication, unsupported operations.
 fn e_is_final(e: &Error) -> bool {
     matches!(
@@ -505,5 +552,78 @@ async fn wait_for_work(notifier: Option<&dyn JobNotifier>, max: Duration) {
     match notifier {
         Some(n) => n.wait(max).await,
         None => tokio::time::sleep(max).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 6, 1, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn enormous_retry_after_is_capped_not_overflowing() {
+        let e = Error::RateLimited {
+            provider: "hubspot".into(),
+            retry_after: Some(Duration::MAX),
+        };
+        let until = snooze_until(now(), &e, Duration::from_secs(60));
+        assert_eq!(until, now() + chrono::Duration::days(1));
+        let ms = Error::RateLimited {
+            provider: "hubspot".into(),
+            retry_after: Some(Duration::from_millis(i64::MAX as u64)),
+        };
+        assert_eq!(
+            snooze_until(now(), &ms, Duration::from_secs(60)),
+            now() + chrono::Duration::days(1)
+        );
+        let plain = Error::RateLimited {
+            provider: "hubspot".into(),
+            retry_after: None,
+        };
+        assert_eq!(
+            snooze_until(now(), &plain, Duration::from_secs(60)),
+            now() + chrono::Duration::seconds(60)
+        );
+        assert_eq!(
+            add_capped(
+                DateTime::<Utc>::MAX_UTC,
+                Duration::from_secs(10),
+                MAX_RETRY_AFTER
+            ),
+            DateTime::<Utc>::MAX_UTC
+        );
+    }
+
+    #[test]
+    fn quota_waits_for_its_reset_clamped_or_until_utc_midnight() {
+        let quota = |resets_at| Error::QuotaExhausted {
+            provider: "hubspot".into(),
+            resets_at,
+        };
+        let d = Duration::from_secs(60);
+        let reset = now() + chrono::Duration::hours(3);
+        assert_eq!(snooze_until(now(), &quota(Some(reset)), d), reset);
+        assert_eq!(
+            snooze_until(now(), &quota(None), d),
+            Utc.with_ymd_and_hms(2024, 6, 2, 0, 0, 0).unwrap()
+        );
+        assert_eq!(
+            snooze_until(now(), &quota(Some(DateTime::<Utc>::MAX_UTC)), d),
+            now() + chrono::Duration::days(2)
+        );
+        assert_eq!(
+            snooze_until(now(), &quota(Some(DateTime::<Utc>::MIN_UTC)), d),
+            now() + chrono::Duration::seconds(60)
+        );
+        let late = Utc.with_ymd_and_hms(2024, 6, 1, 23, 59, 30).unwrap();
+        assert_eq!(
+            snooze_until(late, &quota(None), d),
+            late + chrono::Duration::seconds(60)
+        );
     }
 }

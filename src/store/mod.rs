@@ -51,7 +51,8 @@ pub(crate) use rows::sqlite_ts;
 pub use sqlite::SqliteStore;
 pub use types::{
     Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, MAX_PAGE, NewConnection,
-    RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry, SyncOutcome, SyncStatus,
+    RateLimitStop, Reconciliation, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry,
+    SyncOutcome, SyncStatus,
 };
 
 /// What every store does: say which backend it is, create its schema, check the database.
@@ -243,6 +244,18 @@ pub trait RecordStore: Store {
         kind: RecordKind,
         source: Option<ConnectorKind>,
     ) -> Result<u64>;
+
+    /// How many live (not archived) rows of `kind` the workspace has from `source`, for
+    /// reconciliation with a provider's total; with `updated_since`, only those whose
+    /// `source_updated_at` is at or after it. Deal-contact links have neither column: every
+    /// link of the source counts (and `updated_since` counts none).
+    async fn count_live_records(
+        &self,
+        workspace_id: Uuid,
+        kind: RecordKind,
+        source: ConnectorKind,
+        updated_since: Option<DateTime<Utc>>,
+    ) -> Result<u64>;
 }
 
 /// The `sync_log` table: one row per sync run.
@@ -297,8 +310,9 @@ pub trait SyncLogStore: Store {
     /// The workspace's pending and running runs, newest first.
     async fn active_syncs(&self, workspace_id: Uuid) -> Result<Vec<SyncLogEntry>>;
 
-    /// Fails every run that is still `running` but started before `started_before`
-    /// (callers pass now − [`STALE_SYNC_AFTER`]), with `reason` as its error message.
+    /// Fails every stale run, with `reason` as its error message: a `running` run that
+    /// started before `started_before`, or a `pending` one created before it (a pending row's
+    /// `started_at` holds its creation time). Callers pass now − [`STALE_SYNC_AFTER`].
     /// `workspace_id: None` cleans every workspace. Returns the ids of the failed runs.
     async fn fail_stale_syncs(
         &self,
@@ -586,8 +600,7 @@ pub(crate) fn check_outcome(outcome: &SyncOutcome) -> Result<()> {
 
 /// The stored `errors` JSON of an outcome.
 pub(crate) fn outcome_errors_json(outcome: &SyncOutcome) -> Result<String> {
-    let errors = SyncErrors::new(&outcome.errors.failures, outcome.errors.total);
-    serde_json::to_string(&errors).map_err(Error::from)
+    serde_json::to_string(&outcome.errors.sanitized()).map_err(Error::from)
 }
 
 /// `0..=i64::MAX` from a u64 count.

@@ -866,6 +866,42 @@ impl RecordStore for PgStore {
         .map_err(db_err("count_records"))?;
         super::types::to_u64(n, "count")
     }
+
+    async fn count_live_records(
+        &self,
+        workspace_id: Uuid,
+        kind: RecordKind,
+        source: ConnectorKind,
+        updated_since: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
+        let links = kind == RecordKind::DealContact;
+        if links && updated_since.is_some() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE workspace_id = $1 AND source = $2{} \
+             AND ($3::timestamptz IS NULL{})",
+            kind.table(),
+            if links {
+                ""
+            } else {
+                " AND archived_at IS NULL"
+            },
+            if links {
+                ""
+            } else {
+                " OR source_updated_at >= $3"
+            }
+        );
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(workspace_id)
+            .bind(source.as_str())
+            .bind(updated_since)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("count_live_records"))?;
+        super::types::to_u64(n, "count")
+    }
 }
 
 /// `duration_ms` from `started_at` to the bound completion time `$n`.
@@ -877,6 +913,34 @@ macro_rules! duration_sql {
             "::timestamptz - started_at)) * 1000))::bigint"
         )
     };
+}
+
+impl PgStore {
+    /// Fails the job's run `sync_id` when it is still running (or pending, with
+    /// `include_pending`): its job ended without finishing it. Returns whether it changed.
+    pub(crate) async fn fail_active_sync(
+        &self,
+        workspace_id: Uuid,
+        sync_id: Uuid,
+        reason: &str,
+        include_pending: bool,
+    ) -> Result<bool> {
+        let done = sqlx::query(concat!(
+            "UPDATE sync_log SET status = 'failed', error_message = $3, completed_at = $4, duration_ms = ",
+            duration_sql!("$4"),
+            " WHERE workspace_id = $1 AND id = $2 \
+               AND (status = 'running' OR ($5 AND status = 'pending'))"
+        ))
+        .bind(workspace_id)
+        .bind(sync_id)
+        .bind(redact_secrets(reason))
+        .bind(self.now())
+        .bind(include_pending)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("fail_active_sync"))?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 #[async_trait]
@@ -1023,7 +1087,7 @@ impl SyncLogStore for PgStore {
         const SET: &str = concat!(
             "UPDATE sync_log SET status = 'failed', error_message = $2, completed_at = $3, duration_ms = ",
             duration_sql!("$3"),
-            " WHERE status = 'running' AND started_at < $1"
+            " WHERE status IN ('running', 'pending') AND started_at < $1"
         );
         let reason = redact_secrets(reason);
         let ids: Vec<Uuid> = if let Some(ws) = workspace_id {

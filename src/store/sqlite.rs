@@ -945,6 +945,68 @@ impl RecordStore for SqliteStore {
             .map_err(db_err("count_records"))?;
         super::types::to_u64(n, "count")
     }
+
+    async fn count_live_records(
+        &self,
+        workspace_id: Uuid,
+        kind: RecordKind,
+        source: ConnectorKind,
+        updated_since: Option<DateTime<Utc>>,
+    ) -> Result<u64> {
+        let links = kind == RecordKind::DealContact;
+        if links && updated_since.is_some() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE workspace_id = ?1 AND source = ?2{}{}",
+            kind.table(),
+            if links {
+                ""
+            } else {
+                " AND archived_at IS NULL"
+            },
+            if updated_since.is_some() {
+                " AND source_updated_at >= ?3"
+            } else {
+                ""
+            }
+        );
+        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(hy(workspace_id))
+            .bind(source.as_str())
+            .bind(updated_since.map(sqlite_ts))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err("count_live_records"))?;
+        super::types::to_u64(n, "count")
+    }
+}
+
+impl SqliteStore {
+    /// Fails the job's run `sync_id` when it is still running (or pending, with
+    /// `include_pending`): its job ended without finishing it. Returns whether it changed.
+    pub(crate) async fn fail_active_sync(
+        &self,
+        workspace_id: Uuid,
+        sync_id: Uuid,
+        reason: &str,
+        include_pending: bool,
+    ) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE sync_log SET status = 'failed', error_message = ?3, completed_at = ?4, \
+                 duration_ms = MAX(0, CAST(ROUND((julianday(?4) - julianday(started_at)) * 86400000.0) AS INTEGER)) \
+             WHERE workspace_id = ?1 AND id = ?2 AND (status = 'running' OR (?5 AND status = 'pending'))",
+        )
+        .bind(hy(workspace_id))
+        .bind(hy(sync_id))
+        .bind(redact_secrets(reason))
+        .bind(sqlite_ts(self.now()))
+        .bind(include_pending)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err("fail_active_sync"))?;
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 #[async_trait]
@@ -1084,9 +1146,10 @@ impl SyncLogStore for SqliteStore {
         let sql = format!(
             "UPDATE sync_log SET status = '{failed}', error_message = ?2, completed_at = ?3, \
                  duration_ms = MAX(0, CAST(ROUND((julianday(?3) - julianday(started_at)) * 86400000.0) AS INTEGER)) \
-             WHERE status = '{running}' AND started_at < ?1{scope} RETURNING id",
+             WHERE status IN ('{running}', '{pending}') AND started_at < ?1{scope} RETURNING id",
             failed = SyncStatus::Failed.as_str(),
             running = SyncStatus::Running.as_str(),
+            pending = SyncStatus::Pending.as_str(),
             scope = if workspace_id.is_some() {
                 " AND workspace_id = ?4"
             } else {

@@ -14,8 +14,8 @@ use crate::connector::Checkpoint;
 use crate::error::{Error, Result};
 use crate::model::{ConnectorKind, SyncMode};
 
-/// A sync that has been `running` for longer than this is stale: its process died or hung
-/// (see [`SyncLogStore::fail_stale_syncs`](super::SyncLogStore::fail_stale_syncs)).
+/// A sync that has been `running` (since `started_at`) or `pending` (since it was created)
+/// for longer than this is stale: its process died or hung, or its job never ran it (see [`SyncLogStore::fail_stale_syncs`](super::SyncLogStore::fail_stale_syncs)).
 pub const STALE_SYNC_AFTER: Duration = Duration::from_secs(60 * 60);
 
 /// The default lease of a SQLite workspace lock; the guard renews it every third of that.
@@ -230,13 +230,75 @@ impl ConnectionRow {
 }
 
 /// The `errors` column of a sync run: the first [`MAX_KEPT_FAILURES`] failed records, with
-/// their ids, and how many failed in total.
+/// their ids, and how many failed in total; plus, when they apply, the rate limit that
+/// stopped the run, the reconciliation of provider totals with stored rows, and warnings.
+///
+/// ```json
+/// {"total": 2, "failures": [{"record_id": "42", "message": "…"}],
+///  "rate_limited": {"provider": "hubspot", "resets_at": "2024-06-02T00:00:00Z"},
+///  "reconciliation": [{"stream": "contacts", "kind": "contact", "source_total": 100,
+///                      "stored": 90, "in_flight": 0, "failed": 0, "repair": true}],
+///  "warnings": ["contacts: the provider reports 100 live records, 90 are stored"]}
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncErrors {
     /// How many records failed.
     pub total: u64,
     /// The first failures (at most [`MAX_KEPT_FAILURES`]).
     pub failures: Vec<RecordFailure>,
+    /// The rate limit or quota that stopped the run (its checkpoint is kept; the job is
+    /// rescheduled after it), when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited: Option<RateLimitStop>,
+    /// Provider totals compared with the rows stored, per stream read in full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconciliation: Vec<Reconciliation>,
+    /// Problems that did not fail the run (e.g. a reconciliation gap).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// A run stopped by a provider's rate limit or exhausted quota (DESIGN 4.6): not a failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitStop {
+    /// The provider that stopped the run.
+    pub provider: String,
+    /// `true` for an exhausted (daily) quota, `false` for a plain rate limit.
+    pub quota: bool,
+    /// How long the provider asked to wait, in milliseconds, when it said (rate limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+    /// When the quota resets, when the provider said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<DateTime<Utc>>,
+}
+
+/// One stream's provider total against the rows stored after a full pass.
+///
+/// The tolerance is `in_flight + failed`: `in_flight` counts the stored live rows of the
+/// kind whose `source_updated_at` is at or after the pass's start, i.e. records that changed
+/// at the provider while the pass ran (created, modified, or deleted ones the provider's
+/// total may or may not include); `failed` counts the run's per-record failures (captured
+/// and reported, not silently lost). A gap `source_total − stored` larger than the tolerance
+/// sets `repair`: a warning, and the stream's checkpoint is flagged so the next sync runs a
+/// repairing full pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconciliation {
+    /// The checkpoint stream.
+    pub stream: String,
+    /// The record kind the stream stores.
+    pub kind: crate::model::RecordKind,
+    /// Live records the provider reported.
+    pub source_total: u64,
+    /// Live (not archived) rows stored for the workspace, source and kind.
+    pub stored: u64,
+    /// Stored rows changed since the pass started (see the type's docs).
+    pub in_flight: u64,
+    /// Records of the run that failed (see the type's docs).
+    #[serde(default)]
+    pub failed: u64,
+    /// Whether a repairing full pass was scheduled.
+    pub repair: bool,
 }
 
 impl SyncErrors {
@@ -256,6 +318,22 @@ impl SyncErrors {
         SyncErrors {
             total: total.max(len),
             failures: kept,
+            ..SyncErrors::default()
+        }
+    }
+
+    /// The same errors with failure messages redacted and cut to [`MAX_KEPT_FAILURES`],
+    /// keeping the rate-limit stop, reconciliation and (redacted) warnings.
+    pub fn sanitized(&self) -> Self {
+        SyncErrors {
+            rate_limited: self.rate_limited.clone(),
+            reconciliation: self.reconciliation.clone(),
+            warnings: self
+                .warnings
+                .iter()
+                .map(|w| crate::error::redact_secrets(w))
+                .collect(),
+            ..SyncErrors::new(&self.failures, self.total)
         }
     }
 }

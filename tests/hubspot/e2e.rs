@@ -285,10 +285,9 @@ pub async fn initial_sync_of_a_seeded_portal(env: Env) {
         "{:?}",
         c.error
     );
-    assert_eq!(
-        c.counts.inserted,
-        35_000 + c.records_by_table["deal_contacts"]
-    );
+    // Records of the primary tables; deal-contact links are counted apart.
+    assert_eq!(c.counts.inserted, 35_000);
+    assert!(c.records_by_table["deal_contacts"] > 0);
     assert_equals_truth(&env.store, ws, &sim).await;
 
     // Modify 50, archive 10: the incremental run writes exactly those.

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use pandora_sync::{
-    ConnectorKind, Contact, Error, RecordBatch, RecordFailure, RecordSink, Result, SyncCapable,
-    SyncContext, SyncMode, SyncReport,
+    Checkpoint, ConnectorKind, Contact, Deal, DealContact, Error, RecordBatch, RecordFailure,
+    RecordKind, RecordSink, Result, SourceTotal, SyncCapable, SyncContext, SyncMode, SyncReport,
+    SyncStore,
 };
 
 /// The provider's truth: id → (modified at, email).
@@ -59,6 +60,8 @@ pub struct Fake {
     pub after_page: Option<Hook>,
     /// Modes seen and first record of each run.
     pub runs: Runs,
+    /// After a full pass, report the provider's total as the records read plus this many.
+    pub report_total_extra: Option<u64>,
 }
 
 impl Fake {
@@ -77,6 +80,7 @@ impl Fake {
             gate: None,
             after_page: None,
             runs: Arc::default(),
+            report_total_extra: None,
         }
     }
 
@@ -147,6 +151,14 @@ impl Fake {
                 return Err((self.error)());
             }
         }
+        if let Some(extra) = self.report_total_extra {
+            let total = self.provider.records.lock().unwrap().len() as u64 + extra;
+            report.source_totals.push(SourceTotal {
+                stream: "items".into(),
+                kind: RecordKind::Contact,
+                total,
+            });
+        }
         Ok(report)
     }
 }
@@ -169,5 +181,129 @@ impl SyncCapable for Fake {
         sink: &mut dyn RecordSink,
     ) -> Result<SyncReport> {
         self.run(ctx, sink).await
+    }
+}
+
+/// Deals with five contact links each, one page per ten deals; every deal whose index is a
+/// multiple of `bad_every` is a per-record failure (its links are not sent either).
+#[derive(Clone)]
+pub struct DealsFake {
+    pub deals: usize,
+    pub bad_every: usize,
+}
+
+#[async_trait]
+impl SyncCapable for DealsFake {
+    fn kind(&self) -> ConnectorKind {
+        ConnectorKind::Hubspot
+    }
+    async fn initial_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        let ws = ctx.workspace_id();
+        let mut checkpoint = Checkpoint::default();
+        for page in 0..self.deals.div_ceil(10) {
+            let mut batch = RecordBatch::default();
+            for i in page * 10..((page + 1) * 10).min(self.deals) {
+                let id = format!("d{i:04}");
+                if i % self.bad_every == 0 {
+                    batch
+                        .failures
+                        .push(RecordFailure::new(Some(id), "malformed amount"));
+                    continue;
+                }
+                let mut d = Deal::new(ws, ConnectorKind::Hubspot, id.clone());
+                d.name = Some(format!("deal {i}"));
+                batch.records.push(d.into());
+                for c in 0..5 {
+                    batch.records.push(
+                        DealContact {
+                            workspace_id: ws,
+                            source: ConnectorKind::Hubspot,
+                            deal_source_id: id.clone(),
+                            contact_source_id: format!("c{i}-{c}"),
+                            role: None,
+                        }
+                        .into(),
+                    );
+                }
+            }
+            checkpoint.stream_mut("deals").cursor = Some(page.to_string());
+            sink.write(batch, &checkpoint).await?;
+        }
+        Ok(SyncReport::default())
+    }
+    async fn incremental_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        self.initial_sync(ctx, sink).await
+    }
+}
+
+/// What [`FlushProbe`] saw in the store right after `flush` returned.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Seen {
+    pub contacts: u64,
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// Writes pages of contacts and, after each `flush`, reads the store (as a host connector
+/// would before acknowledging a provider cursor).
+#[derive(Clone)]
+pub struct FlushProbe {
+    pub store: Arc<dyn SyncStore>,
+    pub pages: usize,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+#[async_trait]
+impl SyncCapable for FlushProbe {
+    fn kind(&self) -> ConnectorKind {
+        ConnectorKind::Hubspot
+    }
+    async fn initial_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        let ws = ctx.workspace_id();
+        let mut checkpoint = Checkpoint::default();
+        for page in 0..self.pages {
+            let mut batch = RecordBatch::default();
+            for i in 0..50 {
+                let mut c = Contact::new(ws, ConnectorKind::Hubspot, format!("p{page}-{i}"));
+                c.email = Some(format!("p{page}-{i}@acme.com"));
+                batch.records.push(c.into());
+            }
+            checkpoint.stream_mut("contacts").cursor = Some(format!("ack-{page}"));
+            sink.write(batch, &checkpoint).await?;
+            sink.flush().await?;
+            let contacts = self
+                .store
+                .count_records(ws, RecordKind::Contact, Some(ConnectorKind::Hubspot))
+                .await?;
+            let checkpoint = self
+                .store
+                .get_connection(ws, ConnectorKind::Hubspot)
+                .await?
+                .map(|c| c.checkpoint())
+                .transpose()?;
+            self.seen.lock().unwrap().push(Seen {
+                contacts,
+                checkpoint,
+            });
+        }
+        Ok(SyncReport::default())
+    }
+    async fn incremental_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        self.initial_sync(ctx, sink).await
     }
 }

@@ -3,16 +3,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pandora_sync::queue::{JobHandler, JobStatus, SYNC_JOB, Worker, WorkerConfig};
+use pandora_sync::queue::{
+    BackoffPolicy, Job, JobHandler, JobStatus, SYNC_JOB, Worker, WorkerConfig,
+};
 use pandora_sync::{
-    Checkpoint, ConnectionStatus, ConnectorKind, ConnectorRegistry, Error, NewConnection,
+    Checkpoint, Clock, ConnectionStatus, ConnectorKind, ConnectorRegistry, Error, NewConnection,
     Orchestrator, OrchestratorConfig, Record, RecordKind, RecordQuery, Scheduler, SchedulerConfig,
     SyncJobHandler, SyncMode, SyncOptions, SyncStatus, SyncStore,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::fake::{Fake, Provider};
+use crate::fake::{DealsFake, Fake, FlushProbe, Provider};
 use crate::harness::Harness;
 
 async fn connect(store: &Arc<dyn SyncStore>, ws: Uuid, kind: ConnectorKind) {
@@ -402,7 +404,455 @@ pub async fn job_handler_runs_triggered_syncs_and_snoozes_rate_limits(h: Harness
     assert_eq!(run.connector, Some(ConnectorKind::Gong));
     assert_eq!(
         run.status,
-        SyncStatus::Failed,
-        "this run stopped; the snoozed job records a new one"
+        SyncStatus::CompletedWithErrors,
+        "this run stopped cleanly on the rate limit; the snoozed job records a new one"
     );
+    let stop = run.errors.unwrap().rate_limited.unwrap();
+    assert!(!stop.quota);
+    assert_eq!(stop.retry_after_ms, Some(120_000));
+}
+
+fn worker(
+    h: &Harness,
+    o: Orchestrator,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<pandora_sync::Result<()>>,
+) {
+    let handler: Arc<dyn JobHandler> = Arc::new(SyncJobHandler::new(o));
+    let stop = CancellationToken::new();
+    let worker = Worker::new(h.queue.clone())
+        .register(SYNC_JOB, handler)
+        .config(WorkerConfig {
+            poll_interval: Duration::from_millis(10),
+            heartbeat_interval: Duration::from_millis(20),
+            backoff: BackoffPolicy {
+                base: Duration::from_millis(10),
+                factor: 1.0,
+                max: Duration::from_millis(10),
+            },
+            ..Default::default()
+        });
+    (stop.clone(), tokio::spawn(worker.run(stop)))
+}
+
+/// Waits (a hang guard, not a timing assertion) until the job satisfies `done`.
+async fn wait_job(h: &Harness, ws: Uuid, id: Uuid, done: impl Fn(&Job) -> bool) -> Job {
+    for _ in 0..3000 {
+        let j = h.queue.get_job(ws, id).await.unwrap().unwrap();
+        if done(&j) {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the job never reached the expected state");
+}
+
+pub async fn a_failed_sync_fails_its_job_attempts_then_the_job(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let mut broken = Fake::new(ConnectorKind::Hubspot, Provider::seeded(40), 10);
+    broken.fail_after_pages = Some(1);
+    let scheduler = Scheduler::new(
+        h.store.clone(),
+        h.queue.clone(),
+        SchedulerConfig {
+            max_attempts: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = scheduler
+        .trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
+        .await
+        .unwrap();
+    let (stop, task) = worker(&h, orchestrator(&h.store, &[broken.clone()]));
+    let j = wait_job(&h, ws, t.job_id, |j| j.status.is_finished()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(j.status, JobStatus::Failed, "a failed sync fails its job");
+    assert_eq!(j.attempts, 2, "retried once, then out of attempts");
+    assert!(j.error.unwrap().contains("connection reset"));
+    // Each attempt ran the connector once and wrote one sync_log row, both failed.
+    assert_eq!(broken.runs.lock().unwrap().len(), 2);
+    let history = h.store.sync_history(ws, None, 10).await.unwrap();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert!(history.iter().all(|s| s.status == SyncStatus::Failed));
+    assert!(history.iter().any(|s| s.id == t.sync_id));
+    assert!(h.store.active_syncs(ws).await.unwrap().is_empty());
+    // The second attempt resumed from the first one's committed page.
+    assert_eq!(contacts(&h.store, ws).await.len(), 20);
+}
+
+pub async fn a_quota_stop_ends_cleanly_and_snoozes_to_the_reset(h: Harness) {
+    use chrono::{SubsecRound, Timelike};
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let resets_at = (h.queue.now() + chrono::Duration::hours(3)).trunc_subsecs(0);
+    let mut limited = Fake::new(ConnectorKind::Hubspot, Provider::seeded(40), 10);
+    limited.fail_after_pages = Some(2);
+    limited.error = Arc::new(move || Error::QuotaExhausted {
+        provider: "hubspot".into(),
+        resets_at: Some(resets_at),
+    });
+    let scheduler =
+        Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let t = scheduler
+        .trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
+        .await
+        .unwrap();
+    let (stop, task) = worker(&h, orchestrator(&h.store, &[limited.clone()]));
+    let j = wait_job(&h, ws, t.job_id, |j| {
+        j.status == JobStatus::Pending && j.last_error.is_some()
+    })
+    .await;
+    // Give a looping worker the chance to loop (it must not: the job waits for the reset).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(j.attempts, 0, "a quota stop spends no attempt");
+    assert_eq!(
+        j.run_after, resets_at,
+        "rescheduled to the provider's reset"
+    );
+    assert_eq!(limited.runs.lock().unwrap().len(), 1, "no retry loop");
+    let history = h.store.sync_history(ws, None, 10).await.unwrap();
+    assert_eq!(history.len(), 1, "one sync_log row: {history:?}");
+    let run = &history[0];
+    assert_eq!(run.id, t.sync_id);
+    assert_eq!(run.status, SyncStatus::CompletedWithErrors);
+    let stop = run.errors.clone().unwrap().rate_limited.unwrap();
+    assert!(stop.quota);
+    assert_eq!(stop.resets_at, Some(resets_at));
+    let conn = h
+        .store
+        .get_connection(ws, ConnectorKind::Hubspot)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(conn.status, ConnectionStatus::Synced, "not in error");
+    assert_eq!(
+        contacts(&h.store, ws).await.len(),
+        20,
+        "committed pages stay"
+    );
+    assert_eq!(
+        checkpoint(&h.store, ws, ConnectorKind::Hubspot)
+            .await
+            .stream("items")
+            .unwrap()
+            .cursor
+            .as_deref(),
+        Some("20"),
+        "the checkpoint is kept"
+    );
+
+    // Without a reset time: the next UTC midnight.
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let mut daily = Fake::new(ConnectorKind::Hubspot, Provider::seeded(40), 10);
+    daily.fail_after_pages = Some(1);
+    daily.error = Arc::new(|| Error::QuotaExhausted {
+        provider: "hubspot".into(),
+        resets_at: None,
+    });
+    let t = scheduler
+        .trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
+        .await
+        .unwrap();
+    let before = h.queue.now();
+    let (stop, task) = worker(&h, orchestrator(&h.store, &[daily]));
+    let j = wait_job(&h, ws, t.job_id, |j| {
+        j.status == JobStatus::Pending && j.last_error.is_some()
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert!(j.run_after > before);
+    assert!(j.run_after <= before + chrono::Duration::days(1) + chrono::Duration::minutes(1));
+    // Within the last minute before midnight the minimum snooze (60 s) wins instead.
+    let last_minute = (before.hour(), before.minute()) == (23, 59);
+    assert!(
+        last_minute
+            || (
+                j.run_after.hour(),
+                j.run_after.minute(),
+                j.run_after.second()
+            ) == (0, 0, 0),
+        "{}",
+        j.run_after
+    );
+}
+
+pub async fn link_rows_do_not_count_toward_the_success_threshold(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let fake = DealsFake {
+        deals: 100,
+        bad_every: 10,
+    };
+    let mut registry = ConnectorRegistry::new();
+    registry = registry.register(ConnectorKind::Hubspot, move |_r, _c| {
+        Ok(Box::new(fake.clone()))
+    });
+    let r = Orchestrator::new(h.store.clone(), registry)
+        .with_config(OrchestratorConfig {
+            batch_size: 7,
+            ..Default::default()
+        })
+        .sync_workspace(ws, SyncOptions::default())
+        .await
+        .unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(c.errors.total, 10);
+    assert_eq!(
+        c.status,
+        SyncStatus::Failed,
+        "90 of 100 deals is below 95 %, links or not"
+    );
+    assert!(
+        c.error
+            .as_deref()
+            .unwrap()
+            .contains("10 of 100 records failed")
+    );
+    assert_eq!(
+        c.counts.written(),
+        90,
+        "records_synced counts deals, not links"
+    );
+    assert_eq!(c.records_by_table.get("deal_contacts"), Some(&450));
+    let log = h.store.get_sync(ws, c.sync_id).await.unwrap().unwrap();
+    assert_eq!(log.records_synced, 90);
+    assert_eq!(
+        h.store
+            .count_records(ws, RecordKind::DealContact, None)
+            .await
+            .unwrap(),
+        450,
+        "the links are stored"
+    );
+}
+
+pub async fn flush_makes_every_written_page_durable(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let probe = FlushProbe {
+        store: h.store.clone(),
+        pages: 4,
+        seen: Arc::default(),
+    };
+    let seen = probe.seen.clone();
+    let registry = ConnectorRegistry::new().register(ConnectorKind::Hubspot, move |_r, _c| {
+        Ok(Box::new(probe.clone()))
+    });
+    let r = Orchestrator::new(h.store.clone(), registry)
+        .sync_workspace(ws, SyncOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.connectors[0].status, SyncStatus::Completed);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4);
+    for (page, s) in seen.iter().enumerate() {
+        assert_eq!(s.contacts, 50 * (page as u64 + 1), "page {page}'s records");
+        let cursor = s
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.stream("contacts"))
+            .and_then(|s| s.cursor.clone());
+        assert_eq!(
+            cursor,
+            Some(format!("ack-{page}")),
+            "page {page}'s checkpoint"
+        );
+    }
+    let mut memory = pandora_sync::MemorySink::new();
+    pandora_sync::RecordSink::flush(&mut memory).await.unwrap();
+}
+
+pub async fn reconciliation_flags_a_gap_for_a_repairing_pass(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    // The provider reports exactly what was read: no warning, no repair.
+    let mut exact = Fake::new(ConnectorKind::Hubspot, Provider::seeded(30), 10);
+    exact.report_total_extra = Some(0);
+    let r = orchestrator(&h.store, &[exact])
+        .sync_workspace(ws, SyncOptions::default())
+        .await
+        .unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(c.status, SyncStatus::Completed);
+    assert!(c.errors.warnings.is_empty(), "{:?}", c.errors.warnings);
+    assert_eq!(c.errors.reconciliation.len(), 1);
+    let rec = &c.errors.reconciliation[0];
+    assert_eq!((rec.source_total, rec.stored, rec.repair), (30, 30, false));
+    assert!(
+        !checkpoint(&h.store, ws, ConnectorKind::Hubspot)
+            .await
+            .stream("items")
+            .unwrap()
+            .repair
+    );
+
+    // The provider reports 12 more than it served: a warning and a repairing pass.
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let mut short = Fake::new(ConnectorKind::Hubspot, Provider::seeded(30), 10);
+    short.report_total_extra = Some(12);
+    let r = orchestrator(&h.store, &[short])
+        .sync_workspace(ws, SyncOptions::default())
+        .await
+        .unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(
+        c.status,
+        SyncStatus::Completed,
+        "a gap is a warning, not a failure"
+    );
+    let rec = &c.errors.reconciliation[0];
+    assert_eq!(rec.stream, "items");
+    assert_eq!(rec.kind, RecordKind::Contact);
+    assert_eq!((rec.source_total, rec.stored, rec.in_flight), (42, 30, 0));
+    assert!(rec.repair);
+    assert_eq!(c.errors.warnings.len(), 1);
+    assert!(
+        c.errors.warnings[0].contains("42"),
+        "{}",
+        c.errors.warnings[0]
+    );
+    let stream = checkpoint(&h.store, ws, ConnectorKind::Hubspot)
+        .await
+        .stream("items")
+        .cloned()
+        .unwrap();
+    assert!(stream.repair, "the next sync runs a repairing pass");
+    assert!(
+        stream.watermark.is_some(),
+        "the rest of the checkpoint is kept"
+    );
+    let log = h.store.get_sync(ws, c.sync_id).await.unwrap().unwrap();
+    let errors = log.errors.unwrap();
+    assert_eq!(errors.reconciliation, c.errors.reconciliation);
+    assert_eq!(errors.warnings, c.errors.warnings);
+
+    // Records that failed (captured and reported) are not a silent gap: no repair.
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let mut few_bad = Fake::new(ConnectorKind::Hubspot, Provider::seeded(100), 25);
+    few_bad.bad_every = Some(50);
+    few_bad.report_total_extra = Some(0);
+    let r = orchestrator(&h.store, &[few_bad])
+        .sync_workspace(ws, SyncOptions::default())
+        .await
+        .unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(c.status, SyncStatus::CompletedWithErrors);
+    let rec = &c.errors.reconciliation[0];
+    assert_eq!((rec.source_total, rec.stored, rec.failed), (100, 98, 2));
+    assert!(!rec.repair);
+    assert!(c.errors.warnings.is_empty());
+}
+
+pub async fn a_dropped_sync_fails_its_running_row(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let mut stuck = Fake::new(ConnectorKind::Hubspot, Provider::seeded(10), 5);
+    // Nobody else ever reaches this barrier: the connector hangs until it is dropped.
+    stuck.gate = Some(Arc::new(tokio::sync::Barrier::new(2)));
+    let o = orchestrator(&h.store, &[stuck]);
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(300),
+        o.sync_workspace(ws, SyncOptions::default()),
+    )
+    .await;
+    assert!(dropped.is_err(), "the sync was still running when dropped");
+    let mut history = Vec::new();
+    for _ in 0..300 {
+        history = h.store.sync_history(ws, None, 10).await.unwrap();
+        if history.iter().all(|s| s.status.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].status, SyncStatus::Failed);
+    assert!(
+        history[0]
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("interrupted")
+    );
+}
+
+/// The store's clock moves minute by minute through the hours after a daily quota stop
+/// (HubSpot's `DAILY` 429: no reset time): the job waits for the next UTC midnight instead
+/// of retrying every minute and writing a failed row each time; after midnight it resumes
+/// from its checkpoint and completes.
+pub async fn a_daily_quota_does_not_loop_and_resumes_after_the_reset(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let mut daily = Fake::new(ConnectorKind::Hubspot, Provider::seeded(40), 10);
+    daily.fail_after_pages = Some(2);
+    daily.error = Arc::new(|| Error::QuotaExhausted {
+        provider: "hubspot".into(),
+        resets_at: None,
+    });
+    let scheduler =
+        Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let t = scheduler
+        .trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
+        .await
+        .unwrap();
+    let (stop, task) = worker(&h, orchestrator(&h.store, &[daily.clone()]));
+    let snoozed = wait_job(&h, ws, t.job_id, |j| {
+        j.status == JobStatus::Pending && j.last_error.is_some()
+    })
+    .await;
+    let midnight = (h.clock.now() + chrono::Duration::days(1))
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    assert_eq!(
+        snoozed.run_after,
+        midnight.max(h.clock.now() + chrono::Duration::minutes(1))
+    );
+    // Two hours (or until just before the reset), a minute at a time, with the worker
+    // polling: nothing runs again.
+    let minutes = (snoozed.run_after - h.clock.now())
+        .num_minutes()
+        .clamp(0, 120)
+        - 1;
+    for _ in 0..minutes {
+        h.clock.advance(chrono::Duration::minutes(1));
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    assert_eq!(
+        daily.runs.lock().unwrap().len(),
+        1,
+        "no retry before the reset"
+    );
+    let history = h.store.sync_history(ws, None, 10).await.unwrap();
+    assert_eq!(history.len(), 1, "one sync_log row, not one a minute");
+    assert_eq!(history[0].status, SyncStatus::CompletedWithErrors);
+    // Past the reset, the job resumes from its checkpoint and completes.
+    h.clock
+        .set(snoozed.run_after + chrono::Duration::seconds(1));
+    let done = wait_job(&h, ws, t.job_id, |j| j.status.is_finished()).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.attempts, 1, "the quota stop spent no attempt");
+    let runs = daily.runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(
+        runs[1].1.as_deref(),
+        Some("c0020"),
+        "resumed where it stopped"
+    );
+    assert_eq!(contacts(&h.store, ws).await.len(), 40);
+    let history = h.store.sync_history(ws, None, 10).await.unwrap();
+    assert_eq!(history.len(), 2);
+    assert_eq!(history[0].status, SyncStatus::Completed);
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod harness;
+mod multiprocess;
 mod suite;
 
 macro_rules! queue_suite {
@@ -45,6 +46,10 @@ queue_suite!(
     two_schedulers_enqueue_each_tick_once,
     manual_trigger_conflicts_and_stale_syncs,
     only_one_scheduler_leads,
+    trigger_validates_the_connector_and_never_wedges,
+    every_end_of_a_sync_job_ends_its_sync_run,
+    a_stale_pending_run_does_not_block_the_workspace,
+    an_enormous_retry_after_is_capped,
 );
 
 #[cfg(feature = "postgres")]

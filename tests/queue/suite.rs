@@ -11,8 +11,8 @@ use pandora_sync::queue::{
     WorkerConfig,
 };
 use pandora_sync::{
-    Clock, ConnectorKind, Error, LEADER_LOCK_ID, NewConnection, Result, Scheduler, SchedulerConfig,
-    SyncMode, SyncStatus,
+    Clock, ConnectionStatus, ConnectorKind, Error, LEADER_LOCK_ID, NewConnection, Result,
+    Scheduler, SchedulerConfig, SyncMode, SyncStatus,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -666,4 +666,245 @@ pub async fn only_one_scheduler_leads(h: Harness) {
             .unwrap()
             .is_some()
     );
+}
+
+/// No `sync_log` row of the workspace is pending or running.
+async fn no_active_sync(h: &Harness, ws: Uuid) {
+    let active = h.store.active_syncs(ws).await.unwrap();
+    assert!(active.is_empty(), "left active: {active:?}");
+}
+
+pub async fn trigger_validates_the_connector_and_never_wedges(h: Harness) {
+    let ws = workspace_with_connections(&h).await;
+    let s = Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    // A connector the workspace does not have: a clear error, nothing created.
+    let missing = s
+        .trigger_sync(ws, Some(ConnectorKind::Gong), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&missing, Error::Config(m) if m.contains("no gong connection")),
+        "{missing}"
+    );
+    // A disabled one: the same, with or without naming it.
+    h.store
+        .set_connection_status(ws, ConnectorKind::Hubspot, ConnectionStatus::Disabled, None)
+        .await
+        .unwrap();
+    let disabled = s
+        .trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&disabled, Error::Config(m) if m.contains("disabled")),
+        "{disabled}"
+    );
+    let none = s.trigger_sync(ws, None, None).await.unwrap_err();
+    assert!(matches!(none, Error::Config(_)), "{none}");
+    assert!(h.store.sync_history(ws, None, 10).await.unwrap().is_empty());
+    assert!(h.queue.list_jobs(ws, 10, 0).await.unwrap().is_empty());
+    // Enabled again: the next trigger is accepted (nothing was left pending).
+    h.store
+        .set_connection_status(ws, ConnectorKind::Hubspot, ConnectionStatus::Pending, None)
+        .await
+        .unwrap();
+    s.trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
+        .await
+        .unwrap();
+}
+
+pub async fn every_end_of_a_sync_job_ends_its_sync_run(h: Harness) {
+    let ws = workspace_with_connections(&h).await;
+    let s = Scheduler::new(
+        h.store.clone(),
+        h.queue.clone(),
+        SchedulerConfig {
+            max_attempts: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let run = |id: Uuid| {
+        let store = h.store.clone();
+        async move { store.get_sync(ws, id).await.unwrap().unwrap() }
+    };
+
+    // 1. Cancelled while pending.
+    let t = s.trigger_sync(ws, None, None).await.unwrap();
+    assert_eq!(
+        h.queue.cancel(ws, t.job_id).await.unwrap(),
+        Some(JobStatus::Cancelled)
+    );
+    let r = run(t.sync_id).await;
+    assert_eq!(r.status, SyncStatus::Failed);
+    assert!(r.error_message.unwrap().contains("cancelled"));
+    no_active_sync(&h, ws).await;
+
+    // 2. Out of attempts, failing before the run started (the row was still pending).
+    let t = s.trigger_sync(ws, None, None).await.unwrap();
+    let failing: Arc<dyn JobHandler> = Arc::new(FnHandler(|_job: Job, _ctx: JobContext| {
+        Box::pin(async {
+            Err(Error::Transport {
+                provider: "hubspot".into(),
+                message: "connection refused".into(),
+                source: None,
+            })
+        }) as futures_util::future::BoxFuture<'static, Result<serde_json::Value>>
+    }));
+    let (stop, task) = spawn_worker(h.queue.clone(), SYNC_JOB, failing, config("w"));
+    let q = h.queue.clone();
+    eventually("the job fails for good", || {
+        let q = q.clone();
+        async move { q.get_job(ws, t.job_id).await.unwrap().unwrap().status == JobStatus::Failed }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let r = run(t.sync_id).await;
+    assert_eq!(r.status, SyncStatus::Failed);
+    assert!(r.error_message.unwrap().contains("connection refused"));
+    no_active_sync(&h, ws).await;
+
+    // 3. Cancelled while running: the worker marks it cancelled.
+    let t = s.trigger_sync(ws, None, None).await.unwrap();
+    let claimed = h
+        .queue
+        .claim("w2", &[SYNC_JOB.into()], 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    h.store.start_sync(ws, t.sync_id, None).await.unwrap();
+    assert_eq!(
+        h.queue.cancel(ws, t.job_id).await.unwrap(),
+        Some(JobStatus::Running)
+    );
+    assert!(h.queue.mark_cancelled(t.job_id, "w2").await.unwrap());
+    assert_eq!(run(t.sync_id).await.status, SyncStatus::Failed);
+    no_active_sync(&h, ws).await;
+
+    // 4. Its worker died mid-run and it is out of attempts: rescued and given up.
+    let t = s.trigger_sync(ws, None, None).await.unwrap();
+    h.queue
+        .claim("dead", &[SYNC_JOB.into()], 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    h.store.start_sync(ws, t.sync_id, None).await.unwrap();
+    h.clock.advance(chrono::Duration::seconds(6));
+    assert_eq!(h.queue.rescue_expired().await.unwrap(), 1);
+    assert_eq!(job(&h.queue, ws, t.job_id).await.status, JobStatus::Failed);
+    let r = run(t.sync_id).await;
+    assert_eq!(r.status, SyncStatus::Failed);
+    assert!(r.error_message.unwrap().contains("interrupted"));
+    no_active_sync(&h, ws).await;
+
+    // 5. A failed job with a final error (the run never started).
+    let t = s.trigger_sync(ws, None, None).await.unwrap();
+    h.queue
+        .claim("w3", &[SYNC_JOB.into()], 1, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.queue
+            .fail(t.job_id, "w3", "configuration error: bad config", None)
+            .await
+            .unwrap(),
+        Some(JobStatus::Failed)
+    );
+    assert_eq!(run(t.sync_id).await.status, SyncStatus::Failed);
+    no_active_sync(&h, ws).await;
+
+    // 6. Timed out on its last attempt (the handler hangs, the run never started).
+    let quick = Scheduler::new(
+        h.store.clone(),
+        h.queue.clone(),
+        SchedulerConfig {
+            max_attempts: 1,
+            job_timeout: Duration::from_millis(50),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let t = quick.trigger_sync(ws, None, None).await.unwrap();
+    let hang: Arc<dyn JobHandler> = Arc::new(FnHandler(|_job: Job, _ctx: JobContext| {
+        Box::pin(async {
+            std::future::pending::<()>().await;
+            Ok(serde_json::Value::Null)
+        }) as futures_util::future::BoxFuture<'static, Result<serde_json::Value>>
+    }));
+    let (stop, task) = spawn_worker(h.queue.clone(), SYNC_JOB, hang, config("w4"));
+    let q = h.queue.clone();
+    eventually("the job times out for good", || {
+        let q = q.clone();
+        async move { q.get_job(ws, t.job_id).await.unwrap().unwrap().status == JobStatus::Failed }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let r = run(t.sync_id).await;
+    assert_eq!(r.status, SyncStatus::Failed);
+    assert!(r.error_message.unwrap().contains("timed out"));
+    no_active_sync(&h, ws).await;
+
+    // After all of these, the next trigger is accepted.
+    s.trigger_sync(ws, None, None).await.unwrap();
+}
+
+pub async fn a_stale_pending_run_does_not_block_the_workspace(h: Harness) {
+    let ws = workspace_with_connections(&h).await;
+    let s = Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    // A run whose job never ran it (no worker for hours).
+    let first = s.trigger_sync(ws, None, None).await.unwrap();
+    h.clock.advance(chrono::Duration::minutes(30));
+    assert!(matches!(
+        s.trigger_sync(ws, None, None).await,
+        Err(Error::Conflict { .. })
+    ));
+    h.clock.advance(chrono::Duration::minutes(31));
+    let second = s.trigger_sync(ws, None, None).await.unwrap();
+    assert_ne!(second.sync_id, first.sync_id);
+    let stale = h.store.get_sync(ws, first.sync_id).await.unwrap().unwrap();
+    assert_eq!(stale.status, SyncStatus::Failed);
+    assert!(stale.error_message.unwrap().contains("stale"));
+    assert_eq!(
+        job(&h.queue, ws, first.job_id).await.status,
+        JobStatus::Cancelled
+    );
+    // The maintenance pass fails stale pending runs too.
+    h.clock.advance(chrono::Duration::minutes(61));
+    s.maintain().await.unwrap();
+    no_active_sync(&h, ws).await;
+}
+
+pub async fn an_enormous_retry_after_is_capped(h: Harness) {
+    let ws = Uuid::new_v4();
+    let j = h
+        .queue
+        .enqueue(NewJob::new(ws, "rl", serde_json::json!({})))
+        .await
+        .unwrap();
+    let handler: Arc<dyn JobHandler> = Arc::new(FnHandler(|_job: Job, _ctx: JobContext| {
+        Box::pin(async {
+            // What a `Retry-After: 9223372036854775` header parses to.
+            Err(Error::RateLimited {
+                provider: "hubspot".into(),
+                retry_after: Some(Duration::from_millis(i64::MAX as u64)),
+            })
+        }) as futures_util::future::BoxFuture<'static, Result<serde_json::Value>>
+    }));
+    let claimed_at = h.clock.now();
+    let (stop, task) = spawn_worker(h.queue.clone(), "rl", handler, config("w"));
+    let q = h.queue.clone();
+    eventually("the job is snoozed", || {
+        let q = q.clone();
+        async move {
+            let j = q.get_job(ws, j.id).await.unwrap().unwrap();
+            j.status == JobStatus::Pending && j.last_error.is_some()
+        }
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let snoozed = job(&h.queue, ws, j.id).await;
+    assert_eq!(snoozed.attempts, 0);
+    assert_eq!(snoozed.run_after, claimed_at + chrono::Duration::days(1));
 }
