@@ -261,10 +261,13 @@ async fn killed_sync_is_taken_over_and_resumed(env: Env) {
     assert_eq!(resumed["status"], "completed", "{resumed}");
     assert_eq!(resumed["tables"]["contacts"], 3_000);
     // It read only the contacts after the last committed page (a full read hands all
-    // 3,000 to the store), with fewer requests than a whole sync.
+    // 3,000 to the store), with fewer requests than a whole sync. The resumed list pass is
+    // followed by one search pass over its own window (issue 11, case 2), which re-reads
+    // the few records at the new watermark (the bound is inclusive, by design): allow those.
+    const FOLLOW_UP_OVERLAP: u64 = 50;
     let read = resumed["recordsByTable"]["contacts"].as_u64().unwrap_or(0);
     assert!(
-        read <= 3_000 - committed,
+        read <= 3_000 - committed + FOLLOW_UP_OVERLAP,
         "the resumed run read {read} contacts, {committed} were committed before the kill: it did not resume"
     );
     let resumed_requests = resumed["requests"].as_u64().unwrap();
