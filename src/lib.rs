@@ -12,6 +12,8 @@ mod model;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod orchestrator;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod outcome;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub mod queue;
 pub mod sanitize;
