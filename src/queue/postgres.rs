@@ -24,10 +24,10 @@ fn bind(sql: &'static str, args: Vec<Arg<'_>>) -> Query<'static, Postgres, PgArg
     args.into_iter().fold(sqlx::query(sql), |q, arg| match arg {
         Arg::Uuid(id) => q.bind(id),
         Arg::Ts(t) => q.bind(t),
-        Arg::Text(s) => q.bind(s.map(str::to_owned)),
+        Arg::Text(s) => q.bind(s),
         Arg::Int(n) => q.bind(n),
-        Arg::Json(v) => q.bind(v.clone()),
-        Arg::Texts(list) => q.bind(list.to_vec()),
+        Arg::Json(v) => q.bind(v),
+        Arg::Texts(list) => q.bind(list),
     })
 }
 

@@ -18,7 +18,7 @@ fn bind(sql: &'static str, args: Vec<Arg<'_>>) -> Query<'static, Sqlite, SqliteA
     args.into_iter().fold(sqlx::query(sql), |q, arg| match arg {
         Arg::Uuid(id) => q.bind(id.hyphenated()),
         Arg::Ts(t) => q.bind(t.map(sqlite_ts)),
-        Arg::Text(s) => q.bind(s.map(str::to_owned)),
+        Arg::Text(s) => q.bind(s),
         Arg::Int(n) => q.bind(n),
         Arg::Json(v) => q.bind(v.to_string()),
         Arg::Texts(list) => q.bind(serde_json::Value::from(list.to_vec()).to_string()),

@@ -518,7 +518,7 @@ pub fn validate_record(record: &Record) -> Result<()> {
 /// # async fn main() -> pandora_sync::Result<()> {
 /// use std::sync::Arc;
 ///
-/// use pandora_sync::queue::{JobStatus, SYNC_JOB, Worker};
+/// use pandora_sync::queue::{JobQueue, JobStatus, SYNC_JOB, Worker};
 /// use pandora_sync::{
 ///     ConnectorKind, ConnectorRegistry, NewConnection, Orchestrator, Scheduler,
 ///     SchedulerConfig, SyncJobHandler, connect_store,
@@ -527,21 +527,25 @@ pub fn validate_record(record: &Record) -> Result<()> {
 /// let store = connect_store("sqlite::memory:", None).await?;
 /// store.migrate().await?;
 ///
-/// let orchestrator = Orchestrator::new(store.clone(), ConnectorRegistry::builtin(&Default::default()));
+/// let registry = ConnectorRegistry::builtin(&Default::default());
+/// let orchestrator = Orchestrator::new(store.clone(), registry);
 /// let worker = Worker::new(store.clone())
-///     .listen() // wake on enqueue where the backend can (Postgres LISTEN); SQLite polls
+///     .listen() // woken on enqueue where the backend can (Postgres LISTEN); SQLite polls
 ///     .register(SYNC_JOB, Arc::new(SyncJobHandler::new(orchestrator)));
 /// let scheduler = Scheduler::new(store.clone(), SchedulerConfig::default())?;
 /// # drop(worker);
 ///
-/// // The scheduler enqueues on the same handle the worker claims from.
+/// // The scheduler enqueues on the very queue the worker claims from.
 /// let workspace = uuid::Uuid::new_v4();
 /// store
 ///     .create_connection(NewConnection::new(workspace, ConnectorKind::Hubspot, "api_key"))
 ///     .await?;
 /// let triggered = scheduler.trigger_sync(workspace, None, None).await?;
-/// let job = store.get_job(workspace, triggered.job_id).await?.expect("enqueued");
+/// let queue: Arc<dyn JobQueue> = store.clone();
+/// let job = queue.get_job(workspace, triggered.job_id).await?.expect("enqueued");
 /// assert_eq!((job.job_type.as_str(), job.status), (SYNC_JOB, JobStatus::Pending));
+/// let run = store.get_sync(workspace, triggered.sync_id).await?.expect("recorded");
+/// assert_eq!(run.id, triggered.sync_id);
 /// # Ok(())
 /// # }
 /// ```
