@@ -4,11 +4,12 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
 use super::types::{CallsPage, CallsRequest, UsersPage};
 use super::{GongConfig, GongCredentials};
+use crate::connectors::rest::JsonApi;
 use crate::error::{Error, Result};
 use crate::http::{
     Auth, Classify, DefaultClassifier, HttpStack, HttpStats, StaticAuth, Transport,
@@ -46,7 +47,7 @@ impl Classify for GongClassifier {
 }
 
 pub(crate) struct GongClient {
-    base: String,
+    api: JsonApi,
     stack: HttpStack,
     stats: HttpStats,
 }
@@ -84,7 +85,11 @@ impl GongClient {
             .with_classifier(GongClassifier)
             .with_stats(stats.clone());
         let stack = preset.build(auth, transport)?;
-        Ok(GongClient { base, stack, stats })
+        Ok(GongClient {
+            api: JsonApi::new(base, "gong", "Gong"),
+            stack,
+            stats,
+        })
     }
 
     pub(crate) fn stats(&self) -> &HttpStats {
@@ -98,38 +103,15 @@ impl GongClient {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Option<T>> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path_and_query}", self.base))
-            .header(http::header::ACCEPT, "application/json");
-        if body.is_some() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(body.map(Bytes::from).unwrap_or_default())
-            .map_err(|e| Error::config(format!("invalid Gong request: {e}")))?;
+        let req = self.api.request(method, path_and_query, body)?;
         let resp = self.stack.send(req).await?;
         if is_no_calls(&resp) {
             if path_and_query.starts_with(CALLS_PATH) {
                 return Ok(None);
             }
-            return Err(Error::api(
-                "gong",
-                resp.status().as_u16(),
-                &String::from_utf8_lossy(resp.body()),
-            ));
+            return Err(self.api.status_error(&resp));
         }
-        let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(Error::api(
-                "gong",
-                status,
-                &String::from_utf8_lossy(resp.body()),
-            ));
-        }
-        serde_json::from_slice(resp.body())
-            .map(Some)
-            .map_err(|e| Error::decode(None, format!("unreadable Gong response: {e}")))
+        self.api.read(&resp).map(Some)
     }
 
     /// `GET /v2/users`: one page, the cursor in the query string.
