@@ -67,6 +67,20 @@ impl JsonApi {
             .map_err(|e| Error::decode(None, format!("unreadable {} response: {e}", self.name)))
     }
 
+    /// Sends a request through `stack`; the answer is whatever the stack's classifier let
+    /// through (read it with [`JsonApi::read`]).
+    pub(crate) async fn send_raw(
+        &self,
+        stack: &HttpStack,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Bytes>> {
+        stack
+            .send(self.request(method, path_and_query, body)?)
+            .await
+    }
+
     /// Sends a request through `stack` and reads its answer (see [`JsonApi::read`]).
     pub(crate) async fn send<T: DeserializeOwned>(
         &self,
@@ -75,9 +89,7 @@ impl JsonApi {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T> {
-        let resp = stack
-            .send(self.request(method, path_and_query, body)?)
-            .await?;
+        let resp = self.send_raw(stack, method, path_and_query, body).await?;
         self.read(&resp)
     }
 }

@@ -5,7 +5,6 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
-use serde::de::DeserializeOwned;
 
 use super::types::{CallsPage, CallsRequest, UsersPage};
 use super::{GongConfig, GongCredentials};
@@ -78,7 +77,8 @@ impl GongClient {
             GongCredentials::AccessToken(token) => StaticAuth::bearer(token)?.into(),
         };
         // The daily quota is counted by the sync against the count kept with the connection
-        // (see `sync::DailyQuota`), not by an in-memory window that forgets it between runs.
+        // (see `connectors::quota::DailyQuota`), not by an in-memory window that forgets it
+        // between runs.
         let preset = presets::gong()
             .with_daily_limit(None)
             .with_optional_rate_limit(config.rate_limit)?
@@ -96,43 +96,27 @@ impl GongClient {
         &self.stats
     }
 
-    /// Sends one request; `Ok(None)` for the extensive endpoint's 404 "No calls found".
-    async fn send<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Option<T>> {
-        let req = self.api.request(method, path_and_query, body)?;
-        let resp = self.stack.send(req).await?;
-        if is_no_calls(&resp) {
-            if path_and_query.starts_with(CALLS_PATH) {
-                return Ok(None);
-            }
-            return Err(self.api.status_error(&resp));
-        }
-        self.api.read(&resp).map(Some)
-    }
-
     /// `GET /v2/users`: one page, the cursor in the query string.
     pub(crate) async fn users_page(&self, cursor: Option<&str>) -> Result<UsersPage> {
         let path = match cursor {
             Some(c) => format!("{USERS_PATH}?cursor={}", encode(c)),
             None => USERS_PATH.to_owned(),
         };
-        self.send(Method::GET, &path, None)
-            .await?
-            .ok_or_else(|| Error::api("gong", 404, "no users found"))
+        self.api.send(&self.stack, Method::GET, &path, None).await
     }
 
     /// `POST /v2/calls/extensive`: one page, the cursor in the JSON body. Gong's 404 for a
     /// filter that matches nothing is an empty last page.
     pub(crate) async fn calls_page(&self, req: &CallsRequest<'_>) -> Result<CallsPage> {
         let body = serde_json::to_vec(req)?;
-        Ok(self
-            .send(Method::POST, CALLS_PATH, Some(body))
-            .await?
-            .unwrap_or_else(CallsPage::none_found))
+        let resp = self
+            .api
+            .send_raw(&self.stack, Method::POST, CALLS_PATH, Some(body))
+            .await?;
+        if is_no_calls(&resp) {
+            return Ok(CallsPage::none_found());
+        }
+        self.api.read(&resp)
     }
 }
 
