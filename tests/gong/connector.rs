@@ -128,16 +128,16 @@ async fn initial_sync_reads_the_last_90_days_of_every_active_user() {
         assert_eq!(s.extra["covered_from"], json!("2024-12-01T12:00:00Z"));
     }
     assert!(report.details["http"]["requests"].as_u64().unwrap() >= 5);
-    // One users page, then each user's pages: ⌈calls / 100⌉.
-    let pages: u64 = users
-        .iter()
-        .map(|u| {
-            (sim.truth_calls(now() - days(90), now(), std::slice::from_ref(u))
-                .len() as u64)
-                .div_ceil(100)
-        })
-        .sum();
+    // One users page, then the pages of all tracked users' calls together (one
+    // `primaryUserIds` list): ⌈calls / 100⌉.
+    let pages = (want.len() as u64).div_ceil(100);
     assert_eq!(sim.counters().get("POST /v2/calls/extensive"), pages);
+    for u in &users {
+        assert_eq!(
+            by_user[u]["pages"], pages,
+            "every page read covered every user"
+        );
+    }
     assert_eq!(sim.counters().get("GET /v2/users"), 1);
     // Checkpoints are committed per page.
     assert_eq!(sink.batches.len() as u64, pages);
@@ -299,18 +299,25 @@ async fn incremental_rereads_the_overlap_and_picks_up_changes() {
             assert_eq!(Some(conv), before.get(id), "{id} re-read unchanged");
         }
     }
-    // Exactly the overlap window per user: from its watermark minus 14 days.
+    // Exactly the overlap window per user: from the later of its watermark and the end of
+    // the last pass over it (`covered_to`: the pass's start minus the 5-minute lag), minus
+    // 14 days; both users share it, so one request reads them.
     let tracked: Vec<String> = users[..2].iter().map(|u| u.id.clone()).collect();
     let mut want = BTreeSet::new();
     for u in &tracked {
-        let wm = checkpoint.watermark(&format!("calls:{u}")).unwrap();
+        let s = checkpoint.stream(&format!("calls:{u}")).unwrap();
+        let covered_to = s.extra["covered_to"].as_str().unwrap();
+        let covered_to: DateTime<Utc> = covered_to.parse().unwrap();
+        assert_eq!(covered_to, now() - chrono::Duration::minutes(5));
+        let from = s.watermark.unwrap().max(covered_to);
         want.extend(truth_ids(
             &sim,
-            wm - days(14),
+            from - days(14),
             later,
             std::slice::from_ref(u),
         ));
     }
+    assert_eq!(sim.counters().get("POST /v2/calls/extensive"), 1);
     assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), want);
     assert_eq!(report.details["mode"], "incremental");
     let cp = sink.last_checkpoint().unwrap();
@@ -334,8 +341,8 @@ async fn an_empty_range_is_an_empty_page() {
     assert_eq!(report.records_fetched, 0);
     assert_eq!(
         sim.counters().get("POST /v2/calls/extensive"),
-        3,
-        "one 404 per user"
+        1,
+        "one 404 for all users"
     );
     assert_eq!(report.details["users_failed"], 0);
     for u in sim.active_user_ids() {
@@ -353,7 +360,7 @@ async fn an_empty_range_is_an_empty_page() {
         report.details["http"]["failures"], 0,
         "a 404 'No calls found' is an answer"
     );
-    // The next run re-reads the initial window (still one request per user).
+    // The next run reads from the end of the last pass minus the overlap (one request).
     let checkpoint = sink.last_checkpoint().unwrap().clone();
     let r = c
         .sync(
@@ -363,11 +370,11 @@ async fn an_empty_range_is_an_empty_page() {
         .await
         .unwrap();
     assert_eq!(r.records_fetched, 0);
-    assert_eq!(sim.counters().get("POST /v2/calls/extensive"), 6);
+    assert_eq!(sim.counters().get("POST /v2/calls/extensive"), 2);
 }
 
 /// A sink that turns server errors on after its first batch and off after the batch that
-/// records the failed user, so exactly the second user fails.
+/// records the failed users, so exactly the batch being read then fails.
 struct FlakyMiddle {
     inner: MemorySink,
     sim: Arc<GongSim>,
@@ -395,10 +402,14 @@ impl RecordSink for FlakyMiddle {
     }
 }
 
+/// Users are read 100 to a request (`primaryUserIds`); a pass that fails fails the users of
+/// its batch, and the other batches go on.
 #[tokio::test]
-async fn a_failing_user_does_not_stop_the_others() {
-    let sim = Arc::new(GongSim::start(sim_config(3, 60, 30)).await.unwrap());
+async fn a_failing_batch_does_not_stop_the_others() {
+    let sim = Arc::new(GongSim::start(sim_config(150, 600, 30)).await.unwrap());
     let users = sim.active_user_ids();
+    assert_eq!(users.len(), 150);
+    let (first, second) = users.split_at(100);
     let c = connector(&sim, json!({}));
     let mut sink = FlakyMiddle {
         inner: MemorySink::new(),
@@ -410,47 +421,61 @@ async fn a_failing_user_does_not_stop_the_others() {
         .await
         .unwrap();
     let by_user = &report.details["by_user"];
-    assert_eq!(by_user[&users[0]]["status"], "completed");
-    assert_eq!(by_user[&users[1]]["status"], "failed");
+    for u in first {
+        assert_eq!(by_user[u]["status"], "failed", "{u}");
+        assert!(
+            by_user[u]["error"].as_str().unwrap().contains("HTTP 5"),
+            "{}",
+            by_user[u]
+        );
+    }
+    for u in second {
+        assert_eq!(by_user[u]["status"], "completed", "{u}");
+    }
+    assert_eq!(report.details["users_failed"], 100);
+    let rows: BTreeSet<String> = latest(&sink.inner).keys().cloned().collect();
+    let second_truth = truth_ids(&sim, now() - days(90), now(), second);
+    assert!(rows.is_superset(&second_truth));
+    let first_truth = truth_ids(&sim, now() - days(90), now(), first);
     assert!(
-        by_user[&users[1]]["error"]
-            .as_str()
-            .unwrap()
-            .contains("HTTP 5"),
-        "{}",
-        by_user[&users[1]]
+        first_truth.len() > 100,
+        "the failing batch has more than one page"
     );
-    assert_eq!(by_user[&users[2]]["status"], "completed");
-    assert_eq!(report.details["users_failed"], 1);
-    let rows = latest(&sink.inner);
-    let want: BTreeSet<String> = [&users[0], &users[2]]
-        .iter()
-        .flat_map(|u| truth_ids(&sim, now() - days(90), now(), std::slice::from_ref(*u)))
-        .collect();
-    assert_eq!(rows.keys().cloned().collect::<BTreeSet<_>>(), want);
-    let failure = sink
+    assert!(
+        rows.difference(&second_truth)
+            .all(|id| first_truth.contains(id)),
+        "only the failed batch's first page besides"
+    );
+    let failures: BTreeSet<String> = sink
         .inner
         .batches
         .iter()
         .flat_map(|(b, _)| &b.failures)
-        .next()
-        .unwrap();
-    assert_eq!(failure.record_id, Some(format!("user:{}", users[1])));
+        .map(|f| f.record_id.clone().unwrap())
+        .collect();
+    assert_eq!(
+        failures,
+        first.iter().map(|u| format!("user:{u}")).collect()
+    );
     assert!(report.details["http"]["retries"].as_u64().unwrap() >= 3);
-    // The failed user has no watermark, so the next run reads its initial window.
+    // The failed batch's pass stays in progress (its own stream), so the next run resumes
+    // it and stores every call of those users.
     let cp = sink.inner.last_checkpoint().unwrap().clone();
-    assert!(cp.stream(&format!("calls:{}", users[1])).is_none());
+    let in_progress: Vec<_> = cp
+        .streams
+        .iter()
+        .filter(|(_, s)| s.cursor.is_some())
+        .collect();
+    assert_eq!(in_progress.len(), 1, "{:?}", cp.streams.keys());
+    assert!(in_progress[0].0.starts_with("gong:pass:"));
+    assert_eq!(in_progress[0].1.extra["users"], json!(first));
     let mut next = MemorySink::new();
     c.sync(&ctx(SyncMode::Incremental, now(), Some(&cp)), &mut next)
         .await
         .unwrap();
-    let got: BTreeSet<String> = latest(&next).keys().cloned().collect();
-    assert!(got.is_superset(&truth_ids(
-        &sim,
-        now() - days(90),
-        now(),
-        std::slice::from_ref(&users[1])
-    )));
+    let mut all = rows;
+    all.extend(latest(&next).into_keys());
+    assert!(all.is_superset(&first_truth));
 }
 
 #[tokio::test]
@@ -728,4 +753,92 @@ async fn bad_credentials_fail_the_sync() {
         )
         .is_err()
     );
+}
+
+/// Issue 13: 20 tracked users, nothing changed. The calls of all of them are read with one
+/// `primaryUserIds` list, so a sync makes one request per page of calls plus the users
+/// listing (it made one request per user before: 21 for an unchanged incremental run).
+#[tokio::test]
+async fn twenty_users_cost_one_request_per_page_of_calls() {
+    let sim = GongSim::start(sim_config(20, 400, 120)).await.unwrap();
+    let users = sim.active_user_ids();
+    assert_eq!(users.len(), 20);
+    let c = connector(&sim, json!({}));
+    let mut first = MemorySink::new();
+    let report = c
+        .sync(&ctx(SyncMode::Initial, now(), None), &mut first)
+        .await
+        .unwrap();
+    let want = truth_ids(&sim, now() - days(90), now(), &users);
+    let pages = (want.len() as u64).div_ceil(100);
+    assert!(pages >= 3, "{pages}");
+    assert_eq!(
+        sim.counters().snapshot(),
+        BTreeMap::from([
+            ("GET /v2/users".to_owned(), 1),
+            ("POST /v2/calls/extensive".to_owned(), pages),
+        ])
+    );
+    assert_eq!(report.details["http"]["requests"], 1 + pages);
+    assert_eq!(
+        latest(&first).keys().cloned().collect::<BTreeSet<_>>(),
+        want
+    );
+    // Per-user results, derived from the calls' hosts.
+    let by_user = &report.details["by_user"];
+    assert_eq!(by_user.as_object().unwrap().len(), 20);
+    let cp = first.last_checkpoint().unwrap().clone();
+    let totals: BTreeMap<String, u64> = report
+        .source_totals
+        .iter()
+        .map(|t| (t.stream.clone(), t.total))
+        .collect();
+    for u in &users {
+        let mine = sim.truth_calls(now() - days(90), now(), std::slice::from_ref(u));
+        assert_eq!(by_user[u]["status"], "completed");
+        assert_eq!(by_user[u]["calls"], mine.len(), "{u}");
+        assert_eq!(by_user[u]["failed_records"], 0);
+        assert_eq!(by_user[u]["pages"], pages);
+        assert_eq!(totals[&format!("calls:{u}")], mine.len() as u64, "{u}");
+        let s = cp.stream(&format!("calls:{u}")).unwrap();
+        let newest = mine.iter().map(|c| c.started).max();
+        assert_eq!(
+            s.watermark,
+            newest.map(|n| n.min(now() - chrono::Duration::minutes(5)))
+        );
+        assert_eq!(by_user[u]["watermark"], json!(s.watermark));
+    }
+
+    // Nothing changed: the users listing and the pages of the shared overlap window.
+    sim.counters().reset();
+    let later = now() + chrono::Duration::hours(1);
+    let mut second = MemorySink::new();
+    let report = c
+        .sync(&ctx(SyncMode::Incremental, later, Some(&cp)), &mut second)
+        .await
+        .unwrap();
+    let overlap = truth_ids(
+        &sim,
+        now() - chrono::Duration::minutes(5) - days(14),
+        later,
+        &users,
+    );
+    let pages = (overlap.len() as u64).div_ceil(100).max(1);
+    assert_eq!(pages, 1, "{} calls in the overlap", overlap.len());
+    assert_eq!(
+        sim.counters().snapshot(),
+        BTreeMap::from([
+            ("GET /v2/users".to_owned(), 1),
+            ("POST /v2/calls/extensive".to_owned(), pages),
+        ]),
+        "2 requests where one per user made 21"
+    );
+    assert_eq!(
+        latest(&second).keys().cloned().collect::<BTreeSet<_>>(),
+        overlap
+    );
+    assert_eq!(report.details["users_failed"], 0);
+    for u in &users {
+        assert_eq!(report.details["by_user"][u]["status"], "completed");
+    }
 }

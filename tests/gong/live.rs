@@ -141,16 +141,22 @@ async fn a_call_added_below_the_cursor_between_crash_and_resume_is_stored() {
         .unwrap_err();
     assert!(matches!(err, Error::Storage { .. }), "{err}");
     let checkpoint = sink.inner.last_checkpoint().unwrap().clone();
-    let stream = checkpoint.stream(&format!("calls:{user}")).unwrap();
+    // The batched pass in progress has a stream of its own with its exact filter.
+    let stream = checkpoint.stream("gong:pass:0").unwrap();
     assert!(stream.cursor.is_some(), "interrupted after page 1");
     assert_eq!(
         stream.pass_started_at,
         Some(t1),
         "the pass carries its window"
     );
+    assert_eq!(stream.extra["users"], json!([user]));
+    assert_eq!(stream.extra["kind"], json!("main"));
+    assert_eq!(stream.extra["window_to"], json!("2025-03-01T12:00:00Z"));
     assert!(
-        !stream.extra.contains_key("window_to"),
-        "one shape: pass_started_at"
+        checkpoint
+            .stream(&format!("calls:{user}"))
+            .is_none_or(|s| s.cursor.is_none()),
+        "no cursor in the user's stream"
     );
 
     // Between the crash and the resume: a call below the cursor (page 1 ended at
@@ -183,6 +189,13 @@ async fn a_call_added_below_the_cursor_between_crash_and_resume_is_stored() {
         .stream(&format!("calls:{user}"))
         .unwrap();
     assert!(s.cursor.is_none() && s.pass_started_at.is_none());
+    assert!(
+        next.last_checkpoint()
+            .unwrap()
+            .stream("gong:pass:0")
+            .is_none(),
+        "the finished pass's stream is gone"
+    );
 }
 
 /// Case 2, old checkpoints: a cursor stored with the connector-specific
@@ -197,13 +210,17 @@ async fn an_old_checkpoint_window_is_read_and_migrated() {
     c.sync(&ctx(SyncMode::Initial, now(), None), &mut first)
         .await
         .unwrap_err();
+    // Page 1 of the initial pass, the way an earlier release stored it: the cursor and the
+    // window in the user's own stream (`window_from`, `window_to`).
     let mut cp = first.inner.last_checkpoint().unwrap().clone();
+    let pass = cp.streams.remove("gong:pass:0").unwrap();
+    assert_eq!(pass.pass_started_at, Some(now()));
     let s = cp.stream_mut(&format!("calls:{user}"));
-    let started = s.pass_started_at.take().unwrap();
-    assert_eq!(started, now());
+    s.cursor = pass.cursor.clone();
+    s.extra
+        .insert("window_from".into(), pass.extra["window_from"].clone());
     s.extra
         .insert("window_to".into(), json!("2025-03-01T12:00:00Z"));
-    assert!(s.extra.contains_key("window_from"));
     let cp = Checkpoint::from_json(&cp.to_json()).unwrap();
 
     let mut next = MemorySink::new();
@@ -216,12 +233,14 @@ async fn an_old_checkpoint_window_is_read_and_migrated() {
     let mut all = ids(&first.inner);
     all.extend(ids(&next));
     assert_eq!(all, truth(&sim, now() - days(90), now() + days(1)));
-    // The resumed pass checkpointed its pages in the new shape.
+    // The resumed pass checkpointed its pages in the new shape: a single-user pass stream.
     let resumed = &next.batches[0].1;
     let s = resumed.stream(&format!("calls:{user}")).unwrap();
-    if s.cursor.is_some() {
-        assert_eq!(s.pass_started_at, Some(now()));
-        assert!(!s.extra.contains_key("window_to"));
+    assert!(s.cursor.is_none() && s.pass_started_at.is_none());
+    assert!(!s.extra.contains_key("window_to") && !s.extra.contains_key("window_from"));
+    if let Some(p) = resumed.stream("gong:pass:0") {
+        assert_eq!(p.pass_started_at, Some(now()));
+        assert_eq!(p.extra["users"], json!([user]));
     }
     // Finished with its own window: the watermark is capped at its start minus the lag.
     let end = next.last_checkpoint().unwrap();

@@ -302,7 +302,11 @@ pub(crate) fn migrate_checkpoint(checkpoint: &mut Checkpoint) {
         };
         migrate(s);
         let user = name[USER_PREFIX.len()..].to_owned();
-        let main = match (s.cursor.take(), extra_time(s, WINDOW_FROM), s.pass_started_at) {
+        let main = match (
+            s.cursor.take(),
+            extra_time(s, WINDOW_FROM),
+            s.pass_started_at,
+        ) {
             (Some(c), Some(from), Some(started)) => Some(PassSpec {
                 kind: Pass::Main,
                 users: vec![user.clone()],
@@ -560,7 +564,10 @@ impl<'a> Syncer<'a> {
                     self.attempt(spec, sink, &mut first_error).await?;
                 }
             }
-            Mode::Incremental => self.incremental(&ids, start, sink, &mut first_error).await?,
+            Mode::Incremental => {
+                self.incremental(&ids, start, sink, &mut first_error)
+                    .await?
+            }
             Mode::Backfill => {
                 // Users never read, or due a repair: the initial window first, so the
                 // covered history is one piece reaching up to now.
@@ -629,7 +636,10 @@ impl<'a> Syncer<'a> {
             failures: ids
                 .iter()
                 .map(|id| {
-                    RecordFailure::new(Some(format!("user:{id}")), format!("gong user {id}: {error}"))
+                    RecordFailure::new(
+                        Some(format!("user:{id}")),
+                        format!("gong user {id}: {error}"),
+                    )
                 })
                 .collect(),
             ..Default::default()
@@ -790,11 +800,8 @@ impl<'a> Syncer<'a> {
             };
             let from = back(covered, chrono::Duration::days(BACKFILL_SLICE_DAYS)).max(horizon);
             for batch in users.chunks(MAX_PRIMARY_USER_IDS) {
-                let spec = self.new_pass(
-                    Pass::Backfill,
-                    batch.to_vec(),
-                    Window { from, to: covered },
-                );
+                let spec =
+                    self.new_pass(Pass::Backfill, batch.to_vec(), Window { from, to: covered });
                 let before = self.failed.len();
                 self.attempt(spec, sink, first_error).await?;
                 if self.failed.len() > before {
@@ -912,7 +919,10 @@ impl<'a> Syncer<'a> {
                     {
                         // Calls added or removed while the pass paged: reconciliation
                         // allows for what was in flight.
-                        tracing::debug!(gong_total = t, "Gong's total differs from the calls listed");
+                        tracing::debug!(
+                            gong_total = t,
+                            "Gong's total differs from the calls listed"
+                        );
                     }
                     self.finish(&p, from_first_page, &listed);
                 }
@@ -956,7 +966,10 @@ impl<'a> Syncer<'a> {
             }
         }
         if resumed {
-            tracing::debug!(users = p.users.len(), "resumed Gong pass finished with its own window");
+            tracing::debug!(
+                users = p.users.len(),
+                "resumed Gong pass finished with its own window"
+            );
         }
     }
 
