@@ -249,6 +249,8 @@ struct Inner {
     cursor_epoch: std::sync::atomic::AtomicU64,
     /// Requests left (plus one) before every cursor expires; 0: off.
     expire_countdown: std::sync::atomic::AtomicU64,
+    /// `filter.primaryUserIds` of every calls request admitted, in order.
+    user_filters: Mutex<Vec<Option<Vec<String>>>>,
 }
 
 /// A fake Gong company on loopback.
@@ -1094,6 +1096,11 @@ async fn calls_extensive(
         Ok(q) => q,
         Err(m) => return bad(&m),
     };
+    lock(&inner.user_filters).push(
+        parse_ids(filter.get("primaryUserIds"), "primaryUserIds")
+            .ok()
+            .flatten(),
+    );
     let sel = Selector::parse(req.get("contentSelector"));
     let position = match req.get("cursor") {
         None | Some(Value::Null) => None,
@@ -1163,6 +1170,7 @@ impl GongSim {
             data: Mutex::new(Data::default()),
             cursor_epoch: std::sync::atomic::AtomicU64::new(0),
             expire_countdown: std::sync::atomic::AtomicU64::new(0),
+            user_filters: Mutex::new(Vec::new()),
             common: common.clone(),
             cfg,
         });
@@ -1201,6 +1209,18 @@ impl GongSim {
         self.inner
             .expire_countdown
             .store(n.saturating_add(1), Ordering::SeqCst);
+    }
+
+    /// The `filter.primaryUserIds` of every `POST /v2/calls/extensive` request with a valid
+    /// filter, in the order served (`None`: no list sent). Tests read it to check which
+    /// users each request asked for.
+    pub fn primary_user_ids_log(&self) -> Vec<Option<Vec<String>>> {
+        lock(&self.inner.user_filters).clone()
+    }
+
+    /// Forgets the requests logged by [`GongSim::primary_user_ids_log`].
+    pub fn clear_primary_user_ids_log(&self) {
+        lock(&self.inner.user_filters).clear();
     }
 
     /// Requests served, per endpoint (`"GET /v2/users"`, `"POST /v2/calls/extensive"`).
@@ -1392,6 +1412,7 @@ mod tests {
             data: Mutex::new(Data::default()),
             cursor_epoch: std::sync::atomic::AtomicU64::new(0),
             expire_countdown: std::sync::atomic::AtomicU64::new(0),
+            user_filters: Mutex::new(Vec::new()),
             common: Arc::new(Common::new(cfg.seed, FaultConfig::default())),
             cfg,
         }

@@ -433,6 +433,11 @@ async fn a_failing_batch_does_not_stop_the_others() {
         assert_eq!(by_user[u]["status"], "completed", "{u}");
     }
     assert_eq!(report.details["users_failed"], 100);
+    // At most 100 ids a request: the first batch's pages, then the second's.
+    let log = sim.primary_user_ids_log();
+    assert_eq!(log[0].as_deref(), Some(first));
+    assert_eq!(log.last().unwrap().as_deref(), Some(second));
+    assert!(log.iter().all(|ids| ids.as_ref().unwrap().len() <= 100));
     let rows: BTreeSet<String> = latest(&sink.inner).keys().cloned().collect();
     let second_truth = truth_ids(&sim, now() - days(90), now(), second);
     assert!(rows.is_superset(&second_truth));
@@ -780,6 +785,15 @@ async fn twenty_users_cost_one_request_per_page_of_calls() {
         ])
     );
     assert_eq!(report.details["http"]["requests"], 1 + pages);
+    // Every request asked for all 20 users at once.
+    let tracked: BTreeSet<String> = users.iter().cloned().collect();
+    let log = sim.primary_user_ids_log();
+    assert_eq!(log.len() as u64, pages);
+    for ids in &log {
+        let ids = ids.as_ref().unwrap();
+        assert_eq!(ids.len(), 20);
+        assert_eq!(ids.iter().cloned().collect::<BTreeSet<_>>(), tracked);
+    }
     assert_eq!(
         latest(&first).keys().cloned().collect::<BTreeSet<_>>(),
         want

@@ -251,6 +251,76 @@ async fn calls_have_the_real_shape_and_follow_the_filter() {
     assert_eq!(hosts.len(), 4);
 }
 
+/// `filter.primaryUserIds` is a list: the calls hosted by any of its users, paged like any
+/// other listing; duplicates and ids of no user are harmless; what is not a list of ids is
+/// a 400 naming the field.
+#[tokio::test]
+async fn primary_user_ids_is_a_list_of_hosts() {
+    let sim = GongSim::start(GongSimConfig {
+        users: 6,
+        calls: 600,
+        ..cfg()
+    })
+    .await
+    .unwrap();
+    let users: Vec<String> = sim.users().into_iter().map(|u| u.id).collect();
+    let (from, to) = (now() - chrono::Duration::days(30), now());
+    let some = vec![users[5].clone(), users[0].clone(), users[3].clone()];
+    sim.clear_primary_user_ids_log();
+    let got = all_ids(&sim, filter(from, to, &some)).await;
+    let want: Vec<String> = sim
+        .truth_calls(from, to, &some)
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert!(want.len() > 200, "several pages: {}", want.len());
+    assert_eq!(got, want, "start-time order across the hosts");
+    let pages = want.len().div_ceil(100);
+    assert_eq!(sim.primary_user_ids_log(), vec![Some(some.clone()); pages]);
+    // The union of the single-host listings, nothing else.
+    let mut union = BTreeSet::new();
+    for u in &some {
+        let mine = all_ids(&sim, filter(from, to, std::slice::from_ref(u))).await;
+        assert!(
+            mine.iter()
+                .all(|id| sim.call(id).unwrap().primary_user_id == *u)
+        );
+        union.extend(mine);
+    }
+    assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), union);
+    // Duplicates and unknown ids.
+    let odd = vec![users[1].clone(), users[1].clone(), "999".to_owned()];
+    let got = all_ids(&sim, filter(from, to, &odd)).await;
+    let want: Vec<String> = sim
+        .truth_calls(from, to, std::slice::from_ref(&users[1]))
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(got, want);
+    for bad in [
+        json!([["1"]]),
+        json!([{"id": "1"}]),
+        json!({"0": "1"}),
+        json!(true),
+    ] {
+        let r = post(
+            &sim,
+            "/v2/calls/extensive",
+            &json!({"filter": {"fromDateTime": iso(from), "primaryUserIds": bad}}),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(
+            r.body["errors"][0]
+                .as_str()
+                .unwrap()
+                .contains("primaryUserIds"),
+            "{}",
+            r.body
+        );
+    }
+}
+
 #[tokio::test]
 async fn from_is_inclusive_and_to_exclusive_on_the_start_time() {
     let sim = GongSim::start(cfg()).await.unwrap();
