@@ -1,33 +1,50 @@
 //! The Gong connector (feature `gong`): calls → `conversations`.
 //!
 //! - **Tracked users**: every active user from `/v2/users`, or the emails and ids listed in
-//!   the config's `tracked_users`. Each user is one stream, `calls:<userId>`, read through
-//!   `POST /v2/calls/extensive` with `primaryUserIds = [userId]` and the parties exposed.
+//!   the config's `tracked_users`. Each user has one stream, `calls:<userId>`, but the
+//!   calls are read for many users at once: `POST /v2/calls/extensive` with
+//!   `primaryUserIds` = up to 100 tracked users (the filter takes a list and matches the
+//!   call's host; Gong documents no maximum, 100 is a conservative bound) and the parties
+//!   exposed. A sync makes one request per page of calls (100 calls a page) plus the users
+//!   listing: 20 unchanged users cost 2 requests, not one per user. What each user gets
+//!   (calls, watermark, totals) is derived from the calls: a call belongs to its
+//!   `metaData.primaryUserId`.
 //! - **Initial sync** reads the last `initial_days` (90) days up to the sync's start, one
 //!   checkpoint per page (the cursor travels in the JSON body, as Gong requires).
-//! - **Incremental sync** reads from the user's watermark minus `overlap_days` (14) up to
-//!   the sync's start: calls change after they happen (titles, parties), and the overlap
-//!   re-reads them; calls that did not change are left alone by the store. The watermark
-//!   is the newest `metaData.started` stored, because the extensive endpoint filters on the
-//!   start time only. A changed call that started before the overlap window is not seen
-//!   again (Gong has no change feed); widen `overlap_days` or run a backfill for those.
-//! - **Backfill** walks a user's history back from the oldest instant read so far, in
+//! - **Incremental sync** reads each user from the later of its watermark and the end of
+//!   the last pass over it (`covered_to`), minus `overlap_days` (14), up to the sync's
+//!   start: calls change after they happen (titles, parties), and the overlap re-reads
+//!   them; calls that did not change are left alone by the store. Users with the same
+//!   window (after a first sync, all of them) are read together. The watermark is the
+//!   newest `metaData.started` stored, because the extensive endpoint filters on the start
+//!   time only. A changed call that started before the overlap window is not seen again
+//!   (Gong has no change feed); widen `overlap_days` or run a backfill for those.
+//! - **Backfill** walks the users' history back from the oldest instant read so far, in
 //!   checkpointed 30-day slices, down to `backfill_days` (365) before the sync's start.
 //! - Gong answers 404 "No calls found" for a window without calls: that is an empty page.
-//! - **Resumes** finish an interrupted pass with its own window (`pass_started_at`, the
-//!   filter's upper bound), then read the follow-up window. A cursor Gong rejects
-//!   (expired) restarts its window, at most twice per pass.
+//! - **Resumes**: a batched pass in progress is kept in its own stream `gong:pass:<n>`
+//!   with the exact filter its cursor belongs to (the users, the window); the next run
+//!   finishes it with that filter and its own window (`pass_started_at`), then reads the
+//!   follow-up window. A cursor Gong rejects (expired) restarts its window, at most twice
+//!   per pass. Per-user passes of earlier releases are migrated into such streams.
 //! - **Repair**: a stream flagged `repair` by reconciliation is read over the whole initial
 //!   window; the flag is cleared when that pass ends. Such full passes (and initial ones)
-//!   report Gong's `records.totalRecords` in [`SyncReport::source_totals`] for their
-//!   `calls:<userId>` stream: the calls of that user that started in
-//!   `[start − initial_days, start)`.
+//!   report, per user, the calls Gong listed for that host in
+//!   [`SyncReport::source_totals`] for its `calls:<userId>` stream: the calls of that user
+//!   that started in `[start − initial_days, start)`.
 //! - **Per-user results** are in [`SyncReport::details`]`["by_user"]`, keyed by user id:
 //!   `{email, status: "completed" | "failed", calls, failed_records, pages, watermark,
-//!   covered_from?, error?}`. A failing user is recorded there (and as a failure with the id
-//!   `user:<id>` in the sync log) and the others go on; rate limits, exhausted quotas,
-//!   cancellation, storage errors and rejected credentials stop the sync (a rate-limited
-//!   job is snoozed and resumes from its checkpoint), and so does every user failing.
+//!   covered_from?, error?}` (`pages`: the pages read by the passes that covered the user).
+//!   A pass that fails fails the users of its batch: they are recorded there (and as
+//!   failures with the id `user:<id>` in the sync log) and the other batches go on; rate
+//!   limits, exhausted quotas, cancellation, storage errors and rejected credentials stop
+//!   the sync (a rate-limited job is snoozed and resumes from its checkpoint), and so does
+//!   every user failing.
+//! - **`is_internal`**: the connector owns `participants[].is_internal` (Gong's party
+//!   `affiliation == "Internal"`: Gong knows which parties are the company's users) and
+//!   leaves the conversation's `is_internal` column to the internal-filter hook
+//!   ([`InternalFilter`](crate::hooks::InternalFilter)), which decides it from the
+//!   workspace's internal domains and never rewrites the participants.
 //!
 //! Every request goes through [`presets::gong`](crate::http::presets::gong): 3 per second,
 //! retries on 429 and 5xx honouring `Retry-After` (a 429 that outlasts the retries is a
