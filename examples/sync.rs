@@ -250,6 +250,21 @@ fn base_url(
     Ok(Some(url))
 }
 
+/// An error and its causes (the driver's reason a database cannot be opened).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn keyring() -> Result<Keyring, String> {
     match std::env::var("PANDORA_SYNC_KEY") {
@@ -267,7 +282,7 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     let keyring = keyring().map_err(|e| (2, e))?;
     let store = connect_store(&args.database, Some(keyring))
         .await
-        .map_err(|e| (2, format!("--database: {e}")))?;
+        .map_err(|e| (2, format!("--database: {}", with_causes(&e))))?;
     store
         .migrate()
         .await
