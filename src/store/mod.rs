@@ -33,6 +33,8 @@ mod clock;
 mod crypto;
 mod lock;
 pub(crate) mod rows;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 mod types;
 
 #[cfg(feature = "postgres")]

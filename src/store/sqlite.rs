@@ -1,9 +1,11 @@
-//! The SQLite backend.
+//! The SQLite backend: what its dialect forces (text encodings of UUIDs, timestamps, dates
+//! and JSON; multi-row `VALUES` batches; the `sync_locks` lease; the enrichment statements
+//! over `json_each`). The rest is the shared SQL layer of [`super::sql`].
 
 use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,7 +13,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::migrate::Migrator;
 use sqlx::query::Query;
 use sqlx::sqlite::{
-    Sqlite, SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool,
+    Sqlite, SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{AssertSqlSafe, Connection as _, Row as _};
@@ -19,24 +21,18 @@ use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
 use super::clock::{Clock, SystemClock, now_micros};
-use super::crypto::{Credentials, Keyring};
+use super::crypto::Keyring;
 use super::lock::{HolderProcess, INTERRUPTED, Liveness, LockBackend, WorkspaceLock, new_holder};
 use super::rows::{
-    self, RowRead, SQLITE, TableRows, TableSpec, Val, decode_connection, decode_record,
-    decode_sync_log, sqlite_ts,
+    self, Dialect, RowRead, SQLITE, TableDeletions, TableRows, TableSpec, Val, native_row_reads,
+    sqlite_ts,
 };
-use super::types::{
-    Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, MAX_PAGE, NewConnection,
-    RecordQuery, SyncLogEntry, SyncOutcome, SyncStatus,
-};
-use super::{
-    ConnectionStore, LockStore, RecordStore, Store, SyncLogStore, check_config, check_outcome,
-    count_u64, db_err, is_unique_violation, no_connection, no_keyring, outcome_errors_json, seal,
-    to_i64,
-};
-use crate::connector::{Checkpoint, RecordBatch, WriteCounts};
-use crate::error::{Error, Result, redact_secrets};
-use crate::model::{ConnectorKind, DealContact, Record, RecordKind, SyncMode};
+use super::sql::{self, Arg, Enrichment, Ran, SqlBackend, Stmt, Tx, impl_sql_store};
+use super::types::{Backend, DEFAULT_LOCK_TTL};
+use super::{LockStore, count_u64, db_err};
+use crate::connector::WriteCounts;
+use crate::error::{Error, Result};
+use crate::model::{ConnectorKind, DealContact};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -145,18 +141,6 @@ impl SqliteStore {
         }
     }
 
-    /// Sets the keyring that seals and opens connection credentials.
-    pub fn with_keyring(mut self, keyring: Keyring) -> Self {
-        self.keyring = Some(keyring);
-        self
-    }
-
-    /// Sets the clock (a [`ManualClock`](crate::ManualClock) in tests).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
     /// Sets the lease of workspace locks ([`DEFAULT_LOCK_TTL`] by default); the guard
     /// renews it every third of that. A crashed holder blocks the workspace this long for
     /// processes on other hosts; on its own host the lock is taken over at once.
@@ -164,16 +148,9 @@ impl SqliteStore {
         self.lock_ttl = ttl.max(Duration::from_millis(30));
         self
     }
-
-    /// The connection pool, for queries of your own.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
-    }
-
-    pub(crate) fn now(&self) -> DateTime<Utc> {
-        now_micros(&*self.clock)
-    }
 }
+
+impl_sql_store!(SqliteStore, Sqlite);
 
 fn hy(id: Uuid) -> Hyphenated {
     id.hyphenated()
@@ -196,27 +173,23 @@ fn bind_val<'q>(q: SqliteQuery<'q>, v: &Val<'_>) -> SqliteQuery<'q> {
     }
 }
 
-fn decode_err(col: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
-    move |e| Error::storage(format!("could not read column {col}"), e)
+/// Binds a statement argument as the SQLite schema stores it: UUIDs hyphenated, timestamps
+/// as [`sqlite_ts`] text, dates as `YYYY-MM-DD`, JSON (and lists) as JSON text.
+fn bind_arg<'q>(q: SqliteQuery<'q>, a: Arg<'q>) -> SqliteQuery<'q> {
+    match a {
+        Arg::Str(s) => q.bind(s),
+        Arg::String(s) => q.bind(s),
+        Arg::Int(i) => q.bind(i),
+        Arg::Bool(b) => q.bind(b),
+        Arg::Ts(t) => q.bind(t.map(sqlite_ts)),
+        Arg::Uuid(u) => q.bind(u.map(hy)),
+        Arg::Json(v) => q.bind(v.map(|v| v.to_string())),
+        Arg::Texts(list) => q.bind(serde_json::Value::from(list.to_vec()).to_string()),
+    }
 }
 
 impl RowRead for SqliteRow {
-    fn text(&self, col: &str) -> Result<Option<String>> {
-        self.try_get(col).map_err(decode_err(col))
-    }
-
-    fn int(&self, col: &str) -> Result<Option<i64>> {
-        self.try_get(col).map_err(decode_err(col))
-    }
-
-    fn float(&self, col: &str) -> Result<Option<f64>> {
-        self.try_get(col).map_err(decode_err(col))
-    }
-
-    fn boolean(&self, col: &str) -> Result<Option<bool>> {
-        self.try_get(col).map_err(decode_err(col))
-    }
-
+    native_row_reads!();
     fn ts(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
         self.text(col)?
             .map(|s| {
@@ -272,19 +245,20 @@ fn rows_per_statement(width: usize) -> usize {
     ((MAX_PARAMS - 8) / width.max(1)).clamp(1, MAX_ROWS)
 }
 
-/// Upserts one table's rows; returns (inserted, updated, unchanged).
+/// Upserts one table's rows of a batch, telling inserts from updates by reading which rows
+/// exist first (SQLite has no `xmax`).
 async fn upsert_table(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut SqliteConnection,
     ws: Uuid,
     source: ConnectorKind,
     now: &str,
     t: &TableRows<'_>,
-) -> Result<(u64, u64, u64)> {
+    counts: &mut WriteCounts,
+) -> Result<()> {
     let spec: &TableSpec = t.spec;
     let width = spec.columns.len();
     let per = rows_per_statement(width + 3);
     let conflict = rows::upsert_conflict_clause(spec, SQLITE);
-    let (mut inserted, mut updated, mut unchanged) = (0u64, 0u64, 0u64);
     for (c, chunk) in t.rows.chunks(per).enumerate() {
         let base = c * per;
         // Which of these rows exist already (to tell inserts from updates).
@@ -331,24 +305,25 @@ async fn upsert_table(
                 .try_get(0)
                 .map_err(db_err("write_batch: upserting records"))?;
             if existing.contains(&id) {
-                updated += 1;
+                counts.updated += 1;
             } else {
-                inserted += 1;
+                counts.inserted += 1;
             }
         }
-        unchanged += count_u64(chunk.len().saturating_sub(written.len()));
+        counts.unchanged += count_u64(chunk.len().saturating_sub(written.len()));
     }
-    Ok((inserted, updated, unchanged))
+    Ok(())
 }
 
+/// Upserts the deal-contact links of a batch.
 async fn upsert_links(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut SqliteConnection,
     ws: Uuid,
     source: ConnectorKind,
     now: &str,
     links: &[&DealContact],
-) -> Result<(u64, u64, u64)> {
-    let (mut inserted, mut updated, mut unchanged) = (0u64, 0u64, 0u64);
+    counts: &mut WriteCounts,
+) -> Result<()> {
     let per = rows_per_statement(6);
     for chunk in links.chunks(per) {
         let existing_sql = format!(
@@ -406,23 +381,101 @@ async fn upsert_links(
                     .map_err(db_err("write_batch: upserting links"))?,
             );
             if existing.contains(&key) {
-                updated += 1;
+                counts.updated += 1;
             } else {
-                inserted += 1;
+                counts.inserted += 1;
             }
         }
-        unchanged += count_u64(chunk.len().saturating_sub(written.len()));
+        counts.unchanged += count_u64(chunk.len().saturating_sub(written.len()));
     }
-    Ok((inserted, updated, unchanged))
+    Ok(())
+}
+
+/// Soft-deletes one table's deletions: a `VALUES` list of `(source_id, deleted_at)` pairs.
+async fn archive(
+    tx: &mut SqliteConnection,
+    ws: Uuid,
+    source: ConnectorKind,
+    now: &str,
+    d: &TableDeletions<'_>,
+) -> Result<u64> {
+    let mut archived = 0;
+    for chunk in d.rows.chunks(rows_per_statement(2)) {
+        // Parameters in text order: the pairs, then synced_at, workspace, source.
+        let sql = format!(
+            "WITH d(source_id, deleted_at) AS (VALUES {values}) \
+             UPDATE {t} SET archived_at = d.deleted_at, synced_at = ? FROM d \
+             WHERE {t}.workspace_id = ? AND {t}.source = ? AND {t}.source_id = d.source_id \
+               AND {t}.archived_at IS NULL \
+               AND ({t}.source_updated_at IS NULL OR {t}.source_updated_at <= d.deleted_at)",
+            values = tuples(chunk.len(), 2),
+            t = d.spec.table,
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for (id, at) in chunk {
+            q = q.bind(*id).bind(sqlite_ts(*at));
+        }
+        let done = q
+            .bind(now)
+            .bind(hy(ws))
+            .bind(source.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("write_batch: archiving deleted records"))?;
+        archived += done.rows_affected();
+    }
+    Ok(archived)
+}
+
+/// Removes deal-contact links, a `VALUES` list of `(deal, contact)` pairs at a time.
+async fn unlink(
+    tx: &mut SqliteConnection,
+    ws: Uuid,
+    source: ConnectorKind,
+    links: &[(&str, &str)],
+) -> Result<u64> {
+    let mut removed = 0;
+    for chunk in links.chunks(rows_per_statement(2)) {
+        let sql = format!(
+            "DELETE FROM deal_contacts WHERE workspace_id = ? AND source = ? \
+             AND (deal_source_id, contact_source_id) IN (VALUES {})",
+            tuples(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(hy(ws))
+            .bind(source.as_str());
+        for (deal, contact) in chunk {
+            q = q.bind(*deal).bind(*contact);
+        }
+        let done = q
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("write_batch: removing links"))?;
+        removed += done.rows_affected();
+    }
+    Ok(removed)
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    fn backend(&self) -> Backend {
-        Backend::Sqlite
+impl SqlBackend for SqliteStore {
+    type Db = Sqlite;
+    type Row = SqliteRow;
+    const BACKEND: Backend = Backend::Sqlite;
+    const DIALECT: Dialect = SQLITE;
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
-    async fn migrate(&self) -> Result<()> {
+    fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        now_micros(&*self.clock)
+    }
+
+    async fn migrate_schema(&self) -> Result<()> {
         // sqlx takes no lock on SQLite; one IMMEDIATE transaction around the whole run makes
         // a second process wait for the first and then find everything applied.
         let mut conn = self
@@ -444,734 +497,111 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(db_err("ping"))
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-}
-
-impl SqliteStore {
-    async fn fetch_connection(
-        &self,
-        ws: Uuid,
-        connector: ConnectorKind,
-    ) -> Result<Option<ConnectionRow>> {
-        sqlx::query("SELECT * FROM connections WHERE workspace_id = ?1 AND connector_name = ?2")
-            .bind(hy(ws))
-            .bind(connector.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("get_connection"))?
-            .map(|r| decode_connection(&r))
-            .transpose()
-    }
-
-    /// Runs an UPDATE of one connection row; `no_connection` when it matched nothing.
-    async fn update_connection(
-        &self,
-        ws: Uuid,
-        connector: ConnectorKind,
-        q: SqliteQuery<'_>,
-    ) -> Result<()> {
-        let done = q
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("updating a connection"))?;
-        if done.rows_affected() == 0 {
-            return Err(no_connection(ws, connector));
-        }
-        Ok(())
-    }
-
-    async fn sync_not_updated(&self, ws: Uuid, id: Uuid, what: &str) -> Error {
-        match self.get_sync(ws, id).await {
-            Ok(Some(entry)) => Error::Conflict {
-                message: format!("sync {id} is {} and cannot be {what}", entry.status),
-                running_id: Some(id),
-            },
-            Ok(None) => Error::config(format!("workspace {ws} has no sync {id}")),
-            Err(e) => e,
-        }
-    }
-}
-
-#[async_trait]
-impl ConnectionStore for SqliteStore {
-    fn keyring(&self) -> Option<&Keyring> {
-        self.keyring.as_ref()
-    }
-
-    async fn create_connection(&self, new: NewConnection) -> Result<ConnectionRow> {
-        check_config(&new.config)?;
-        let sealed = seal(
-            self.keyring.as_ref(),
-            new.workspace_id,
-            new.connector,
-            new.credentials.as_ref(),
-        )?;
-        let now = sqlite_ts(self.now());
-        let row = sqlx::query(
-            "INSERT INTO connections (id, workspace_id, connector_name, auth_method, credentials, config, status, created_at, updated_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7) RETURNING *",
-        )
-        .bind(hy(Uuid::new_v4()))
-        .bind(hy(new.workspace_id))
-        .bind(new.connector.as_str())
-        .bind(new.auth_method.as_str())
-        .bind(sealed)
-        .bind(new.config.to_string())
-        .bind(now)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                Error::Conflict {
-                    message: format!(
-                        "workspace {} already has a {} connection",
-                        new.workspace_id, new.connector
-                    ),
-                    running_id: None,
-                }
-            } else {
-                Error::storage("create_connection", e)
-            }
-        })?;
-        decode_connection(&row)
-    }
-
-    async fn get_connection(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-    ) -> Result<Option<ConnectionRow>> {
-        self.fetch_connection(workspace_id, connector).await
-    }
-
-    async fn list_connections(&self, workspace_id: Uuid) -> Result<Vec<ConnectionRow>> {
-        sqlx::query("SELECT * FROM connections WHERE workspace_id = ?1 ORDER BY connector_name")
-            .bind(hy(workspace_id))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("list_connections"))?
-            .iter()
-            .map(decode_connection)
-            .collect()
-    }
-
-    async fn delete_connection(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-    ) -> Result<bool> {
-        let done =
-            sqlx::query("DELETE FROM connections WHERE workspace_id = ?1 AND connector_name = ?2")
-                .bind(hy(workspace_id))
-                .bind(connector.as_str())
-                .execute(&self.pool)
-                .await
-                .map_err(db_err("delete_connection"))?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn workspaces(&self) -> Result<Vec<Uuid>> {
-        sqlx::query("SELECT DISTINCT workspace_id FROM connections ORDER BY workspace_id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("workspaces"))?
-            .iter()
-            .map(|r| rows::required(r.uuid("workspace_id")?, "workspace_id"))
-            .collect()
-    }
-
-    async fn set_connection_status(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        status: ConnectionStatus,
-        error_message: Option<&str>,
-    ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE connections SET status = ?3, error_message = ?4, updated_at = ?5 \
-             WHERE workspace_id = ?1 AND connector_name = ?2",
-        )
-        .bind(hy(workspace_id))
-        .bind(connector.as_str())
-        .bind(status.as_str())
-        .bind(error_message.map(redact_secrets))
-        .bind(sqlite_ts(self.now()));
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn set_last_sync_at(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        at: DateTime<Utc>,
-    ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE connections SET last_sync_at = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND connector_name = ?2",
-        )
-        .bind(hy(workspace_id))
-        .bind(connector.as_str())
-        .bind(sqlite_ts(at))
-        .bind(sqlite_ts(self.now()));
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn set_sync_cursor(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        cursor: Option<&serde_json::Value>,
-    ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE connections SET sync_cursor = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND connector_name = ?2",
-        )
-        .bind(hy(workspace_id))
-        .bind(connector.as_str())
-        .bind(cursor.map(serde_json::Value::to_string))
-        .bind(sqlite_ts(self.now()));
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn merge_sync_cursor(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        members: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<()> {
-        let mut tx = self
-            .pool
+    async fn begin(&self, what: &'static str) -> Result<Tx<Self>> {
+        self.pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(db_err("merge_sync_cursor: begin"))?;
-        let row = sqlx::query(
-            "SELECT sync_cursor FROM connections WHERE workspace_id = ?1 AND connector_name = ?2",
-        )
-        .bind(hy(workspace_id))
-        .bind(connector.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err("merge_sync_cursor: read"))?
-        .ok_or_else(|| no_connection(workspace_id, connector))?;
-        let mut cursor = match row.json("sync_cursor")? {
-            Some(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        for (k, v) in members {
-            cursor.insert(k.clone(), v.clone());
+            .map_err(db_err(what))
+    }
+
+    async fn run(
+        conn: &mut SqliteConnection,
+        what: &'static str,
+        stmt: Stmt<'_>,
+        rows: bool,
+    ) -> Result<Ran<SqliteRow>> {
+        let mut q = sqlx::query(AssertSqlSafe(stmt.sql));
+        for a in stmt.args {
+            q = bind_arg(q, a);
         }
-        sqlx::query("UPDATE connections SET sync_cursor = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND connector_name = ?2")
-            .bind(hy(workspace_id))
-            .bind(connector.as_str())
-            .bind(serde_json::Value::Object(cursor).to_string())
-            .bind(sqlite_ts(self.now()))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("merge_sync_cursor: write"))?;
-        tx.commit()
-            .await
-            .map_err(db_err("merge_sync_cursor: commit"))
-    }
-
-    async fn set_config(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        config: &serde_json::Value,
-    ) -> Result<()> {
-        check_config(config)?;
-        let q = sqlx::query(
-            "UPDATE connections SET config = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND connector_name = ?2",
-        )
-        .bind(hy(workspace_id))
-        .bind(connector.as_str())
-        .bind(config.to_string())
-        .bind(sqlite_ts(self.now()));
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn set_credentials(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        credentials: Option<&Credentials>,
-    ) -> Result<()> {
-        let sealed = seal(self.keyring.as_ref(), workspace_id, connector, credentials)?;
-        let q = sqlx::query(
-            "UPDATE connections SET credentials = ?3, updated_at = ?4 WHERE workspace_id = ?1 AND connector_name = ?2",
-        )
-        .bind(hy(workspace_id))
-        .bind(connector.as_str())
-        .bind(sealed)
-        .bind(sqlite_ts(self.now()));
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn reencrypt_credentials(&self, workspace_id: Uuid) -> Result<u64> {
-        let keyring = self.keyring.as_ref().ok_or_else(no_keyring)?;
-        let mut changed = 0;
-        for row in self.list_connections(workspace_id).await? {
-            let Some(sealed) = &row.credentials else {
-                continue;
-            };
-            if !keyring.needs_reseal(sealed) {
-                continue;
+        Ok(if rows {
+            Ran {
+                rows_affected: 0,
+                rows: q.fetch_all(&mut *conn).await.map_err(db_err(what))?,
             }
-            let open = keyring.open(workspace_id, row.connector, sealed)?;
-            let resealed = keyring.seal(workspace_id, row.connector, &open)?;
-            let done = sqlx::query(
-                "UPDATE connections SET credentials = ?4, updated_at = ?5 \
-                 WHERE workspace_id = ?1 AND connector_name = ?2 AND credentials = ?3",
-            )
-            .bind(hy(workspace_id))
-            .bind(row.connector.as_str())
-            .bind(sealed.as_stored())
-            .bind(resealed.as_stored())
-            .bind(sqlite_ts(self.now()))
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("reencrypt_credentials"))?;
+        } else {
+            Ran {
+                rows_affected: q
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db_err(what))?
+                    .rows_affected(),
+                rows: Vec::new(),
+            }
+        })
+    }
+
+    async fn upsert_table(
+        conn: &mut SqliteConnection,
+        ws: Uuid,
+        source: ConnectorKind,
+        now: DateTime<Utc>,
+        t: &TableRows<'_>,
+        counts: &mut WriteCounts,
+    ) -> Result<()> {
+        upsert_table(conn, ws, source, &sqlite_ts(now), t, counts).await
+    }
+
+    async fn upsert_links(
+        conn: &mut SqliteConnection,
+        ws: Uuid,
+        source: ConnectorKind,
+        now: DateTime<Utc>,
+        links: &[&DealContact],
+        counts: &mut WriteCounts,
+    ) -> Result<()> {
+        upsert_links(conn, ws, source, &sqlite_ts(now), links, counts).await
+    }
+
+    async fn archive(
+        conn: &mut SqliteConnection,
+        ws: Uuid,
+        source: ConnectorKind,
+        now: DateTime<Utc>,
+        d: &TableDeletions<'_>,
+    ) -> Result<u64> {
+        archive(conn, ws, source, &sqlite_ts(now), d).await
+    }
+
+    async fn unlink(
+        conn: &mut SqliteConnection,
+        ws: Uuid,
+        source: ConnectorKind,
+        links: &[(&str, &str)],
+    ) -> Result<u64> {
+        unlink(conn, ws, source, links).await
+    }
+
+    async fn set_deal_fields(
+        conn: &mut SqliteConnection,
+        ws: Uuid,
+        fields: &[(Uuid, Option<i64>, Option<i64>)],
+    ) -> Result<u64> {
+        let mut changed = 0;
+        for chunk in fields.chunks(rows_per_statement(3)) {
+            // Parameters in text order: the triples, then the workspace.
+            let sql = format!(
+                "WITH v(id, days_open, days_to_close) AS (VALUES {}) \
+                 UPDATE deals SET days_open = v.days_open, days_to_close = v.days_to_close \
+                 FROM v WHERE deals.workspace_id = ? AND deals.id = v.id",
+                tuples(chunk.len(), 3)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for (id, open, close) in chunk {
+                q = q.bind(hy(*id)).bind(*open).bind(*close);
+            }
+            let done = q
+                .bind(hy(ws))
+                .execute(&mut *conn)
+                .await
+                .map_err(db_err("refresh_deal_fields"))?;
             changed += done.rows_affected();
         }
         Ok(changed)
     }
-}
 
-#[async_trait]
-impl RecordStore for SqliteStore {
-    async fn write_batch(
-        &self,
-        workspace_id: Uuid,
-        source: ConnectorKind,
-        batch: &RecordBatch,
-        checkpoint: &Checkpoint,
-    ) -> Result<WriteCounts> {
-        let prepared = rows::prepare(workspace_id, source, batch)?;
-        let now = sqlite_ts(self.now());
-        let checkpoint_json = serde_json::to_string(&checkpoint.streams)?;
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err("write_batch: begin"))?;
-        let mut counts = WriteCounts::default();
-
-        for t in &prepared.tables {
-            let (i, u, n) = upsert_table(&mut tx, workspace_id, source, &now, t).await?;
-            counts.inserted += i;
-            counts.updated += u;
-            counts.unchanged += n + t.duplicates;
-        }
-        if !prepared.links.is_empty() {
-            let (i, u, n) =
-                upsert_links(&mut tx, workspace_id, source, &now, &prepared.links).await?;
-            counts.inserted += i;
-            counts.updated += u;
-            counts.unchanged += n + prepared.link_duplicates;
-        }
-
-        for d in &prepared.deletions {
-            for chunk in d.rows.chunks(rows_per_statement(2)) {
-                // Parameters in text order: the pairs, then synced_at, workspace, source.
-                let sql = format!(
-                    "WITH d(source_id, deleted_at) AS (VALUES {values}) \
-                     UPDATE {t} SET archived_at = d.deleted_at, synced_at = ? FROM d \
-                     WHERE {t}.workspace_id = ? AND {t}.source = ? AND {t}.source_id = d.source_id \
-                       AND {t}.archived_at IS NULL \
-                       AND ({t}.source_updated_at IS NULL OR {t}.source_updated_at <= d.deleted_at)",
-                    values = tuples(chunk.len(), 2),
-                    t = d.spec.table,
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for (id, at) in chunk {
-                    q = q.bind(*id).bind(sqlite_ts(*at));
-                }
-                q = q
-                    .bind(now.as_str())
-                    .bind(hy(workspace_id))
-                    .bind(source.as_str());
-                let done = q
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err("write_batch: archiving deleted records"))?;
-                counts.archived += done.rows_affected();
-            }
-        }
-        for chunk in prepared.link_deletions.chunks(rows_per_statement(2)) {
-            let sql = format!(
-                "DELETE FROM deal_contacts WHERE workspace_id = ? AND source = ? \
-                 AND (deal_source_id, contact_source_id) IN (VALUES {})",
-                tuples(chunk.len(), 2)
-            );
-            let mut q = sqlx::query(AssertSqlSafe(sql))
-                .bind(hy(workspace_id))
-                .bind(source.as_str());
-            for (deal, contact) in chunk {
-                q = q.bind(*deal).bind(*contact);
-            }
-            let done = q
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("write_batch: removing links"))?;
-            counts.archived += done.rows_affected();
-        }
-
-        let done = sqlx::query(
-            "UPDATE connections SET sync_cursor = json_set(\
-                 CASE WHEN json_type(sync_cursor) = 'object' THEN sync_cursor ELSE '{}' END, \
-                 '$.streams', json(?3)), updated_at = ?4 \
-             WHERE workspace_id = ?1 AND connector_name = ?2",
-        )
-        .bind(hy(workspace_id))
-        .bind(source.as_str())
-        .bind(checkpoint_json)
-        .bind(now.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("write_batch: storing the checkpoint"))?;
-        if done.rows_affected() == 0 {
-            // Dropping `tx` rolls the batch back.
-            return Err(no_connection(workspace_id, source));
-        }
-        tx.commit().await.map_err(db_err("write_batch: commit"))?;
-        tracing::debug!(
-            %workspace_id, %source, inserted = counts.inserted, updated = counts.updated,
-            unchanged = counts.unchanged, archived = counts.archived, "batch committed"
-        );
-        Ok(counts)
-    }
-
-    async fn get_record(
-        &self,
-        workspace_id: Uuid,
-        kind: RecordKind,
-        source: ConnectorKind,
-        source_id: &str,
-    ) -> Result<Option<Record>> {
-        let row = if kind == RecordKind::DealContact {
-            let (deal, contact) = rows::split_link_id(source_id)?;
-            sqlx::query(
-                "SELECT * FROM deal_contacts WHERE workspace_id = ?1 AND source = ?2 \
-                 AND deal_source_id = ?3 AND contact_source_id = ?4",
-            )
-            .bind(hy(workspace_id))
-            .bind(source.as_str())
-            .bind(deal)
-            .bind(contact)
-            .fetch_optional(&self.pool)
-            .await
-        } else {
-            let sql = format!(
-                "SELECT * FROM {} WHERE workspace_id = ?1 AND source = ?2 AND source_id = ?3",
-                kind.table()
-            );
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(hy(workspace_id))
-                .bind(source.as_str())
-                .bind(source_id)
-                .fetch_optional(&self.pool)
-                .await
-        }
-        .map_err(db_err("get_record"))?;
-        row.map(|r| decode_record(kind, &r)).transpose()
-    }
-
-    async fn list_records(
-        &self,
-        workspace_id: Uuid,
-        kind: RecordKind,
-        query: &RecordQuery,
-    ) -> Result<Vec<Record>> {
-        let mut sql = format!("SELECT * FROM {} WHERE workspace_id = ?1", kind.table());
-        if query.source.is_some() {
-            sql.push_str(" AND source = ?2");
-        }
-        if kind == RecordKind::DealContact {
-            if query.after.is_some() {
-                return Err(Error::unsupported(
-                    "list_records after an id",
-                    "deal_contacts",
-                ));
-            }
-            sql.push_str(" ORDER BY source, deal_source_id, contact_source_id LIMIT ?4");
-        } else {
-            if query.after.is_some() {
-                sql.push_str(" AND id > ?3");
-            }
-            if !query.include_archived {
-                sql.push_str(" AND archived_at IS NULL");
-            }
-            sql.push_str(" ORDER BY id LIMIT ?4");
-        }
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(hy(workspace_id))
-            .bind(query.source.map(ConnectorKind::as_str))
-            .bind(query.after.map(hy))
-            .bind(query.capped_limit())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("list_records"))?;
-        rows.iter().map(|r| decode_record(kind, r)).collect()
-    }
-
-    async fn count_records(
-        &self,
-        workspace_id: Uuid,
-        kind: RecordKind,
-        source: Option<ConnectorKind>,
-    ) -> Result<u64> {
-        let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE workspace_id = ?1{}",
-            kind.table(),
-            if source.is_some() {
-                " AND source = ?2"
-            } else {
-                ""
-            }
-        );
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(hy(workspace_id))
-            .bind(source.map(ConnectorKind::as_str))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err("count_records"))?;
-        super::types::to_u64(n, "count")
-    }
-
-    async fn count_live_records(
-        &self,
-        workspace_id: Uuid,
-        kind: RecordKind,
-        source: ConnectorKind,
-        updated_since: Option<DateTime<Utc>>,
-    ) -> Result<u64> {
-        let links = kind == RecordKind::DealContact;
-        if links && updated_since.is_some() {
-            return Ok(0);
-        }
-        let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE workspace_id = ?1 AND source = ?2{}{}",
-            kind.table(),
-            if links {
-                ""
-            } else {
-                " AND archived_at IS NULL"
-            },
-            if updated_since.is_some() {
-                " AND source_updated_at >= ?3"
-            } else {
-                ""
-            }
-        );
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(hy(workspace_id))
-            .bind(source.as_str())
-            .bind(updated_since.map(sqlite_ts))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err("count_live_records"))?;
-        super::types::to_u64(n, "count")
-    }
-}
-
-impl SqliteStore {
-    /// Fails the job's run `sync_id` when it is still running (or pending, with
-    /// `include_pending`): its job ended without finishing it. Returns whether it changed.
-    pub(crate) async fn fail_active_sync(
-        &self,
-        workspace_id: Uuid,
-        sync_id: Uuid,
-        reason: &str,
-        include_pending: bool,
-    ) -> Result<bool> {
-        let done = sqlx::query(
-            "UPDATE sync_log SET status = 'failed', error_message = ?3, completed_at = ?4, \
-                 duration_ms = MAX(0, CAST(ROUND((julianday(?4) - julianday(started_at)) * 86400000.0) AS INTEGER)) \
-             WHERE workspace_id = ?1 AND id = ?2 AND (status = 'running' OR (?5 AND status = 'pending'))",
-        )
-        .bind(hy(workspace_id))
-        .bind(hy(sync_id))
-        .bind(redact_secrets(reason))
-        .bind(sqlite_ts(self.now()))
-        .bind(include_pending)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("fail_active_sync"))?;
-        Ok(done.rows_affected() > 0)
-    }
-}
-
-#[async_trait]
-impl SyncLogStore for SqliteStore {
-    async fn create_sync(
-        &self,
-        workspace_id: Uuid,
-        connector: Option<ConnectorKind>,
-        sync_type: Option<SyncMode>,
-    ) -> Result<SyncLogEntry> {
-        let row = sqlx::query(
-            "INSERT INTO sync_log (id, workspace_id, connector_type, sync_type, status, records_synced, started_at) \
-             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5) RETURNING *",
-        )
-        .bind(hy(Uuid::new_v4()))
-        .bind(hy(workspace_id))
-        .bind(connector.map(ConnectorKind::as_str))
-        .bind(sync_type.map(SyncMode::as_str))
-        .bind(sqlite_ts(self.now()))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err("create_sync"))?;
-        decode_sync_log(&row)
-    }
-
-    async fn start_sync(
-        &self,
-        workspace_id: Uuid,
-        sync_id: Uuid,
-        sync_type: Option<SyncMode>,
-    ) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE sync_log SET status = 'running', started_at = ?3, sync_type = COALESCE(?4, sync_type) \
-             WHERE workspace_id = ?1 AND id = ?2 AND status = 'pending'",
-        )
-        .bind(hy(workspace_id))
-        .bind(hy(sync_id))
-        .bind(sqlite_ts(self.now()))
-        .bind(sync_type.map(SyncMode::as_str))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("start_sync"))?;
-        if done.rows_affected() == 0 {
-            return Err(self
-                .sync_not_updated(workspace_id, sync_id, "started")
-                .await);
-        }
-        Ok(())
-    }
-
-    async fn finish_sync(
-        &self,
-        workspace_id: Uuid,
-        sync_id: Uuid,
-        outcome: &SyncOutcome,
-    ) -> Result<()> {
-        check_outcome(outcome)?;
-        let done = sqlx::query(
-            "UPDATE sync_log SET status = ?3, records_synced = ?4, errors = ?5, error_message = ?6, \
-                 completed_at = ?7, \
-                 duration_ms = MAX(0, CAST(ROUND((julianday(?7) - julianday(started_at)) * 86400000.0) AS INTEGER)) \
-             WHERE workspace_id = ?1 AND id = ?2 AND status IN ('pending', 'running')",
-        )
-        .bind(hy(workspace_id))
-        .bind(hy(sync_id))
-        .bind(outcome.status.as_str())
-        .bind(to_i64(outcome.records_synced))
-        .bind(outcome_errors_json(outcome)?)
-        .bind(outcome.error_message.as_deref().map(redact_secrets))
-        .bind(sqlite_ts(self.now()))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("finish_sync"))?;
-        if done.rows_affected() == 0 {
-            return Err(self
-                .sync_not_updated(workspace_id, sync_id, "finished")
-                .await);
-        }
-        Ok(())
-    }
-
-    async fn get_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<Option<SyncLogEntry>> {
-        sqlx::query("SELECT * FROM sync_log WHERE workspace_id = ?1 AND id = ?2")
-            .bind(hy(workspace_id))
-            .bind(hy(sync_id))
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("get_sync"))?
-            .map(|r| decode_sync_log(&r))
-            .transpose()
-    }
-
-    async fn sync_history(
-        &self,
-        workspace_id: Uuid,
-        connector: Option<ConnectorKind>,
-        limit: u32,
-    ) -> Result<Vec<SyncLogEntry>> {
-        let sql = if connector.is_some() {
-            "SELECT * FROM sync_log WHERE workspace_id = ?1 AND connector_type = ?2 \
-             ORDER BY started_at DESC, id DESC LIMIT ?3"
-        } else {
-            "SELECT * FROM sync_log WHERE workspace_id = ?1 ORDER BY started_at DESC, id DESC LIMIT ?3"
-        };
-        sqlx::query(sql)
-            .bind(hy(workspace_id))
-            .bind(connector.map(ConnectorKind::as_str))
-            .bind(i64::from(limit.min(MAX_PAGE)))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("sync_history"))?
-            .iter()
-            .map(decode_sync_log)
-            .collect()
-    }
-
-    async fn active_syncs(&self, workspace_id: Uuid) -> Result<Vec<SyncLogEntry>> {
-        sqlx::query(
-            "SELECT * FROM sync_log WHERE workspace_id = ?1 AND status IN ('pending', 'running') \
-             ORDER BY started_at DESC, id DESC",
-        )
-        .bind(hy(workspace_id))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("active_syncs"))?
-        .iter()
-        .map(decode_sync_log)
-        .collect()
-    }
-
-    async fn fail_stale_syncs(
-        &self,
-        workspace_id: Option<Uuid>,
-        started_before: DateTime<Utc>,
-        reason: &str,
-    ) -> Result<Vec<Uuid>> {
-        let sql = format!(
-            "UPDATE sync_log SET status = '{failed}', error_message = ?2, completed_at = ?3, \
-                 duration_ms = MAX(0, CAST(ROUND((julianday(?3) - julianday(started_at)) * 86400000.0) AS INTEGER)) \
-             WHERE status IN ('{running}', '{pending}') AND started_at < ?1{scope} RETURNING id",
-            failed = SyncStatus::Failed.as_str(),
-            running = SyncStatus::Running.as_str(),
-            pending = SyncStatus::Pending.as_str(),
-            scope = if workspace_id.is_some() {
-                " AND workspace_id = ?4"
-            } else {
-                ""
-            },
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(sqlite_ts(started_before))
-            .bind(redact_secrets(reason))
-            .bind(sqlite_ts(self.now()))
-            .bind(workspace_id.map(hy))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("fail_stale_syncs"))?;
-        let ids = rows
-            .iter()
-            .map(|r| rows::required(r.uuid("id")?, "id"))
-            .collect::<Result<Vec<_>>>()?;
-        if !ids.is_empty() {
-            tracing::warn!(count = ids.len(), "failed stale syncs");
-        }
-        Ok(ids)
+    fn enrichment() -> &'static Enrichment {
+        &ENRICHMENT
     }
 }
 
@@ -1299,12 +729,12 @@ impl LockStore for SqliteStore {
         .await
         .map_err(db_err("taking the workspace lock"))?;
         if let Some((dead_holder, process)) = &dead {
-            let ended = sqlx::query(
-                "UPDATE sync_log SET status = 'failed', error_message = ?3, completed_at = ?4, \
-                     duration_ms = MAX(0, CAST(ROUND((julianday(?4) - julianday(started_at)) * 86400000.0) AS INTEGER)) \
+            let ended = sqlx::query(AssertSqlSafe(format!(
+                "UPDATE sync_log SET {} \
                  WHERE workspace_id = ?1 AND status = 'running' AND lock_holder = ?2 \
                  RETURNING id, connector_type",
-            )
+                sql::fail_set(&SQLITE, "?3", "?4")
+            )))
             .bind(hy(workspace_id))
             .bind(dead_holder.as_str())
             .bind(INTERRUPTED)
@@ -1359,8 +789,6 @@ impl LockStore for SqliteStore {
 // Enrichment (post-sync hooks): set-based statements over one workspace.
 // ---------------------------------------------------------------------------------------
 
-use super::{DealFieldCounts, EnrichmentStore, InternalCounts, LinkCounts, normalize_domains};
-
 /// A JSON text column as an array to iterate with `json_each` (`[]` when it is not valid
 /// JSON or not an array; nested `CASE`s, because SQLite does not promise to short-circuit
 /// `AND`).
@@ -1402,11 +830,10 @@ const SQLITE_PARTICIPANTS_CTE: &str = concat!(
         WHERE email IS NOT NULL AND instr(email, '@') > 1 AND instr(email, '@') < length(email))"
 );
 
-#[async_trait]
-impl EnrichmentStore for SqliteStore {
-    async fn link_conversations(&self, workspace_id: Uuid) -> Result<LinkCounts> {
-        let sql = format!(
-            "WITH {SQLITE_PARTICIPANTS_CTE}, \
+/// The enrichment statements in SQLite's dialect (`json_each`, `json_set`).
+static ENRICHMENT: LazyLock<Enrichment> = LazyLock::new(|| Enrichment {
+    link: format!(
+        "WITH {SQLITE_PARTICIPANTS_CTE}, \
              flagged AS (\
                 SELECT e.*, MAX(1 - internal) OVER (PARTITION BY conversation_id) AS has_external \
                 FROM emails e), \
@@ -1464,50 +891,8 @@ impl EnrichmentStore for SqliteStore {
              WHERE conversations.workspace_id = ?1 AND conversations.id = t.id \
                AND (conversations.linked_account_id IS NOT t.account_id \
                     OR conversations.linked_deal_id IS NOT t.deal_id)"
-        );
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err("link_conversations: begin"))?;
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(hy(workspace_id))
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("link_conversations"))?;
-        let (total, accounts, deals): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COUNT(linked_account_id), COUNT(linked_deal_id) \
-             FROM conversations WHERE workspace_id = ?1 AND archived_at IS NULL",
-        )
-        .bind(hy(workspace_id))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err("link_conversations: counting"))?;
-        tx.commit()
-            .await
-            .map_err(db_err("link_conversations: commit"))?;
-        Ok(LinkCounts {
-            conversations: super::types::to_u64(total, "count")?,
-            linked_accounts: super::types::to_u64(accounts, "count")?,
-            linked_deals: super::types::to_u64(deals, "count")?,
-            changed: done.rows_affected(),
-        })
-    }
-
-    async fn mark_internal_conversations(
-        &self,
-        workspace_id: Uuid,
-        internal_domains: &[String],
-    ) -> Result<InternalCounts> {
-        let domains = normalize_domains(internal_domains);
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err("mark_internal_conversations: begin"))?;
-        let mut changed = 0;
-        if !domains.is_empty() {
-            let sql = "WITH doms(d) AS (SELECT DISTINCT value FROM json_each(?2)), \
+    ),
+    mark_internal: "WITH doms(d) AS (SELECT DISTINCT value FROM json_each(?2)), \
                  conv AS (\
                     SELECT c.id, c.participants FROM conversations c \
                     WHERE c.workspace_id = ?1 AND c.archived_at IS NULL \
@@ -1554,98 +939,19 @@ impl EnrichmentStore for SqliteStore {
                                          ELSE conversations.participants END \
                  FROM agg \
                  WHERE conversations.workspace_id = ?1 AND conversations.id = agg.id \
-                   AND (conversations.is_internal IS NOT agg.all_internal OR agg.flags_changed = 1)";
-            let done = sqlx::query(sql)
-                .bind(hy(workspace_id))
-                .bind(serde_json::to_string(&domains)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err("mark_internal_conversations"))?;
-            changed = done.rows_affected();
-        }
-        let (total, internal): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN is_internal = 1 THEN 1 ELSE 0 END), 0) \
+                   AND (conversations.is_internal IS NOT agg.all_internal OR agg.flags_changed = 1)",
+    count_internal: "SELECT COUNT(*) AS total, \
+                    COALESCE(SUM(CASE WHEN is_internal = 1 THEN 1 ELSE 0 END), 0) AS internal \
              FROM conversations WHERE workspace_id = ?1 AND archived_at IS NULL \
                AND (CASE WHEN json_valid(participants) THEN \
                         CASE WHEN json_type(participants) = 'array' \
                              THEN json_array_length(participants) > 0 ELSE 0 END \
                     ELSE 0 END)",
-        )
-        .bind(hy(workspace_id))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err("mark_internal_conversations: counting"))?;
-        tx.commit()
-            .await
-            .map_err(db_err("mark_internal_conversations: commit"))?;
-        Ok(InternalCounts {
-            conversations: super::types::to_u64(total, "count")?,
-            internal: super::types::to_u64(internal, "count")?,
-            changed,
-        })
-    }
-
-    async fn flagged_internal_domains(&self, workspace_id: Uuid) -> Result<Vec<String>> {
-        let sql = format!(
-            "WITH {SQLITE_PARTICIPANTS_CTE} \
+    flagged_domains: format!(
+        "WITH {SQLITE_PARTICIPANTS_CTE} \
              SELECT DISTINCT domain FROM emails WHERE internal = 1 ORDER BY domain"
-        );
-        sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(hy(workspace_id))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("flagged_internal_domains"))
-    }
-
-    async fn refresh_deal_fields(
-        &self,
-        workspace_id: Uuid,
-        today: NaiveDate,
-    ) -> Result<DealFieldCounts> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err("refresh_deal_fields: begin"))?;
-        let done = sqlx::query(
-            "WITH v AS (\
-                SELECT id, \
-                       CASE WHEN source_created_at IS NULL THEN NULL ELSE \
-                           MAX(0, CAST(round(julianday(\
-                               CASE WHEN is_closed = 1 AND close_date IS NOT NULL \
-                                    THEN close_date ELSE ?2 END) \
-                             - julianday(substr(source_created_at, 1, 10))) AS INTEGER)) \
-                       END AS days_open, \
-                       CASE WHEN close_date IS NULL THEN NULL ELSE \
-                           CAST(round(julianday(close_date) - julianday(?2)) AS INTEGER) \
-                       END AS days_to_close \
-                FROM deals WHERE workspace_id = ?1 AND archived_at IS NULL) \
-             UPDATE deals SET days_open = v.days_open, days_to_close = v.days_to_close \
-             FROM v \
-             WHERE deals.workspace_id = ?1 AND deals.id = v.id \
-               AND (deals.days_open IS NOT v.days_open OR deals.days_to_close IS NOT v.days_to_close)",
-        )
-        .bind(hy(workspace_id))
-        .bind(date_text(today))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("refresh_deal_fields"))?;
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deals WHERE workspace_id = ?1 AND archived_at IS NULL",
-        )
-        .bind(hy(workspace_id))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err("refresh_deal_fields: counting"))?;
-        tx.commit()
-            .await
-            .map_err(db_err("refresh_deal_fields: commit"))?;
-        Ok(DealFieldCounts {
-            deals: super::types::to_u64(total, "count")?,
-            changed: done.rows_affected(),
-        })
-    }
-}
+    ),
+});
 
 #[cfg(test)]
 mod tests {
