@@ -3,8 +3,6 @@
 //! advisory locks; the enrichment statements over `jsonb` and planner statistics). The rest
 //! is the shared SQL layer of [`super::sql`].
 
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -20,19 +18,18 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::clock::{Clock, SystemClock, now_micros};
+use super::clock::Clock;
 use super::crypto::Keyring;
 use super::lock::{INTERRUPTED, LockBackend, WorkspaceLock, new_holder};
 use super::rows::{
-    self, ColType, Dialect, PG, RowRead, TableDeletions, TableRows, Val, decode_err,
-    native_row_reads,
+    self, ColType, Dialect, PG, RowRead, TableRows, Val, decode_err, native_row_reads,
 };
-use super::sql::{self, Arg, Enrichment, Ran, SqlBackend, Stmt, Tx, impl_sql_store};
+use super::sql::{self, Arg, BatchScope, Enrichment, SqlBackend, Stmt, impl_sql_store};
 use super::types::Backend;
-use super::{LockStore, count_u64, db_err};
+use super::{LockStore, db_err};
 use crate::connector::WriteCounts;
 use crate::error::{Error, Result};
-use crate::model::{ConnectorKind, DealContact};
+use crate::model::DealContact;
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
@@ -63,15 +60,6 @@ pub struct PgStore {
     clock: Arc<dyn Clock>,
 }
 
-impl fmt::Debug for PgStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgStore")
-            .field("keyring", &self.keyring)
-            .field("clock", &self.clock)
-            .finish_non_exhaustive()
-    }
-}
-
 impl PgStore {
     /// Connects a pool of up to 10 connections to `postgres://...`.
     ///
@@ -79,9 +67,7 @@ impl PgStore {
     /// [`Error::Config`] for a malformed URL, [`Error::Storage`] when the server cannot be
     /// reached.
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| Error::config(format!("invalid PostgreSQL URL: {e}")))?;
-        Self::connect_with(options).await
+        Self::connect_with(sql::parse_url(url, "PostgreSQL")?).await
     }
 
     /// Connects a pool of up to 10 connections with these options.
@@ -97,15 +83,6 @@ impl PgStore {
         Ok(Self::from_pool(pool))
     }
 
-    /// A store over the host's pool.
-    pub fn from_pool(pool: PgPool) -> Self {
-        PgStore {
-            pool,
-            keyring: None,
-            clock: Arc::new(SystemClock),
-        }
-    }
-
     /// The advisory lock key (`pg_try_advisory_lock(bigint)`) of a workspace's sync lock,
     /// e.g. to find its holder in `pg_locks`.
     pub fn workspace_lock_key(workspace_id: Uuid) -> i64 {
@@ -115,7 +92,13 @@ impl PgStore {
     }
 }
 
-impl_sql_store!(PgStore, Postgres);
+impl_sql_store! {
+    store: PgStore,
+    db: Postgres,
+    bind: bind_arg,
+    from_pool_doc: "A store over the host's pool.",
+    extra: {},
+}
 
 /// Binds a statement argument as its native PostgreSQL type (JSON as `jsonb`, a list as
 /// `text[]`).
@@ -129,6 +112,10 @@ fn bind_arg<'q>(q: PgQuery<'q>, a: Arg<'q>) -> PgQuery<'q> {
         Arg::Uuid(u) => q.bind(u),
         Arg::Json(v) => q.bind(v.map(Json)),
         Arg::Texts(list) => q.bind(list),
+        Arg::StrList(list) => q.bind(list),
+        Arg::TsList(list) => q.bind(list),
+        Arg::UuidList(list) => q.bind(list),
+        Arg::IntList(list) => q.bind(list),
     }
 }
 
@@ -249,289 +236,132 @@ fn upsert_sql(spec: &rows::TableSpec) -> String {
     )
 }
 
-/// Upserts one table's rows of a batch, `MAX_ROWS` at a time.
-async fn upsert_table(
-    tx: &mut PgConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    now: DateTime<Utc>,
-    t: &TableRows<'_>,
-    counts: &mut WriteCounts,
-) -> Result<()> {
-    let sql = upsert_sql(t.spec);
-    for chunk in t.rows.chunks(MAX_ROWS) {
-        let mut arrays: Vec<Arr<'_>> = t
-            .spec
-            .columns
-            .iter()
-            .map(|c| Arr::new(c.ty, chunk.len()))
-            .collect();
-        for row in chunk {
-            for (arr, v) in arrays.iter_mut().zip(row) {
-                arr.push(v)?;
-            }
-        }
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()))
-            .bind(ws)
-            .bind(source.as_str())
-            .bind(now);
-        for arr in arrays {
-            q = arr.bind(q);
-        }
-        let written = q
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: upserting records"))?;
-        for r in &written {
-            let was_insert: bool = r
-                .try_get(0)
-                .map_err(db_err("write_batch: upserting records"))?;
-            if was_insert {
-                counts.inserted += 1;
-            } else {
-                counts.updated += 1;
-            }
-        }
-        counts.unchanged += count_u64(chunk.len().saturating_sub(written.len()));
-    }
-    Ok(())
-}
-
-/// Upserts the deal-contact links of a batch, `MAX_ROWS` at a time.
-async fn upsert_links(
-    tx: &mut PgConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    now: DateTime<Utc>,
-    links: &[&DealContact],
-    counts: &mut WriteCounts,
-) -> Result<()> {
-    for chunk in links.chunks(MAX_ROWS) {
-        let deals: Vec<&str> = chunk.iter().map(|l| l.deal_source_id.as_str()).collect();
-        let contacts: Vec<&str> = chunk.iter().map(|l| l.contact_source_id.as_str()).collect();
-        let roles: Vec<Option<&str>> = chunk.iter().map(|l| l.role.as_deref()).collect();
-        let written = sqlx::query(
-            "INSERT INTO deal_contacts (workspace_id, source, synced_at, deal_source_id, contact_source_id, role) \
-             SELECT $1, $2, $3, u.d, u.c, u.r FROM UNNEST($4::text[], $5::text[], $6::text[]) AS u(d, c, r) \
-             ON CONFLICT (workspace_id, source, deal_source_id, contact_source_id) DO UPDATE \
-             SET role = EXCLUDED.role, synced_at = EXCLUDED.synced_at \
-             WHERE deal_contacts.role IS DISTINCT FROM EXCLUDED.role \
-             RETURNING (xmax = 0) AS inserted",
-        )
-        .bind(ws)
-        .bind(source.as_str())
-        .bind(now)
-        .bind(deals)
-        .bind(contacts)
-        .bind(roles)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err("write_batch: upserting links"))?;
-        for r in &written {
-            let was_insert: bool = r
-                .try_get(0)
-                .map_err(db_err("write_batch: upserting links"))?;
-            if was_insert {
-                counts.inserted += 1;
-            } else {
-                counts.updated += 1;
-            }
-        }
-        counts.unchanged += count_u64(chunk.len().saturating_sub(written.len()));
-    }
-    Ok(())
-}
-
-/// Soft-deletes one table's deletions: `UNNEST` of `(source_id, deleted_at)` arrays.
-async fn archive(
-    tx: &mut PgConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    now: DateTime<Utc>,
-    d: &TableDeletions<'_>,
-) -> Result<u64> {
-    let sql = format!(
-        "UPDATE {t} SET archived_at = d.deleted_at, synced_at = $3 \
-         FROM UNNEST($4::text[], $5::timestamptz[]) AS d(source_id, deleted_at) \
-         WHERE {t}.workspace_id = $1 AND {t}.source = $2 AND {t}.source_id = d.source_id \
-           AND {t}.archived_at IS NULL \
-           AND ({t}.source_updated_at IS NULL OR {t}.source_updated_at <= d.deleted_at)",
-        t = d.spec.table
-    );
-    let mut archived = 0;
-    for chunk in d.rows.chunks(MAX_ROWS) {
-        let ids: Vec<&str> = chunk.iter().map(|(id, _)| *id).collect();
-        let ats: Vec<DateTime<Utc>> = chunk.iter().map(|(_, at)| *at).collect();
-        let done = sqlx::query(AssertSqlSafe(sql.as_str()))
-            .bind(ws)
-            .bind(source.as_str())
-            .bind(now)
-            .bind(ids)
-            .bind(ats)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: archiving deleted records"))?;
-        archived += done.rows_affected();
-    }
-    Ok(archived)
-}
-
-/// Removes deal-contact links: `UNNEST` of `(deal, contact)` arrays.
-async fn unlink(
-    tx: &mut PgConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    links: &[(&str, &str)],
-) -> Result<u64> {
-    let mut removed = 0;
-    for chunk in links.chunks(MAX_ROWS) {
-        let deals: Vec<&str> = chunk.iter().map(|(d, _)| *d).collect();
-        let contacts: Vec<&str> = chunk.iter().map(|(_, c)| *c).collect();
-        let done = sqlx::query(
-            "DELETE FROM deal_contacts AS dc USING UNNEST($3::text[], $4::text[]) AS x(d, c) \
-             WHERE dc.workspace_id = $1 AND dc.source = $2 \
-               AND dc.deal_source_id = x.d AND dc.contact_source_id = x.c",
-        )
-        .bind(ws)
-        .bind(source.as_str())
-        .bind(deals)
-        .bind(contacts)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("write_batch: removing links"))?;
-        removed += done.rows_affected();
-    }
-    Ok(removed)
-}
-
 #[async_trait]
 impl SqlBackend for PgStore {
-    type Db = Postgres;
-    type Row = PgRow;
     const BACKEND: Backend = Backend::Postgres;
     const DIALECT: Dialect = PG;
+    const BEGIN: &'static str = "BEGIN";
 
-    fn pool(&self) -> &PgPool {
-        &self.pool
+    fn rows_per_statement(_width: usize) -> usize {
+        MAX_ROWS
     }
 
-    fn keyring(&self) -> Option<&Keyring> {
-        self.keyring.as_ref()
-    }
-
-    fn now(&self) -> DateTime<Utc> {
-        now_micros(&*self.clock)
-    }
-
-    async fn migrate_schema(&self) -> Result<()> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_err("migrate: acquire"))?;
-        // `run_direct` is `run` without the `Acquire` indirection, whose higher-ranked
-        // lifetime does not satisfy the `Send` bound of an `async_trait` method. It takes
-        // sqlx's advisory lock, so concurrent processes apply each migration once.
+    async fn migrate_schema(conn: &mut PgConnection) -> Result<()> {
+        // sqlx takes an advisory lock: concurrent processes apply each migration once.
         MIGRATOR
-            .run_direct(None, &mut *conn, false)
+            .run_direct(None, conn, false)
             .await
             .map_err(|e| Error::storage("migrate: applying the PostgreSQL migrations", e))
     }
 
-    async fn begin(&self, what: &'static str) -> Result<Tx<Self>> {
-        self.pool.begin().await.map_err(db_err(what))
-    }
-
-    async fn run(
-        conn: &mut PgConnection,
-        what: &'static str,
-        stmt: Stmt<'_>,
-        rows: bool,
-    ) -> Result<Ran<PgRow>> {
-        let mut q = sqlx::query(AssertSqlSafe(stmt.sql));
-        for a in stmt.args {
-            q = bind_arg(q, a);
-        }
-        if !rows {
-            let done = q.execute(&mut *conn).await.map_err(db_err(what))?;
-            return Ok(Ran {
-                rows_affected: done.rows_affected(),
-                rows: Vec::new(),
-            });
-        }
-        let rows = q.fetch_all(&mut *conn).await.map_err(db_err(what))?;
-        Ok(Ran {
-            rows_affected: 0,
-            rows,
-        })
-    }
-
+    /// Upserts one table's rows of a batch, `MAX_ROWS` at a time.
     async fn upsert_table(
-        conn: &mut PgConnection,
-        ws: Uuid,
-        source: ConnectorKind,
-        now: DateTime<Utc>,
+        tx: &mut PgConnection,
+        at: BatchScope,
         t: &TableRows<'_>,
-        counts: &mut WriteCounts,
-    ) -> Result<()> {
-        upsert_table(conn, ws, source, now, t, counts).await
-    }
-
-    async fn upsert_links(
-        conn: &mut PgConnection,
-        ws: Uuid,
-        source: ConnectorKind,
-        now: DateTime<Utc>,
-        links: &[&DealContact],
-        counts: &mut WriteCounts,
-    ) -> Result<()> {
-        upsert_links(conn, ws, source, now, links, counts).await
-    }
-
-    async fn archive(
-        conn: &mut PgConnection,
-        ws: Uuid,
-        source: ConnectorKind,
-        now: DateTime<Utc>,
-        d: &TableDeletions<'_>,
-    ) -> Result<u64> {
-        archive(conn, ws, source, now, d).await
-    }
-
-    async fn unlink(
-        conn: &mut PgConnection,
-        ws: Uuid,
-        source: ConnectorKind,
-        links: &[(&str, &str)],
-    ) -> Result<u64> {
-        unlink(conn, ws, source, links).await
-    }
-
-    async fn set_deal_fields(
-        conn: &mut PgConnection,
-        ws: Uuid,
-        fields: &[(Uuid, Option<i64>, Option<i64>)],
-    ) -> Result<u64> {
-        let mut changed = 0;
-        for chunk in fields.chunks(MAX_ROWS) {
-            let ids: Vec<Uuid> = chunk.iter().map(|f| f.0).collect();
-            let open: Vec<Option<i64>> = chunk.iter().map(|f| f.1).collect();
-            let close: Vec<Option<i64>> = chunk.iter().map(|f| f.2).collect();
-            let done = sqlx::query(
-                "UPDATE deals AS d SET days_open = v.days_open, days_to_close = v.days_to_close \
-                 FROM UNNEST($2::uuid[], $3::int8[], $4::int8[]) AS v(id, days_open, days_to_close) \
-                 WHERE d.workspace_id = $1 AND d.id = v.id",
-            )
-            .bind(ws)
-            .bind(ids)
-            .bind(open)
-            .bind(close)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_err("refresh_deal_fields"))?;
-            changed += done.rows_affected();
+    ) -> Result<WriteCounts> {
+        let sql = upsert_sql(t.spec);
+        let mut counts = WriteCounts::default();
+        for chunk in t.rows.chunks(MAX_ROWS) {
+            let mut arrays: Vec<Arr<'_>> = t
+                .spec
+                .columns
+                .iter()
+                .map(|c| Arr::new(c.ty, chunk.len()))
+                .collect();
+            for row in chunk {
+                for (arr, v) in arrays.iter_mut().zip(row) {
+                    arr.push(v)?;
+                }
+            }
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(at.ws)
+                .bind(at.source.as_str())
+                .bind(at.now);
+            for arr in arrays {
+                q = arr.bind(q);
+            }
+            let what = "write_batch: upserting records";
+            let written = q.fetch_all(&mut *tx).await.map_err(db_err(what))?;
+            let inserted = written.iter().map(|r| r.try_get(0).map_err(db_err(what)));
+            sql::tally(&mut counts, chunk.len(), inserted)?;
         }
-        Ok(changed)
+        Ok(counts)
+    }
+
+    /// Upserts the deal-contact links of a batch, `MAX_ROWS` at a time.
+    async fn upsert_links(
+        tx: &mut PgConnection,
+        at: BatchScope,
+        links: &[&DealContact],
+    ) -> Result<WriteCounts> {
+        let mut counts = WriteCounts::default();
+        const WHAT: &str = "write_batch: upserting links";
+        for chunk in links.chunks(MAX_ROWS) {
+            let deals: Vec<&str> = chunk.iter().map(|l| l.deal_source_id.as_str()).collect();
+            let contacts: Vec<&str> = chunk.iter().map(|l| l.contact_source_id.as_str()).collect();
+            let roles: Vec<Option<&str>> = chunk.iter().map(|l| l.role.as_deref()).collect();
+            let written = sqlx::query(
+                "INSERT INTO deal_contacts (workspace_id, source, synced_at, deal_source_id, contact_source_id, role) \
+                 SELECT $1, $2, $3, u.d, u.c, u.r FROM UNNEST($4::text[], $5::text[], $6::text[]) AS u(d, c, r) \
+                 ON CONFLICT (workspace_id, source, deal_source_id, contact_source_id) DO UPDATE \
+                 SET role = EXCLUDED.role, synced_at = EXCLUDED.synced_at \
+                 WHERE deal_contacts.role IS DISTINCT FROM EXCLUDED.role \
+                 RETURNING (xmax = 0) AS inserted",
+            )
+            .bind(at.ws)
+            .bind(at.source.as_str())
+            .bind(at.now)
+            .bind(deals)
+            .bind(contacts)
+            .bind(roles)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_err(WHAT))?;
+            let inserted = written.iter().map(|r| r.try_get(0).map_err(db_err(WHAT)));
+            sql::tally(&mut counts, chunk.len(), inserted)?;
+        }
+        Ok(counts)
+    }
+
+    /// `UNNEST` of the `(source_id, deleted_at)` arrays.
+    fn archive<'a>(at: BatchScope, table: &str, rows: &'a [(&'a str, DateTime<Utc>)]) -> Stmt<'a> {
+        Stmt::new(format!(
+            "UPDATE {table} SET archived_at = d.deleted_at, synced_at = $3 \
+             FROM UNNEST($4::text[], $5::timestamptz[]) AS d(source_id, deleted_at) \
+             WHERE {table}.workspace_id = $1 AND {table}.source = $2 \
+               AND {table}.source_id = d.source_id AND {table}.archived_at IS NULL \
+               AND ({table}.source_updated_at IS NULL OR {table}.source_updated_at <= d.deleted_at)",
+        ))
+        .arg(at.ws)
+        .arg(at.source)
+        .arg(at.now)
+        .arg(Arg::StrList(rows.iter().map(|r| r.0).collect()))
+        .arg(Arg::TsList(rows.iter().map(|r| r.1).collect()))
+    }
+
+    fn unlink<'a>(at: BatchScope, links: &'a [(&'a str, &'a str)]) -> Stmt<'a> {
+        Stmt::new(
+            "DELETE FROM deal_contacts AS dc USING UNNEST($3::text[], $4::text[]) AS x(d, c) \
+             WHERE dc.workspace_id = $1 AND dc.source = $2 \
+               AND dc.deal_source_id = x.d AND dc.contact_source_id = x.c",
+        )
+        .arg(at.ws)
+        .arg(at.source)
+        .arg(Arg::StrList(links.iter().map(|l| l.0).collect()))
+        .arg(Arg::StrList(links.iter().map(|l| l.1).collect()))
+    }
+
+    fn set_deal_fields(ws: Uuid, fields: &[(Uuid, Option<i64>, Option<i64>)]) -> Stmt<'static> {
+        Stmt::new(
+            "UPDATE deals AS d SET days_open = v.days_open, days_to_close = v.days_to_close \
+             FROM UNNEST($2::uuid[], $3::int8[], $4::int8[]) AS v(id, days_open, days_to_close) \
+             WHERE d.workspace_id = $1 AND d.id = v.id",
+        )
+        .arg(ws)
+        .arg(Arg::UuidList(fields.iter().map(|f| f.0).collect()))
+        .arg(Arg::IntList(fields.iter().map(|f| f.1).collect()))
+        .arg(Arg::IntList(fields.iter().map(|f| f.2).collect()))
     }
 
     async fn before_enrichment(&self) -> Result<()> {

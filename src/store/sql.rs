@@ -15,12 +15,13 @@
 //! `$n` to the n-th argument; a repeated `$n` is the same parameter).
 
 use std::fmt::Write as _;
+use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use uuid::Uuid;
 
 use super::crypto::{Credentials, Keyring};
-use super::rows::{self, Dialect, PreparedBatch, RowRead, TableDeletions, TableRows, required};
+use super::rows::{self, Dialect, PreparedBatch, RowRead, TableRows, required};
 use super::types::{
     Backend, ConnectionRow, ConnectionStatus, MAX_PAGE, NewConnection, RecordQuery, SyncLogEntry,
     SyncOutcome, to_u64,
@@ -46,6 +47,12 @@ pub(crate) enum Arg<'a> {
     Json(Option<serde_json::Value>),
     /// A list of texts (a JSON array on SQLite, `text[]` on PostgreSQL).
     Texts(&'a [String]),
+    /// The lists below are array parameters of PostgreSQL's `UNNEST` batches (on SQLite,
+    /// JSON arrays of the values as SQLite stores them).
+    StrList(Vec<&'a str>),
+    TsList(Vec<DateTime<Utc>>),
+    UuidList(Vec<Uuid>),
+    IntList(Vec<Option<i64>>),
 }
 
 impl From<Uuid> for Arg<'_> {
@@ -120,32 +127,34 @@ pub(crate) struct Ran<R> {
 }
 
 /// A database transaction of backend `S`.
-pub(crate) type Tx<S> = sqlx::Transaction<'static, <S as SqlBackend>::Db>;
+pub(crate) type Tx<S> = sqlx::Transaction<'static, <S as StoreFields>::Db>;
 
 /// A database connection of backend `S`.
-pub(crate) type Conn<S> = <<S as SqlBackend>::Db as sqlx::Database>::Connection;
+pub(crate) type Conn<S> = <<S as StoreFields>::Db as sqlx::Database>::Connection;
 
-/// What differs between the SQL backends; everything else is written once in this module.
+/// What a batch is written for: the workspace, the source and the batch's `synced_at`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchScope {
+    pub ws: Uuid,
+    pub source: ConnectorKind,
+    pub now: DateTime<Utc>,
+}
+
+/// The plumbing every SQL store has, the same code for each sqlx driver:
+/// [`impl_sql_store!`] implements it.
 #[async_trait::async_trait]
-pub(crate) trait SqlBackend: Send + Sync + Sized + 'static {
+pub(crate) trait StoreFields: Send + Sync + Sized + 'static {
     /// The sqlx database.
     type Db: sqlx::Database;
     /// Its rows.
     type Row: RowRead + Send;
-    /// Which backend this is.
-    const BACKEND: Backend;
-    /// The dialect's spelling of the shared expressions.
-    const DIALECT: Dialect;
 
     fn pool(&self) -> &sqlx::Pool<Self::Db>;
     fn keyring(&self) -> Option<&Keyring>;
     /// Now, truncated to what the database stores (microseconds).
     fn now(&self) -> DateTime<Utc>;
 
-    /// Creates or upgrades the schema.
-    async fn migrate_schema(&self) -> Result<()>;
-
-    /// Begins a write transaction (on SQLite it takes the write lock up front).
+    /// Begins a write transaction with [`SqlBackend::BEGIN`].
     async fn begin(&self, what: &'static str) -> Result<Tx<Self>>;
 
     /// Runs a statement on a connection; `rows`: whether to collect the rows it returns.
@@ -155,50 +164,47 @@ pub(crate) trait SqlBackend: Send + Sync + Sized + 'static {
         stmt: Stmt<'_>,
         rows: bool,
     ) -> Result<Ran<Self::Row>>;
+}
 
-    /// Upserts one table's rows of a batch.
+/// What differs between the SQL backends; everything else is written once in this module.
+#[async_trait::async_trait]
+pub(crate) trait SqlBackend: StoreFields {
+    /// Which backend this is.
+    const BACKEND: Backend;
+    /// The dialect's spelling of the shared expressions.
+    const DIALECT: Dialect;
+    /// The statement that begins a write transaction (SQLite takes the write lock up front).
+    const BEGIN: &'static str;
+
+    /// How many rows of `width` parameters one bulk statement takes.
+    fn rows_per_statement(width: usize) -> usize;
+
+    /// Creates or upgrades the schema, on a connection of its own.
+    async fn migrate_schema(conn: &mut Conn<Self>) -> Result<()>;
+
+    /// Upserts one table's rows of a batch; the counts of what it wrote.
     async fn upsert_table(
         conn: &mut Conn<Self>,
-        ws: Uuid,
-        source: ConnectorKind,
-        now: DateTime<Utc>,
+        at: BatchScope,
         t: &TableRows<'_>,
-        counts: &mut WriteCounts,
-    ) -> Result<()>;
+    ) -> Result<WriteCounts>;
 
-    /// Upserts the deal-contact links of a batch.
+    /// Upserts the deal-contact links of a batch; the counts of what it wrote.
     async fn upsert_links(
         conn: &mut Conn<Self>,
-        ws: Uuid,
-        source: ConnectorKind,
-        now: DateTime<Utc>,
+        at: BatchScope,
         links: &[&DealContact],
-        counts: &mut WriteCounts,
-    ) -> Result<()>;
+    ) -> Result<WriteCounts>;
 
-    /// Soft-deletes one table's deletions of a batch; returns how many rows it archived.
-    async fn archive(
-        conn: &mut Conn<Self>,
-        ws: Uuid,
-        source: ConnectorKind,
-        now: DateTime<Utc>,
-        d: &TableDeletions<'_>,
-    ) -> Result<u64>;
+    /// Soft-deletes rows of `table`: `(source_id, deleted_at)`, at most
+    /// [`rows_per_statement(2)`](SqlBackend::rows_per_statement).
+    fn archive<'a>(at: BatchScope, table: &str, rows: &'a [(&'a str, DateTime<Utc>)]) -> Stmt<'a>;
 
-    /// Removes deal-contact links `(deal, contact)`; returns how many it removed.
-    async fn unlink(
-        conn: &mut Conn<Self>,
-        ws: Uuid,
-        source: ConnectorKind,
-        links: &[(&str, &str)],
-    ) -> Result<u64>;
+    /// Removes deal-contact links `(deal, contact)`, at most `rows_per_statement(2)`.
+    fn unlink<'a>(at: BatchScope, links: &'a [(&'a str, &'a str)]) -> Stmt<'a>;
 
-    /// Sets `days_open` and `days_to_close` of deals by id: `(id, days_open, days_to_close)`.
-    async fn set_deal_fields(
-        conn: &mut Conn<Self>,
-        ws: Uuid,
-        fields: &[(Uuid, Option<i64>, Option<i64>)],
-    ) -> Result<u64>;
+    /// Sets `days_open` and `days_to_close` of deals by id, at most `rows_per_statement(3)`.
+    fn set_deal_fields(ws: Uuid, fields: &[(Uuid, Option<i64>, Option<i64>)]) -> Stmt<'static>;
 
     /// Runs before the enrichment statements (PostgreSQL refreshes planner statistics).
     async fn before_enrichment(&self) -> Result<()> {
@@ -207,6 +213,45 @@ pub(crate) trait SqlBackend: Send + Sync + Sized + 'static {
 
     /// The enrichment statements; see [`Enrichment`].
     fn enrichment() -> &'static Enrichment;
+}
+
+/// Adds the outcome of one upsert statement over `rows` rows to `counts`: each row it
+/// returned is an insert (`true`) or an update; the rows it did not return were unchanged.
+pub(crate) fn tally(
+    counts: &mut WriteCounts,
+    rows: usize,
+    returned: impl ExactSizeIterator<Item = Result<bool>>,
+) -> Result<()> {
+    counts.unchanged += super::count_u64(rows.saturating_sub(returned.len()));
+    for inserted in returned {
+        if inserted? {
+            counts.inserted += 1;
+        } else {
+            counts.updated += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `make(chunk)` for each chunk of `items` of at most `rows_per_statement(width)`,
+/// in the transaction; returns how many rows they changed in all.
+async fn bulk<'a, S: SqlBackend, T: Sync>(
+    tx: &mut Tx<S>,
+    what: &'static str,
+    items: &'a [T],
+    width: usize,
+    make: impl Fn(&'a [T]) -> Stmt<'a> + Send,
+) -> Result<u64> {
+    let mut changed = 0;
+    for chunk in items.chunks(S::rows_per_statement(width)) {
+        changed += execute_in::<S>(tx, what, make(chunk)).await?;
+    }
+    Ok(changed)
+}
+
+/// Parses a database URL into connect options.
+pub(crate) fn parse_url<O: FromStr<Err = sqlx::Error>>(url: &str, database: &str) -> Result<O> {
+    O::from_str(url).map_err(|e| Error::config(format!("invalid {database} URL: {e}")))
 }
 
 /// The statements of [`EnrichmentStore`](super::EnrichmentStore), in each dialect (they use
@@ -275,6 +320,15 @@ fn count_of(rows: &[impl RowRead], col: &str) -> Result<u64> {
 // ---------------------------------------------------------------------------------------
 // Store
 // ---------------------------------------------------------------------------------------
+
+pub(crate) async fn migrate<S: SqlBackend>(s: &S) -> Result<()> {
+    let mut conn = s
+        .pool()
+        .acquire()
+        .await
+        .map_err(db_err("migrate: acquire"))?;
+    S::migrate_schema(&mut conn).await
+}
 
 pub(crate) async fn ping<S: SqlBackend>(s: &S) -> Result<()> {
     execute(s, "ping", Stmt::new("SELECT 1")).await.map(|_| ())
@@ -523,25 +577,32 @@ pub(crate) async fn write_batch<S: SqlBackend>(
     checkpoint: &Checkpoint,
 ) -> Result<WriteCounts> {
     let prepared: PreparedBatch<'_> = rows::prepare(ws, source, batch)?;
-    let now = s.now();
+    let at = BatchScope {
+        ws,
+        source,
+        now: s.now(),
+    };
     let checkpoint = serde_json::to_value(&checkpoint.streams)?;
     let mut tx = s.begin("write_batch: begin").await?;
     let mut counts = WriteCounts::default();
 
     for t in &prepared.tables {
-        S::upsert_table(&mut tx, ws, source, now, t, &mut counts).await?;
+        counts += S::upsert_table(&mut tx, at, t).await?;
         counts.unchanged += t.duplicates;
     }
     if !prepared.links.is_empty() {
-        S::upsert_links(&mut tx, ws, source, now, &prepared.links, &mut counts).await?;
+        counts += S::upsert_links(&mut tx, at, &prepared.links).await?;
         counts.unchanged += prepared.link_duplicates;
     }
     for d in &prepared.deletions {
-        counts.archived += S::archive(&mut tx, ws, source, now, d).await?;
+        let what = "write_batch: archiving deleted records";
+        counts.archived += bulk::<S, _>(&mut tx, what, &d.rows, 2, |chunk| {
+            S::archive(at, d.spec.table, chunk)
+        })
+        .await?;
     }
-    if !prepared.link_deletions.is_empty() {
-        counts.archived += S::unlink(&mut tx, ws, source, &prepared.link_deletions).await?;
-    }
+    let (what, links) = ("write_batch: removing links", &prepared.link_deletions);
+    counts.archived += bulk::<S, _>(&mut tx, what, links, 2, |chunk| S::unlink(at, chunk)).await?;
 
     let stmt = connection_update(
         &format!("sync_cursor = {}, updated_at = $4", S::DIALECT.set_streams),
@@ -549,7 +610,7 @@ pub(crate) async fn write_batch<S: SqlBackend>(
         source,
     )
     .arg(Arg::Json(Some(checkpoint)))
-    .arg(now);
+    .arg(at.now);
     if execute_in::<S>(&mut tx, "write_batch: storing the checkpoint", stmt).await? == 0 {
         // Dropping `tx` rolls the batch back.
         return Err(no_connection(ws, source));
@@ -983,9 +1044,10 @@ pub(crate) async fn refresh_deal_fields<S: SqlBackend>(
             changed.push((required(r.uuid("id")?, "id")?, fields.0, fields.1));
         }
     }
-    if !changed.is_empty() {
-        S::set_deal_fields(&mut tx, ws, &changed).await?;
-    }
+    bulk::<S, _>(&mut tx, "refresh_deal_fields", &changed, 3, |chunk| {
+        S::set_deal_fields(ws, chunk)
+    })
+    .await?;
     commit::<S>(tx, "refresh_deal_fields: commit").await?;
     Ok(DealFieldCounts {
         deals: super::count_u64(rows.len()),
@@ -993,13 +1055,31 @@ pub(crate) async fn refresh_deal_fields<S: SqlBackend>(
     })
 }
 
-/// Implements [`Store`](super::Store), [`ConnectionStore`](super::ConnectionStore),
+/// Implements, for a SQL store over the functions of this module: [`StoreFields`] (the
+/// plumbing, the same for each sqlx driver), `Debug`, the builder methods both stores share,
+/// and [`Store`](super::Store), [`ConnectionStore`](super::ConnectionStore),
 /// [`RecordStore`](super::RecordStore), [`SyncLogStore`](super::SyncLogStore) and
-/// [`EnrichmentStore`](super::EnrichmentStore), plus the builder methods both stores share,
-/// for a [`SqlBackend`] over the functions of this module.
+/// [`EnrichmentStore`](super::EnrichmentStore). The store has the fields `pool`, `keyring`
+/// and `clock` (plus `extra` ones), implements [`SqlBackend`], and `bind` binds an [`Arg`].
 macro_rules! impl_sql_store {
-    ($store:ty, $db:ty) => {
+    (
+        store: $store:ident,
+        db: $db:ty,
+        bind: $bind:path,
+        from_pool_doc: $from_pool_doc:literal,
+        extra: { $($field:ident: $init:expr),* $(,)? } $(,)?
+    ) => {
         impl $store {
+            #[doc = $from_pool_doc]
+            pub fn from_pool(pool: sqlx::Pool<$db>) -> Self {
+                $store {
+                    pool,
+                    keyring: None,
+                    clock: std::sync::Arc::new($crate::store::SystemClock),
+                    $($field: $init,)*
+                }
+            }
+
             /// Sets the keyring that seals and opens connection credentials.
             pub fn with_keyring(mut self, keyring: $crate::store::Keyring) -> Self {
                 self.keyring = Some(keyring);
@@ -1007,7 +1087,10 @@ macro_rules! impl_sql_store {
             }
 
             /// Sets the clock (a [`ManualClock`](crate::ManualClock) in tests).
-            pub fn with_clock(mut self, clock: std::sync::Arc<dyn $crate::store::Clock>) -> Self {
+            pub fn with_clock(
+                mut self,
+                clock: std::sync::Arc<dyn $crate::store::Clock>,
+            ) -> Self {
                 self.clock = clock;
                 self
             }
@@ -1042,6 +1125,68 @@ macro_rules! impl_sql_store {
             }
         }
 
+        impl std::fmt::Debug for $store {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($store))
+                    .field("keyring", &self.keyring)
+                    .field("clock", &self.clock)
+                    $(.field(stringify!($field), &self.$field))*
+                    .finish_non_exhaustive()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::sql::StoreFields for $store {
+            type Db = $db;
+            type Row = <$db as sqlx::Database>::Row;
+
+            fn pool(&self) -> &sqlx::Pool<$db> {
+                &self.pool
+            }
+
+            fn keyring(&self) -> Option<&$crate::store::Keyring> {
+                self.keyring.as_ref()
+            }
+
+            fn now(&self) -> chrono::DateTime<chrono::Utc> {
+                $crate::store::clock::now_micros(&*self.clock)
+            }
+
+            async fn begin(
+                &self,
+                what: &'static str,
+            ) -> $crate::error::Result<$crate::store::sql::Tx<Self>> {
+                let begin = <Self as $crate::store::sql::SqlBackend>::BEGIN;
+                self.pool
+                    .begin_with(begin)
+                    .await
+                    .map_err($crate::store::db_err(what))
+            }
+
+            async fn run(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                what: &'static str,
+                stmt: $crate::store::sql::Stmt<'_>,
+                rows: bool,
+            ) -> $crate::error::Result<$crate::store::sql::Ran<Self::Row>> {
+                let q = sqlx::query(sqlx::AssertSqlSafe(stmt.sql));
+                let q = stmt.args.into_iter().fold(q, $bind);
+                let err = $crate::store::db_err;
+                Ok(if rows {
+                    $crate::store::sql::Ran {
+                        rows_affected: 0,
+                        rows: q.fetch_all(&mut *conn).await.map_err(err(what))?,
+                    }
+                } else {
+                    let done = q.execute(&mut *conn).await.map_err(err(what))?;
+                    $crate::store::sql::Ran {
+                        rows_affected: done.rows_affected(),
+                        rows: Vec::new(),
+                    }
+                })
+            }
+        }
+
         const _: () = {
             use async_trait::async_trait;
             use chrono::{DateTime, NaiveDate, Utc};
@@ -1065,7 +1210,7 @@ macro_rules! impl_sql_store {
                 }
 
                 async fn migrate(&self) -> Result<()> {
-                    self.migrate_schema().await
+                    sql::migrate(self).await
                 }
 
                 async fn ping(&self) -> Result<()> {

@@ -3,8 +3,6 @@
 //! over `json_each`). The rest is the shared SQL layer of [`super::sql`].
 
 use std::collections::HashSet;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -20,19 +18,18 @@ use sqlx::{AssertSqlSafe, Connection as _, Row as _};
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
-use super::clock::{Clock, SystemClock, now_micros};
+use super::clock::{Clock, now_micros};
 use super::crypto::Keyring;
 use super::lock::{HolderProcess, INTERRUPTED, Liveness, LockBackend, WorkspaceLock, new_holder};
 use super::rows::{
-    self, Dialect, RowRead, SQLITE, TableDeletions, TableRows, TableSpec, Val, native_row_reads,
-    sqlite_ts,
+    self, Dialect, RowRead, SQLITE, TableRows, TableSpec, Val, native_row_reads, sqlite_ts,
 };
-use super::sql::{self, Arg, Enrichment, Ran, SqlBackend, Stmt, Tx, impl_sql_store};
+use super::sql::{self, Arg, BatchScope, Enrichment, SqlBackend, Stmt, impl_sql_store};
 use super::types::{Backend, DEFAULT_LOCK_TTL};
-use super::{LockStore, count_u64, db_err};
+use super::{LockStore, db_err};
 use crate::connector::WriteCounts;
 use crate::error::{Error, Result};
-use crate::model::{ConnectorKind, DealContact};
+use crate::model::DealContact;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -73,16 +70,6 @@ pub struct SqliteStore {
     lock_ttl: Duration,
 }
 
-impl fmt::Debug for SqliteStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("keyring", &self.keyring)
-            .field("clock", &self.clock)
-            .field("lock_ttl", &self.lock_ttl)
-            .finish_non_exhaustive()
-    }
-}
-
 impl SqliteStore {
     /// Opens `sqlite://path/to/file.db?mode=rwc` (created if missing with `mode=rwc`) or
     /// `sqlite::memory:`.
@@ -91,9 +78,7 @@ impl SqliteStore {
     /// [`Error::Config`] for a malformed URL, [`Error::Storage`] when the file cannot be
     /// opened.
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|e| Error::config(format!("invalid SQLite URL: {e}")))?;
-        Self::connect_with(options).await
+        Self::connect_with(sql::parse_url(url, "SQLite")?).await
     }
 
     /// Opens a database from connect options; the store's pragmas (WAL, synchronous,
@@ -130,17 +115,6 @@ impl SqliteStore {
         Ok(Self::from_pool(pool))
     }
 
-    /// A store over an existing pool. The pool's connections should have foreign keys on
-    /// and a busy timeout; WAL mode is recommended for files.
-    pub fn from_pool(pool: SqlitePool) -> Self {
-        SqliteStore {
-            pool,
-            keyring: None,
-            clock: Arc::new(SystemClock),
-            lock_ttl: DEFAULT_LOCK_TTL,
-        }
-    }
-
     /// Sets the lease of workspace locks ([`DEFAULT_LOCK_TTL`] by default); the guard
     /// renews it every third of that. A crashed holder blocks the workspace this long for
     /// processes on other hosts; on its own host the lock is taken over at once.
@@ -150,7 +124,14 @@ impl SqliteStore {
     }
 }
 
-impl_sql_store!(SqliteStore, Sqlite);
+impl_sql_store! {
+    store: SqliteStore,
+    db: Sqlite,
+    bind: bind_arg,
+    from_pool_doc: "A store over an existing pool. The pool's connections should have foreign keys \
+        on and a busy timeout; WAL mode is recommended for files.",
+    extra: { lock_ttl: DEFAULT_LOCK_TTL },
+}
 
 fn hy(id: Uuid) -> Hyphenated {
     id.hyphenated()
@@ -185,6 +166,16 @@ fn bind_arg<'q>(q: SqliteQuery<'q>, a: Arg<'q>) -> SqliteQuery<'q> {
         Arg::Uuid(u) => q.bind(u.map(hy)),
         Arg::Json(v) => q.bind(v.map(|v| v.to_string())),
         Arg::Texts(list) => q.bind(serde_json::Value::from(list.to_vec()).to_string()),
+        Arg::StrList(list) => q.bind(serde_json::Value::from(list).to_string()),
+        Arg::TsList(list) => {
+            let list: Vec<String> = list.into_iter().map(sqlite_ts).collect();
+            q.bind(serde_json::Value::from(list).to_string())
+        }
+        Arg::UuidList(list) => {
+            let list: Vec<String> = list.into_iter().map(|u| hy(u).to_string()).collect();
+            q.bind(serde_json::Value::from(list).to_string())
+        }
+        Arg::IntList(list) => q.bind(serde_json::Value::from(list).to_string()),
     }
 }
 
@@ -245,359 +236,201 @@ fn rows_per_statement(width: usize) -> usize {
     ((MAX_PARAMS - 8) / width.max(1)).clamp(1, MAX_ROWS)
 }
 
-/// Upserts one table's rows of a batch, telling inserts from updates by reading which rows
-/// exist first (SQLite has no `xmax`).
-async fn upsert_table(
-    tx: &mut SqliteConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    now: &str,
-    t: &TableRows<'_>,
-    counts: &mut WriteCounts,
-) -> Result<()> {
-    let spec: &TableSpec = t.spec;
-    let width = spec.columns.len();
-    let per = rows_per_statement(width + 3);
-    let conflict = rows::upsert_conflict_clause(spec, SQLITE);
-    for (c, chunk) in t.rows.chunks(per).enumerate() {
-        let base = c * per;
-        // Which of these rows exist already (to tell inserts from updates).
-        let existing_sql = format!(
-            "SELECT source_id FROM {} WHERE workspace_id = ? AND source = ? AND source_id IN ({})",
-            spec.table,
-            vec!["?"; chunk.len()].join(", ")
-        );
-        let mut q = sqlx::query(AssertSqlSafe(existing_sql))
-            .bind(hy(ws))
-            .bind(source.as_str());
-        for i in 0..chunk.len() {
-            q = q.bind(t.source_id(base + i));
-        }
-        let existing: HashSet<String> = q
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: reading existing rows"))?
-            .iter()
-            .map(|r| r.try_get::<String, _>(0))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(db_err("write_batch: reading existing rows"))?;
-
-        let sql = format!(
-            "INSERT INTO {} (workspace_id, source, synced_at, {}) VALUES {} {} RETURNING source_id",
-            spec.table,
-            spec.column_list(),
-            tuples(chunk.len(), width + 3),
-            conflict
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for row in chunk {
-            q = q.bind(hy(ws)).bind(source.as_str()).bind(now);
-            for v in row {
-                q = bind_val(q, v);
-            }
-        }
-        let written = q
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: upserting records"))?;
-        for r in &written {
-            let id: String = r
-                .try_get(0)
-                .map_err(db_err("write_batch: upserting records"))?;
-            if existing.contains(&id) {
-                counts.updated += 1;
-            } else {
-                counts.inserted += 1;
-            }
-        }
-        counts.unchanged += count_u64(chunk.len().saturating_sub(written.len()));
-    }
-    Ok(())
-}
-
-/// Upserts the deal-contact links of a batch.
-async fn upsert_links(
-    tx: &mut SqliteConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    now: &str,
-    links: &[&DealContact],
-    counts: &mut WriteCounts,
-) -> Result<()> {
-    let per = rows_per_statement(6);
-    for chunk in links.chunks(per) {
-        let existing_sql = format!(
-            "SELECT deal_source_id, contact_source_id FROM deal_contacts \
-             WHERE workspace_id = ? AND source = ? AND (deal_source_id, contact_source_id) IN (VALUES {})",
-            tuples(chunk.len(), 2)
-        );
-        let mut q = sqlx::query(AssertSqlSafe(existing_sql))
-            .bind(hy(ws))
-            .bind(source.as_str());
-        for l in chunk {
-            q = q
-                .bind(l.deal_source_id.as_str())
-                .bind(l.contact_source_id.as_str());
-        }
-        let mut existing: HashSet<(String, String)> = HashSet::new();
-        for r in q
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: reading links"))?
-        {
-            existing.insert((
-                r.try_get(0).map_err(db_err("write_batch: reading links"))?,
-                r.try_get(1).map_err(db_err("write_batch: reading links"))?,
-            ));
-        }
-        let sql = format!(
-            "INSERT INTO deal_contacts (workspace_id, source, synced_at, deal_source_id, contact_source_id, role) \
-             VALUES {} \
-             ON CONFLICT (workspace_id, source, deal_source_id, contact_source_id) DO UPDATE \
-             SET role = excluded.role, synced_at = excluded.synced_at \
-             WHERE deal_contacts.role IS NOT excluded.role \
-             RETURNING deal_source_id, contact_source_id",
-            tuples(chunk.len(), 6)
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for l in chunk {
-            q = q
-                .bind(hy(ws))
-                .bind(source.as_str())
-                .bind(now)
-                .bind(l.deal_source_id.as_str())
-                .bind(l.contact_source_id.as_str())
-                .bind(l.role.as_deref());
-        }
-        let written = q
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: upserting links"))?;
-        for r in &written {
-            let key: (String, String) = (
-                r.try_get(0)
-                    .map_err(db_err("write_batch: upserting links"))?,
-                r.try_get(1)
-                    .map_err(db_err("write_batch: upserting links"))?,
-            );
-            if existing.contains(&key) {
-                counts.updated += 1;
-            } else {
-                counts.inserted += 1;
-            }
-        }
-        counts.unchanged += count_u64(chunk.len().saturating_sub(written.len()));
-    }
-    Ok(())
-}
-
-/// Soft-deletes one table's deletions: a `VALUES` list of `(source_id, deleted_at)` pairs.
-async fn archive(
-    tx: &mut SqliteConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    now: &str,
-    d: &TableDeletions<'_>,
-) -> Result<u64> {
-    let mut archived = 0;
-    for chunk in d.rows.chunks(rows_per_statement(2)) {
-        // Parameters in text order: the pairs, then synced_at, workspace, source.
-        let sql = format!(
-            "WITH d(source_id, deleted_at) AS (VALUES {values}) \
-             UPDATE {t} SET archived_at = d.deleted_at, synced_at = ? FROM d \
-             WHERE {t}.workspace_id = ? AND {t}.source = ? AND {t}.source_id = d.source_id \
-               AND {t}.archived_at IS NULL \
-               AND ({t}.source_updated_at IS NULL OR {t}.source_updated_at <= d.deleted_at)",
-            values = tuples(chunk.len(), 2),
-            t = d.spec.table,
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql));
-        for (id, at) in chunk {
-            q = q.bind(*id).bind(sqlite_ts(*at));
-        }
-        let done = q
-            .bind(now)
-            .bind(hy(ws))
-            .bind(source.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: archiving deleted records"))?;
-        archived += done.rows_affected();
-    }
-    Ok(archived)
-}
-
-/// Removes deal-contact links, a `VALUES` list of `(deal, contact)` pairs at a time.
-async fn unlink(
-    tx: &mut SqliteConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    links: &[(&str, &str)],
-) -> Result<u64> {
-    let mut removed = 0;
-    for chunk in links.chunks(rows_per_statement(2)) {
-        let sql = format!(
-            "DELETE FROM deal_contacts WHERE workspace_id = ? AND source = ? \
-             AND (deal_source_id, contact_source_id) IN (VALUES {})",
-            tuples(chunk.len(), 2)
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(hy(ws))
-            .bind(source.as_str());
-        for (deal, contact) in chunk {
-            q = q.bind(*deal).bind(*contact);
-        }
-        let done = q
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: removing links"))?;
-        removed += done.rows_affected();
-    }
-    Ok(removed)
-}
-
 #[async_trait]
 impl SqlBackend for SqliteStore {
-    type Db = Sqlite;
-    type Row = SqliteRow;
     const BACKEND: Backend = Backend::Sqlite;
     const DIALECT: Dialect = SQLITE;
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
 
-    fn pool(&self) -> &SqlitePool {
-        &self.pool
+    fn rows_per_statement(width: usize) -> usize {
+        rows_per_statement(width)
     }
 
-    fn keyring(&self) -> Option<&Keyring> {
-        self.keyring.as_ref()
-    }
-
-    fn now(&self) -> DateTime<Utc> {
-        now_micros(&*self.clock)
-    }
-
-    async fn migrate_schema(&self) -> Result<()> {
+    async fn migrate_schema(conn: &mut SqliteConnection) -> Result<()> {
         // sqlx takes no lock on SQLite; one IMMEDIATE transaction around the whole run makes
         // a second process wait for the first and then find everything applied.
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_err("migrate: acquire"))?;
         let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_err("migrate: begin"))?;
-        // `run_direct` is `run` without the `Acquire` indirection, whose higher-ranked
-        // lifetime does not satisfy the `Send` bound of an `async_trait` method.
         MIGRATOR
             .run_direct(None, &mut *tx, false)
             .await
             .map_err(|e| Error::storage("migrate: applying the SQLite migrations", e))?;
-        tx.commit().await.map_err(db_err("migrate: commit"))?;
-        Ok(())
+        tx.commit().await.map_err(db_err("migrate: commit"))
     }
 
-    async fn begin(&self, what: &'static str) -> Result<Tx<Self>> {
-        self.pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_err(what))
-    }
-
-    async fn run(
-        conn: &mut SqliteConnection,
-        what: &'static str,
-        stmt: Stmt<'_>,
-        rows: bool,
-    ) -> Result<Ran<SqliteRow>> {
-        let mut q = sqlx::query(AssertSqlSafe(stmt.sql));
-        for a in stmt.args {
-            q = bind_arg(q, a);
-        }
-        Ok(if rows {
-            Ran {
-                rows_affected: 0,
-                rows: q.fetch_all(&mut *conn).await.map_err(db_err(what))?,
-            }
-        } else {
-            Ran {
-                rows_affected: q
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(db_err(what))?
-                    .rows_affected(),
-                rows: Vec::new(),
-            }
-        })
-    }
-
+    /// Upserts one table's rows of a batch, telling inserts from updates by reading which rows
+    /// exist first (SQLite has no `xmax`).
     async fn upsert_table(
-        conn: &mut SqliteConnection,
-        ws: Uuid,
-        source: ConnectorKind,
-        now: DateTime<Utc>,
+        tx: &mut SqliteConnection,
+        at: BatchScope,
         t: &TableRows<'_>,
-        counts: &mut WriteCounts,
-    ) -> Result<()> {
-        upsert_table(conn, ws, source, &sqlite_ts(now), t, counts).await
-    }
+    ) -> Result<WriteCounts> {
+        let (ws, source, now) = (at.ws, at.source, sqlite_ts(at.now));
+        let now = now.as_str();
+        let spec: &TableSpec = t.spec;
+        let width = spec.columns.len();
+        let per = rows_per_statement(width + 3);
+        let conflict = rows::upsert_conflict_clause(spec, SQLITE);
+        let mut counts = WriteCounts::default();
+        for (c, chunk) in t.rows.chunks(per).enumerate() {
+            let base = c * per;
+            // Which of these rows exist already (to tell inserts from updates).
+            let existing_sql = format!(
+                "SELECT source_id FROM {} WHERE workspace_id = ? AND source = ? AND source_id IN ({})",
+                spec.table,
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut q = sqlx::query(AssertSqlSafe(existing_sql))
+                .bind(hy(ws))
+                .bind(source.as_str());
+            for i in 0..chunk.len() {
+                q = q.bind(t.source_id(base + i));
+            }
+            let existing: HashSet<String> = q
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err("write_batch: reading existing rows"))?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(db_err("write_batch: reading existing rows"))?;
 
-    async fn upsert_links(
-        conn: &mut SqliteConnection,
-        ws: Uuid,
-        source: ConnectorKind,
-        now: DateTime<Utc>,
-        links: &[&DealContact],
-        counts: &mut WriteCounts,
-    ) -> Result<()> {
-        upsert_links(conn, ws, source, &sqlite_ts(now), links, counts).await
-    }
-
-    async fn archive(
-        conn: &mut SqliteConnection,
-        ws: Uuid,
-        source: ConnectorKind,
-        now: DateTime<Utc>,
-        d: &TableDeletions<'_>,
-    ) -> Result<u64> {
-        archive(conn, ws, source, &sqlite_ts(now), d).await
-    }
-
-    async fn unlink(
-        conn: &mut SqliteConnection,
-        ws: Uuid,
-        source: ConnectorKind,
-        links: &[(&str, &str)],
-    ) -> Result<u64> {
-        unlink(conn, ws, source, links).await
-    }
-
-    async fn set_deal_fields(
-        conn: &mut SqliteConnection,
-        ws: Uuid,
-        fields: &[(Uuid, Option<i64>, Option<i64>)],
-    ) -> Result<u64> {
-        let mut changed = 0;
-        for chunk in fields.chunks(rows_per_statement(3)) {
-            // Parameters in text order: the triples, then the workspace.
             let sql = format!(
-                "WITH v(id, days_open, days_to_close) AS (VALUES {}) \
-                 UPDATE deals SET days_open = v.days_open, days_to_close = v.days_to_close \
-                 FROM v WHERE deals.workspace_id = ? AND deals.id = v.id",
-                tuples(chunk.len(), 3)
+                "INSERT INTO {} (workspace_id, source, synced_at, {}) VALUES {} {} RETURNING source_id",
+                spec.table,
+                spec.column_list(),
+                tuples(chunk.len(), width + 3),
+                conflict
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
-            for (id, open, close) in chunk {
-                q = q.bind(hy(*id)).bind(*open).bind(*close);
+            for row in chunk {
+                q = q.bind(hy(ws)).bind(source.as_str()).bind(now);
+                for v in row {
+                    q = bind_val(q, v);
+                }
             }
-            let done = q
-                .bind(hy(ws))
-                .execute(&mut *conn)
-                .await
-                .map_err(db_err("refresh_deal_fields"))?;
-            changed += done.rows_affected();
+            let what = "write_batch: upserting records";
+            let written = q.fetch_all(&mut *tx).await.map_err(db_err(what))?;
+            let inserted = written.iter().map(|r| {
+                let id: String = r.try_get(0).map_err(db_err(what))?;
+                Ok(!existing.contains(&id))
+            });
+            sql::tally(&mut counts, chunk.len(), inserted)?;
         }
-        Ok(changed)
+        Ok(counts)
+    }
+
+    /// Upserts the deal-contact links of a batch.
+    async fn upsert_links(
+        tx: &mut SqliteConnection,
+        at: BatchScope,
+        links: &[&DealContact],
+    ) -> Result<WriteCounts> {
+        let (ws, source, now) = (at.ws, at.source, sqlite_ts(at.now));
+        let now = now.as_str();
+        let mut counts = WriteCounts::default();
+        let per = rows_per_statement(6);
+        for chunk in links.chunks(per) {
+            let existing_sql = format!(
+                "SELECT deal_source_id, contact_source_id FROM deal_contacts \
+                 WHERE workspace_id = ? AND source = ? AND (deal_source_id, contact_source_id) IN (VALUES {})",
+                tuples(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(existing_sql))
+                .bind(hy(ws))
+                .bind(source.as_str());
+            for l in chunk {
+                q = q
+                    .bind(l.deal_source_id.as_str())
+                    .bind(l.contact_source_id.as_str());
+            }
+            let mut existing: HashSet<(String, String)> = HashSet::new();
+            for r in q
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_err("write_batch: reading links"))?
+            {
+                existing.insert((
+                    r.try_get(0).map_err(db_err("write_batch: reading links"))?,
+                    r.try_get(1).map_err(db_err("write_batch: reading links"))?,
+                ));
+            }
+            let sql = format!(
+                "INSERT INTO deal_contacts (workspace_id, source, synced_at, deal_source_id, contact_source_id, role) \
+                 VALUES {} \
+                 ON CONFLICT (workspace_id, source, deal_source_id, contact_source_id) DO UPDATE \
+                 SET role = excluded.role, synced_at = excluded.synced_at \
+                 WHERE deal_contacts.role IS NOT excluded.role \
+                 RETURNING deal_source_id, contact_source_id",
+                tuples(chunk.len(), 6)
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for l in chunk {
+                q = q
+                    .bind(hy(ws))
+                    .bind(source.as_str())
+                    .bind(now)
+                    .bind(l.deal_source_id.as_str())
+                    .bind(l.contact_source_id.as_str())
+                    .bind(l.role.as_deref());
+            }
+            let what = "write_batch: upserting links";
+            let written = q.fetch_all(&mut *tx).await.map_err(db_err(what))?;
+            let inserted = written.iter().map(|r| {
+                let key: (String, String) = (
+                    r.try_get(0).map_err(db_err(what))?,
+                    r.try_get(1).map_err(db_err(what))?,
+                );
+                Ok(!existing.contains(&key))
+            });
+            sql::tally(&mut counts, chunk.len(), inserted)?;
+        }
+        Ok(counts)
+    }
+
+    /// A `VALUES` list of `(source_id, deleted_at)` pairs; parameters in text order.
+    fn archive<'a>(at: BatchScope, table: &str, rows: &'a [(&'a str, DateTime<Utc>)]) -> Stmt<'a> {
+        let mut stmt = Stmt::new(format!(
+            "WITH d(source_id, deleted_at) AS (VALUES {values}) \
+             UPDATE {table} SET archived_at = d.deleted_at, synced_at = ? FROM d \
+             WHERE {table}.workspace_id = ? AND {table}.source = ? \
+               AND {table}.source_id = d.source_id AND {table}.archived_at IS NULL \
+               AND ({table}.source_updated_at IS NULL OR {table}.source_updated_at <= d.deleted_at)",
+            values = tuples(rows.len(), 2),
+        ));
+        for (id, deleted_at) in rows {
+            stmt = stmt.arg(*id).arg(*deleted_at);
+        }
+        stmt.arg(at.now).arg(at.ws).arg(at.source)
+    }
+
+    fn unlink<'a>(at: BatchScope, links: &'a [(&'a str, &'a str)]) -> Stmt<'a> {
+        let mut stmt = Stmt::new(format!(
+            "DELETE FROM deal_contacts WHERE workspace_id = ? AND source = ? \
+             AND (deal_source_id, contact_source_id) IN (VALUES {})",
+            tuples(links.len(), 2)
+        ))
+        .arg(at.ws)
+        .arg(at.source);
+        for (deal, contact) in links {
+            stmt = stmt.arg(*deal).arg(*contact);
+        }
+        stmt
+    }
+
+    fn set_deal_fields(ws: Uuid, fields: &[(Uuid, Option<i64>, Option<i64>)]) -> Stmt<'static> {
+        let mut stmt = Stmt::new(format!(
+            "WITH v(id, days_open, days_to_close) AS (VALUES {}) \
+             UPDATE deals SET days_open = v.days_open, days_to_close = v.days_to_close \
+             FROM v WHERE deals.workspace_id = ? AND deals.id = v.id",
+            tuples(fields.len(), 3)
+        ));
+        for (id, open, close) in fields {
+            stmt = stmt.arg(*id).arg(Arg::Int(*open)).arg(Arg::Int(*close));
+        }
+        stmt.arg(ws)
     }
 
     fn enrichment() -> &'static Enrichment {
