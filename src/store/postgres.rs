@@ -21,9 +21,7 @@ use uuid::Uuid;
 use super::clock::Clock;
 use super::crypto::Keyring;
 use super::lock::{INTERRUPTED, LockBackend, WorkspaceLock, new_holder};
-use super::rows::{
-    self, ColType, Dialect, PG, RowRead, TableRows, Val, decode_err, native_row_reads,
-};
+use super::rows::{self, ColType, PG, RowRead, TableRows, Val, decode_err, native_row_reads};
 use super::sql::{self, Arg, BatchScope, Enrichment, SqlBackend, Stmt, impl_sql_store};
 use super::types::Backend;
 use super::{LockStore, db_err};
@@ -95,6 +93,9 @@ impl PgStore {
 impl_sql_store! {
     store: PgStore,
     db: Postgres,
+    backend: Backend::Postgres,
+    dialect: PG,
+    begin: "BEGIN",
     bind: bind_arg,
     from_pool_doc: "A store over the host's pool.",
     extra: {},
@@ -238,10 +239,6 @@ fn upsert_sql(spec: &rows::TableSpec) -> String {
 
 #[async_trait]
 impl SqlBackend for PgStore {
-    const BACKEND: Backend = Backend::Postgres;
-    const DIALECT: Dialect = PG;
-    const BEGIN: &'static str = "BEGIN";
-
     fn rows_per_statement(_width: usize) -> usize {
         MAX_ROWS
     }
@@ -602,17 +599,7 @@ static ENRICHMENT: LazyLock<Enrichment> = LazyLock::new(|| Enrichment {
                 UNION ALL \
                 SELECT u.conversation_id, 1 AS kind, u.ord, da.account_id, da.source, da.source_id \
                 FROM used u JOIN domain_accounts da ON da.domain = u.domain AND da.domain <> ''), \
-             scored AS (\
-                SELECT conversation_id, kind, account_id, source, source_id, \
-                       COUNT(DISTINCT ord) AS hits, MIN(ord) AS first_ord \
-                FROM matches GROUP BY conversation_id, kind, account_id, source, source_id), \
-             best AS (\
-                SELECT conversation_id, account_id, source, source_id FROM (\
-                    SELECT s.*, ROW_NUMBER() OVER (PARTITION BY conversation_id \
-                        ORDER BY kind, hits DESC, first_ord, source COLLATE \"C\", \
-                                 source_id COLLATE \"C\") AS rn \
-                    FROM scored s) r \
-                WHERE rn = 1), \
+             {best}, \
              account_deal AS (\
                 SELECT account_id, deal_id FROM (\
                     SELECT b.account_id, d.id AS deal_id, \
@@ -633,7 +620,8 @@ static ENRICHMENT: LazyLock<Enrichment> = LazyLock::new(|| Enrichment {
              FROM target t \
              WHERE c.workspace_id = $1 AND c.id = t.id \
                AND (c.linked_account_id IS DISTINCT FROM t.account_id \
-                    OR c.linked_deal_id IS DISTINCT FROM t.deal_id)"
+                    OR c.linked_deal_id IS DISTINCT FROM t.deal_id)",
+        best = sql::best_account_ctes(" COLLATE \"C\""),
     ),
     mark_internal: "WITH doms AS (SELECT DISTINCT d FROM UNNEST($2::text[]) AS u(d)), \
                  conv AS (\

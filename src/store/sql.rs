@@ -148,13 +148,18 @@ pub(crate) trait StoreFields: Send + Sync + Sized + 'static {
     type Db: sqlx::Database;
     /// Its rows.
     type Row: RowRead + Send;
+    /// Which backend this is.
+    const BACKEND: Backend;
+    /// The dialect's spelling of the shared expressions.
+    const DIALECT: Dialect;
 
     fn pool(&self) -> &sqlx::Pool<Self::Db>;
     fn keyring(&self) -> Option<&Keyring>;
     /// Now, truncated to what the database stores (microseconds).
     fn now(&self) -> DateTime<Utc>;
 
-    /// Begins a write transaction with [`SqlBackend::BEGIN`].
+    /// Begins a write transaction (`BEGIN IMMEDIATE` on SQLite, which takes the write lock
+    /// up front, so concurrent writers queue instead of failing).
     async fn begin(&self, what: &'static str) -> Result<Tx<Self>>;
 
     /// Runs a statement on a connection; `rows`: whether to collect the rows it returns.
@@ -169,13 +174,6 @@ pub(crate) trait StoreFields: Send + Sync + Sized + 'static {
 /// What differs between the SQL backends; everything else is written once in this module.
 #[async_trait::async_trait]
 pub(crate) trait SqlBackend: StoreFields {
-    /// Which backend this is.
-    const BACKEND: Backend;
-    /// The dialect's spelling of the shared expressions.
-    const DIALECT: Dialect;
-    /// The statement that begins a write transaction (SQLite takes the write lock up front).
-    const BEGIN: &'static str;
-
     /// How many rows of `width` parameters one bulk statement takes.
     fn rows_per_statement(width: usize) -> usize;
 
@@ -955,6 +953,27 @@ async fn enrich<S: SqlBackend>(
     Ok((changed, counted))
 }
 
+/// The entity linker's choice of account, from its `matches` (`conversation_id`, `kind`
+/// 0 by contact or 1 by domain, participant `ord`, account `account_id`, `source`,
+/// `source_id`): `scored` counts the participants that matched each candidate, `best`
+/// keeps one per conversation: by contact first, then the most participants, the earliest
+/// participant, the lowest `(source, source_id)` compared with `collate` (byte order).
+pub(crate) fn best_account_ctes(collate: &str) -> String {
+    format!(
+        "scored AS (\
+            SELECT conversation_id, kind, account_id, source, source_id, \
+                   COUNT(DISTINCT ord) AS hits, MIN(ord) AS first_ord \
+            FROM matches GROUP BY conversation_id, kind, account_id, source, source_id), \
+         best AS (\
+            SELECT conversation_id, account_id, source, source_id FROM (\
+                SELECT s.*, ROW_NUMBER() OVER (PARTITION BY conversation_id \
+                    ORDER BY kind, hits DESC, first_ord, source{collate}, \
+                             source_id{collate}) AS rn \
+                FROM scored s) r \
+            WHERE rn = 1)"
+    )
+}
+
 /// Live conversations and their links: `(total, accounts, deals)`.
 const COUNT_LINKS: &str = "SELECT COUNT(*) AS total, COUNT(linked_account_id) AS accounts, \
      COUNT(linked_deal_id) AS deals \
@@ -1065,6 +1084,9 @@ macro_rules! impl_sql_store {
     (
         store: $store:ident,
         db: $db:ty,
+        backend: $backend:expr,
+        dialect: $dialect:expr,
+        begin: $begin:literal,
         bind: $bind:path,
         from_pool_doc: $from_pool_doc:literal,
         extra: { $($field:ident: $init:expr),* $(,)? } $(,)?
@@ -1139,6 +1161,8 @@ macro_rules! impl_sql_store {
         impl $crate::store::sql::StoreFields for $store {
             type Db = $db;
             type Row = <$db as sqlx::Database>::Row;
+            const BACKEND: $crate::store::Backend = $backend;
+            const DIALECT: $crate::store::rows::Dialect = $dialect;
 
             fn pool(&self) -> &sqlx::Pool<$db> {
                 &self.pool
@@ -1156,9 +1180,8 @@ macro_rules! impl_sql_store {
                 &self,
                 what: &'static str,
             ) -> $crate::error::Result<$crate::store::sql::Tx<Self>> {
-                let begin = <Self as $crate::store::sql::SqlBackend>::BEGIN;
                 self.pool
-                    .begin_with(begin)
+                    .begin_with($begin)
                     .await
                     .map_err($crate::store::db_err(what))
             }
@@ -1195,7 +1218,7 @@ macro_rules! impl_sql_store {
             use $crate::connector::{Checkpoint, RecordBatch, WriteCounts};
             use $crate::error::Result;
             use $crate::model::{ConnectorKind, Record, RecordKind, SyncMode};
-            use $crate::store::sql::{self, Arg, SqlBackend};
+            use $crate::store::sql::{self, Arg};
             use $crate::store::{
                 Backend, ConnectionRow, ConnectionStatus, ConnectionStore, Credentials,
                 DealFieldCounts, EnrichmentStore, InternalCounts, Keyring, LinkCounts,
@@ -1206,7 +1229,7 @@ macro_rules! impl_sql_store {
             #[async_trait]
             impl Store for $store {
                 fn backend(&self) -> Backend {
-                    <Self as SqlBackend>::BACKEND
+                    <Self as sql::StoreFields>::BACKEND
                 }
 
                 async fn migrate(&self) -> Result<()> {

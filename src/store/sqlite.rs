@@ -21,9 +21,7 @@ use uuid::fmt::Hyphenated;
 use super::clock::{Clock, now_micros};
 use super::crypto::Keyring;
 use super::lock::{HolderProcess, INTERRUPTED, Liveness, LockBackend, WorkspaceLock, new_holder};
-use super::rows::{
-    self, Dialect, RowRead, SQLITE, TableRows, TableSpec, Val, native_row_reads, sqlite_ts,
-};
+use super::rows::{self, RowRead, SQLITE, TableRows, TableSpec, Val, native_row_reads, sqlite_ts};
 use super::sql::{self, Arg, BatchScope, Enrichment, SqlBackend, Stmt, impl_sql_store};
 use super::types::{Backend, DEFAULT_LOCK_TTL};
 use super::{LockStore, db_err};
@@ -127,6 +125,9 @@ impl SqliteStore {
 impl_sql_store! {
     store: SqliteStore,
     db: Sqlite,
+    backend: Backend::Sqlite,
+    dialect: SQLITE,
+    begin: "BEGIN IMMEDIATE",
     bind: bind_arg,
     from_pool_doc: "A store over an existing pool. The pool's connections should have foreign keys \
         on and a busy timeout; WAL mode is recommended for files.",
@@ -238,10 +239,6 @@ fn rows_per_statement(width: usize) -> usize {
 
 #[async_trait]
 impl SqlBackend for SqliteStore {
-    const BACKEND: Backend = Backend::Sqlite;
-    const DIALECT: Dialect = SQLITE;
-    const BEGIN: &'static str = "BEGIN IMMEDIATE";
-
     fn rows_per_statement(width: usize) -> usize {
         rows_per_statement(width)
     }
@@ -689,16 +686,7 @@ static ENRICHMENT: LazyLock<Enrichment> = LazyLock::new(|| Enrichment {
                      AND CASE WHEN lower(trim(a.domain)) LIKE 'www.%' \
                               THEN substr(lower(trim(a.domain)), 5) \
                               ELSE lower(trim(a.domain)) END = u.domain), \
-             scored AS (\
-                SELECT conversation_id, kind, account_id, source, source_id, \
-                       COUNT(DISTINCT ord) AS hits, MIN(ord) AS first_ord \
-                FROM matches GROUP BY conversation_id, kind, account_id, source, source_id), \
-             best AS (\
-                SELECT conversation_id, account_id, source, source_id FROM (\
-                    SELECT s.*, ROW_NUMBER() OVER (PARTITION BY conversation_id \
-                        ORDER BY kind, hits DESC, first_ord, source, source_id) AS rn \
-                    FROM scored s) \
-                WHERE rn = 1), \
+             {best}, \
              account_deal AS MATERIALIZED (\
                 SELECT account_id, deal_id FROM (\
                     SELECT b.account_id AS account_id, d.id AS deal_id, \
@@ -723,7 +711,8 @@ static ENRICHMENT: LazyLock<Enrichment> = LazyLock::new(|| Enrichment {
              FROM target t \
              WHERE conversations.workspace_id = ?1 AND conversations.id = t.id \
                AND (conversations.linked_account_id IS NOT t.account_id \
-                    OR conversations.linked_deal_id IS NOT t.deal_id)"
+                    OR conversations.linked_deal_id IS NOT t.deal_id)",
+        best = sql::best_account_ctes(""),
     ),
     mark_internal: "WITH doms(d) AS (SELECT DISTINCT value FROM json_each(?2)), \
                  conv AS (\
