@@ -287,6 +287,26 @@ async fn fetch<S: SqlBackend>(s: &S, what: &'static str, stmt: Stmt<'_>) -> Resu
     Ok(run(s, what, stmt, true).await?.rows)
 }
 
+/// Runs a statement on the pool and decodes each row it returns.
+async fn fetch_as<S: SqlBackend, T>(
+    s: &S,
+    what: &'static str,
+    stmt: Stmt<'_>,
+    decode: impl Fn(&S::Row) -> Result<T> + Send,
+) -> Result<Vec<T>> {
+    fetch(s, what, stmt).await?.iter().map(decode).collect()
+}
+
+/// Runs a statement on the pool and decodes the first row it returns, if any.
+async fn fetch_first<S: SqlBackend, T>(
+    s: &S,
+    what: &'static str,
+    stmt: Stmt<'_>,
+    decode: impl Fn(&S::Row) -> Result<T> + Send,
+) -> Result<Option<T>> {
+    fetch(s, what, stmt).await?.first().map(decode).transpose()
+}
+
 /// Runs a statement in a transaction and returns its rows.
 async fn fetch_in<S: SqlBackend>(
     tx: &mut Tx<S>,
@@ -414,22 +434,14 @@ pub(crate) async fn get_connection<S: SqlBackend>(
     let stmt = Stmt::new(format!("SELECT * FROM connections{CONNECTION_WHERE}"))
         .arg(ws)
         .arg(connector);
-    fetch(s, "get_connection", stmt)
-        .await?
-        .first()
-        .map(rows::decode_connection)
-        .transpose()
+    fetch_first(s, "get_connection", stmt, rows::decode_connection).await
 }
 
 pub(crate) async fn list_connections<S: SqlBackend>(s: &S, ws: Uuid) -> Result<Vec<ConnectionRow>> {
     let stmt =
         Stmt::new("SELECT * FROM connections WHERE workspace_id = $1 ORDER BY connector_name")
             .arg(ws);
-    fetch(s, "list_connections", stmt)
-        .await?
-        .iter()
-        .map(rows::decode_connection)
-        .collect()
+    fetch_as(s, "list_connections", stmt, rows::decode_connection).await
 }
 
 pub(crate) async fn delete_connection<S: SqlBackend>(
@@ -445,11 +457,10 @@ pub(crate) async fn delete_connection<S: SqlBackend>(
 
 pub(crate) async fn workspaces<S: SqlBackend>(s: &S) -> Result<Vec<Uuid>> {
     let stmt = Stmt::new("SELECT DISTINCT workspace_id FROM connections ORDER BY workspace_id");
-    fetch(s, "workspaces", stmt)
-        .await?
-        .iter()
-        .map(|r| required(r.uuid("workspace_id")?, "workspace_id"))
-        .collect()
+    fetch_as(s, "workspaces", stmt, |r| {
+        required(r.uuid("workspace_id")?, "workspace_id")
+    })
+    .await
 }
 
 pub(crate) async fn set_connection_status<S: SqlBackend>(
@@ -647,11 +658,7 @@ pub(crate) async fn get_record<S: SqlBackend>(
         .arg(source)
         .arg(source_id)
     };
-    fetch(s, "get_record", stmt)
-        .await?
-        .first()
-        .map(|r| rows::decode_record(kind, r))
-        .transpose()
+    fetch_first(s, "get_record", stmt, |r| rows::decode_record(kind, r)).await
 }
 
 pub(crate) async fn list_records<S: SqlBackend>(
@@ -688,11 +695,7 @@ pub(crate) async fn list_records<S: SqlBackend>(
         }
         stmt.push_param(" ORDER BY id LIMIT ", query.capped_limit());
     }
-    fetch(s, "list_records", stmt)
-        .await?
-        .iter()
-        .map(|r| rows::decode_record(kind, r))
-        .collect()
+    fetch_as(s, "list_records", stmt, |r| rows::decode_record(kind, r)).await
 }
 
 pub(crate) async fn count_records<S: SqlBackend>(
@@ -863,11 +866,7 @@ pub(crate) async fn get_sync<S: SqlBackend>(
     let stmt = Stmt::new("SELECT * FROM sync_log WHERE workspace_id = $1 AND id = $2")
         .arg(ws)
         .arg(sync_id);
-    fetch(s, "get_sync", stmt)
-        .await?
-        .first()
-        .map(rows::decode_sync_log)
-        .transpose()
+    fetch_first(s, "get_sync", stmt, rows::decode_sync_log).await
 }
 
 pub(crate) async fn sync_history<S: SqlBackend>(
@@ -884,11 +883,7 @@ pub(crate) async fn sync_history<S: SqlBackend>(
         " ORDER BY started_at DESC, id DESC LIMIT ",
         i64::from(limit.min(MAX_PAGE)),
     );
-    fetch(s, "sync_history", stmt)
-        .await?
-        .iter()
-        .map(rows::decode_sync_log)
-        .collect()
+    fetch_as(s, "sync_history", stmt, rows::decode_sync_log).await
 }
 
 pub(crate) async fn active_syncs<S: SqlBackend>(s: &S, ws: Uuid) -> Result<Vec<SyncLogEntry>> {
@@ -897,11 +892,7 @@ pub(crate) async fn active_syncs<S: SqlBackend>(s: &S, ws: Uuid) -> Result<Vec<S
          ORDER BY started_at DESC, id DESC",
     )
     .arg(ws);
-    fetch(s, "active_syncs", stmt)
-        .await?
-        .iter()
-        .map(rows::decode_sync_log)
-        .collect()
+    fetch_as(s, "active_syncs", stmt, rows::decode_sync_log).await
 }
 
 pub(crate) async fn fail_stale_syncs<S: SqlBackend>(
@@ -921,11 +912,10 @@ pub(crate) async fn fail_stale_syncs<S: SqlBackend>(
         stmt.push_param(" AND workspace_id = ", ws);
     }
     stmt.sql.push_str(" RETURNING id");
-    let ids = fetch(s, "fail_stale_syncs", stmt)
-        .await?
-        .iter()
-        .map(|r| required(r.uuid("id")?, "id"))
-        .collect::<Result<Vec<_>>>()?;
+    let ids = fetch_as(s, "fail_stale_syncs", stmt, |r| {
+        required(r.uuid("id")?, "id")
+    })
+    .await?;
     if !ids.is_empty() {
         tracing::warn!(count = ids.len(), "failed stale syncs");
     }
@@ -1026,11 +1016,10 @@ pub(crate) async fn flagged_internal_domains<S: SqlBackend>(
     ws: Uuid,
 ) -> Result<Vec<String>> {
     let stmt = Stmt::new(S::enrichment().flagged_domains.as_str()).arg(ws);
-    let mut domains = fetch(s, "flagged_internal_domains", stmt)
-        .await?
-        .iter()
-        .map(|r| required(r.text("domain")?, "domain"))
-        .collect::<Result<Vec<_>>>()?;
+    let mut domains = fetch_as(s, "flagged_internal_domains", stmt, |r| {
+        required(r.text("domain")?, "domain")
+    })
+    .await?;
     // Byte order on both backends, whatever the database's collation.
     domains.sort();
     Ok(domains)
