@@ -49,9 +49,13 @@ pub(crate) enum Arg<'a> {
     Texts(&'a [String]),
     /// The lists below are array parameters of PostgreSQL's `UNNEST` batches (on SQLite,
     /// JSON arrays of the values as SQLite stores them).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     StrList(Vec<&'a str>),
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     TsList(Vec<DateTime<Utc>>),
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     UuidList(Vec<Uuid>),
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     IntList(Vec<Option<i64>>),
 }
 
