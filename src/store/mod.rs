@@ -37,6 +37,8 @@ mod crypto;
 pub(crate) mod jobs;
 mod lock;
 pub(crate) mod rows;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 mod types;
 
 #[cfg(feature = "postgres")]

@@ -191,17 +191,27 @@ impl HubSpotConnector {
         self.client.stats()
     }
 
-    fn syncer<'a>(&'a self, ctx: &'a SyncContext, checkpoint: Checkpoint) -> Syncer<'a> {
-        Syncer {
+    /// Runs one sync from `checkpoint`: every object's passes, or the association backfill,
+    /// and turns it into the report.
+    async fn run(
+        &self,
+        ctx: &SyncContext,
+        checkpoint: Checkpoint,
+        backfill: bool,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        let mut s = Syncer {
             client: &self.client,
             config: &self.config,
             ctx,
             checkpoint,
             report: SyncReport::default(),
+        };
+        if backfill {
+            s.association_backfill(sink).await?;
+        } else {
+            s.run(sink).await?;
         }
-    }
-
-    fn finish(&self, s: Syncer<'_>) -> SyncReport {
         let mut report = s.report;
         let needs_backfill = s
             .checkpoint
@@ -212,7 +222,7 @@ impl HubSpotConnector {
             "needs_backfill": needs_backfill,
             "http": self.client.stats().snapshot(),
         });
-        report
+        Ok(report)
     }
 }
 
@@ -229,9 +239,7 @@ impl SyncCapable for HubSpotConnector {
     ) -> Result<SyncReport> {
         // A forced initial sync re-reads everything from scratch; an interrupted one is
         // resumed by an incremental run from its page cursors.
-        let mut s = self.syncer(ctx, Checkpoint::default());
-        s.run(sink).await?;
-        Ok(self.finish(s))
+        self.run(ctx, Checkpoint::default(), false, sink).await
     }
 
     async fn incremental_sync(
@@ -239,9 +247,7 @@ impl SyncCapable for HubSpotConnector {
         ctx: &SyncContext,
         sink: &mut dyn RecordSink,
     ) -> Result<SyncReport> {
-        let mut s = self.syncer(ctx, ctx.previous().clone());
-        s.run(sink).await?;
-        Ok(self.finish(s))
+        self.run(ctx, ctx.previous().clone(), false, sink).await
     }
 
     async fn backfill_sync(
@@ -249,9 +255,7 @@ impl SyncCapable for HubSpotConnector {
         ctx: &SyncContext,
         sink: &mut dyn RecordSink,
     ) -> Result<SyncReport> {
-        let mut s = self.syncer(ctx, ctx.previous().clone());
-        s.association_backfill(sink).await?;
-        Ok(self.finish(s))
+        self.run(ctx, ctx.previous().clone(), true, sink).await
     }
 }
 

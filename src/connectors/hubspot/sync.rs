@@ -180,27 +180,23 @@ impl Syncer<'_> {
     fn transform_page(&self, obj: Object, page: Page) -> (RecordBatch, bool) {
         let ws = self.ctx.workspace_id();
         let mut truncated_associations = false;
-        let batch = capture_page(
-            page.results,
-            |raw| raw.get("id").and_then(|v| v.as_str()).map(str::to_owned),
-            |raw| {
-                let o = transform::decode(raw)?;
-                truncated_associations |= o
-                    .associations
-                    .values()
-                    .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
-                Ok(match obj {
-                    Object::Companies => vec![Record::from(transform::company(ws, &o)?)],
-                    Object::Contacts => vec![Record::from(transform::contact(ws, &o)?)],
-                    Object::Deals => {
-                        let (d, links) = transform::deal(ws, &o)?;
-                        std::iter::once(Record::from(d))
-                            .chain(links.into_iter().map(Record::from))
-                            .collect()
-                    }
-                })
-            },
-        );
+        let batch = capture_page(page.results, transform::object_id, |raw| {
+            let o = transform::decode(raw)?;
+            truncated_associations |= o
+                .associations
+                .values()
+                .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
+            Ok(match obj {
+                Object::Companies => vec![Record::from(transform::company(ws, &o)?)],
+                Object::Contacts => vec![Record::from(transform::contact(ws, &o)?)],
+                Object::Deals => {
+                    let (d, links) = transform::deal(ws, &o)?;
+                    std::iter::once(Record::from(d))
+                        .chain(links.into_iter().map(Record::from))
+                        .collect()
+                }
+            })
+        });
         (batch, truncated_associations)
     }
 
