@@ -3,9 +3,8 @@
 //! Each is a thin wrapper over one set-based
 //! [`EnrichmentStore`](crate::store::EnrichmentStore) operation; [`builtin_hooks`] and
 //! [`Orchestrator::with_builtin_hooks`](crate::orchestrator::Orchestrator::with_builtin_hooks)
-//! add them in the order they depend on each other: the internal filter first (it sets the
-//! participants' `is_internal` flags the linker reads), then the linker, then the computed
-//! fields.
+//! add them in the order they depend on each other: the internal filter first, then the
+//! linker, then the computed fields.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -131,8 +130,17 @@ impl PostSyncHook for EntityLinker {
 }
 
 /// Marks conversations internal when every participant is on the workspace's internal
-/// email domains, and sets each participant's `is_internal` flag from the same list (see
+/// email domains (see
 /// [`EnrichmentStore::mark_internal_conversations`](crate::store::EnrichmentStore::mark_internal_conversations)).
+///
+/// # One owner per column
+///
+/// The filter owns `conversations.is_internal`; connectors leave it `NULL` (the store
+/// keeps the filter's value when a connector writes `NULL`). Each participant's
+/// `is_internal` in `conversations.participants` belongs to the connector (Gong: the party's
+/// `affiliation == "Internal"`), and the filter never rewrites it: when both wrote the same
+/// flags from different facts, every re-read call was stored again and flipped back by the
+/// filter on every sync.
 ///
 /// # Which domains are internal
 ///

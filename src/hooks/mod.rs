@@ -10,8 +10,8 @@
 //! The built-ins, each one set-based statement per workspace on the store
 //! ([`EnrichmentStore`](crate::store::EnrichmentStore)):
 //!
-//! * [`InternalFilter`]: `conversations.is_internal` (and the participants' flags) from the
-//!   workspace's internal email domains.
+//! * [`InternalFilter`]: `conversations.is_internal` from the workspace's internal email
+//!   domains (the participants' flags stay the connector's).
 //! * [`EntityLinker`]: `conversations.linked_account_id` / `linked_deal_id`.
 //! * [`ComputedFields`]: `deals.days_open` / `days_to_close` of every CRM source.
 

@@ -358,7 +358,7 @@ pub struct InternalCounts {
     pub conversations: u64,
     /// Of those, how many are internal after the run.
     pub internal: u64,
-    /// Rows whose `is_internal` or participant flags this run changed.
+    /// Rows whose `is_internal` this run changed.
     pub changed: u64,
 }
 
@@ -417,9 +417,10 @@ pub trait EnrichmentStore: Store {
     ///   `NULL`): there is nobody to judge.
     /// * A participant without a usable email is not known to be internal, so its
     ///   conversation is external.
-    /// * Each participant with an email gets `is_internal` = whether its domain is in the
-    ///   list, inside the participants JSON (order and other members are kept); a
-    ///   participant without an email keeps the connector's flag.
+    /// * The participants JSON is never written: each participant's `is_internal` belongs
+    ///   to the connector (Gong's party `affiliation`), and the conversation's column to
+    ///   this filter. One owner per column, so a re-read of an unchanged call stores
+    ///   nothing and the filter does not flip it back afterwards.
     ///
     /// With an empty list nothing is changed (no domain is known to be internal).
     async fn mark_internal_conversations(

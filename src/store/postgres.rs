@@ -649,21 +649,12 @@ static ENRICHMENT: LazyLock<Enrichment> = LazyLock::new(|| Enrichment {
                            CASE WHEN p.domain IS NULL THEN NULL ELSE dm.d IS NOT NULL END AS internal \
                     FROM domained p LEFT JOIN doms dm ON dm.d = p.domain), \
                  agg AS (\
-                    SELECT id, \
-                           bool_and(COALESCE(internal, false)) AS all_internal, \
-                           bool_or(internal IS NOT NULL \
-                                   AND (elem -> 'is_internal') IS DISTINCT FROM to_jsonb(internal)) \
-                               AS flags_changed, \
-                           jsonb_agg(CASE WHEN internal IS NULL THEN elem \
-                                          ELSE jsonb_set(elem, '{is_internal}', to_jsonb(internal)) END \
-                                     ORDER BY ord) AS participants \
+                    SELECT id, bool_and(COALESCE(internal, false)) AS all_internal \
                     FROM flagged GROUP BY id) \
-                 UPDATE conversations AS c SET is_internal = agg.all_internal, \
-                     participants = CASE WHEN agg.flags_changed THEN agg.participants \
-                                         ELSE c.participants END \
+                 UPDATE conversations AS c SET is_internal = agg.all_internal \
                  FROM agg \
                  WHERE c.workspace_id = $1 AND c.id = agg.id \
-                   AND (c.is_internal IS DISTINCT FROM agg.all_internal OR agg.flags_changed)",
+                   AND c.is_internal IS DISTINCT FROM agg.all_internal",
     count_internal: "SELECT COUNT(*) AS total, COUNT(*) FILTER (WHERE is_internal) AS internal \
              FROM conversations WHERE workspace_id = $1 AND archived_at IS NULL \
                AND jsonb_typeof(participants) = 'array' \

@@ -741,27 +741,12 @@ static ENRICHMENT: LazyLock<Enrichment> = LazyLock::new(|| Enrichment {
                                 WHEN dm.d IS NOT NULL THEN 1 ELSE 0 END AS internal \
                     FROM domained p LEFT JOIN doms dm ON dm.d = p.domain), \
                  agg AS (\
-                    SELECT id, \
-                           MIN(COALESCE(internal, 0)) AS all_internal, \
-                           MAX(CASE WHEN internal IS NULL THEN 0 \
-                                    WHEN json_type(value, '$.is_internal') \
-                                         IS (CASE WHEN internal = 1 THEN 'true' ELSE 'false' END) \
-                                    THEN 0 ELSE 1 END) AS flags_changed, \
-                           '[' || group_concat(\
-                               CASE WHEN internal IS NOT NULL \
-                                        THEN json_set(value, '$.is_internal', \
-                                             json(CASE WHEN internal = 1 THEN 'true' ELSE 'false' END)) \
-                                    WHEN type IN ('object', 'array') THEN json(value) \
-                                    WHEN type IN ('true', 'false', 'null') THEN type \
-                                    ELSE json_quote(value) END, \
-                               ',' ORDER BY ord) || ']' AS participants \
+                    SELECT id, MIN(COALESCE(internal, 0)) AS all_internal \
                     FROM flagged GROUP BY id) \
-                 UPDATE conversations SET is_internal = agg.all_internal, \
-                     participants = CASE WHEN agg.flags_changed = 1 THEN agg.participants \
-                                         ELSE conversations.participants END \
+                 UPDATE conversations SET is_internal = agg.all_internal \
                  FROM agg \
                  WHERE conversations.workspace_id = ?1 AND conversations.id = agg.id \
-                   AND (conversations.is_internal IS NOT agg.all_internal OR agg.flags_changed = 1)",
+                   AND conversations.is_internal IS NOT agg.all_internal",
     count_internal: "SELECT COUNT(*) AS total, \
                     COALESCE(SUM(CASE WHEN is_internal = 1 THEN 1 ELSE 0 END), 0) AS internal \
              FROM conversations WHERE workspace_id = ?1 AND archived_at IS NULL \

@@ -5,11 +5,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pandora_sync::simulator::{FaultConfig, GongSim, GongSimConfig, NewGongCall};
+use pandora_sync::simulator::{FaultConfig, GongAffiliation, GongSim, GongSimConfig, NewGongCall};
 use pandora_sync::{
-    ConnectorKind, ConnectorRegistry, ConnectorResult, Conversation, Credentials, Keyring,
-    NewConnection, Orchestrator, Record, RecordKind, RecordQuery, Store, SyncMode, SyncOptions,
-    SyncStatus, SyncStore,
+    BuiltinHooksConfig, ConnectorKind, ConnectorRegistry, ConnectorResult, Conversation,
+    Credentials, InternalFilter, Keyring, NewConnection, Orchestrator, Record, RecordKind,
+    RecordQuery, Store, SyncMode, SyncOptions, SyncStatus, SyncStore,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -449,4 +449,79 @@ pub async fn the_daily_count_survives_between_runs(env: Env) {
     );
     assert_eq!(sim.counters().total(), 0, "no request past the limit");
     assert_eq!(used(&env).await, json!(2));
+}
+
+/// One owner per column: the connector writes the participants' `is_internal` (Gong's
+/// `affiliation`), the internal-filter hook `conversations.is_internal` (from the internal
+/// domains, here the connection's `internal_domains`). A party whose affiliation and
+/// domain disagree keeps the connector's flag, so a resync that re-reads the call stores
+/// nothing and the hook flips nothing back.
+pub async fn is_internal_has_one_owner_per_column(env: Env) {
+    let sim = GongSim::start(GongSimConfig {
+        users: 2,
+        calls: 60,
+        days: 20,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let now = sim.config().now;
+    let domain = sim.config().internal_domain.clone();
+    // A colleague Gong does not know (affiliation Unknown) on the company's domain.
+    let call = sim.truth_calls(now - days(5), now, &[])[0].id.clone();
+    sim.modify_call(&call, |c| {
+        let mut p = c.parties[0].clone();
+        p.id = "2".into();
+        p.email = Some(format!("colleague@{domain}"));
+        p.name = Some("Colleague".into());
+        p.user_id = None;
+        p.speaker_id = None;
+        p.affiliation = GongAffiliation::Unknown;
+        c.parties.push(p);
+    });
+    let mut config = fast_config();
+    config["internal_domains"] = json!([domain]);
+    let (ws, o) = setup(&env, &sim, config).await;
+    let o = o.with_builtin_hooks(BuiltinHooksConfig::default());
+
+    let first = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(first.connectors[0].status, SyncStatus::Completed);
+    let filter = first
+        .hooks
+        .iter()
+        .find(|h| h.name == InternalFilter::NAME)
+        .unwrap();
+    assert!(filter.error.is_none(), "{filter:?}");
+    let rows = stored(&env.store, ws).await;
+    assert!(
+        rows.values().all(|c| c.is_internal.is_some()),
+        "the filter decided every conversation"
+    );
+    let colleague = rows[&call]
+        .participants
+        .iter()
+        .find(|p| p.email.as_deref() == Some(&format!("colleague@{domain}")))
+        .unwrap();
+    assert!(
+        !colleague.is_internal,
+        "the connector's flag (affiliation Unknown) stays"
+    );
+
+    // A resync re-reads the overlap (the changed call included): nothing is written.
+    let second = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    let c = &second.connectors[0];
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Incremental, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
+    assert!(c.counts.unchanged > 0);
+    assert_eq!(c.counts.written(), 0, "no ping-pong: {:?}", c.counts);
+    assert_eq!(
+        stored(&env.store, ws).await,
+        rows,
+        "the hook flipped nothing back"
+    );
 }

@@ -45,6 +45,7 @@ e2e_suite!(
     empty_range_completes_cleanly,
     rate_limit_storms_lose_nothing,
     the_daily_count_survives_between_runs,
+    is_internal_has_one_owner_per_column,
 );
 
 #[cfg(feature = "gong")]

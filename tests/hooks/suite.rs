@@ -169,12 +169,13 @@ pub async fn internal_filter_marks_conversations_and_participants(h: Harness) {
         );
     }
 
-    // Participant flags follow the domains; names, order and email-less participants stay.
+    // One owner per column: the participants' flags stay the connector's (where they
+    // disagree with the domains too), names and order with them; only is_internal is set.
     let v6 = conv(store, ws, "v6").await;
     assert_eq!(
         flags(&v6),
         [
-            (Some("ops@umbrella.com"), false),
+            (Some("ops@umbrella.com"), true),
             (Some("y@unknown.org"), false)
         ]
     );
@@ -182,7 +183,7 @@ pub async fn internal_filter_marks_conversations_and_participants(h: Harness) {
     assert_eq!(
         flags(&v14),
         [
-            (Some("Boss@PANDORA.io"), true),
+            (Some("Boss@PANDORA.io"), false),
             (Some("cto@pandora.io"), true)
         ]
     );
@@ -194,11 +195,10 @@ pub async fn internal_filter_marks_conversations_and_participants(h: Harness) {
     assert_eq!(
         flags(&v15),
         [
-            (Some("founder@gmail.com"), false),
+            (Some("founder@gmail.com"), true),
             (Some("me@pandora.io"), true)
         ]
     );
-    // Flags already right: the participants are unchanged, only is_internal was set.
     let v1 = conv(store, ws, "v1").await;
     assert_eq!(v1.participants, before_v1.participants);
     assert_eq!(v1.meta.synced_at, before_v1.meta.synced_at);
@@ -417,12 +417,10 @@ pub async fn hooks_are_idempotent_and_leave_other_workspaces_alone(h: Harness) {
         "the hooks rerun change nothing"
     );
 
-    // After the internal filter, v6's internal-flagged umbrella participant became external,
-    // so the linker now counts it: v6 links to Umbrella by domain.
-    assert_eq!(
-        links(store, ws, "v6").await,
-        (Some(id(ws, SF, "s1")), Some(id(ws, SF, "sd2")))
-    );
+    // v6's umbrella participant stays internal as its connector flagged it (the internal
+    // filter no longer rewrites participants' flags), so the linker counts only the
+    // external unknown.org participant, which matches nothing.
+    assert_eq!(links(store, ws, "v6").await, (None, None));
 
     assert_eq!(
         snapshot(store, other).await,
@@ -662,8 +660,9 @@ pub async fn failing_host_hook_is_recorded_and_the_sync_completes(h: Harness) {
         flags(&standup),
         [
             (Some("rep@pandora.io"), true),
-            (Some("lead@pandora.io"), true)
-        ]
+            (Some("lead@pandora.io"), false)
+        ],
+        "the participants' flags stay the connector's"
     );
     let deal = get_deal(store, ws, HS, "deal-1").await;
     assert_eq!((deal.days_open, deal.days_to_close), (Some(9), Some(21)));

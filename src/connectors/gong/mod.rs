@@ -66,6 +66,7 @@
 //! | `workspace_id` | none | only calls of this Gong workspace |
 //! | `rate_limit` | 3 per 1000 ms | `{"max_requests", "window_ms"}` |
 //! | `daily_limit` | 10,000 | requests per UTC day (counted across runs) |
+//! | `internal_domains` | none | not the connector's: read by the internal-filter hook |
 
 mod client;
 #[cfg(test)]
@@ -81,6 +82,7 @@ use serde_json::json;
 
 use crate::connector::{Checkpoint, RecordSink, SyncCapable, SyncContext, SyncReport};
 use crate::error::{Error, Result};
+use crate::hooks::INTERNAL_DOMAINS_CONFIG_KEY;
 use crate::http::{HttpStats, RateLimitConfig};
 use crate::model::ConnectorKind;
 
@@ -222,7 +224,13 @@ impl GongConfig {
     /// # Ok::<(), pandora_sync::Error>(())
     /// ```
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        let mut cfg: GongConfig = super::config_from_json(value, "gong")?;
+        // `internal_domains` belongs to the connection, read by the internal-filter hook
+        // (it owns `conversations.is_internal`); the connector has no use for it.
+        let mut value = value.clone();
+        if let Some(map) = value.as_object_mut() {
+            map.remove(INTERNAL_DOMAINS_CONFIG_KEY);
+        }
+        let mut cfg: GongConfig = super::config_from_json(&value, "gong")?;
         cfg.validate()?;
         cfg.tracked_users = cfg
             .tracked_users
@@ -380,6 +388,7 @@ mod tests {
             "daily_limit": 5000,
             "tracked_users": [" ada@x.com ", "123"],
             "workspace_id": " ",
+            "internal_domains": ["example.com"],
         }))
         .unwrap();
         assert_eq!(c.tracked_users, ["ada@x.com", "123"]);
