@@ -255,7 +255,17 @@ async fn base_url_in_the_config() {
 /// A run stopped by a quota keeps its checkpoint but did not finish: exit 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_stop_exits_1() {
-    let sim = gong().await;
+    // 250 calls: the users listing and the first of three pages of calls (all users in one
+    // `primaryUserIds` list) fit in the day's 2 requests; the second page does not.
+    let sim = GongSim::start(GongSimConfig {
+        users: 4,
+        calls: 250,
+        days: 30,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let creds = credentials_file(dir.path(), &sim);
     let database = format!("sqlite://{}", dir.path().join("p.db").display());
