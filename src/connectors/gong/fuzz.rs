@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::sync::{QUOTA_STREAM, migrate};
+use super::sync::{QUOTA_STREAM, migrate, migrate_checkpoint, stored_pass};
 use super::transform::{call_id, conversation, decode};
 use super::types::{CallsPage, GongUser, UsersPage};
 use crate::connector::{Checkpoint, StreamCheckpoint};
@@ -260,6 +260,16 @@ proptest! {
         let mut s = stream.clone();
         migrate(&mut s);
         prop_assert!(!s.extra.contains_key("window_to"));
+        // The same state as an old per-user stream and as a pass stream.
+        let mut old = Checkpoint::default();
+        old.streams.insert("calls:7".to_owned(), stream.clone());
+        old.streams.insert("gong:pass:0".to_owned(), stream.clone());
+        migrate_checkpoint(&mut old);
+        let user = &old.streams["calls:7"];
+        prop_assert!(user.cursor.is_none() && user.pass_started_at.is_none());
+        for (name, s) in &old.streams {
+            let _ = stored_pass(name, s);
+        }
         let mut cp = Checkpoint::default();
         cp.streams.insert(QUOTA_STREAM.to_owned(), stream);
         let started = chrono::DateTime::from_timestamp(started, 0)

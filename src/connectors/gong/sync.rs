@@ -220,7 +220,7 @@ impl Pass {
 /// One batched pass: the users of its filter, its window, where it stands, and the stream
 /// that holds it while it is in progress.
 #[derive(Debug, Clone)]
-struct PassSpec {
+pub(crate) struct PassSpec {
     kind: Pass,
     /// `primaryUserIds`, in the order sent.
     users: Vec<String>,
@@ -233,7 +233,7 @@ struct PassSpec {
 }
 
 /// A pass in progress read back from its stream; `None` when the stream is not one.
-fn stored_pass(name: &str, s: &StreamCheckpoint) -> Option<PassSpec> {
+pub(crate) fn stored_pass(name: &str, s: &StreamCheckpoint) -> Option<PassSpec> {
     let kind = match s.extra.get(PASS_KIND)?.as_str()? {
         "main" => Pass::Main,
         "backfill" => Pass::Backfill,
@@ -1109,6 +1109,54 @@ mod tests {
         idle.extra.insert(WINDOW_TO.into(), json!("garbage"));
         migrate(&mut idle);
         assert_eq!(idle, StreamCheckpoint::default());
+    }
+
+    #[test]
+    fn old_per_user_passes_become_single_user_pass_streams() {
+        let started = Utc.with_ymd_and_hms(2025, 3, 1, 12, 0, 0).unwrap();
+        let mut cp = Checkpoint::default();
+        let s = cp.stream_mut("calls:42");
+        s.watermark = Some(started - chrono::Duration::days(1));
+        s.cursor = Some("main-cursor".into());
+        s.extra
+            .insert(WINDOW_FROM.into(), json!("2024-12-01T12:00:00Z"));
+        s.extra
+            .insert(WINDOW_TO.into(), json!("2025-03-01T12:00:00Z"));
+        s.extra.insert(BACKFILL_CURSOR.into(), json!("back-cursor"));
+        s.extra
+            .insert(BACKFILL_FROM.into(), json!("2024-10-01T12:00:00Z"));
+        s.extra
+            .insert(BACKFILL_TO.into(), json!("2024-11-01T12:00:00Z"));
+        s.extra
+            .insert(COVERED_FROM.into(), json!("2024-11-01T12:00:00Z"));
+        migrate_checkpoint(&mut cp);
+        let user = cp.stream("calls:42").unwrap();
+        assert_eq!((&user.cursor, user.pass_started_at), (&None, None));
+        assert_eq!(
+            user.extra.keys().collect::<Vec<_>>(),
+            [COVERED_FROM],
+            "only the user's own state stays"
+        );
+        assert_eq!(user.watermark, Some(started - chrono::Duration::days(1)));
+        let main = stored_pass("gong:pass:0", cp.stream("gong:pass:0").unwrap()).unwrap();
+        assert_eq!(main.kind, Pass::Main);
+        assert_eq!(main.users, ["42"]);
+        assert_eq!(main.cursor.as_deref(), Some("main-cursor"));
+        assert_eq!(main.started, started);
+        assert_eq!(fmt(main.w.from), "2024-12-01T12:00:00Z");
+        assert_eq!(main.w.to, started);
+        let back = stored_pass("gong:pass:1", cp.stream("gong:pass:1").unwrap()).unwrap();
+        assert_eq!(back.kind, Pass::Backfill);
+        assert_eq!(back.cursor.as_deref(), Some("back-cursor"));
+        assert_eq!(fmt(back.w.from), "2024-10-01T12:00:00Z");
+        assert_eq!(fmt(back.w.to), "2024-11-01T12:00:00Z");
+        // Migrating again changes nothing.
+        let again = {
+            let mut c = cp.clone();
+            migrate_checkpoint(&mut c);
+            c
+        };
+        assert_eq!(again, cp);
     }
 
     #[test]
