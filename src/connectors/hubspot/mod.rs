@@ -31,6 +31,7 @@
 mod client;
 #[cfg(test)]
 mod fuzz;
+mod properties;
 mod sync;
 mod transform;
 mod types;
@@ -203,6 +204,7 @@ impl HubSpotConnector {
             ctx,
             checkpoint,
             report: SyncReport::default(),
+            discovered: Default::default(),
         }
     }
 

@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::HubSpotConfig;
 use super::client::HubSpotClient;
+use super::properties::{self, Discovered};
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
 use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort};
 use crate::capture::RecordFailure;
@@ -18,7 +19,7 @@ use crate::connector::{
     Checkpoint, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncContext, SyncReport,
 };
 use crate::error::{Error, Result};
-use crate::model::{DealContact, Record, RecordKind};
+use crate::model::{DealContact, Record, RecordKind, SyncMode};
 
 /// The CRM objects the connector syncs, in dependency order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,7 @@ impl Object {
         }
     }
 
-    fn mapped(self) -> &'static [&'static str] {
+    pub(crate) fn mapped(self) -> &'static [&'static str] {
         match self {
             Object::Companies => COMPANY_PROPERTIES,
             Object::Contacts => CONTACT_PROPERTIES,
@@ -90,6 +91,8 @@ const LIST_LIMIT: u32 = 100;
 const ASSOC_CHUNK: usize = 1_000;
 /// Checkpoint flag: an inline association block was cut off, so a backfill is needed.
 const NEEDS_BACKFILL: &str = "needs_association_backfill";
+/// Archived list pages an incremental run reads per object (see [`Syncer::sync_archived`]).
+pub(crate) const ARCHIVED_PAGES_PER_RUN: u32 = 10;
 /// Checkpoint key: which read the stream's pass in progress is (what its cursor means).
 const PASS_KIND: &str = "pass";
 
@@ -145,14 +148,8 @@ pub(crate) struct Syncer<'a> {
     pub(crate) ctx: &'a SyncContext,
     pub(crate) checkpoint: Checkpoint,
     pub(crate) report: SyncReport,
-}
-
-fn properties(obj: Object, config: &HubSpotConfig) -> Vec<String> {
-    let mut props: Vec<String> = obj.mapped().iter().map(|p| (*p).to_owned()).collect();
-    props.extend(config.extra_properties(obj.path()).iter().cloned());
-    props.sort();
-    props.dedup();
-    props
+    /// The properties read per object type in this run (see [`properties`]).
+    pub(crate) discovered: Discovered,
 }
 
 fn ms(t: DateTime<Utc>) -> String {
@@ -253,7 +250,7 @@ impl Syncer<'_> {
     /// not modification order; a repair flag is cleared then, and the provider's total is
     /// reported for reconciliation.
     async fn list_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
-        let props = properties(obj, self.config);
+        let props = self.wanted_properties(obj).await?;
         let stream = obj.path();
         let ctx = self.ctx;
         let s = self.stream(stream);
@@ -265,16 +262,15 @@ impl Syncer<'_> {
         async {
             loop {
                 self.ctx.check_cancelled()?;
-                let page = self
-                    .client
-                    .list_page(
-                        obj.path(),
-                        &props,
-                        obj.inline_associations(),
-                        after.as_deref(),
-                        false,
-                    )
-                    .await?;
+                let page = properties::list_page(
+                    self.client,
+                    obj.path(),
+                    &props,
+                    obj.inline_associations(),
+                    after.as_deref(),
+                    false,
+                )
+                .await?;
                 let next = page.next_after().map(str::to_owned);
                 let mut batch = RecordBatch::default();
                 let truncated = self.transform_page(obj, page, &mut batch);
@@ -352,7 +348,7 @@ impl Syncer<'_> {
         let stream = obj.path();
         let ctx = self.ctx;
         let lookback = chrono::Duration::from_std(self.config.lookback).unwrap_or_default();
-        let props = properties(obj, self.config);
+        let props = self.wanted_properties(obj).await?;
         let s = self.stream(stream);
         let Some(watermark) = s.watermark else {
             // Never synced: a full list pass is the only complete read.
@@ -405,7 +401,7 @@ impl Syncer<'_> {
                     limit: SEARCH_LIMIT,
                     after: None,
                 };
-                let page = self.client.search_page(obj.path(), &req).await?;
+                let page = properties::search_page(self.client, obj.path(), &req).await?;
                 let more = page.search_has_more()?;
                 let page_max_id = page.results.iter().filter_map(numeric_id).max();
                 if more {
@@ -449,26 +445,41 @@ impl Syncer<'_> {
     }
 
     /// Archived records of one object (search never returns them), followed up like the
-    /// other passes when a resumed pass ends (see [`Syncer::sync_object`]).
+    /// other passes when a resumed pass ends (see [`Syncer::sync_object`]). An incremental
+    /// run reads at most [`ARCHIVED_PAGES_PER_RUN`] archived pages per object (pass and
+    /// follow-up together); a longer list is read on across runs from the stored cursor.
     pub(crate) async fn sync_archived(
         &mut self,
         obj: Object,
         sink: &mut dyn RecordSink,
     ) -> Result<()> {
-        if self.archived_pass(obj, sink).await? {
-            self.archived_pass(obj, sink).await?;
+        let mut budget = match self.ctx.mode() {
+            SyncMode::Incremental => ARCHIVED_PAGES_PER_RUN,
+            SyncMode::Initial | SyncMode::Backfill => u32::MAX,
+        };
+        if self.archived_pass(obj, sink, &mut budget).await? {
+            self.archived_pass(obj, sink, &mut budget).await?;
         }
         Ok(())
     }
 
-    /// One pass over the archived list (an id cursor, like the live list). The archived list
-    /// is not filterable by time, so records archived before the stream's watermark (minus
-    /// the lookback) are skipped client-side; the stream's watermark is the newest
-    /// `archived_at`, capped by the pass's own window.
-    async fn archived_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
+    /// One pass over the archived list (an id cursor, like the live list), or as much of it
+    /// as `budget` pages allow (the cursor stays in the checkpoint). The archived list is
+    /// neither filterable nor sortable by time, so records archived before the stream's
+    /// watermark (minus the lookback) are skipped client-side; the stream's watermark is the
+    /// newest `archived_at`, capped by the pass's own window.
+    async fn archived_pass(
+        &mut self,
+        obj: Object,
+        sink: &mut dyn RecordSink,
+        budget: &mut u32,
+    ) -> Result<bool> {
+        if *budget == 0 {
+            return Ok(false);
+        }
         let stream = obj.archived_stream();
         let ctx = self.ctx;
-        let props = properties(obj, self.config);
+        let props = self.wanted_properties(obj).await?;
         let lookback = chrono::Duration::from_std(self.config.lookback).unwrap_or_default();
         let s = self.stream(stream);
         let since = s
@@ -478,10 +489,10 @@ impl Syncer<'_> {
         let mut after = s.cursor.clone();
         loop {
             self.ctx.check_cancelled()?;
-            let page = self
-                .client
-                .list_page(obj.path(), &props, &[], after.as_deref(), true)
-                .await?;
+            *budget = budget.saturating_sub(1);
+            let page =
+                properties::list_page(self.client, obj.path(), &props, &[], after.as_deref(), true)
+                    .await?;
             let next = page.next_after().map(str::to_owned);
             let mut batch = RecordBatch::default();
             self.transform_page(obj, page, &mut batch);
@@ -505,6 +516,13 @@ impl Syncer<'_> {
             };
             self.write(sink, batch).await?;
             match next {
+                Some(_) if *budget == 0 => {
+                    tracing::debug!(
+                        object = obj.path(),
+                        "archived page budget of this run used; the archived pass goes on next run"
+                    );
+                    return Ok(false);
+                }
                 Some(a) => after = Some(a),
                 None => return Ok(resumed),
             }
