@@ -1,7 +1,8 @@
 //! Custom properties: which properties the connector reads, and reading long property lists
 //! within HubSpot's request size limits.
 //!
-//! **Discovery.** Once per run and object type, `GET /crm/v3/properties/{object}` lists
+//! **Discovery.** Once per run and object type (all three before the run's first page),
+//! `GET /crm/v3/properties/{object}` lists
 //! every property the portal defines (HubSpot's own and the portal's custom ones). The
 //! connector reads the mapped properties (reference section 9), the configured extras and
 //! every discovered one; whatever the schema does not map lands in `custom_fields`. A portal
@@ -223,30 +224,37 @@ pub(crate) async fn search_page(
 }
 
 impl Syncer<'_> {
-    /// Every property to read for `obj` in this run: mapped, configured and discovered
-    /// (asked once per run and object type).
+    /// Every property to read for `obj` in this run: mapped, configured and discovered. The
+    /// first call of a run discovers every object type's properties (one request each), so
+    /// a run asks once per type, before its first page.
     pub(crate) async fn wanted_properties(&mut self, obj: Object) -> Result<Vec<String>> {
-        if let Some(p) = self.discovered.0.get(obj.path()) {
-            return Ok(p.clone());
-        }
-        let discovered = match self.client.property_names(obj.path()).await {
-            Ok(names) => names,
-            Err(Error::Api { status: 403, .. }) => {
-                tracing::warn!(
-                    object = obj.path(),
-                    "HubSpot refused the property listing (scope); custom properties are not discovered"
+        if self.discovered.0.is_empty() {
+            for o in Object::ALL {
+                let discovered = match self.client.property_names(o.path()).await {
+                    Ok(names) => names,
+                    Err(Error::Api { status: 403, .. }) => {
+                        tracing::warn!(
+                            object = o.path(),
+                            "HubSpot refused the property listing (scope); custom properties are not discovered"
+                        );
+                        Vec::new()
+                    }
+                    Err(e) => return Err(e),
+                };
+                let props = wanted(
+                    o.mapped(),
+                    self.config.extra_properties(o.path()),
+                    &discovered,
                 );
-                Vec::new()
+                self.discovered.0.insert(o.path(), props);
             }
-            Err(e) => return Err(e),
-        };
-        let props = wanted(
-            obj.mapped(),
-            self.config.extra_properties(obj.path()),
-            &discovered,
-        );
-        self.discovered.0.insert(obj.path(), props.clone());
-        Ok(props)
+        }
+        Ok(self
+            .discovered
+            .0
+            .get(obj.path())
+            .cloned()
+            .unwrap_or_else(|| wanted(obj.mapped(), self.config.extra_properties(obj.path()), &[])))
     }
 }
 
