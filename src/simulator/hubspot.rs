@@ -614,7 +614,7 @@ impl Inner {
                 obj.salt() * 1_000 + 100,
                 id.wrapping_mul(1_000_003).wrapping_add(k as u64),
             );
-            if hk % 4 != 0 {
+            if !hk.is_multiple_of(4) {
                 p.insert(obj.custom_property(k), Some(format!("value {}", hk % 1000)));
             }
         }
