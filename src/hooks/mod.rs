@@ -71,27 +71,13 @@ pub trait PostSyncHook: Send + Sync {
     async fn after_sync(&self, store: &dyn SyncStore, event: &SyncCompleted) -> Result<()>;
 }
 
-/// Whole days from `from` to `to` (negative when `to` is earlier).
-fn days_between(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
-    (to.date_naive() - from.date_naive()).num_days()
-}
-
 /// Fills a deal's computed fields: `days_open` (created → closed, or → now while open) and
-/// `days_to_close` (now → close date; negative when overdue). Other records are untouched.
+/// `days_to_close` (now → close date; negative when overdue), as of `now`'s UTC date, with
+/// the same definition the store's refresh uses. Other records are untouched.
 pub fn apply_computed_fields(record: &mut Record, now: DateTime<Utc>) {
-    let Record::Deal(deal) = record else { return };
-    let close = deal
-        .close_date
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc());
-    deal.days_open = deal.meta.source_created_at.map(|created| {
-        let end = match (deal.is_closed, close) {
-            (Some(true), Some(c)) => c,
-            _ => now,
-        };
-        days_between(created, end).max(0)
-    });
-    deal.days_to_close = close.map(|c| days_between(now, c));
+    if let Record::Deal(deal) = record {
+        deal.refresh_computed_fields(now.date_naive());
+    }
 }
 
 #[cfg(test)]

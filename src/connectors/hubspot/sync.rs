@@ -3,7 +3,7 @@
 //! deletes, resumed passes finished in their own window and followed up, and association
 //! backfill through the v4 batch endpoint.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -14,10 +14,10 @@ use super::client::HubSpotClient;
 use super::properties::{self, Discovered};
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
 use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort};
-use crate::capture::RecordFailure;
 use crate::connector::{
     Checkpoint, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncContext, SyncReport,
 };
+use crate::connectors::page::{capture_page, write_page};
 use crate::error::{Error, Result};
 use crate::model::{DealContact, Record, RecordKind, SyncMode};
 
@@ -90,8 +90,8 @@ const LIST_LIMIT: u32 = 100;
 /// Inputs per v4 association batch read (HubSpot's maximum).
 const ASSOC_CHUNK: usize = 1_000;
 /// Checkpoint flag: an inline association block was cut off, so a backfill is needed.
-const NEEDS_BACKFILL: &str = "needs_association_backfill";
-/// Archived list pages an incremental run reads per object (see [`Syncer::sync_archived`]).
+pub(crate) const NEEDS_BACKFILL: &str = "needs_association_backfill";
+/// Archived list pages an incremental run reads per object (see [`Syncer::archived_pass`]).
 pub(crate) const ARCHIVED_PAGES_PER_RUN: u32 = 10;
 /// Checkpoint key: which read the stream's pass in progress is (what its cursor means).
 const PASS_KIND: &str = "pass";
@@ -150,6 +150,19 @@ pub(crate) struct Syncer<'a> {
     pub(crate) report: SyncReport,
     /// The properties read per object type in this run (see [`properties`]).
     pub(crate) discovered: Discovered,
+    /// Archived list pages read per object type in this run (see [`Syncer::archived_pass`]).
+    pub(crate) archived_pages: HashMap<&'static str, u32>,
+}
+
+/// A deal–contact link read from the v4 associations endpoint.
+fn deal_contact(workspace_id: uuid::Uuid, (deal, contact): (String, String)) -> Record {
+    Record::from(DealContact {
+        workspace_id,
+        source: crate::model::ConnectorKind::Hubspot,
+        deal_source_id: deal,
+        contact_source_id: contact,
+        role: None,
+    })
 }
 
 fn ms(t: DateTime<Utc>) -> String {
@@ -161,74 +174,76 @@ impl Syncer<'_> {
         self.checkpoint.stream_mut(name)
     }
 
-    /// Decodes and transforms one page; failures are captured with their ids.
-    fn transform_page(&mut self, obj: Object, page: Page, batch: &mut RecordBatch) -> bool {
+    /// Decodes and transforms one page; failures are captured with their ids. Also returns
+    /// whether an inline association block was cut off (a backfill is needed).
+    fn transform_page(&self, obj: Object, page: Page) -> (RecordBatch, bool) {
         let ws = self.ctx.workspace_id();
         let mut truncated_associations = false;
-        for raw in page.results {
-            let id = raw.get("id").and_then(|v| v.as_str()).map(str::to_owned);
-            let result = transform::decode(raw).and_then(|o| {
-                truncated_associations |= o
-                    .associations
-                    .values()
-                    .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
-                match obj {
-                    Object::Companies => transform::company(ws, &o).map(|a| vec![Record::from(a)]),
-                    Object::Contacts => transform::contact(ws, &o).map(|c| vec![Record::from(c)]),
-                    Object::Deals => transform::deal(ws, &o).map(|(d, links)| {
-                        std::iter::once(Record::from(d))
-                            .chain(links.into_iter().map(Record::from))
-                            .collect()
-                    }),
+        let batch = capture_page(page.results, transform::object_id, |raw| {
+            let o = transform::decode(raw)?;
+            truncated_associations |= o
+                .associations
+                .values()
+                .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
+            Ok(match obj {
+                Object::Companies => vec![Record::from(transform::company(ws, &o)?)],
+                Object::Contacts => vec![Record::from(transform::contact(ws, &o)?)],
+                Object::Deals => {
+                    let (d, links) = transform::deal(ws, &o)?;
+                    std::iter::once(Record::from(d))
+                        .chain(links.into_iter().map(Record::from))
+                        .collect()
                 }
-            });
-            match result {
-                Ok(records) => batch.records.extend(records),
-                Err(e) => batch.failures.push(RecordFailure::new(
-                    id.or_else(|| match &e {
-                        crate::Error::Decode { record_id, .. } => record_id.clone(),
-                        _ => None,
-                    }),
-                    e.to_string(),
-                )),
-            }
-        }
-        truncated_associations
+            })
+        });
+        (batch, truncated_associations)
     }
 
     async fn write(&mut self, sink: &mut dyn RecordSink, batch: RecordBatch) -> Result<()> {
-        self.report.records_fetched += batch
-            .records
-            .iter()
-            .filter(|r| !matches!(r, Record::DealContact(_)))
-            .count() as u64;
-        self.report.records_failed += batch.failures.len() as u64;
-        sink.write(batch, &self.checkpoint).await?;
-        self.ctx.progress().report(
-            self.report.records_fetched,
-            None,
+        write_page(
+            sink,
+            batch,
+            &self.checkpoint,
+            &mut self.report,
+            self.ctx,
             "hubspot: records written",
-        );
-        Ok(())
+        )
+        .await
     }
 
-    /// Syncs one object: a full list pass when the stream has no watermark or a repair is
-    /// due, else an incremental search pass; an interrupted pass is resumed first. A resumed
-    /// pass ends with its own window (the start of the run that began it), so one follow-up
-    /// pass in this run reads what changed between that start and this run's.
-    pub(crate) async fn sync_object(
-        &mut self,
-        obj: Object,
-        sink: &mut dyn RecordSink,
-    ) -> Result<()> {
-        if self.object_pass(obj, sink).await? {
-            self.object_pass(obj, sink).await?;
+    /// Syncs every object: the live records of each (a full list pass when the stream has
+    /// no watermark or a repair is due, else an incremental search pass; an interrupted pass
+    /// is resumed first), then the archived records of each (search never returns them). A
+    /// resumed pass ends with its own window (the start of the run that began it), so one
+    /// follow-up pass in this run reads what changed between that start and this run's.
+    pub(crate) async fn run(&mut self, sink: &mut dyn RecordSink) -> Result<()> {
+        for archived in [false, true] {
+            for obj in Object::ALL {
+                if self.pass(obj, archived, sink).await? {
+                    self.pass(obj, archived, sink).await?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// One pass (list or search, see [`Syncer::sync_object`]); returns whether it was a
+    /// One pass over the live or the archived records of `obj`; returns whether it was a
     /// resumed pass (see [`StreamCheckpoint::finish_pass_in`]).
+    async fn pass(
+        &mut self,
+        obj: Object,
+        archived: bool,
+        sink: &mut dyn RecordSink,
+    ) -> Result<bool> {
+        if archived {
+            self.archived_pass(obj, sink).await
+        } else {
+            self.object_pass(obj, sink).await
+        }
+    }
+
+    /// One pass over the live records (list or search, see [`Syncer::run`]); returns whether
+    /// it was a resumed pass.
     async fn object_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
         let s = self.stream(obj.path());
         let in_progress = pass_in_progress(s);
@@ -272,8 +287,7 @@ impl Syncer<'_> {
                 )
                 .await?;
                 let next = page.next_after().map(str::to_owned);
-                let mut batch = RecordBatch::default();
-                let truncated = self.transform_page(obj, page, &mut batch);
+                let (batch, truncated) = self.transform_page(obj, page);
                 let s = self.stream(stream);
                 s.observe_records(&batch.records);
                 if truncated {
@@ -419,8 +433,7 @@ impl Syncer<'_> {
                         }
                     }
                 }
-                let mut batch = RecordBatch::default();
-                self.transform_page(obj, page, &mut batch);
+                let (mut batch, _) = self.transform_page(obj, page);
                 if obj == Object::Deals {
                     self.attach_deal_associations(&mut batch).await?;
                 }
@@ -444,37 +457,18 @@ impl Syncer<'_> {
         .await
     }
 
-    /// Archived records of one object (search never returns them), followed up like the
-    /// other passes when a resumed pass ends (see [`Syncer::sync_object`]). An incremental
-    /// run reads at most [`ARCHIVED_PAGES_PER_RUN`] archived pages per object (pass and
-    /// follow-up together); a longer list is read on across runs from the stored cursor.
-    pub(crate) async fn sync_archived(
-        &mut self,
-        obj: Object,
-        sink: &mut dyn RecordSink,
-    ) -> Result<()> {
-        let mut budget = match self.ctx.mode() {
+    /// One pass over the archived list (an id cursor, like the live list). The archived list
+    /// is neither filterable nor sortable by time, so records archived before the stream's
+    /// watermark (minus the lookback) are skipped client-side; the stream's watermark is the
+    /// newest `archived_at`, capped by the pass's own window. An incremental run reads at
+    /// most [`ARCHIVED_PAGES_PER_RUN`] archived pages per object (a pass and its follow-up
+    /// together); a longer list is read on across runs from the stored cursor.
+    async fn archived_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
+        let limit = match self.ctx.mode() {
             SyncMode::Incremental => ARCHIVED_PAGES_PER_RUN,
             SyncMode::Initial | SyncMode::Backfill => u32::MAX,
         };
-        if self.archived_pass(obj, sink, &mut budget).await? {
-            self.archived_pass(obj, sink, &mut budget).await?;
-        }
-        Ok(())
-    }
-
-    /// One pass over the archived list (an id cursor, like the live list), or as much of it
-    /// as `budget` pages allow (the cursor stays in the checkpoint). The archived list is
-    /// neither filterable nor sortable by time, so records archived before the stream's
-    /// watermark (minus the lookback) are skipped client-side; the stream's watermark is the
-    /// newest `archived_at`, capped by the pass's own window.
-    async fn archived_pass(
-        &mut self,
-        obj: Object,
-        sink: &mut dyn RecordSink,
-        budget: &mut u32,
-    ) -> Result<bool> {
-        if *budget == 0 {
+        if self.archived_pages.get(obj.path()).copied().unwrap_or(0) >= limit {
             return Ok(false);
         }
         let stream = obj.archived_stream();
@@ -489,13 +483,14 @@ impl Syncer<'_> {
         let mut after = s.cursor.clone();
         loop {
             self.ctx.check_cancelled()?;
-            *budget = budget.saturating_sub(1);
+            let read = self.archived_pages.entry(obj.path()).or_insert(0);
+            *read += 1;
+            let budget_left = *read < limit;
             let page =
                 properties::list_page(self.client, obj.path(), &props, &[], after.as_deref(), true)
                     .await?;
             let next = page.next_after().map(str::to_owned);
-            let mut batch = RecordBatch::default();
-            self.transform_page(obj, page, &mut batch);
+            let (mut batch, _) = self.transform_page(obj, page);
             batch.records.retain(|r| {
                 let archived_at = r.meta().and_then(|m| m.archived_at);
                 match (since, archived_at) {
@@ -516,7 +511,7 @@ impl Syncer<'_> {
             };
             self.write(sink, batch).await?;
             match next {
-                Some(_) if *budget == 0 => {
+                Some(_) if !budget_left => {
                     tracing::debug!(
                         object = obj.path(),
                         "archived page budget of this run used; the archived pass goes on next run"
@@ -562,15 +557,7 @@ impl Syncer<'_> {
         }
         batch
             .records
-            .extend(contacts.into_iter().map(|(deal, contact)| {
-                Record::from(DealContact {
-                    workspace_id: ws,
-                    source: crate::model::ConnectorKind::Hubspot,
-                    deal_source_id: deal,
-                    contact_source_id: contact,
-                    role: None,
-                })
-            }));
+            .extend(contacts.into_iter().map(|link| deal_contact(ws, link)));
         Ok(())
     }
 
@@ -607,15 +594,7 @@ impl Syncer<'_> {
                 let batch = RecordBatch::new(
                     links
                         .into_iter()
-                        .map(|(deal, contact)| {
-                            Record::from(DealContact {
-                                workspace_id: ws,
-                                source: crate::model::ConnectorKind::Hubspot,
-                                deal_source_id: deal,
-                                contact_source_id: contact,
-                                role: None,
-                            })
-                        })
+                        .map(|link| deal_contact(ws, link))
                         .collect(),
                 );
                 let started = self.ctx.started_at();
