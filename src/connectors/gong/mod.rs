@@ -174,6 +174,11 @@ pub struct GongConfig {
     /// Only calls of this Gong workspace (`filter.workspaceId`).
     #[serde(default)]
     pub workspace_id: Option<String>,
+    /// The company's API origin (Gong gives each customer its own, e.g.
+    /// `https://us-55616.api.gong.io`), or a simulator; `None` for the origin the host
+    /// registered (`https://api.gong.io` by default).
+    #[serde(default)]
+    pub base_url: Option<String>,
 }
 
 impl Default for GongConfig {
@@ -186,6 +191,7 @@ impl Default for GongConfig {
             overlap_days: default_overlap_days(),
             backfill_days: default_backfill_days(),
             workspace_id: None,
+            base_url: None,
         }
     }
 }
@@ -207,6 +213,7 @@ impl GongConfig {
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
         let mut cfg: GongConfig = super::config_from_json(value, "gong")?;
         cfg.validate()?;
+        super::check_base_url(&mut cfg.base_url, "gong")?;
         cfg.tracked_users = cfg
             .tracked_users
             .iter()

@@ -135,6 +135,10 @@ pub struct HubSpotConfig {
     /// `custom_fields`.
     #[serde(default)]
     pub properties: HashMap<String, Vec<String>>,
+    /// The portal's origin (every endpoint: API and OAuth), e.g. a simulator or a proxy;
+    /// `None` for the origin the host registered (`https://api.hubapi.com` by default).
+    #[serde(default)]
+    pub base_url: Option<String>,
     #[serde(skip)]
     pub(crate) lookback: Duration,
 }
@@ -146,6 +150,7 @@ impl Default for HubSpotConfig {
             search_rate_limit: None,
             lookback_minutes: default_lookback_minutes(),
             properties: HashMap::new(),
+            base_url: None,
             lookback: Duration::from_secs(default_lookback_minutes() * 60),
         }
     }
@@ -162,6 +167,7 @@ impl HubSpotConfig {
                 )));
             }
         }
+        super::check_base_url(&mut cfg.base_url, "hubspot")?;
         cfg.lookback = Duration::from_secs(cfg.lookback_minutes.saturating_mul(60));
         Ok(cfg)
     }
