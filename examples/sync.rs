@@ -136,11 +136,11 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, St
         .map_err(|e: pandora_sync::Error| format!("--connector: {e}"))?;
     compiled_in(connector)?;
     let credentials = read_json("--credentials", &take("--credentials")?)?;
-    let mut config = match flags.remove("--config") {
+    let config = match flags.remove("--config") {
         Some(c) => read_json("--config", &c)?,
         None => serde_json::json!({}),
     };
-    let base_url = base_url(flags.remove("--base-url"), &mut config)?;
+    let base_url = base_url(flags.remove("--base-url"), &config)?;
     let mode = match flags.remove("--mode").as_deref() {
         None | Some("auto") => None,
         Some(m) => Some(
@@ -220,17 +220,14 @@ fn compiled_in(kind: ConnectorKind) -> Result<(), String> {
     }
 }
 
-/// The provider's origin: `--base-url`, else the config's `base_url` (taken out of the
-/// config: the connectors read their origin from the registry), else `None` for the
+/// The provider's origin: `--base-url`, else the config's `base_url` (kept in the stored
+/// config, so a worker that later syncs the connection uses it too), else `None` for the
 /// provider's public origin.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn base_url(
-    flag: Option<String>,
-    config: &mut serde_json::Value,
-) -> Result<Option<String>, String> {
-    let configured = match config.as_object_mut().and_then(|c| c.remove("base_url")) {
+fn base_url(flag: Option<String>, config: &serde_json::Value) -> Result<Option<String>, String> {
+    let configured = match config.as_object().and_then(|c| c.get("base_url")) {
         None => None,
-        Some(serde_json::Value::String(url)) => Some(url),
+        Some(serde_json::Value::String(url)) => Some(url.clone()),
         Some(other) => return Err(format!("--config: base_url must be a string, not {other}")),
     };
     let url = match (flag, configured) {

@@ -47,3 +47,21 @@ pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
     serde_json::from_value(value.clone())
         .map_err(|e| Error::config(format!("invalid {provider} config: {e}")))
 }
+
+/// Checks a config's `base_url` (DESIGN 3.4: every connector accepts one): an `http(s)`
+/// origin, trailing slashes dropped.
+#[cfg_attr(not(any(feature = "hubspot", feature = "gong")), allow(dead_code))]
+pub(crate) fn check_base_url(base_url: &mut Option<String>, provider: &str) -> Result<()> {
+    if let Some(url) = base_url {
+        let trimmed = url.trim().trim_end_matches('/');
+        let valid = reqwest::Url::parse(trimmed)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some());
+        if !valid {
+            return Err(Error::config(format!(
+                "invalid {provider} config: base_url {url:?} is not an http(s) origin"
+            )));
+        }
+        *url = trimmed.to_owned();
+    }
+    Ok(())
+}

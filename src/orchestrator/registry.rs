@@ -50,7 +50,9 @@ impl ConnectorRegistry {
     }
 
     /// Every built-in connector whose feature is enabled, talking to the providers' real
-    /// hosts; `base_urls` replaces a provider's origin (a simulator, a proxy).
+    /// hosts; `base_urls` replaces a provider's origin (a simulator, a proxy), and a
+    /// connection whose config has a `base_url` uses that origin (DESIGN 3.4: every
+    /// connector accepts one; Gong gives each customer its own host).
     pub fn builtin(base_urls: &BTreeMap<ConnectorKind, String>) -> Self {
         #[allow(unused_mut)]
         let mut registry = Self::new();
@@ -68,6 +70,7 @@ impl ConnectorRegistry {
                     .ok_or_else(|| Error::config("the hubspot connection has no credentials"))?;
                 let credentials = HubSpotCredentials::from_lookup(|k| creds.get(k))?;
                 let config = HubSpotConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
                 Ok(Box::new(HubSpotConnector::new(&base, credentials, config)?))
             });
         }
@@ -84,6 +87,7 @@ impl ConnectorRegistry {
                     creds.ok_or_else(|| Error::config("the gong connection has no credentials"))?;
                 let credentials = GongCredentials::from_lookup(|k| creds.get(k))?;
                 let config = GongConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
                 Ok(Box::new(GongConnector::new(&base, credentials, config)?))
             });
         }
@@ -103,5 +107,77 @@ impl ConnectorRegistry {
             ))
         })?;
         factory(row, credentials)
+    }
+}
+
+#[cfg(all(test, feature = "hubspot", feature = "simulator"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::connector::{MemorySink, SyncContext};
+    use crate::model::SyncMode;
+    use crate::simulator::{HubSpotSim, HubSpotSimConfig};
+    use crate::store::ConnectionStatus;
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    fn row(config: serde_json::Value) -> ConnectionRow {
+        ConnectionRow {
+            id: Uuid::new_v4(),
+            workspace_id: Uuid::new_v4(),
+            connector: ConnectorKind::Hubspot,
+            auth_method: "access_token".into(),
+            credentials: None,
+            config,
+            status: ConnectionStatus::Pending,
+            last_sync_at: None,
+            sync_cursor: None,
+            error_message: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    /// A connection's `base_url` wins over the registry's origin (DESIGN 3.4), so a worker
+    /// syncs a connection where its config says, and a bad one is a config error.
+    #[tokio::test]
+    async fn a_connections_base_url_is_its_origin() {
+        let sim = HubSpotSim::start(HubSpotSimConfig {
+            companies: 3,
+            contacts: 4,
+            deals: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let creds = Credentials::from_json(serde_json::json!({
+            "access_token": "sim-hubspot-token"
+        }))
+        .unwrap();
+        // The registry's own origin is unreachable: only the connection's can serve.
+        let registry = ConnectorRegistry::builtin(&BTreeMap::from([(
+            ConnectorKind::Hubspot,
+            "http://127.0.0.1:9".to_owned(),
+        )]));
+        let conn = row(serde_json::json!({ "base_url": format!("{}/", sim.base_url()) }));
+        let connector = registry.build(&conn, Some(&creds)).unwrap();
+        let mut sink = MemorySink::new();
+        let ctx = SyncContext::new(conn.workspace_id, SyncMode::Initial);
+        connector.sync(&ctx, &mut sink).await.unwrap();
+        let stored = sink.records().count();
+        assert!(stored >= 9, "{stored} records");
+
+        for bad in ["ftp://example.com", "not a url", "https://"] {
+            let Err(err) =
+                registry.build(&row(serde_json::json!({ "base_url": bad })), Some(&creds))
+            else {
+                panic!("{bad}: accepted");
+            };
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains("base_url")),
+                "{bad}: {err}"
+            );
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! HubSpot CRM v3/v4 simulator: list, search, associations batch read, OAuth token.
+//! HubSpot CRM v3/v4 simulator: list, search, property definitions, associations batch
+//! read, OAuth token.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -79,6 +80,62 @@ impl HubSpotObject {
             HubSpotObject::Contacts => 2,
             HubSpotObject::Deals => 3,
         }
+    }
+
+    /// The properties HubSpot itself defines for the type in the simulated portal (the
+    /// seeded records set them, except `description`, which stays empty).
+    fn hubspot_defined(self) -> &'static [&'static str] {
+        match self {
+            HubSpotObject::Companies => &[
+                "annualrevenue",
+                "createdate",
+                "description",
+                "domain",
+                "hs_custom_tier",
+                "hs_lastmodifieddate",
+                "hs_object_id",
+                "hubspot_owner_id",
+                "industry",
+                "name",
+                "numberofemployees",
+            ],
+            HubSpotObject::Contacts => &[
+                "associatedcompanyid",
+                "createdate",
+                "email",
+                "firstname",
+                "hs_language",
+                "hs_object_id",
+                "hubspot_owner_id",
+                "jobtitle",
+                "lastmodifieddate",
+                "lastname",
+                "lifecyclestage",
+                "phone",
+            ],
+            HubSpotObject::Deals => &[
+                "amount",
+                "closedate",
+                "createdate",
+                "deal_currency_code",
+                "dealname",
+                "dealstage",
+                "hs_deal_stage_probability",
+                "hs_is_closed",
+                "hs_is_closed_won",
+                "hs_lastmodifieddate",
+                "hs_manual_forecast_category",
+                "hs_object_id",
+                "hs_priority",
+                "hubspot_owner_id",
+                "pipeline",
+            ],
+        }
+    }
+
+    /// The name of the portal's `k`-th custom (user-defined) property of this type.
+    pub fn custom_property(self, k: usize) -> String {
+        format!("{}_custom_property_{k:04}", self.singular())
     }
 
     fn default_properties(self) -> &'static [&'static str] {
@@ -165,6 +222,10 @@ pub struct HubSpotSimConfig {
     pub time_zone: String,
     /// The account's current UTC offset in milliseconds (`utcOffsetMilliseconds`).
     pub utc_offset_ms: i64,
+    /// Custom (user-defined) properties the portal defines per object type, named by
+    /// [`HubSpotObject::custom_property`]; `GET /crm/v3/properties/{type}` lists them with
+    /// HubSpot's own, and about three in four seeded records have a value for each.
+    pub custom_properties: usize,
 }
 
 impl Default for HubSpotSimConfig {
@@ -191,6 +252,7 @@ impl Default for HubSpotSimConfig {
             daily_limit: None,
             time_zone: "Etc/UTC".into(),
             utc_offset_ms: 0,
+            custom_properties: 2,
         }
     }
 }
@@ -287,6 +349,7 @@ pub struct HubSpotPortal {
 /// A fake HubSpot portal on loopback.
 ///
 /// Serves `GET /crm/v3/objects/{type}`, `POST /crm/v3/objects/{type}/search`,
+/// `GET /crm/v3/properties/{type}`,
 /// `POST /crm/v4/associations/{from}/{to}/batch/read` and `POST /oauth/v1/token` with the
 /// real shapes, limits and errors (see `reference/provider-apis.md` section 1).
 #[derive(Debug)]
@@ -543,6 +606,16 @@ impl Inner {
                     pick(&["low", "medium", "high"], h(12)).to_owned(),
                 );
                 contact_ids = self.contacts_of_deal(id);
+            }
+        }
+        for k in 0..self.cfg.custom_properties {
+            let hk = mix(
+                self.cfg.seed,
+                obj.salt() * 1_000 + 100,
+                id.wrapping_mul(1_000_003).wrapping_add(k as u64),
+            );
+            if !hk.is_multiple_of(4) {
+                p.insert(obj.custom_property(k), Some(format!("value {}", hk % 1000)));
             }
         }
         let mut rec = SimRecord {
@@ -898,8 +971,16 @@ async fn list_objects(
     State(inner): State<Arc<Inner>>,
     Path(object_type): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response<Body> {
+    if uri.to_string().len() > MAX_URI_CHARS {
+        return error(
+            StatusCode::URI_TOO_LONG,
+            "URI_TOO_LONG",
+            "Request-URI Too Long",
+        );
+    }
     let remaining = match admit(&inner, &headers, Budget::Rest).await {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -990,6 +1071,89 @@ async fn list_objects(
     }
     add_daily_headers(&mut resp, &inner);
     inner.served(HubSpotEndpoint::List(obj));
+    resp
+}
+
+/// HubSpot answers 414 for longer URLs (other connectors measured about 16,300
+/// characters); the simulator refuses them a little earlier.
+const MAX_URI_CHARS: usize = 16_000;
+
+/// `GET /crm/v3/properties/{type}`: every property the portal defines for the type, in the
+/// real shape (`hubspotDefined` only on HubSpot's own), not paged. With `archived=true` only
+/// archived definitions, of which the simulated portal has none.
+async fn list_properties(
+    State(inner): State<Arc<Inner>>,
+    Path(object_type): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response<Body> {
+    let remaining = match admit(&inner, &headers, Budget::Rest).await {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let Some(obj) = HubSpotObject::parse(&object_type) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "OBJECT_NOT_FOUND",
+            "Unknown object type",
+        );
+    };
+    let archived = q.get("archived").is_some_and(|a| a == "true");
+    let created = iso(inner.cfg.base_time - chrono::Duration::days(800));
+    let definition = |name: &str, hubspot: bool| {
+        let mut d = json!({
+            "name": name,
+            "label": name.replace('_', " "),
+            "type": "string",
+            "fieldType": "text",
+            "groupName": format!("{}information", obj.singular()),
+            "description": "",
+            "displayOrder": -1,
+            "calculated": false,
+            "externalOptions": false,
+            "hasUniqueValue": false,
+            "hidden": false,
+            "formField": !hubspot,
+            "archived": false,
+            "options": [],
+            "createdAt": created,
+            "updatedAt": created,
+            "modificationMetadata": {
+                "archivable": !hubspot,
+                "readOnlyDefinition": hubspot,
+                "readOnlyValue": false,
+            },
+        });
+        if hubspot {
+            d["hubspotDefined"] = json!(true);
+        }
+        d
+    };
+    let results: Vec<Value> = if archived {
+        Vec::new()
+    } else {
+        let written: BTreeSet<String> = {
+            let data = lock(&inner.data);
+            data.overlay
+                .range((obj, 0)..=(obj, u64::MAX))
+                .flat_map(|(_, o)| o.props.keys().cloned())
+                .collect()
+        };
+        let own: BTreeSet<&str> = obj.hubspot_defined().iter().copied().collect();
+        let custom: BTreeSet<String> = (0..inner.cfg.custom_properties)
+            .map(|k| obj.custom_property(k))
+            .chain(written.into_iter().filter(|n| !own.contains(n.as_str())))
+            .collect();
+        own.iter()
+            .map(|n| definition(n, true))
+            .chain(custom.iter().map(|n| definition(n, false)))
+            .collect()
+    };
+    let mut resp = json_response(StatusCode::OK, &json!({ "results": results }));
+    if let Some(r) = remaining {
+        add_rate_headers(&mut resp, &inner, r);
+    }
+    add_daily_headers(&mut resp, &inner);
     resp
 }
 
@@ -1580,6 +1744,7 @@ impl HubSpotSim {
         let router = Router::new()
             .route("/crm/v3/objects/{object_type}", get(list_objects))
             .route("/crm/v3/objects/{object_type}/search", post(search_objects))
+            .route("/crm/v3/properties/{object_type}", get(list_properties))
             .route(
                 "/crm/v4/associations/{from}/{to}/batch/read",
                 post(associations_batch_read),

@@ -38,6 +38,10 @@ pub(crate) enum Merge {
     /// post-sync hooks fill in (`linked_account_id`, `linked_deal_id`, `is_internal`), so a
     /// connector that does not know them does not wipe them.
     KeepIfNull,
+    /// The incoming value replaces the stored one unless it is NULL in an archived row. For
+    /// association columns (`account_source_id`): a provider's archived records may carry
+    /// no associations (HubSpot's archived list), so the row keeps its last known ones.
+    KeepIfNullWhenArchived,
 }
 
 /// One column of a record table, beyond the statement-wide `workspace_id`, `source` and
@@ -81,6 +85,13 @@ macro_rules! col {
             name: $name,
             ty: ColType::$ty,
             merge: Merge::KeepIfNull,
+        }
+    };
+    ($name:literal, $ty:ident, keep_when_archived) => {
+        Col {
+            name: $name,
+            ty: ColType::$ty,
+            merge: Merge::KeepIfNullWhenArchived,
         }
     };
 }
@@ -131,7 +142,7 @@ table!(
         col!("last_name", Text),
         col!("title", Text),
         col!("phone", Text),
-        col!("account_source_id", Text),
+        col!("account_source_id", Text, keep_when_archived),
         col!("lifecycle_stage", Text),
         col!("owner_id", Text),
     ]
@@ -150,7 +161,7 @@ table!(
         col!("close_date", Date),
         col!("probability", Float),
         col!("owner_id", Text),
-        col!("account_source_id", Text),
+        col!("account_source_id", Text, keep_when_archived),
         col!("is_closed", Bool),
         col!("is_won", Bool),
         col!("forecast_category", Text),
@@ -692,6 +703,12 @@ fn merged(spec: &TableSpec, col: &Col, d: Dialect) -> String {
         Merge::KeepIfNull => format!(
             "COALESCE({}.{}, {}.{})",
             d.excluded, col.name, spec.table, col.name
+        ),
+        Merge::KeepIfNullWhenArchived => format!(
+            "COALESCE({x}.{c}, CASE WHEN {x}.archived_at IS NOT NULL THEN {t}.{c} END)",
+            x = d.excluded,
+            c = col.name,
+            t = spec.table,
         ),
     }
 }

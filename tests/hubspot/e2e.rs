@@ -147,6 +147,72 @@ fn by_id(records: Vec<Record>) -> BTreeMap<String, Record> {
     records.into_iter().map(|r| (r.source_id(), r)).collect()
 }
 
+/// The properties the schema maps to typed columns (reference section 9), and
+/// `hs_object_id`: everything else a record carries belongs in `custom_fields`.
+fn mapped(obj: HubSpotObject) -> &'static [&'static str] {
+    match obj {
+        HubSpotObject::Companies => &[
+            "name",
+            "domain",
+            "industry",
+            "numberofemployees",
+            "annualrevenue",
+            "hubspot_owner_id",
+            "createdate",
+            "hs_lastmodifieddate",
+            "hs_object_id",
+        ],
+        HubSpotObject::Contacts => &[
+            "email",
+            "firstname",
+            "lastname",
+            "jobtitle",
+            "phone",
+            "lifecyclestage",
+            "hubspot_owner_id",
+            "associatedcompanyid",
+            "createdate",
+            "lastmodifieddate",
+            "hs_object_id",
+        ],
+        HubSpotObject::Deals => &[
+            "dealname",
+            "amount",
+            "deal_currency_code",
+            "dealstage",
+            "pipeline",
+            "closedate",
+            "hs_deal_stage_probability",
+            "hubspot_owner_id",
+            "hs_is_closed",
+            "hs_is_closed_won",
+            "hs_manual_forecast_category",
+            "createdate",
+            "hs_lastmodifieddate",
+            "hs_object_id",
+        ],
+    }
+}
+
+/// The `custom_fields` the truth says a record has: every unmapped property, blank
+/// values as null.
+fn truth_custom_fields(
+    truth: &pandora_sync::simulator::SimRecord,
+) -> serde_json::Map<String, serde_json::Value> {
+    truth
+        .properties
+        .iter()
+        .filter(|(k, _)| !mapped(truth.object).contains(&k.as_str()))
+        .map(|(k, v)| {
+            let v = match v.as_deref().map(str::trim) {
+                None | Some("") => serde_json::Value::Null,
+                Some(_) => serde_json::json!(v),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
 /// Every live and archived record of the simulator is stored exactly as the truth says.
 async fn assert_equals_truth(store: &Arc<dyn SyncStore>, ws: Uuid, sim: &HubSpotSim) {
     for (obj, kind) in [
@@ -175,6 +241,12 @@ async fn assert_equals_truth(store: &Arc<dyn SyncStore>, ws: Uuid, sim: &HubSpot
                 meta.archived_at.is_some(),
                 truth.archived_at.is_some(),
                 "{kind:?} {} archived",
+                truth.id
+            );
+            assert_eq!(
+                meta.custom_fields,
+                truth_custom_fields(&truth),
+                "{kind:?} {} custom_fields",
                 truth.id
             );
             let p = |k: &str| {
@@ -882,5 +954,162 @@ pub async fn resumed_search_pass_is_followed_up(env: Env) {
     assert_equals_truth(&env.store, ws, &sim).await;
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
     assert_eq!(r.connectors[0].status, SyncStatus::Completed);
+    assert_equals_truth(&env.store, ws, &sim).await;
+}
+
+/// Issue 13: every property the portal defines that the schema does not map is discovered
+/// (once per run and object type) and stored in `custom_fields`, also when the property
+/// list is too long for one list URL or one search body.
+pub async fn custom_properties_land_in_custom_fields(env: Env) {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 30,
+        contacts: 150,
+        deals: 60,
+        rate_limits: false,
+        // 520 names of about 30 characters: two list URLs, several search bodies.
+        custom_properties: 520,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ws, o) = setup(&env, &sim, fast_config()).await;
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(c.status, SyncStatus::Completed, "{:?}", c.error);
+    assert_equals_truth(&env.store, ws, &sim).await;
+    let counts = sim.counters().snapshot();
+    assert_eq!(
+        counts.get("GET /crm/v3/properties/{object_type}"),
+        Some(&3),
+        "one discovery per object type: {counts:?}"
+    );
+    // Live pages: 1 company, 2 contact and 1 deal page, each in two property slices; the
+    // three archived lists are empty (one request each).
+    assert_eq!(
+        counts.get("GET /crm/v3/objects/{object_type}"),
+        Some(&11),
+        "{counts:?}"
+    );
+    let custom = HubSpotObject::Contacts.custom_property(517);
+    let Some(Record::Contact(stored)) = env
+        .store
+        .get_record(ws, RecordKind::Contact, ConnectorKind::Hubspot, "7")
+        .await
+        .unwrap()
+    else {
+        panic!("contact 7 missing")
+    };
+    assert_eq!(
+        stored.meta.custom_fields.get(&custom).cloned(),
+        sim.record(HubSpotObject::Contacts, 7)
+            .unwrap()
+            .properties
+            .get(&custom)
+            .map(|v| serde_json::json!(v)),
+    );
+
+    // An incremental run reads changed custom values through search, in slices.
+    for id in [7, 40, 99] {
+        sim.modify(
+            HubSpotObject::Contacts,
+            id,
+            [(custom.clone(), format!("changed {id}"))],
+        );
+    }
+    sim.modify(HubSpotObject::Deals, 5, [("dealname", "Renamed")]);
+    sim.counters().reset();
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Incremental, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
+    assert_equals_truth(&env.store, ws, &sim).await;
+    let counts = sim.counters().snapshot();
+    assert_eq!(
+        counts.get("GET /crm/v3/properties/{object_type}"),
+        Some(&3),
+        "once per run: {counts:?}"
+    );
+    assert!(
+        counts
+            .get("POST /crm/v3/objects/{object_type}/search")
+            .is_some_and(|n| *n > 3),
+        "pages with results are read in several property slices: {counts:?}"
+    );
+}
+
+/// Issue 13: HubSpot's archived list carries no associations; an archived record keeps the
+/// association columns stored while it was live, and its deal-contact links.
+pub async fn archived_record_keeps_its_association_columns(env: Env) {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 10,
+        contacts: 40,
+        deals: 20,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ws, o) = setup(&env, &sim, fast_config()).await;
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(r.connectors[0].status, SyncStatus::Completed);
+    let links_before = env
+        .store
+        .count_records(ws, RecordKind::DealContact, Some(ConnectorKind::Hubspot))
+        .await
+        .unwrap();
+    sim.archive(HubSpotObject::Deals, 3);
+    sim.archive(HubSpotObject::Contacts, 5);
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Incremental, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
+    let truth = sim.record(HubSpotObject::Deals, 3).unwrap();
+    let Some(Record::Deal(d)) = env
+        .store
+        .get_record(ws, RecordKind::Deal, ConnectorKind::Hubspot, "3")
+        .await
+        .unwrap()
+    else {
+        panic!("deal 3 missing")
+    };
+    assert!(d.meta.archived_at.is_some(), "deal 3 archived");
+    assert!(truth.company_id.is_some());
+    assert_eq!(
+        d.account_source_id,
+        truth.company_id.map(|c| c.to_string()),
+        "the archived deal keeps its company"
+    );
+    let Some(Record::Contact(p)) = env
+        .store
+        .get_record(ws, RecordKind::Contact, ConnectorKind::Hubspot, "5")
+        .await
+        .unwrap()
+    else {
+        panic!("contact 5 missing")
+    };
+    assert!(p.meta.archived_at.is_some(), "contact 5 archived");
+    assert_eq!(
+        p.account_source_id,
+        sim.record(HubSpotObject::Contacts, 5)
+            .unwrap()
+            .company_id
+            .map(|c| c.to_string())
+    );
+    assert_eq!(
+        env.store
+            .count_records(ws, RecordKind::DealContact, Some(ConnectorKind::Hubspot))
+            .await
+            .unwrap(),
+        links_before,
+        "the archived deal's links stay"
+    );
     assert_equals_truth(&env.store, ws, &sim).await;
 }

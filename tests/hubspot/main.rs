@@ -39,6 +39,8 @@ e2e_suite!(
     changes_during_a_search_pass_are_not_lost,
     resumed_list_pass_is_followed_up,
     resumed_search_pass_is_followed_up,
+    custom_properties_land_in_custom_fields,
+    archived_record_keeps_its_association_columns,
 );
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -322,7 +324,8 @@ async fn daily_quota_stops_until_the_accounts_midnight() {
         contacts: 50,
         deals: 0,
         rate_limits: false,
-        daily_limit: Some(2),
+        // The three property discoveries, the companies page and its total.
+        daily_limit: Some(5),
         time_zone: "US/Eastern".into(),
         utc_offset_ms: -5 * 3_600_000,
         ..Default::default()
@@ -694,4 +697,70 @@ async fn resumed_archived_pass_is_followed_up() {
         matches!(r, Record::Contact(c) if c.meta.source_id == "5" && c.meta.archived_at.is_some())
     });
     assert!(archived_5, "contact 5's archiving was read");
+}
+
+/// Issue 13: the archived list can be neither filtered nor sorted by time, so an
+/// incremental run reads a bounded number of archived pages per object and goes on from
+/// the stored cursor next run; an archiving is still read within a few runs.
+#[tokio::test]
+async fn archived_pass_is_bounded_per_incremental_run() {
+    const BOUND: usize = 10; // archived pages per object and incremental run
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 5,
+        contacts: 5_200,
+        deals: 5,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // 5,000 archived contacts: 50 archived pages.
+    for id in 101..=5_100 {
+        sim.archive(HubSpotObject::Contacts, id);
+    }
+    let c = connector(&sim);
+    let mut sink = MemorySink::new();
+    c.sync(&SyncContext::new(ws(), SyncMode::Initial), &mut sink)
+        .await
+        .unwrap();
+    let archived_read = sink
+        .records()
+        .filter(|r| matches!(r, Record::Contact(c) if c.meta.archived_at.is_some()))
+        .count();
+    assert_eq!(
+        archived_read, 5_000,
+        "an initial sync reads the whole archived list"
+    );
+    let mut previous = sink.last_checkpoint().unwrap().clone();
+
+    // No change at all: each incremental run reads at most BOUND archived contact pages
+    // (before: all 50, on every run), plus one (empty) archived page for companies and deals.
+    for run in 0..3 {
+        sim.counters().reset();
+        let ctx = SyncContext::new(ws(), SyncMode::Incremental).with_previous(previous.clone());
+        let mut sink = MemorySink::new();
+        c.sync(&ctx, &mut sink).await.unwrap();
+        let lists = sim.counters().get("GET /crm/v3/objects/{object_type}");
+        assert_eq!(
+            lists,
+            BOUND as u64 + 2,
+            "run {run}: {:?}",
+            sim.counters().snapshot()
+        );
+        previous = sink.last_checkpoint().unwrap().clone();
+    }
+
+    // A contact archived now is read within the runs the list takes at the bound.
+    sim.archive(HubSpotObject::Contacts, 5_150);
+    let mut seen = false;
+    for _ in 0..(50 / BOUND + 1) {
+        let ctx = SyncContext::new(ws(), SyncMode::Incremental).with_previous(previous.clone());
+        let mut sink = MemorySink::new();
+        c.sync(&ctx, &mut sink).await.unwrap();
+        seen |= sink.records().any(|r| {
+            matches!(r, Record::Contact(c) if c.meta.source_id == "5150" && c.meta.archived_at.is_some())
+        });
+        previous = sink.last_checkpoint().unwrap().clone();
+    }
+    assert!(seen, "contact 5150's archiving was read");
 }

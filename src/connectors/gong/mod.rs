@@ -193,6 +193,11 @@ pub struct GongConfig {
     /// Only calls of this Gong workspace (`filter.workspaceId`).
     #[serde(default)]
     pub workspace_id: Option<String>,
+    /// The company's API origin (Gong gives each customer its own, e.g.
+    /// `https://us-55616.api.gong.io`), or a simulator; `None` for the origin the host
+    /// registered (`https://api.gong.io` by default).
+    #[serde(default)]
+    pub base_url: Option<String>,
 }
 
 impl Default for GongConfig {
@@ -205,6 +210,7 @@ impl Default for GongConfig {
             overlap_days: default_overlap_days(),
             backfill_days: default_backfill_days(),
             workspace_id: None,
+            base_url: None,
         }
     }
 }
@@ -232,6 +238,7 @@ impl GongConfig {
         }
         let mut cfg: GongConfig = super::config_from_json(&value, "gong")?;
         cfg.validate()?;
+        super::check_base_url(&mut cfg.base_url, "gong")?;
         cfg.tracked_users = cfg
             .tracked_users
             .iter()

@@ -8,7 +8,9 @@ use http::{Method, Uri};
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
-use super::types::{AssocBatchRequest, AssocBatchResponse, AssocInput, Page, SearchRequest};
+use super::types::{
+    AssocBatchRequest, AssocBatchResponse, AssocInput, Page, PropertiesResponse, SearchRequest,
+};
 use super::{HubSpotConfig, HubSpotCredentials};
 use crate::connectors::rest::JsonApi;
 use crate::error::{Error, Result};
@@ -73,7 +75,7 @@ pub(crate) fn account_offset(details: &serde_json::Value) -> Option<FixedOffset>
     })
 }
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         match b {
@@ -225,6 +227,25 @@ impl HubSpotClient {
             q.push_str(&encode(a));
         }
         self.send(&self.rest, Method::GET, &q, None).await
+    }
+
+    /// `GET /crm/v3/properties/{object}`: the names of every (non-archived) property the
+    /// portal defines for the object type.
+    pub(crate) async fn property_names(&self, object: &str) -> Result<Vec<String>> {
+        let resp: PropertiesResponse = self
+            .send(
+                &self.rest,
+                Method::GET,
+                &format!("/crm/v3/properties/{object}"),
+                None,
+            )
+            .await?;
+        Ok(resp
+            .results
+            .into_iter()
+            .filter(|p| !p.archived && !p.name.trim().is_empty())
+            .map(|p| p.name)
+            .collect())
     }
 
     /// `POST /crm/v3/objects/{object}/search` through the search budget.

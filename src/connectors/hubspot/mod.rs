@@ -1,10 +1,14 @@
 //! The HubSpot CRM connector (feature `hubspot`): companies → `accounts`, contacts →
 //! `contacts`, deals → `deals`, deal–contact associations → `deal_contacts`.
 //!
+//! - **Properties**: every property the portal defines (`GET /crm/v3/properties/{object}`,
+//!   once per run and object type) is read; the ones the schema does not map, and the
+//!   config's extra `properties`, go to `custom_fields`. Lists too long for one request are
+//!   split over requests of the same page (see the `properties` module for the limits and
+//!   the trade-off).
 //! - **Initial sync** reads each object through the list endpoint (100 a page, an id
-//!   cursor) with the properties the schema needs (others the config names go to
-//!   `custom_fields`) and the inline associations, one checkpoint per page; then archived
-//!   records (`archived=true`) are stored soft-deleted. After each full pass the
+//!   cursor) with those properties and the inline associations, one checkpoint per page;
+//!   then archived records (`archived=true`) are stored soft-deleted. After each full pass the
 //!   provider's count of live records (search `total`) goes to
 //!   [`SyncReport::source_totals`](crate::SyncReport::source_totals) for reconciliation.
 //! - **Incremental sync** reads through search on the right last-modified property
@@ -17,6 +21,14 @@
 //!   the v4 batch endpoint. A stream flagged for repair is read in full instead.
 //! - **Resumed passes** end with the window of the run that began them; a follow-up pass in
 //!   the same run then reads what changed since.
+//! - **Archived records**: search never returns them, and the archived list can be neither
+//!   filtered nor sorted by time, so it is the only way to see deletions. An incremental run
+//!   reads at most 10 archived pages per object (1,000 records), skipping those archived
+//!   before the stream's watermark, and goes on from the stored cursor next run. The
+//!   trade-off: a no-change run costs at most 10 requests per object instead of the whole
+//!   list, and with a list longer than that an archiving is seen within
+//!   ⌈pages / 10⌉ runs instead of the next one. Archived records carry no associations;
+//!   the store keeps an archived row's last known `account_source_id` and its links.
 //! - **Daily quota**: HubSpot's `DAILY` 429 stops the sync with
 //!   [`Error::QuotaExhausted`](crate::Error::QuotaExhausted) resetting at the next midnight
 //!   in the account's time zone (`GET /account-info/v3/details`, asked once and only then;
@@ -31,6 +43,7 @@
 mod client;
 #[cfg(test)]
 mod fuzz;
+mod properties;
 mod sync;
 mod transform;
 mod types;
@@ -122,6 +135,10 @@ pub struct HubSpotConfig {
     /// `custom_fields`.
     #[serde(default)]
     pub properties: HashMap<String, Vec<String>>,
+    /// The portal's origin (every endpoint: API and OAuth), e.g. a simulator or a proxy;
+    /// `None` for the origin the host registered (`https://api.hubapi.com` by default).
+    #[serde(default)]
+    pub base_url: Option<String>,
     #[serde(skip)]
     pub(crate) lookback: Duration,
 }
@@ -133,6 +150,7 @@ impl Default for HubSpotConfig {
             search_rate_limit: None,
             lookback_minutes: default_lookback_minutes(),
             properties: HashMap::new(),
+            base_url: None,
             lookback: Duration::from_secs(default_lookback_minutes() * 60),
         }
     }
@@ -149,6 +167,7 @@ impl HubSpotConfig {
                 )));
             }
         }
+        super::check_base_url(&mut cfg.base_url, "hubspot")?;
         cfg.lookback = Duration::from_secs(cfg.lookback_minutes.saturating_mul(60));
         Ok(cfg)
     }
@@ -206,6 +225,8 @@ impl HubSpotConnector {
             ctx,
             checkpoint,
             report: SyncReport::default(),
+            discovered: Default::default(),
+            archived_pages: Default::default(),
         };
         if backfill {
             s.association_backfill(sink).await?;

@@ -3,7 +3,7 @@
 //! deletes, resumed passes finished in their own window and followed up, and association
 //! backfill through the v4 batch endpoint.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::HubSpotConfig;
 use super::client::HubSpotClient;
+use super::properties::{self, Discovered};
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
 use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort};
 use crate::connector::{
@@ -18,7 +19,7 @@ use crate::connector::{
 };
 use crate::connectors::page::{capture_page, write_page};
 use crate::error::{Error, Result};
-use crate::model::{DealContact, Record, RecordKind};
+use crate::model::{DealContact, Record, RecordKind, SyncMode};
 
 /// The CRM objects the connector syncs, in dependency order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +66,7 @@ impl Object {
         }
     }
 
-    fn mapped(self) -> &'static [&'static str] {
+    pub(crate) fn mapped(self) -> &'static [&'static str] {
         match self {
             Object::Companies => COMPANY_PROPERTIES,
             Object::Contacts => CONTACT_PROPERTIES,
@@ -90,6 +91,8 @@ const LIST_LIMIT: u32 = 100;
 const ASSOC_CHUNK: usize = 1_000;
 /// Checkpoint flag: an inline association block was cut off, so a backfill is needed.
 pub(crate) const NEEDS_BACKFILL: &str = "needs_association_backfill";
+/// Archived list pages an incremental run reads per object (see [`Syncer::archived_pass`]).
+pub(crate) const ARCHIVED_PAGES_PER_RUN: u32 = 10;
 /// Checkpoint key: which read the stream's pass in progress is (what its cursor means).
 const PASS_KIND: &str = "pass";
 
@@ -145,14 +148,10 @@ pub(crate) struct Syncer<'a> {
     pub(crate) ctx: &'a SyncContext,
     pub(crate) checkpoint: Checkpoint,
     pub(crate) report: SyncReport,
-}
-
-fn properties(obj: Object, config: &HubSpotConfig) -> Vec<String> {
-    let mut props: Vec<String> = obj.mapped().iter().map(|p| (*p).to_owned()).collect();
-    props.extend(config.extra_properties(obj.path()).iter().cloned());
-    props.sort();
-    props.dedup();
-    props
+    /// The properties read per object type in this run (see [`properties`]).
+    pub(crate) discovered: Discovered,
+    /// Archived list pages read per object type in this run (see [`Syncer::archived_pass`]).
+    pub(crate) archived_pages: HashMap<&'static str, u32>,
 }
 
 /// A deal–contact link read from the v4 associations endpoint.
@@ -266,7 +265,7 @@ impl Syncer<'_> {
     /// not modification order; a repair flag is cleared then, and the provider's total is
     /// reported for reconciliation.
     async fn list_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
-        let props = properties(obj, self.config);
+        let props = self.wanted_properties(obj).await?;
         let stream = obj.path();
         let ctx = self.ctx;
         let s = self.stream(stream);
@@ -278,16 +277,15 @@ impl Syncer<'_> {
         async {
             loop {
                 self.ctx.check_cancelled()?;
-                let page = self
-                    .client
-                    .list_page(
-                        obj.path(),
-                        &props,
-                        obj.inline_associations(),
-                        after.as_deref(),
-                        false,
-                    )
-                    .await?;
+                let page = properties::list_page(
+                    self.client,
+                    obj.path(),
+                    &props,
+                    obj.inline_associations(),
+                    after.as_deref(),
+                    false,
+                )
+                .await?;
                 let next = page.next_after().map(str::to_owned);
                 let (batch, truncated) = self.transform_page(obj, page);
                 let s = self.stream(stream);
@@ -364,7 +362,7 @@ impl Syncer<'_> {
         let stream = obj.path();
         let ctx = self.ctx;
         let lookback = chrono::Duration::from_std(self.config.lookback).unwrap_or_default();
-        let props = properties(obj, self.config);
+        let props = self.wanted_properties(obj).await?;
         let s = self.stream(stream);
         let Some(watermark) = s.watermark else {
             // Never synced: a full list pass is the only complete read.
@@ -417,7 +415,7 @@ impl Syncer<'_> {
                     limit: SEARCH_LIMIT,
                     after: None,
                 };
-                let page = self.client.search_page(obj.path(), &req).await?;
+                let page = properties::search_page(self.client, obj.path(), &req).await?;
                 let more = page.search_has_more()?;
                 let page_max_id = page.results.iter().filter_map(numeric_id).max();
                 if more {
@@ -460,13 +458,22 @@ impl Syncer<'_> {
     }
 
     /// One pass over the archived list (an id cursor, like the live list). The archived list
-    /// is not filterable by time, so records archived before the stream's watermark (minus
-    /// the lookback) are skipped client-side; the stream's watermark is the newest
-    /// `archived_at`, capped by the pass's own window.
+    /// is neither filterable nor sortable by time, so records archived before the stream's
+    /// watermark (minus the lookback) are skipped client-side; the stream's watermark is the
+    /// newest `archived_at`, capped by the pass's own window. An incremental run reads at
+    /// most [`ARCHIVED_PAGES_PER_RUN`] archived pages per object (a pass and its follow-up
+    /// together); a longer list is read on across runs from the stored cursor.
     async fn archived_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
+        let limit = match self.ctx.mode() {
+            SyncMode::Incremental => ARCHIVED_PAGES_PER_RUN,
+            SyncMode::Initial | SyncMode::Backfill => u32::MAX,
+        };
+        if self.archived_pages.get(obj.path()).copied().unwrap_or(0) >= limit {
+            return Ok(false);
+        }
         let stream = obj.archived_stream();
         let ctx = self.ctx;
-        let props = properties(obj, self.config);
+        let props = self.wanted_properties(obj).await?;
         let lookback = chrono::Duration::from_std(self.config.lookback).unwrap_or_default();
         let s = self.stream(stream);
         let since = s
@@ -476,10 +483,12 @@ impl Syncer<'_> {
         let mut after = s.cursor.clone();
         loop {
             self.ctx.check_cancelled()?;
-            let page = self
-                .client
-                .list_page(obj.path(), &props, &[], after.as_deref(), true)
-                .await?;
+            let read = self.archived_pages.entry(obj.path()).or_insert(0);
+            *read += 1;
+            let budget_left = *read < limit;
+            let page =
+                properties::list_page(self.client, obj.path(), &props, &[], after.as_deref(), true)
+                    .await?;
             let next = page.next_after().map(str::to_owned);
             let (mut batch, _) = self.transform_page(obj, page);
             batch.records.retain(|r| {
@@ -502,6 +511,13 @@ impl Syncer<'_> {
             };
             self.write(sink, batch).await?;
             match next {
+                Some(_) if !budget_left => {
+                    tracing::debug!(
+                        object = obj.path(),
+                        "archived page budget of this run used; the archived pass goes on next run"
+                    );
+                    return Ok(false);
+                }
                 Some(a) => after = Some(a),
                 None => return Ok(resumed),
             }

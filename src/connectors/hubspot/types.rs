@@ -210,3 +210,21 @@ impl AssocTo {
         }
     }
 }
+
+/// Reply of `GET /crm/v3/properties/{object}`: every property the portal defines for the
+/// object type (not paged).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PropertiesResponse {
+    #[serde(default)]
+    pub results: Vec<PropertyDefinition>,
+}
+
+/// One property definition (only what the connector reads; the API sends `label`, `type`,
+/// `fieldType`, `groupName`, `calculated`, `hubspotDefined` for HubSpot's own, and more).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PropertyDefinition {
+    pub name: String,
+    /// Archived definitions are only listed with `archived=true`; skipped if one shows up.
+    #[serde(default)]
+    pub archived: bool,
+}
