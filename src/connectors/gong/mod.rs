@@ -61,11 +61,12 @@
 //! |---|---|---|
 //! | `tracked_users` | `[]` (every active user) | emails (matched case-insensitively, aliases too) or user ids |
 //! | `initial_days` | 90 | history read by an initial sync |
-//! | `overlap_days` | 14 | how far before the watermark incremental syncs start |
+//! | `overlap_days` | 14 | how far before the later of the watermark and the last pass's end incremental syncs start |
 //! | `backfill_days` | 365 | how far back a backfill reaches |
 //! | `workspace_id` | none | only calls of this Gong workspace |
 //! | `rate_limit` | 3 per 1000 ms | `{"max_requests", "window_ms"}` |
 //! | `daily_limit` | 10,000 | requests per UTC day (counted across runs) |
+//! | `base_url` | the registered origin | the company's API origin (`https://us-NNNNN.api.gong.io`) or a simulator |
 //! | `internal_domains` | none | not the connector's: read by the internal-filter hook |
 
 mod client;
