@@ -27,9 +27,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pandora_sync::model::RecordKind;
+use pandora_sync::store::{NewConnection, SyncStatus, WorkspaceLock};
 use pandora_sync::{
-    ConnectorKind, ConnectorRegistry, Credentials, Keyring, NewConnection, Orchestrator,
-    RecordKind, SyncMode, SyncOptions, SyncStatus, SyncStore, WorkspaceLock, connect_store,
+    ConnectorKind, ConnectorRegistry, Credentials, Keyring, Orchestrator, SyncMode, SyncOptions,
+    SyncStore, connect_store,
 };
 use uuid::Uuid;
 
@@ -163,7 +165,7 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         }
     };
     let orchestrator = Orchestrator::new(store.clone(), registry);
-    let progress = pandora_sync::ProgressReporter::new();
+    let progress = pandora_sync::connector::ProgressReporter::new();
     let mut rx = progress.subscribe();
     let printer = tokio::spawn(async move {
         while rx.changed().await.is_ok() {

@@ -3,6 +3,6 @@
 //! `types` (wire shapes).
 
 #[cfg(feature = "gong")]
-pub(crate) mod gong;
+pub mod gong;
 #[cfg(feature = "hubspot")]
-pub(crate) mod hubspot;
+pub mod hubspot;
