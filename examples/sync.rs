@@ -3,54 +3,92 @@
 //! ```text
 //! cargo run --example sync --features "sqlite,hubspot" -- \
 //!   --database sqlite://pandora.db --workspace 6f1c…-…  --connector hubspot \
-//!   --base-url http://127.0.0.1:3000 --credentials '{"access_token":"…"}' \
+//!   --base-url http://127.0.0.1:3000 --credentials @hubspot-credentials.json \
 //!   [--config '{"rate_limit":{"max_requests":190,"window_ms":10000}}'] \
-//!   [--mode auto|initial|incremental|backfill] [--wait <secs>] [--json]
+//!   [--mode auto|initial|incremental|backfill] [--wait <secs>] [--json] [--no-hooks]
 //! ```
 //!
-//! `--credentials` and `--config` take JSON or `@path/to/file.json`. Credentials are sealed
-//! with the key in `PANDORA_SYNC_KEY` (base64, 32 bytes) or, without it, a key made for this
-//! run (they are written again on every run, and only that run can open them: set the key
-//! when a worker is to sync the stored connection too). Progress goes to stderr; `--json` prints one
-//! summary to stdout. Exit code: 0 completed (with or without record errors), 1 failed,
-//! 2 bad arguments.
+//! Build it with one storage backend (`sqlite` or `postgres`) and the connectors you sync
+//! (`hubspot`, `gong`), e.g. `--features sqlite,gong`; asking for a connector this build
+//! does not have exits 2 saying which feature to add.
+//!
+//! `--database sqlite://path` creates the file when it does not exist, as the sqlite CLI
+//! does (a `?mode=` in the URL is honoured: `?mode=rw` or `?mode=ro` never create it);
+//! `sqlite::memory:` and `postgres://…` URLs are used as given.
+//!
+//! `--credentials` and `--config` take JSON or `@path/to/file.json`. Pass credentials as a
+//! file (`--credentials @hubspot.json`, readable by you alone): a token written on the
+//! command line lands in your shell history and is visible to every user of the machine in
+//! `ps`. The credential keys: hubspot `{"access_token"}` (or `{"client_id",
+//! "client_secret", "refresh_token"}`), gong `{"access_key", "access_key_secret"}`.
+//! `--config` holds the connector's non-secret settings; unknown keys exit 2. Every
+//! connector accepts `"rate_limit": {"max_requests": N, "window_ms": M}` to replace its main
+//! request budget, and `"base_url"` as an alternative to `--base-url` (every endpoint of the
+//! provider, OAuth included, on that origin; default: the provider's public origin).
+//!
+//! Credentials are sealed with the key in `PANDORA_SYNC_KEY` (base64, 32 bytes) or, without
+//! it, a key made for this run (they are written again on every run, and only that run can
+//! open them: set the key when a worker is to sync the stored connection too).
+//!
+//! After the sync the built-in post-sync hooks run, as they do for every user of
+//! `Orchestrator::with_builtin_hooks`: the internal filter (`conversations.is_internal`),
+//! the entity linker and the deals' computed fields; `--no-hooks` skips them. A hook's
+//! failure is reported, never fatal.
+//!
+//! Progress goes to stderr; `--json` prints one summary to stdout. Exit code: 0 completed
+//! (with or without record errors), 1 failed or stopped by a provider's rate limit or quota
+//! (its checkpoint is kept: the next run resumes), 2 bad arguments.
 //!
 //! One sync of a workspace runs at a time: the run takes the workspace lock before it
-//! writes the connection's credentials and config and keeps it until the sync ends, so a
-//! second run never sees (or overwrites) what the first one wrote. A run that finds the lock
-//! held exits 1 saying a sync is already running, or with `--wait <secs>` waits up to that
-//! long for it to end. A lock whose holder was killed on this machine is taken over at once.
+//! writes the connection's credentials and config and keeps it until the sync (and its
+//! hooks) end, so a second run never sees (or overwrites) what the first one wrote. A run
+//! that finds the lock held exits 1 saying a sync is already running, or with
+//! `--wait <secs>` waits up to that long for it to end. A lock whose holder was killed on
+//! this machine is taken over at once.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
+// Without a storage backend only the `main` that says so is built.
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(unused_imports)
+)]
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pandora_sync::model::RecordKind;
-use pandora_sync::store::{NewConnection, SyncStatus, WorkspaceLock};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use pandora_sync::{
     ConnectorKind, ConnectorRegistry, Credentials, Keyring, Orchestrator, SyncMode, SyncOptions,
     SyncStore, connect_store,
+    model::RecordKind,
+    store::{NewConnection, SyncStatus, WorkspaceLock},
 };
 use uuid::Uuid;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 struct Args {
     database: String,
     workspace: Uuid,
     connector: ConnectorKind,
-    base_url: String,
+    /// `None`: the provider's public origin.
+    base_url: Option<String>,
     credentials: serde_json::Value,
     config: serde_json::Value,
     mode: Option<SyncMode>,
     wait: Option<Duration>,
     json: bool,
+    hooks: bool,
 }
 
-const USAGE: &str = "usage: sync --database <url> --workspace <uuid> --connector <name> --base-url <url> \
---credentials <json|@file> [--config <json|@file>] [--mode auto|initial|incremental|backfill] \
-[--wait <secs>] [--json]";
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const USAGE: &str = "usage: sync --database <sqlite://path|postgres://...> --workspace <uuid> \
+--connector <name> [--base-url <url>] --credentials <@file.json|json> [--config <json|@file>] \
+[--mode auto|initial|incremental|backfill] [--wait <secs>] [--json] [--no-hooks]
+Pass the credentials as @file.json: a token written on the command line lands in your shell \
+history and in `ps`. See examples/sync.rs for every flag.";
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn read_json(flag: &str, value: &str) -> Result<serde_json::Value, String> {
     let text = match value.strip_prefix('@') {
         Some(path) => {
@@ -66,14 +104,18 @@ fn read_json(flag: &str, value: &str) -> Result<serde_json::Value, String> {
     Ok(parsed)
 }
 
-fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
+/// The arguments, or `None` for `--help`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Option<Args>, String> {
     let mut flags: BTreeMap<String, String> = BTreeMap::new();
     let mut json = false;
+    let mut hooks = true;
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--json" => json = true,
-            "--help" | "-h" => return Err(USAGE.to_owned()),
+            "--no-hooks" => hooks = false,
+            "--help" | "-h" => return Ok(None),
             "--database" | "--workspace" | "--connector" | "--base-url" | "--credentials"
             | "--config" | "--mode" | "--wait" => {
                 let value = it.next().ok_or_else(|| format!("{arg} needs a value"))?;
@@ -87,22 +129,20 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
             .remove(name)
             .ok_or_else(|| format!("missing {name}\n{USAGE}"))
     };
-    let database = take("--database")?;
+    let database = database_url(&take("--database")?);
     let workspace = take("--workspace")?;
     let workspace = Uuid::parse_str(&workspace)
         .map_err(|e| format!("--workspace: {workspace:?} is not a UUID: {e}"))?;
     let connector: ConnectorKind = take("--connector")?
         .parse()
         .map_err(|e: pandora_sync::Error| format!("--connector: {e}"))?;
-    let base_url = take("--base-url")?;
-    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        return Err(format!("--base-url: {base_url:?} is not an http(s) URL"));
-    }
+    compiled_in(connector)?;
     let credentials = read_json("--credentials", &take("--credentials")?)?;
-    let config = match flags.remove("--config") {
+    let mut config = match flags.remove("--config") {
         Some(c) => read_json("--config", &c)?,
         None => serde_json::json!({}),
     };
+    let base_url = base_url(flags.remove("--base-url"), &mut config)?;
     let mode = match flags.remove("--mode").as_deref() {
         None | Some("auto") => None,
         Some(m) => Some(
@@ -119,7 +159,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
                 .ok_or_else(|| format!("--wait: {w:?} is not a number of seconds"))?,
         ),
     };
-    Ok(Args {
+    Ok(Some(Args {
         database,
         workspace,
         connector,
@@ -129,9 +169,105 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Args, String> {
         mode,
         wait,
         json,
-    })
+        hooks,
+    }))
 }
 
+/// `sqlite://path` (or `sqlite:path`) opens the file read-write and creates it when it does
+/// not exist, as the sqlite CLI does, unless the URL names a `mode` itself; in-memory and
+/// Postgres URLs are used as given.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn database_url(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return url.to_owned();
+    };
+    let (path, query) = match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    };
+    let path = path.strip_prefix("//").unwrap_or(path);
+    let names_mode = query.is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next() == Some("mode"))
+    });
+    if path.is_empty() || path == ":memory:" || names_mode {
+        return url.to_owned();
+    }
+    match query {
+        None => format!("{url}?mode=rwc"),
+        Some("") => format!("{url}mode=rwc"),
+        Some(_) => format!("{url}&mode=rwc"),
+    }
+}
+
+/// Whether this build has the connector, or what to rebuild with.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn compiled_in(kind: ConnectorKind) -> Result<(), String> {
+    let (feature, built) = match kind {
+        ConnectorKind::Hubspot => ("hubspot", cfg!(feature = "hubspot")),
+        ConnectorKind::Gong => ("gong", cfg!(feature = "gong")),
+        other => {
+            return Err(format!(
+                "this build has no {other} connector: pandora_sync does not implement it yet \
+                 (built in: hubspot, gong)"
+            ));
+        }
+    };
+    if built {
+        Ok(())
+    } else {
+        Err(format!(
+            "this build has no {kind} connector; rebuild with --features {feature}"
+        ))
+    }
+}
+
+/// The provider's origin: `--base-url`, else the config's `base_url` (taken out of the
+/// config: the connectors read their origin from the registry), else `None` for the
+/// provider's public origin.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn base_url(
+    flag: Option<String>,
+    config: &mut serde_json::Value,
+) -> Result<Option<String>, String> {
+    let configured = match config.as_object_mut().and_then(|c| c.remove("base_url")) {
+        None => None,
+        Some(serde_json::Value::String(url)) => Some(url),
+        Some(other) => return Err(format!("--config: base_url must be a string, not {other}")),
+    };
+    let url = match (flag, configured) {
+        (Some(flag), Some(configured))
+            if flag.trim_end_matches('/') != configured.trim_end_matches('/') =>
+        {
+            return Err(format!(
+                "--base-url {flag:?} and the config's base_url {configured:?} differ; give one"
+            ));
+        }
+        (Some(url), _) | (None, Some(url)) => url,
+        (None, None) => return Ok(None),
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!("--base-url: {url:?} is not an http(s) URL"));
+    }
+    Ok(Some(url))
+}
+
+/// An error and its causes (the driver's reason a database cannot be opened).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn keyring() -> Result<Keyring, String> {
     match std::env::var("PANDORA_SYNC_KEY") {
         Ok(k) => {
@@ -142,12 +278,13 @@ fn keyring() -> Result<Keyring, String> {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     let bad = |e: pandora_sync::Error| (2u8, e.to_string());
     let keyring = keyring().map_err(|e| (2, e))?;
     let store = connect_store(&args.database, Some(keyring))
         .await
-        .map_err(|e| (2, format!("--database: {e}")))?;
+        .map_err(|e| (2, format!("--database: {}", with_causes(&e))))?;
     store
         .migrate()
         .await
@@ -164,7 +301,13 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
             return Err(e);
         }
     };
-    let orchestrator = Orchestrator::new(store.clone(), registry);
+    // The built-in hooks, as every user of the orchestrator gets them; they run under the
+    // lock, after the sync.
+    let mut orchestrator = Orchestrator::new(store.clone(), registry);
+    if args.hooks {
+        orchestrator =
+            orchestrator.with_builtin_hooks(pandora_sync::hooks::BuiltinHooksConfig::default());
+    }
     let progress = pandora_sync::connector::ProgressReporter::new();
     let mut rx = progress.subscribe();
     let printer = tokio::spawn(async move {
@@ -201,6 +344,11 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
             tables.insert(kind.table().to_owned(), serde_json::json!(n));
         }
     }
+    let hooks: Vec<serde_json::Value> = result
+        .hooks
+        .iter()
+        .map(|h| serde_json::json!({"name": h.name, "error": h.error, "durationMs": h.duration_ms}))
+        .collect();
     let summary = serde_json::json!({
         "workspaceId": args.workspace,
         "connector": c.connector,
@@ -212,8 +360,11 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         "tables": tables,
         "errors": c.errors,
         "error": c.error,
+        "rateLimited": c.rate_limited,
+        "retryAfterMs": c.retry_after_ms,
         "requests": c.requests,
         "retries": c.retries,
+        "hooks": hooks,
         "durationMs": u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
     });
     if args.json {
@@ -234,8 +385,15 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
         if let Some(e) = &c.error {
             eprintln!("error: {e}");
         }
+        for hook in &result.hooks {
+            match &hook.error {
+                None => eprintln!("hook {}: done in {} ms", hook.name, hook.duration_ms),
+                Some(e) => eprintln!("hook {}: failed: {e}", hook.name),
+            }
+        }
     }
-    Ok(if c.status == SyncStatus::Failed {
+    // A run stopped by a rate limit or quota kept its checkpoint but did not finish.
+    Ok(if c.status == SyncStatus::Failed || c.rate_limited {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
@@ -243,19 +401,21 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
 }
 
 /// Writes the connection's credentials and config (under the workspace lock) and builds its
-/// connector once, so bad credentials or config exit with 2 before the sync.
+/// connector once, so bad credentials or config exit with 2 before the sync. A connection
+/// created by this run is removed again, and an existing one gets its config back, when they
+/// are refused.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 async fn prepare(
     store: &Arc<dyn SyncStore>,
     args: &Args,
     credentials: Credentials,
 ) -> Result<ConnectorRegistry, (u8, String)> {
     let bad = |e: pandora_sync::Error| (2u8, e.to_string());
-    if store
+    let previous = store
         .get_connection(args.workspace, args.connector)
         .await
-        .map_err(bad)?
-        .is_none()
-    {
+        .map_err(bad)?;
+    if previous.is_none() {
         store
             .create_connection(
                 NewConnection::new(args.workspace, args.connector, "api")
@@ -274,22 +434,42 @@ async fn prepare(
             .await
             .map_err(bad)?;
     }
-    let registry =
-        ConnectorRegistry::builtin(&BTreeMap::from([(args.connector, args.base_url.clone())]));
+    let base_urls = match &args.base_url {
+        Some(url) => BTreeMap::from([(args.connector, url.clone())]),
+        None => BTreeMap::new(),
+    };
+    let registry = ConnectorRegistry::builtin(&base_urls);
     let row = store
         .get_connection(args.workspace, args.connector)
         .await
         .map_err(bad)?
         .ok_or_else(|| (2, "the connection vanished".to_owned()))?;
-    registry
-        .build(&row, store.credentials(&row).map_err(bad)?.as_ref())
-        .map_err(bad)?;
-
+    let built = store
+        .credentials(&row)
+        .and_then(|creds| registry.build(&row, creds.as_ref()));
+    if let Err(e) = built {
+        let undone = match &previous {
+            None => store
+                .delete_connection(args.workspace, args.connector)
+                .await
+                .map(drop),
+            Some(old) => {
+                store
+                    .set_config(args.workspace, args.connector, &old.config)
+                    .await
+            }
+        };
+        if let Err(undo) = undone {
+            eprintln!("warning: restoring the connection failed: {undo}");
+        }
+        return Err(bad(e));
+    }
     Ok(registry)
 }
 
 /// Takes the workspace's sync lock; when another run holds it, exits 1 at once or, with
 /// `--wait`, once that long has passed without the lock coming free.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 async fn lock_workspace(
     store: &Arc<dyn SyncStore>,
     workspace: Uuid,
@@ -346,9 +526,14 @@ async fn lock_workspace(
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
-        Ok(a) => a,
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(msg) => {
             eprintln!("error: {msg}");
             return ExitCode::from(2);
@@ -371,4 +556,13 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+fn main() -> ExitCode {
+    eprintln!(
+        "error: this build has no storage backend; rebuild with --features sqlite or \
+         --features postgres (and a connector, e.g. --features sqlite,hubspot)"
+    );
+    ExitCode::from(2)
 }

@@ -1,10 +1,13 @@
 //! Per-record error capture: one bad provider record never aborts its batch.
 //!
-//! Connectors transform each provider record through [`transform_with_error_capture`] (or
-//! the async [`process_with_error_capture`]); the records that fail are kept with their id
-//! and message, counted, and end up in `sync_log.errors`. A sync whose
-//! [`success_rate`] is at or above the threshold ([`DEFAULT_SUCCESS_THRESHOLD`], 95 %)
-//! finishes `completed_with_errors`; below it, `failed`.
+//! There is one way to capture, for every connector: each page of provider items goes
+//! through [`transform_with_error_capture`] (connectors call it through their shared page
+//! helper, see `docs/connectors.md`); the records that fail become [`RecordFailure`]s with
+//! their provider id and message, travel to the sink in the page's batch, are counted in a
+//! [`CaptureSummary`] over the whole run and end up in `sync_log.errors` (the first
+//! [`MAX_KEPT_FAILURES`] in full). A sync whose [`success_rate`] is at or above the
+//! threshold ([`DEFAULT_SUCCESS_THRESHOLD`], 95 %) finishes `completed_with_errors`; below
+//! it, `failed` (see [`is_sync_acceptable`]).
 //!
 //! ```
 //! use pandora_sync::capture::{transform_with_error_capture, DEFAULT_SUCCESS_THRESHOLD};
@@ -22,8 +25,6 @@
 //! assert!(!out.is_acceptable(DEFAULT_SUCCESS_THRESHOLD));
 //! ```
 
-use std::future::Future;
-
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -32,7 +33,7 @@ use crate::error::{Error, Result};
 /// (`completed_with_errors`).
 pub const DEFAULT_SUCCESS_THRESHOLD: f64 = 0.95;
 
-/// The default number of records per batch in [`transform_and_process`].
+/// The default number of records the orchestrator's sink stores per batch.
 pub const DEFAULT_BATCH_SIZE: usize = 500;
 
 /// How many failures a [`CaptureSummary`] (and `sync_log.errors`) keeps in full; the rest
@@ -131,40 +132,16 @@ pub fn transform_with_error_capture<I, T>(
     out
 }
 
-/// The async form of [`transform_with_error_capture`], for work that awaits (database
-/// lookups, a follow-up request per record). Items are processed one after another.
-pub async fn process_with_error_capture<I, T, F, Fut>(
-    items: impl IntoIterator<Item = I>,
-    id_of: impl Fn(&I) -> Option<String>,
-    mut process: F,
-) -> Captured<T>
-where
-    F: FnMut(I) -> Fut,
-    Fut: Future<Output = Result<T>>,
-{
-    let mut out = Captured::default();
-    for item in items {
-        let id = id_of(&item);
-        match process(item).await {
-            Ok(t) => out.succeeded.push(t),
-            Err(e) => out.failed.push(RecordFailure::from_error(id, &e)),
-        }
-    }
-    out.log("process");
-    out
-}
-
-/// Counts and the first failures of a [`transform_and_process`] run.
+/// The counts and the first failures of a whole sync run (the orchestrator adds every
+/// stored batch's records and failures to it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CaptureSummary {
-    /// Records transformed and processed.
+    /// Records stored.
     pub succeeded: u64,
-    /// Records that failed to transform.
+    /// Records that failed.
     pub failed: u64,
     /// The first [`MAX_KEPT_FAILURES`] failures.
     pub failures: Vec<RecordFailure>,
-    /// Batches handed to `process`.
-    pub batches: u64,
 }
 
 impl CaptureSummary {
@@ -187,52 +164,6 @@ impl CaptureSummary {
             }
         }
     }
-}
-
-/// Transforms `items` with failure capture and hands the successes to `process` in batches
-/// of `batch_size` (use [`DEFAULT_BATCH_SIZE`]), so memory holds one batch at a time.
-///
-/// A transform failure is captured and counted; an error from `process` (a storage failure)
-/// stops the run and is returned, since the batch was not stored.
-pub async fn transform_and_process<I, T, F, Fut>(
-    items: impl IntoIterator<Item = I>,
-    batch_size: usize,
-    id_of: impl Fn(&I) -> Option<String>,
-    mut transform: impl FnMut(I) -> Result<T>,
-    mut process: F,
-) -> Result<CaptureSummary>
-where
-    F: FnMut(Vec<T>) -> Fut,
-    Fut: Future<Output = Result<()>>,
-{
-    let batch_size = batch_size.max(1);
-    let mut summary = CaptureSummary::default();
-    let mut batch = Vec::with_capacity(batch_size);
-    for item in items {
-        let id = id_of(&item);
-        match transform(item) {
-            Ok(t) => batch.push(t),
-            Err(e) => summary.record_failures([RecordFailure::from_error(id, &e)]),
-        }
-        if batch.len() == batch_size {
-            let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_size));
-            summary.succeeded += full.len() as u64;
-            summary.batches += 1;
-            process(full).await?;
-        }
-    }
-    if !batch.is_empty() {
-        summary.succeeded += batch.len() as u64;
-        summary.batches += 1;
-        process(batch).await?;
-    }
-    log_failures(
-        "transform_and_process",
-        summary.succeeded,
-        summary.failed,
-        summary.failures.first(),
-    );
-    Ok(summary)
 }
 
 /// Share of records that succeeded: `succeeded / (succeeded + failed)`, 1.0 when both are 0.
@@ -302,24 +233,8 @@ mod tests {
         assert_eq!(out.failed[0].record_id.as_deref(), Some("7"));
     }
 
-    #[tokio::test]
-    async fn async_variant_captures() {
-        let out = process_with_error_capture(
-            vec!["4", "x"],
-            |s| Some(s.to_string()),
-            |s| async move {
-                tokio::task::yield_now().await;
-                parse(s)
-            },
-        )
-        .await;
-        assert_eq!(out.succeeded, vec![4]);
-        assert_eq!(out.failed.len(), 1);
-        assert_eq!(out.failed[0].record_id.as_deref(), Some("x"));
-    }
-
-    #[tokio::test]
-    async fn batches_and_counts() {
+    #[test]
+    fn counts_add_up_in_a_summary() {
         let items: Vec<String> = (0..1203)
             .map(|i| {
                 if i % 100 == 0 {
@@ -329,43 +244,15 @@ mod tests {
                 }
             })
             .collect();
-        let mut sizes = Vec::new();
-        let summary = transform_and_process(
-            items,
-            DEFAULT_BATCH_SIZE,
-            |s| Some(s.clone()),
-            |s| parse(&s),
-            |batch| {
-                sizes.push(batch.len());
-                async { Ok(()) }
-            },
-        )
-        .await
-        .unwrap();
+        let mut summary = CaptureSummary::default();
+        for page in items.chunks(DEFAULT_BATCH_SIZE) {
+            let out = transform_with_error_capture(page, |s| Some((*s).clone()), |s| parse(s));
+            summary.succeeded += out.succeeded.len() as u64;
+            summary.record_failures(out.failed);
+        }
         assert_eq!(summary.failed, 13);
         assert_eq!(summary.succeeded, 1190);
-        assert_eq!(sizes, vec![500, 500, 190]);
-        assert_eq!(summary.batches, 3);
         assert!(summary.is_acceptable(DEFAULT_SUCCESS_THRESHOLD));
-    }
-
-    #[tokio::test]
-    async fn process_error_stops_the_run() {
-        let mut calls = 0;
-        let err = transform_and_process(
-            0..10,
-            3,
-            |_| None,
-            Ok,
-            |_| {
-                calls += 1;
-                async { Err::<(), _>(Error::config("disk full")) }
-            },
-        )
-        .await
-        .unwrap_err();
-        assert!(matches!(err, Error::Config(_)));
-        assert_eq!(calls, 1);
     }
 
     #[test]
@@ -390,24 +277,16 @@ mod tests {
 
     proptest! {
         #[test]
-        fn every_item_is_counted_once(items in prop::collection::vec(any::<i16>(), 0..300), batch in 1usize..64) {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let mut seen = Vec::new();
-            let summary = rt.block_on(transform_and_process(
+        fn every_item_is_counted_once(items in prop::collection::vec(any::<i16>(), 0..300)) {
+            let out = transform_with_error_capture(
                 items.clone(),
-                batch,
                 |i| Some(i.to_string()),
                 |i| if i < 0 { Err(Error::decode(None, "negative")) } else { Ok(i) },
-                |b| {
-                    assert!(b.len() <= batch);
-                    seen.extend(b);
-                    async { Ok(()) }
-                },
-            )).unwrap();
+            );
             let expected: Vec<i16> = items.iter().copied().filter(|i| *i >= 0).collect();
-            prop_assert_eq!(&seen, &expected);
-            prop_assert_eq!(summary.succeeded + summary.failed, items.len() as u64);
-            let rate = summary.success_rate();
+            prop_assert_eq!(&out.succeeded, &expected);
+            prop_assert_eq!(out.succeeded.len() + out.failed.len(), items.len());
+            let rate = out.success_rate();
             prop_assert!((0.0..=1.0).contains(&rate));
         }
     }

@@ -20,6 +20,8 @@ pub mod model;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub mod orchestrator;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod outcome;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub mod queue;
 pub mod sanitize;

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::model::{ConnectorKind, SyncMode};
-use crate::queue::{JobQueue, NewJob, SYNC_JOB};
+use crate::queue::{NewJob, SYNC_JOB};
 use crate::store::{
     ConnectionStatus, STALE_SYNC_AFTER, SyncErrors, SyncOutcome, SyncStatus, SyncStore,
 };
@@ -140,8 +140,8 @@ impl CronSchedule {
 
 /// Enqueues scheduled and manual syncs.
 pub struct Scheduler {
+    /// The store, which is also the queue the syncs are enqueued on.
     store: Arc<dyn SyncStore>,
-    queue: Arc<dyn JobQueue>,
     schedule: CronSchedule,
     config: SchedulerConfig,
 }
@@ -162,16 +162,15 @@ fn unique_key(connector: Option<ConnectorKind>) -> String {
 }
 
 impl Scheduler {
-    /// A scheduler over `store` and `queue` (usually the same backend).
-    pub fn new(
-        store: Arc<dyn SyncStore>,
-        queue: Arc<dyn JobQueue>,
-        config: SchedulerConfig,
-    ) -> Result<Self> {
+    /// A scheduler over `store`: it reads connections and `sync_log` there and enqueues
+    /// the sync jobs on the same handle (a [`SyncStore`] is also the job queue).
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `config.cron` is not a valid expression.
+    pub fn new(store: Arc<dyn SyncStore>, config: SchedulerConfig) -> Result<Self> {
         let schedule = CronSchedule::parse(&config.cron)?;
         Ok(Scheduler {
             store,
-            queue,
             schedule,
             config,
         })
@@ -203,7 +202,7 @@ impl Scheduler {
             .max_attempts(self.config.max_attempts)
             .timeout(self.config.job_timeout)
             .unique_key(unique_key(connector));
-        match self.queue.enqueue(job).await {
+        match self.store.enqueue(job).await {
             Ok(job) => Ok(TriggeredSync {
                 sync_id: sync.id,
                 job_id: job.id,
@@ -244,7 +243,7 @@ impl Scheduler {
         mode: Option<SyncMode>,
     ) -> Result<TriggeredSync> {
         self.check_syncable(workspace_id, connector).await?;
-        let now = self.queue.now();
+        let now = self.store.now();
         let stale_before = now - chrono::Duration::from_std(STALE_SYNC_AFTER).unwrap_or_default();
         let failed = self
             .store
@@ -258,9 +257,9 @@ impl Scheduler {
             tracing::warn!(%workspace_id, stale = failed.len(), "failed stale syncs");
             // Their jobs' workers are gone: take the jobs back from dead workers, then
             // cancel them so the new trigger is not blocked by a run already given up on.
-            self.queue.rescue_expired().await?;
+            self.store.rescue_expired().await?;
             for id in &failed {
-                self.queue.cancel_jobs_for_sync(workspace_id, *id).await?;
+                self.store.cancel_jobs_for_sync(workspace_id, *id).await?;
             }
         }
         let active = self.store.active_syncs(workspace_id).await?;
@@ -351,8 +350,8 @@ impl Scheduler {
 
     /// Leader maintenance: rescue jobs whose worker died, fail stale syncs, prune old jobs.
     pub async fn maintain(&self) -> Result<()> {
-        let rescued = self.queue.rescue_expired().await?;
-        let now = self.queue.now();
+        let rescued = self.store.rescue_expired().await?;
+        let now = self.store.now();
         let stale_before = now - chrono::Duration::from_std(STALE_SYNC_AFTER).unwrap_or_default();
         let stale = self
             .store
@@ -363,7 +362,7 @@ impl Scheduler {
             )
             .await?;
         let keep = chrono::Duration::from_std(self.config.job_retention).unwrap_or_default();
-        let pruned = self.queue.prune_finished(now - keep).await?;
+        let pruned = self.store.prune_finished(now - keep).await?;
         if rescued + pruned > 0 || !stale.is_empty() {
             tracing::info!(
                 rescued,
@@ -410,7 +409,7 @@ impl Scheduler {
     async fn lead(&self, shutdown: &CancellationToken, lost: &CancellationToken) {
         let mut maintenance = tokio::time::interval(self.config.maintenance_interval);
         loop {
-            let now = self.queue.now();
+            let now = self.store.now();
             let Some(next) = self.schedule.next_after(now) else {
                 tracing::warn!("the cron schedule has no future fire time");
                 tokio::select! {

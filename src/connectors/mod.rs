@@ -1,8 +1,49 @@
-//! One folder per provider: `mod` (the connector and its config), `client` (requests through
-//! the HTTP presets), `sync` (passes and checkpoints), `transform` (provider JSON → records),
-//! `types` (wire shapes).
+//! The provider connectors, one folder each, all built the same way.
+//!
+//! Each connector is a folder `src/connectors/<name>/` with `mod.rs` (the public connector,
+//! its credentials and config, the [`SyncCapable`](crate::SyncCapable) impl), `client.rs`
+//! (requests through the HTTP presets), `sync.rs` (passes, pages and checkpoints),
+//! `transform.rs` (provider JSON → records), `types.rs` (wire shapes) and `fuzz.rs`
+//! (property tests). What every connector shares lives beside the folders: the page loop's
+//! capture and write (`page`), the JSON request plumbing (`rest`), the locally counted
+//! daily quota (`quota`) and [`config_from_json`].
+//!
+//! The connector guide, `docs/connectors.md` in the repository, describes the shape in
+//! full: paging with checkpoints and the pass window, per-record error capture, rate limits
+//! and quotas, deletes, reconciliation totals, credentials, simulators, and the test
+//! checklist a new connector must pass. It is included below.
+//!
+#![doc = include_str!("../../docs/connectors.md")]
 
 #[cfg(feature = "gong")]
+#[cfg_attr(docsrs, doc(cfg(feature = "gong")))]
 pub mod gong;
 #[cfg(feature = "hubspot")]
+#[cfg_attr(docsrs, doc(cfg(feature = "hubspot")))]
 pub mod hubspot;
+
+#[cfg(any(feature = "hubspot", feature = "gong"))]
+pub(crate) mod page;
+#[cfg(feature = "gong")]
+pub(crate) mod quota;
+#[cfg(any(feature = "hubspot", feature = "gong"))]
+pub(crate) mod rest;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// Reads a connector's non-secret config from JSON: `null` gives the defaults, anything
+/// else must deserialize (unknown keys are an error when the config type says
+/// `deny_unknown_fields`); a failure is an [`Error::Config`] naming the provider.
+#[cfg_attr(not(any(feature = "hubspot", feature = "gong")), allow(dead_code))]
+pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
+    value: &serde_json::Value,
+    provider: &str,
+) -> Result<T> {
+    if value.is_null() {
+        return Ok(T::default());
+    }
+    serde_json::from_value(value.clone())
+        .map_err(|e| Error::config(format!("invalid {provider} config: {e}")))
+}

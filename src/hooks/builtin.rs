@@ -1,9 +1,11 @@
 //! The built-in post-sync hooks: [`InternalFilter`], [`EntityLinker`], [`ComputedFields`].
 //!
-//! Each is a thin wrapper over one set-based [`EnrichmentStore`](crate::EnrichmentStore)
-//! operation; [`builtin_hooks`] and [`Orchestrator::with_builtin_hooks`] add them in the
-//! order they depend on each other: the internal filter first (it sets the participants'
-//! `is_internal` flags the linker reads), then the linker, then the computed fields.
+//! Each is a thin wrapper over one set-based
+//! [`EnrichmentStore`](crate::store::EnrichmentStore) operation; [`builtin_hooks`] and
+//! [`Orchestrator::with_builtin_hooks`](crate::orchestrator::Orchestrator::with_builtin_hooks)
+//! add them in the order they depend on each other: the internal filter first (it sets the
+//! participants' `is_internal` flags the linker reads), then the linker, then the computed
+//! fields.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use async_trait::async_trait;
 use super::{PostSyncHook, SyncCompleted};
 use crate::error::Result;
 use crate::model::{ConnectorCategory, ConnectorKind, RecordKind};
-use crate::orchestrator::{ConnectorResult, Orchestrator};
+use crate::outcome::ConnectorResult;
 use crate::store::{Clock, SyncStore, SystemClock, normalize_domain};
 
 /// Email domains of public mail providers. A connector flagging a participant on one of
@@ -68,7 +70,7 @@ fn synced(result: &ConnectorResult) -> bool {
 
 /// Links conversations to accounts and deals after a CRM or conversation sync.
 ///
-/// Runs [`EnrichmentStore::link_conversations`](crate::EnrichmentStore::link_conversations)
+/// Runs [`EnrichmentStore::link_conversations`](crate::store::EnrichmentStore::link_conversations)
 /// over the whole workspace (accounts, contacts and deals may have changed as well as
 /// conversations) when any connector of [`EntityLinker::TRIGGERS`] synced in the event:
 /// participant email → contact → account, else participant email domain → account domain;
@@ -79,7 +81,7 @@ pub struct EntityLinker {
 }
 
 impl EntityLinker {
-    /// The hook's name in [`HookOutcome`](crate::HookOutcome)s.
+    /// The hook's name in [`HookOutcome`](super::HookOutcome)s.
     pub const NAME: &'static str = "entity_linker";
 
     /// The connectors whose sync triggers the linker.
@@ -130,7 +132,7 @@ impl PostSyncHook for EntityLinker {
 
 /// Marks conversations internal when every participant is on the workspace's internal
 /// email domains, and sets each participant's `is_internal` flag from the same list (see
-/// [`EnrichmentStore::mark_internal_conversations`](crate::EnrichmentStore::mark_internal_conversations)).
+/// [`EnrichmentStore::mark_internal_conversations`](crate::store::EnrichmentStore::mark_internal_conversations)).
 ///
 /// # Which domains are internal
 ///
@@ -150,7 +152,7 @@ pub struct InternalFilter {
 }
 
 impl InternalFilter {
-    /// The hook's name in [`HookOutcome`](crate::HookOutcome)s.
+    /// The hook's name in [`HookOutcome`](super::HookOutcome)s.
     pub const NAME: &'static str = "internal_filter";
 
     /// A filter whose internal domains are derived per workspace (see the type's docs).
@@ -286,7 +288,7 @@ impl Default for ComputedFields {
 }
 
 impl ComputedFields {
-    /// The hook's name in [`HookOutcome`](crate::HookOutcome)s.
+    /// The hook's name in [`HookOutcome`](super::HookOutcome)s.
     pub const NAME: &'static str = "computed_fields";
 
     /// The hook, with today's date from the system clock (UTC).
@@ -377,35 +379,6 @@ pub fn builtin_hooks(config: &BuiltinHooksConfig) -> Vec<Arc<dyn PostSyncHook>> 
         ));
     }
     hooks
-}
-
-impl Orchestrator {
-    /// Adds the enabled built-in hooks ([`builtin_hooks`]). Hooks run in the order added, so
-    /// call this before adding the host's own hooks with
-    /// [`with_hook`](Orchestrator::with_hook): they then see linked, filtered and computed
-    /// data.
-    ///
-    /// ```
-    /// # #[cfg(feature = "sqlite")]
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> pandora_sync::Result<()> {
-    /// use std::sync::Arc;
-    /// use pandora_sync::{BuiltinHooksConfig, ConnectorRegistry, Orchestrator, SqliteStore, Store};
-    ///
-    /// let store = SqliteStore::connect("sqlite::memory:").await?;
-    /// store.migrate().await?;
-    /// let orchestrator = Orchestrator::new(Arc::new(store), ConnectorRegistry::new())
-    ///     .with_builtin_hooks(BuiltinHooksConfig {
-    ///         internal_domains: Some(vec!["example.com".into()]),
-    ///         ..BuiltinHooksConfig::default()
-    ///     });
-    /// # let _ = orchestrator; Ok(()) }
-    /// # #[cfg(not(feature = "sqlite"))] fn main() {}
-    /// ```
-    pub fn with_builtin_hooks(self, config: BuiltinHooksConfig) -> Self {
-        builtin_hooks(&config)
-            .into_iter()
-            .fold(self, Orchestrator::with_hook)
-    }
 }
 
 #[cfg(test)]

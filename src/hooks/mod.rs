@@ -1,12 +1,14 @@
 //! Post-sync hooks: what runs after a workspace sync, with its results.
 //!
 //! A hook's error is logged and recorded in the run's [`HookOutcome`]s; it never fails the
-//! sync. Hooks run in the order added to the [`Orchestrator`](crate::Orchestrator): add the
-//! built-ins first ([`Orchestrator::with_builtin_hooks`](crate::Orchestrator::with_builtin_hooks)),
-//! then the host's own ("skills") with [`with_hook`](crate::Orchestrator::with_hook).
+//! sync. Hooks run in the order added to the
+//! [`Orchestrator`](crate::orchestrator::Orchestrator): add the built-ins first
+//! ([`Orchestrator::with_builtin_hooks`](crate::orchestrator::Orchestrator::with_builtin_hooks)),
+//! then the host's own ("skills") with
+//! [`with_hook`](crate::orchestrator::Orchestrator::with_hook).
 //!
 //! The built-ins, each one set-based statement per workspace on the store
-//! ([`EnrichmentStore`](crate::EnrichmentStore)):
+//! ([`EnrichmentStore`](crate::store::EnrichmentStore)):
 //!
 //! * [`InternalFilter`]: `conversations.is_internal` (and the participants' flags) from the
 //!   workspace's internal email domains.
@@ -20,11 +22,12 @@ use uuid::Uuid;
 
 use crate::error::Result;
 use crate::model::Record;
-use crate::orchestrator::ConnectorResult;
+use crate::outcome::ConnectorResult;
 use crate::store::SyncStore;
 
 mod builtin;
 
+pub use crate::outcome::HookOutcome;
 pub use builtin::{
     BuiltinHooksConfig, ComputedFields, EntityLinker, INTERNAL_DOMAINS_CONFIG_KEY, InternalFilter,
     PUBLIC_EMAIL_DOMAINS, builtin_hooks,
@@ -37,17 +40,6 @@ pub struct SyncCompleted {
     pub workspace_id: Uuid,
     /// One result per connector.
     pub results: Vec<ConnectorResult>,
-}
-
-/// What one hook did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HookOutcome {
-    /// The hook's name.
-    pub name: String,
-    /// Its error, when it failed.
-    pub error: Option<String>,
-    /// How long it ran, in milliseconds.
-    pub duration_ms: u64,
 }
 
 /// Runs after every workspace sync.
@@ -79,27 +71,13 @@ pub trait PostSyncHook: Send + Sync {
     async fn after_sync(&self, store: &dyn SyncStore, event: &SyncCompleted) -> Result<()>;
 }
 
-/// Whole days from `from` to `to` (negative when `to` is earlier).
-fn days_between(from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
-    (to.date_naive() - from.date_naive()).num_days()
-}
-
 /// Fills a deal's computed fields: `days_open` (created → closed, or → now while open) and
-/// `days_to_close` (now → close date; negative when overdue). Other records are untouched.
+/// `days_to_close` (now → close date; negative when overdue), as of `now`'s UTC date, with
+/// the same definition the store's refresh uses. Other records are untouched.
 pub fn apply_computed_fields(record: &mut Record, now: DateTime<Utc>) {
-    let Record::Deal(deal) = record else { return };
-    let close = deal
-        .close_date
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| d.and_utc());
-    deal.days_open = deal.meta.source_created_at.map(|created| {
-        let end = match (deal.is_closed, close) {
-            (Some(true), Some(c)) => c,
-            _ => now,
-        };
-        days_between(created, end).max(0)
-    });
-    deal.days_to_close = close.map(|c| days_between(now, c));
+    if let Record::Deal(deal) = record {
+        deal.refresh_computed_fields(now.date_naive());
+    }
 }
 
 #[cfg(test)]

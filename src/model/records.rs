@@ -147,6 +147,45 @@ pub struct Deal {
     pub days_to_close: Option<i64>,
 }
 
+impl Deal {
+    /// The computed fields `(days_open, days_to_close)` of a deal created at `created`, with
+    /// `close_date` and `is_closed`, on `today` (UTC). The one definition of both fields:
+    /// [`apply_computed_fields`](crate::apply_computed_fields) applies it to incoming deals
+    /// and [`EnrichmentStore::refresh_deal_fields`](crate::EnrichmentStore::refresh_deal_fields)
+    /// to stored ones.
+    ///
+    /// * `days_open`: whole days from the creation date to the close date when the deal is
+    ///   closed and has one, else to `today`; never negative; `None` without a creation time.
+    /// * `days_to_close`: whole days from `today` to the close date, negative when overdue;
+    ///   `None` without a close date.
+    pub(crate) fn computed_fields(
+        created: Option<DateTime<Utc>>,
+        close_date: Option<NaiveDate>,
+        is_closed: Option<bool>,
+        today: NaiveDate,
+    ) -> (Option<i64>, Option<i64>) {
+        let days_open = created.map(|created| {
+            let end = match (is_closed, close_date) {
+                (Some(true), Some(close)) => close,
+                _ => today,
+            };
+            (end - created.date_naive()).num_days().max(0)
+        });
+        let days_to_close = close_date.map(|close| (close - today).num_days());
+        (days_open, days_to_close)
+    }
+
+    /// Sets `days_open` and `days_to_close` as of `today` (see [`Deal::computed_fields`]).
+    pub(crate) fn refresh_computed_fields(&mut self, today: NaiveDate) {
+        (self.days_open, self.days_to_close) = Self::computed_fields(
+            self.meta.source_created_at,
+            self.close_date,
+            self.is_closed,
+            today,
+        );
+    }
+}
+
 /// A deal-to-contact link (`deal_contacts` table).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DealContact {

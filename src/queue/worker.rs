@@ -108,6 +108,8 @@ pub struct Worker {
     queue: Arc<dyn JobQueue>,
     handlers: HashMap<String, Arc<dyn JobHandler>>,
     notifier: Option<Arc<dyn JobNotifier>>,
+    /// Ask the queue for a notifier when [`Worker::run`] starts.
+    listen: bool,
     config: WorkerConfig,
     /// Set while [`Worker::run`] runs: successful completions go through one batching task.
     completer: Option<mpsc::UnboundedSender<Completion>>,
@@ -176,12 +178,15 @@ enum Outcome {
 }
 
 impl Worker {
-    /// A worker on `queue` with default settings and no handlers.
+    /// A worker on `queue` with default settings and no handlers. The queue is usually the
+    /// store handle itself (`Worker::new(store.clone())` with an `Arc<dyn SyncStore>`: a
+    /// [`SyncStore`](crate::SyncStore) is a [`JobQueue`]).
     pub fn new(queue: Arc<dyn JobQueue>) -> Self {
         Worker {
             queue,
             handlers: HashMap::new(),
             notifier: None,
+            listen: false,
             config: WorkerConfig::default(),
             completer: None,
         }
@@ -196,6 +201,19 @@ impl Worker {
     /// Wakes the worker when jobs are enqueued (Postgres `LISTEN`).
     pub fn notifier(mut self, notifier: Arc<dyn JobNotifier>) -> Self {
         self.notifier = Some(notifier);
+        self
+    }
+
+    /// Wakes the worker through its own queue's notifications: when [`Worker::run`] starts
+    /// it asks the queue for a [`JobQueue::notifier`] (a Postgres `LISTEN` on a connection of
+    /// the store's pool, held until `run` returns). Where the backend has none (SQLite), or
+    /// listening fails, the worker polls every `poll_interval` as without it. A notifier set
+    /// with [`Worker::notifier`] takes precedence.
+    ///
+    /// Behind a transaction-mode pooler (PgBouncer, Supavisor) `LISTEN` does not work:
+    /// leave this off there.
+    pub fn listen(mut self) -> Self {
+        self.listen = true;
         self
     }
 
@@ -217,6 +235,12 @@ impl Worker {
     }
 
     async fn run_inner(mut self, shutdown: CancellationToken) -> Result<()> {
+        if self.listen && self.notifier.is_none() {
+            match self.queue.notifier().await {
+                Ok(notifier) => self.notifier = notifier,
+                Err(e) => tracing::warn!(error = %e, "listening for jobs failed; polling instead"),
+            }
+        }
         let (completions, rx) = mpsc::unbounded_channel();
         let completer = tokio::spawn(write_completions(
             self.queue.clone(),

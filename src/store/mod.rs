@@ -1,7 +1,9 @@
 //! Storage: a small base trait ([`Store`]) plus capability traits ([`ConnectionStore`],
 //! [`RecordStore`], [`SyncLogStore`], [`LockStore`], [`EnrichmentStore`]), implemented by
 //! [`SqliteStore`](crate::SqliteStore) (feature `sqlite`) and [`PgStore`](crate::PgStore)
-//! (feature `postgres`). [`SyncStore`] is all of them at once, for `Arc<dyn SyncStore>`.
+//! (feature `postgres`). [`SyncStore`] is all of them at once, and the job queue
+//! ([`JobQueue`](crate::queue::JobQueue)) too: one `Arc<dyn SyncStore>` (from
+//! [`connect_store`]) serves the orchestrator, the worker and the scheduler.
 //!
 //! The schema is the contract of DESIGN.md 3.3; [`Store::migrate`] creates it from
 //! migrations embedded in the binary (one set per backend).
@@ -28,11 +30,15 @@ use uuid::Uuid;
 use crate::connector::{Checkpoint, RecordBatch, WriteCounts};
 use crate::error::{Error, Result};
 use crate::model::{ConnectorKind, Record, RecordKind, SyncMode};
+use jobs::JobQueue;
 
 mod clock;
 mod crypto;
+pub(crate) mod jobs;
 mod lock;
 pub(crate) mod rows;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
 mod types;
 
 #[cfg(feature = "postgres")]
@@ -443,15 +449,20 @@ pub trait EnrichmentStore: Store {
     ) -> Result<DealFieldCounts>;
 }
 
-/// Every storage capability: what the orchestrator, worker and HTTP API take as
+/// Every storage capability and the job queue: the one handle a host opens (see
+/// [`connect_store`]) and hands to the orchestrator, the worker and the scheduler as
 /// `Arc<dyn SyncStore>`.
+///
+/// Where a part takes only the queue, the handle converts (trait upcasting):
+/// `let queue: Arc<dyn JobQueue> = store.clone();`.
 pub trait SyncStore:
-    ConnectionStore + RecordStore + SyncLogStore + LockStore + EnrichmentStore
+    ConnectionStore + RecordStore + SyncLogStore + LockStore + EnrichmentStore + JobQueue
 {
 }
 
-impl<T: ConnectionStore + RecordStore + SyncLogStore + LockStore + EnrichmentStore + ?Sized>
-    SyncStore for T
+impl<
+    T: ConnectionStore + RecordStore + SyncLogStore + LockStore + EnrichmentStore + JobQueue + ?Sized,
+> SyncStore for T
 {
 }
 
@@ -500,6 +511,46 @@ pub fn validate_record(record: &Record) -> Result<()> {
 /// Opens a store from a URL: `sqlite://path?mode=rwc`, `sqlite::memory:` (feature
 /// `sqlite`) or `postgres://...` (feature `postgres`), with an optional keyring for
 /// credentials. It does not migrate: call [`Store::migrate`].
+///
+/// The handle is everything the engine needs from the database, the job queue included:
+/// build the orchestrator, the worker and the scheduler from it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> pandora_sync::Result<()> {
+/// use std::sync::Arc;
+///
+/// use pandora_sync::queue::{JobQueue, JobStatus, SYNC_JOB, Worker};
+/// use pandora_sync::{
+///     ConnectorKind, ConnectorRegistry, NewConnection, Orchestrator, Scheduler,
+///     SchedulerConfig, SyncJobHandler, connect_store,
+/// };
+///
+/// let store = connect_store("sqlite::memory:", None).await?;
+/// store.migrate().await?;
+///
+/// let registry = ConnectorRegistry::builtin(&Default::default());
+/// let orchestrator = Orchestrator::new(store.clone(), registry);
+/// let worker = Worker::new(store.clone())
+///     .listen() // woken on enqueue where the backend can (Postgres LISTEN); SQLite polls
+///     .register(SYNC_JOB, Arc::new(SyncJobHandler::new(orchestrator)));
+/// let scheduler = Scheduler::new(store.clone(), SchedulerConfig::default())?;
+/// # drop(worker);
+///
+/// // The scheduler enqueues on the very queue the worker claims from.
+/// let workspace = uuid::Uuid::new_v4();
+/// store
+///     .create_connection(NewConnection::new(workspace, ConnectorKind::Hubspot, "api_key"))
+///     .await?;
+/// let triggered = scheduler.trigger_sync(workspace, None, None).await?;
+/// let queue: Arc<dyn JobQueue> = store.clone();
+/// let job = queue.get_job(workspace, triggered.job_id).await?.expect("enqueued");
+/// assert_eq!((job.job_type.as_str(), job.status), (SYNC_JOB, JobStatus::Pending));
+/// let run = store.get_sync(workspace, triggered.sync_id).await?.expect("recorded");
+/// assert_eq!(run.id, triggered.sync_id);
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Errors
 /// [`Error::Config`] for an unknown scheme or a backend whose feature is off;

@@ -1,37 +1,35 @@
-//! The PostgreSQL backend.
+//! The PostgreSQL backend: what its dialect forces (native UUID, timestamp, date and JSONB
+//! parameters; `UNNEST` array batches with `xmax` to tell inserts from updates; session
+//! advisory locks; the enrichment statements over `jsonb` and planner statistics). The rest
+//! is the shared SQL layer of [`super::sql`].
 
-use std::fmt;
-use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{
+    PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres,
+};
+use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use super::clock::{Clock, SystemClock, now_micros};
-use super::crypto::{Credentials, Keyring};
+use super::clock::Clock;
+use super::crypto::Keyring;
 use super::lock::{INTERRUPTED, LockBackend, WorkspaceLock, new_holder};
-use super::rows::{
-    self, ColType, PG, RowRead, TableRows, Val, decode_connection, decode_record, decode_sync_log,
-};
-use super::types::{
-    Backend, ConnectionRow, ConnectionStatus, MAX_PAGE, NewConnection, RecordQuery, SyncLogEntry,
-    SyncOutcome,
-};
-use super::{
-    ConnectionStore, LockStore, RecordStore, Store, SyncLogStore, check_config, check_outcome,
-    count_u64, db_err, is_unique_violation, no_connection, no_keyring, outcome_errors_json, seal,
-    to_i64,
-};
-use crate::connector::{Checkpoint, RecordBatch, WriteCounts};
-use crate::error::{Error, Result, redact_secrets};
-use crate::model::{ConnectorKind, DealContact, Record, RecordKind, SyncMode};
+use super::rows::{self, ColType, PG, RowRead, TableRows, Val, decode_err, native_row_reads};
+use super::sql::{self, Arg, BatchScope, Enrichment, SqlBackend, Stmt, impl_sql_store};
+use super::types::Backend;
+use super::{LockStore, db_err};
+use crate::connector::WriteCounts;
+use crate::error::{Error, Result};
+use crate::model::DealContact;
+
+type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -60,15 +58,6 @@ pub struct PgStore {
     clock: Arc<dyn Clock>,
 }
 
-impl fmt::Debug for PgStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgStore")
-            .field("keyring", &self.keyring)
-            .field("clock", &self.clock)
-            .finish_non_exhaustive()
-    }
-}
-
 impl PgStore {
     /// Connects a pool of up to 10 connections to `postgres://...`.
     ///
@@ -76,9 +65,7 @@ impl PgStore {
     /// [`Error::Config`] for a malformed URL, [`Error::Storage`] when the server cannot be
     /// reached.
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)
-            .map_err(|e| Error::config(format!("invalid PostgreSQL URL: {e}")))?;
-        Self::connect_with(options).await
+        Self::connect_with(sql::parse_url(url, "PostgreSQL")?).await
     }
 
     /// Connects a pool of up to 10 connections with these options.
@@ -94,32 +81,6 @@ impl PgStore {
         Ok(Self::from_pool(pool))
     }
 
-    /// A store over the host's pool.
-    pub fn from_pool(pool: PgPool) -> Self {
-        PgStore {
-            pool,
-            keyring: None,
-            clock: Arc::new(SystemClock),
-        }
-    }
-
-    /// Sets the keyring that seals and opens connection credentials.
-    pub fn with_keyring(mut self, keyring: Keyring) -> Self {
-        self.keyring = Some(keyring);
-        self
-    }
-
-    /// Sets the clock (a [`ManualClock`](crate::ManualClock) in tests).
-    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// The connection pool, for queries of your own.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// The advisory lock key (`pg_try_advisory_lock(bigint)`) of a workspace's sync lock,
     /// e.g. to find its holder in `pg_locks`.
     pub fn workspace_lock_key(workspace_id: Uuid) -> i64 {
@@ -127,32 +88,40 @@ impl PgStore {
         let (hi, lo) = hashed.as_u64_pair();
         i64::from_ne_bytes((hi ^ lo).to_ne_bytes())
     }
-
-    pub(crate) fn now(&self) -> DateTime<Utc> {
-        now_micros(&*self.clock)
-    }
 }
 
-fn decode_err(col: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
-    move |e| Error::storage(format!("could not read column {col}"), e)
+impl_sql_store! {
+    store: PgStore,
+    db: Postgres,
+    backend: Backend::Postgres,
+    dialect: PG,
+    begin: "BEGIN",
+    bind: bind_arg,
+    from_pool_doc: "A store over the host's pool.",
+    extra: {},
+}
+
+/// Binds a statement argument as its native PostgreSQL type (JSON as `jsonb`, a list as
+/// `text[]`).
+fn bind_arg<'q>(q: PgQuery<'q>, a: Arg<'q>) -> PgQuery<'q> {
+    match a {
+        Arg::Str(s) => q.bind(s),
+        Arg::String(s) => q.bind(s),
+        Arg::Int(i) => q.bind(i),
+        Arg::Bool(b) => q.bind(b),
+        Arg::Ts(t) => q.bind(t),
+        Arg::Uuid(u) => q.bind(u),
+        Arg::Json(v) => q.bind(v.map(Json)),
+        Arg::Texts(list) => q.bind(list),
+        Arg::StrList(list) => q.bind(list),
+        Arg::TsList(list) => q.bind(list),
+        Arg::UuidList(list) => q.bind(list),
+        Arg::IntList(list) => q.bind(list),
+    }
 }
 
 impl RowRead for PgRow {
-    fn text(&self, col: &str) -> Result<Option<String>> {
-        self.try_get(col).map_err(decode_err(col))
-    }
-
-    fn int(&self, col: &str) -> Result<Option<i64>> {
-        self.try_get(col).map_err(decode_err(col))
-    }
-
-    fn float(&self, col: &str) -> Result<Option<f64>> {
-        self.try_get(col).map_err(decode_err(col))
-    }
-
-    fn boolean(&self, col: &str) -> Result<Option<bool>> {
-        self.try_get(col).map_err(decode_err(col))
-    }
+    native_row_reads!();
 
     fn ts(&self, col: &str) -> Result<Option<DateTime<Utc>>> {
         self.try_get(col).map_err(decode_err(col))
@@ -214,10 +183,7 @@ impl<'a> Arr<'a> {
         Ok(())
     }
 
-    fn bind<'q>(
-        self,
-        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q> {
         match self {
             Arr::Text(a) => q.bind(a),
             Arr::Int(a) => q.bind(a),
@@ -271,848 +237,136 @@ fn upsert_sql(spec: &rows::TableSpec) -> String {
     )
 }
 
-/// Upserts one table's rows; returns (inserted, updated, unchanged).
-async fn upsert_table(
-    tx: &mut PgConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    now: DateTime<Utc>,
-    t: &TableRows<'_>,
-) -> Result<(u64, u64, u64)> {
-    let sql = upsert_sql(t.spec);
-    let (mut inserted, mut updated, mut unchanged) = (0u64, 0u64, 0u64);
-    for chunk in t.rows.chunks(MAX_ROWS) {
-        let mut arrays: Vec<Arr<'_>> = t
-            .spec
-            .columns
-            .iter()
-            .map(|c| Arr::new(c.ty, chunk.len()))
-            .collect();
-        for row in chunk {
-            for (arr, v) in arrays.iter_mut().zip(row) {
-                arr.push(v)?;
-            }
-        }
-        let mut q = sqlx::query(AssertSqlSafe(sql.as_str()))
-            .bind(ws)
-            .bind(source.as_str())
-            .bind(now);
-        for arr in arrays {
-            q = arr.bind(q);
-        }
-        let written = q
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: upserting records"))?;
-        for r in &written {
-            let was_insert: bool = r
-                .try_get(0)
-                .map_err(db_err("write_batch: upserting records"))?;
-            if was_insert {
-                inserted += 1;
-            } else {
-                updated += 1;
-            }
-        }
-        unchanged += count_u64(chunk.len().saturating_sub(written.len()));
-    }
-    Ok((inserted, updated, unchanged))
-}
-
-async fn upsert_links(
-    tx: &mut PgConnection,
-    ws: Uuid,
-    source: ConnectorKind,
-    now: DateTime<Utc>,
-    links: &[&DealContact],
-) -> Result<(u64, u64, u64)> {
-    let (mut inserted, mut updated, mut unchanged) = (0u64, 0u64, 0u64);
-    for chunk in links.chunks(MAX_ROWS) {
-        let deals: Vec<&str> = chunk.iter().map(|l| l.deal_source_id.as_str()).collect();
-        let contacts: Vec<&str> = chunk.iter().map(|l| l.contact_source_id.as_str()).collect();
-        let roles: Vec<Option<&str>> = chunk.iter().map(|l| l.role.as_deref()).collect();
-        let written = sqlx::query(
-            "INSERT INTO deal_contacts (workspace_id, source, synced_at, deal_source_id, contact_source_id, role) \
-             SELECT $1, $2, $3, u.d, u.c, u.r FROM UNNEST($4::text[], $5::text[], $6::text[]) AS u(d, c, r) \
-             ON CONFLICT (workspace_id, source, deal_source_id, contact_source_id) DO UPDATE \
-             SET role = EXCLUDED.role, synced_at = EXCLUDED.synced_at \
-             WHERE deal_contacts.role IS DISTINCT FROM EXCLUDED.role \
-             RETURNING (xmax = 0) AS inserted",
-        )
-        .bind(ws)
-        .bind(source.as_str())
-        .bind(now)
-        .bind(deals)
-        .bind(contacts)
-        .bind(roles)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_err("write_batch: upserting links"))?;
-        for r in &written {
-            let was_insert: bool = r
-                .try_get(0)
-                .map_err(db_err("write_batch: upserting links"))?;
-            if was_insert {
-                inserted += 1;
-            } else {
-                updated += 1;
-            }
-        }
-        unchanged += count_u64(chunk.len().saturating_sub(written.len()));
-    }
-    Ok((inserted, updated, unchanged))
-}
-
 #[async_trait]
-impl Store for PgStore {
-    fn backend(&self) -> Backend {
-        Backend::Postgres
+impl SqlBackend for PgStore {
+    fn rows_per_statement(_width: usize) -> usize {
+        MAX_ROWS
     }
 
-    async fn migrate(&self) -> Result<()> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_err("migrate: acquire"))?;
-        // `run_direct` is `run` without the `Acquire` indirection, whose higher-ranked
-        // lifetime does not satisfy the `Send` bound of an `async_trait` method. It takes
-        // sqlx's advisory lock, so concurrent processes apply each migration once.
+    async fn migrate_schema(conn: &mut PgConnection) -> Result<()> {
+        // sqlx takes an advisory lock: concurrent processes apply each migration once.
         MIGRATOR
-            .run_direct(None, &mut *conn, false)
+            .run_direct(None, conn, false)
             .await
             .map_err(|e| Error::storage("migrate: applying the PostgreSQL migrations", e))
     }
 
-    async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(db_err("ping"))
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-}
-
-impl PgStore {
-    async fn update_connection(
-        &self,
-        ws: Uuid,
-        connector: ConnectorKind,
-        q: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> Result<()> {
-        let done = q
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("updating a connection"))?;
-        if done.rows_affected() == 0 {
-            return Err(no_connection(ws, connector));
-        }
-        Ok(())
-    }
-
-    async fn sync_not_updated(&self, ws: Uuid, id: Uuid, what: &str) -> Error {
-        match self.get_sync(ws, id).await {
-            Ok(Some(entry)) => Error::Conflict {
-                message: format!("sync {id} is {} and cannot be {what}", entry.status),
-                running_id: Some(id),
-            },
-            Ok(None) => Error::config(format!("workspace {ws} has no sync {id}")),
-            Err(e) => e,
-        }
-    }
-}
-
-#[async_trait]
-impl ConnectionStore for PgStore {
-    fn keyring(&self) -> Option<&Keyring> {
-        self.keyring.as_ref()
-    }
-
-    async fn create_connection(&self, new: NewConnection) -> Result<ConnectionRow> {
-        check_config(&new.config)?;
-        let sealed = seal(
-            self.keyring.as_ref(),
-            new.workspace_id,
-            new.connector,
-            new.credentials.as_ref(),
-        )?;
-        let row = sqlx::query(
-            "INSERT INTO connections (id, workspace_id, connector_name, auth_method, credentials, config, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7) RETURNING *",
-        )
-        .bind(Uuid::new_v4())
-        .bind(new.workspace_id)
-        .bind(new.connector.as_str())
-        .bind(new.auth_method.as_str())
-        .bind(sealed)
-        .bind(Json(&new.config))
-        .bind(self.now())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                Error::Conflict {
-                    message: format!(
-                        "workspace {} already has a {} connection",
-                        new.workspace_id, new.connector
-                    ),
-                    running_id: None,
-                }
-            } else {
-                Error::storage("create_connection", e)
-            }
-        })?;
-        decode_connection(&row)
-    }
-
-    async fn get_connection(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-    ) -> Result<Option<ConnectionRow>> {
-        sqlx::query("SELECT * FROM connections WHERE workspace_id = $1 AND connector_name = $2")
-            .bind(workspace_id)
-            .bind(connector.as_str())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("get_connection"))?
-            .map(|r| decode_connection(&r))
-            .transpose()
-    }
-
-    async fn list_connections(&self, workspace_id: Uuid) -> Result<Vec<ConnectionRow>> {
-        sqlx::query("SELECT * FROM connections WHERE workspace_id = $1 ORDER BY connector_name")
-            .bind(workspace_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("list_connections"))?
-            .iter()
-            .map(decode_connection)
-            .collect()
-    }
-
-    async fn delete_connection(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-    ) -> Result<bool> {
-        let done =
-            sqlx::query("DELETE FROM connections WHERE workspace_id = $1 AND connector_name = $2")
-                .bind(workspace_id)
-                .bind(connector.as_str())
-                .execute(&self.pool)
-                .await
-                .map_err(db_err("delete_connection"))?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn workspaces(&self) -> Result<Vec<Uuid>> {
-        sqlx::query_scalar("SELECT DISTINCT workspace_id FROM connections ORDER BY workspace_id")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("workspaces"))
-    }
-
-    async fn set_connection_status(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        status: ConnectionStatus,
-        error_message: Option<&str>,
-    ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE connections SET status = $3, error_message = $4, updated_at = $5 \
-             WHERE workspace_id = $1 AND connector_name = $2",
-        )
-        .bind(workspace_id)
-        .bind(connector.as_str())
-        .bind(status.as_str())
-        .bind(error_message.map(redact_secrets))
-        .bind(self.now());
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn set_last_sync_at(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        at: DateTime<Utc>,
-    ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE connections SET last_sync_at = $3, updated_at = $4 \
-             WHERE workspace_id = $1 AND connector_name = $2",
-        )
-        .bind(workspace_id)
-        .bind(connector.as_str())
-        .bind(at)
-        .bind(self.now());
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn set_sync_cursor(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        cursor: Option<&serde_json::Value>,
-    ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE connections SET sync_cursor = $3, updated_at = $4 \
-             WHERE workspace_id = $1 AND connector_name = $2",
-        )
-        .bind(workspace_id)
-        .bind(connector.as_str())
-        .bind(cursor.map(Json))
-        .bind(self.now());
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn merge_sync_cursor(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        members: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<()> {
-        let q = sqlx::query(
-            "UPDATE connections SET sync_cursor = \
-                 (CASE WHEN jsonb_typeof(sync_cursor) = 'object' THEN sync_cursor ELSE '{}'::jsonb END) \
-                 || $3::jsonb, updated_at = $4 \
-             WHERE workspace_id = $1 AND connector_name = $2",
-        )
-        .bind(workspace_id)
-        .bind(connector.as_str())
-        .bind(Json(members))
-        .bind(self.now());
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn set_config(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        config: &serde_json::Value,
-    ) -> Result<()> {
-        check_config(config)?;
-        let q = sqlx::query(
-            "UPDATE connections SET config = $3, updated_at = $4 \
-             WHERE workspace_id = $1 AND connector_name = $2",
-        )
-        .bind(workspace_id)
-        .bind(connector.as_str())
-        .bind(Json(config))
-        .bind(self.now());
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn set_credentials(
-        &self,
-        workspace_id: Uuid,
-        connector: ConnectorKind,
-        credentials: Option<&Credentials>,
-    ) -> Result<()> {
-        let sealed = seal(self.keyring.as_ref(), workspace_id, connector, credentials)?;
-        let q = sqlx::query(
-            "UPDATE connections SET credentials = $3, updated_at = $4 \
-             WHERE workspace_id = $1 AND connector_name = $2",
-        )
-        .bind(workspace_id)
-        .bind(connector.as_str())
-        .bind(sealed)
-        .bind(self.now());
-        self.update_connection(workspace_id, connector, q).await
-    }
-
-    async fn reencrypt_credentials(&self, workspace_id: Uuid) -> Result<u64> {
-        let keyring = self.keyring.as_ref().ok_or_else(no_keyring)?;
-        let mut changed = 0;
-        for row in self.list_connections(workspace_id).await? {
-            let Some(sealed) = &row.credentials else {
-                continue;
-            };
-            if !keyring.needs_reseal(sealed) {
-                continue;
-            }
-            let open = keyring.open(workspace_id, row.connector, sealed)?;
-            let resealed = keyring.seal(workspace_id, row.connector, &open)?;
-            let done = sqlx::query(
-                "UPDATE connections SET credentials = $4, updated_at = $5 \
-                 WHERE workspace_id = $1 AND connector_name = $2 AND credentials = $3",
-            )
-            .bind(workspace_id)
-            .bind(row.connector.as_str())
-            .bind(sealed.as_stored())
-            .bind(resealed.as_stored())
-            .bind(self.now())
-            .execute(&self.pool)
-            .await
-            .map_err(db_err("reencrypt_credentials"))?;
-            changed += done.rows_affected();
-        }
-        Ok(changed)
-    }
-}
-
-#[async_trait]
-impl RecordStore for PgStore {
-    async fn write_batch(
-        &self,
-        workspace_id: Uuid,
-        source: ConnectorKind,
-        batch: &RecordBatch,
-        checkpoint: &Checkpoint,
+    /// Upserts one table's rows of a batch, `MAX_ROWS` at a time.
+    async fn upsert_table(
+        tx: &mut PgConnection,
+        at: BatchScope,
+        t: &TableRows<'_>,
     ) -> Result<WriteCounts> {
-        let prepared = rows::prepare(workspace_id, source, batch)?;
-        let now = self.now();
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db_err("write_batch: begin"))?;
+        let sql = upsert_sql(t.spec);
         let mut counts = WriteCounts::default();
-
-        for t in &prepared.tables {
-            let (i, u, n) = upsert_table(&mut tx, workspace_id, source, now, t).await?;
-            counts.inserted += i;
-            counts.updated += u;
-            counts.unchanged += n + t.duplicates;
-        }
-        if !prepared.links.is_empty() {
-            let (i, u, n) =
-                upsert_links(&mut tx, workspace_id, source, now, &prepared.links).await?;
-            counts.inserted += i;
-            counts.updated += u;
-            counts.unchanged += n + prepared.link_duplicates;
-        }
-
-        for d in &prepared.deletions {
-            for chunk in d.rows.chunks(MAX_ROWS) {
-                let ids: Vec<&str> = chunk.iter().map(|(id, _)| *id).collect();
-                let ats: Vec<DateTime<Utc>> = chunk.iter().map(|(_, at)| *at).collect();
-                let sql = format!(
-                    "UPDATE {t} SET archived_at = d.deleted_at, synced_at = $3 \
-                     FROM UNNEST($4::text[], $5::timestamptz[]) AS d(source_id, deleted_at) \
-                     WHERE {t}.workspace_id = $1 AND {t}.source = $2 AND {t}.source_id = d.source_id \
-                       AND {t}.archived_at IS NULL \
-                       AND ({t}.source_updated_at IS NULL OR {t}.source_updated_at <= d.deleted_at)",
-                    t = d.spec.table
-                );
-                let done = sqlx::query(AssertSqlSafe(sql))
-                    .bind(workspace_id)
-                    .bind(source.as_str())
-                    .bind(now)
-                    .bind(ids)
-                    .bind(ats)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err("write_batch: archiving deleted records"))?;
-                counts.archived += done.rows_affected();
+        for chunk in t.rows.chunks(MAX_ROWS) {
+            let mut arrays: Vec<Arr<'_>> = t
+                .spec
+                .columns
+                .iter()
+                .map(|c| Arr::new(c.ty, chunk.len()))
+                .collect();
+            for row in chunk {
+                for (arr, v) in arrays.iter_mut().zip(row) {
+                    arr.push(v)?;
+                }
             }
+            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind(at.ws)
+                .bind(at.source.as_str())
+                .bind(at.now);
+            for arr in arrays {
+                q = arr.bind(q);
+            }
+            let what = "write_batch: upserting records";
+            let written = q.fetch_all(&mut *tx).await.map_err(db_err(what))?;
+            let inserted = written.iter().map(|r| r.try_get(0).map_err(db_err(what)));
+            sql::tally(&mut counts, chunk.len(), inserted)?;
         }
-        for chunk in prepared.link_deletions.chunks(MAX_ROWS) {
-            let deals: Vec<&str> = chunk.iter().map(|(d, _)| *d).collect();
-            let contacts: Vec<&str> = chunk.iter().map(|(_, c)| *c).collect();
-            let done = sqlx::query(
-                "DELETE FROM deal_contacts AS dc USING UNNEST($3::text[], $4::text[]) AS x(d, c) \
-                 WHERE dc.workspace_id = $1 AND dc.source = $2 \
-                   AND dc.deal_source_id = x.d AND dc.contact_source_id = x.c",
-            )
-            .bind(workspace_id)
-            .bind(source.as_str())
-            .bind(deals)
-            .bind(contacts)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("write_batch: removing links"))?;
-            counts.archived += done.rows_affected();
-        }
-
-        let done = sqlx::query(
-            "UPDATE connections SET sync_cursor = \
-                 (CASE WHEN jsonb_typeof(sync_cursor) = 'object' THEN sync_cursor ELSE '{}'::jsonb END) \
-                 || jsonb_build_object('streams', $3::jsonb), updated_at = $4 \
-             WHERE workspace_id = $1 AND connector_name = $2",
-        )
-        .bind(workspace_id)
-        .bind(source.as_str())
-        .bind(Json(&checkpoint.streams))
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("write_batch: storing the checkpoint"))?;
-        if done.rows_affected() == 0 {
-            // Dropping `tx` rolls the batch back.
-            return Err(no_connection(workspace_id, source));
-        }
-        tx.commit().await.map_err(db_err("write_batch: commit"))?;
-        tracing::debug!(
-            %workspace_id, %source, inserted = counts.inserted, updated = counts.updated,
-            unchanged = counts.unchanged, archived = counts.archived, "batch committed"
-        );
         Ok(counts)
     }
 
-    async fn get_record(
-        &self,
-        workspace_id: Uuid,
-        kind: RecordKind,
-        source: ConnectorKind,
-        source_id: &str,
-    ) -> Result<Option<Record>> {
-        let row = if kind == RecordKind::DealContact {
-            let (deal, contact) = rows::split_link_id(source_id)?;
-            sqlx::query(
-                "SELECT * FROM deal_contacts WHERE workspace_id = $1 AND source = $2 \
-                 AND deal_source_id = $3 AND contact_source_id = $4",
+    /// Upserts the deal-contact links of a batch, `MAX_ROWS` at a time.
+    async fn upsert_links(
+        tx: &mut PgConnection,
+        at: BatchScope,
+        links: &[&DealContact],
+    ) -> Result<WriteCounts> {
+        let mut counts = WriteCounts::default();
+        const WHAT: &str = "write_batch: upserting links";
+        for chunk in links.chunks(MAX_ROWS) {
+            let deals: Vec<&str> = chunk.iter().map(|l| l.deal_source_id.as_str()).collect();
+            let contacts: Vec<&str> = chunk.iter().map(|l| l.contact_source_id.as_str()).collect();
+            let roles: Vec<Option<&str>> = chunk.iter().map(|l| l.role.as_deref()).collect();
+            let written = sqlx::query(
+                "INSERT INTO deal_contacts (workspace_id, source, synced_at, deal_source_id, contact_source_id, role) \
+                 SELECT $1, $2, $3, u.d, u.c, u.r FROM UNNEST($4::text[], $5::text[], $6::text[]) AS u(d, c, r) \
+                 ON CONFLICT (workspace_id, source, deal_source_id, contact_source_id) DO UPDATE \
+                 SET role = EXCLUDED.role, synced_at = EXCLUDED.synced_at \
+                 WHERE deal_contacts.role IS DISTINCT FROM EXCLUDED.role \
+                 RETURNING (xmax = 0) AS inserted",
             )
-            .bind(workspace_id)
-            .bind(source.as_str())
-            .bind(deal)
-            .bind(contact)
-            .fetch_optional(&self.pool)
+            .bind(at.ws)
+            .bind(at.source.as_str())
+            .bind(at.now)
+            .bind(deals)
+            .bind(contacts)
+            .bind(roles)
+            .fetch_all(&mut *tx)
             .await
-        } else {
-            let sql = format!(
-                "SELECT * FROM {} WHERE workspace_id = $1 AND source = $2 AND source_id = $3",
-                kind.table()
-            );
-            sqlx::query(AssertSqlSafe(sql))
-                .bind(workspace_id)
-                .bind(source.as_str())
-                .bind(source_id)
-                .fetch_optional(&self.pool)
-                .await
+            .map_err(db_err(WHAT))?;
+            let inserted = written.iter().map(|r| r.try_get(0).map_err(db_err(WHAT)));
+            sql::tally(&mut counts, chunk.len(), inserted)?;
         }
-        .map_err(db_err("get_record"))?;
-        row.map(|r| decode_record(kind, &r)).transpose()
+        Ok(counts)
     }
 
-    async fn list_records(
-        &self,
-        workspace_id: Uuid,
-        kind: RecordKind,
-        query: &RecordQuery,
-    ) -> Result<Vec<Record>> {
-        let mut sql = format!("SELECT * FROM {} WHERE workspace_id = $1", kind.table());
-        let mut q_after = None;
-        if query.source.is_some() {
-            sql.push_str(" AND source = $3");
-        }
-        if kind == RecordKind::DealContact {
-            if query.after.is_some() {
-                return Err(Error::unsupported(
-                    "list_records after an id",
-                    "deal_contacts",
-                ));
-            }
-            sql.push_str(" ORDER BY source, deal_source_id, contact_source_id LIMIT $2");
-        } else {
-            if let Some(after) = query.after {
-                sql.push_str(" AND id > $4");
-                q_after = Some(after);
-            }
-            if !query.include_archived {
-                sql.push_str(" AND archived_at IS NULL");
-            }
-            sql.push_str(" ORDER BY id LIMIT $2");
-        }
-        let mut q = sqlx::query(AssertSqlSafe(sql))
-            .bind(workspace_id)
-            .bind(query.capped_limit());
-        // Postgres wants every bound parameter used: bind only what the SQL references.
-        if let Some(source) = query.source {
-            q = q.bind(source.as_str());
-        } else if q_after.is_some() {
-            q = q.bind(None::<&str>);
-        }
-        if let Some(after) = q_after {
-            q = q.bind(after);
-        }
-        let rows = q
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("list_records"))?;
-        rows.iter().map(|r| decode_record(kind, r)).collect()
-    }
-
-    async fn count_records(
-        &self,
-        workspace_id: Uuid,
-        kind: RecordKind,
-        source: Option<ConnectorKind>,
-    ) -> Result<u64> {
-        let n: i64 = if let Some(source) = source {
-            let sql = format!(
-                "SELECT COUNT(*) FROM {} WHERE workspace_id = $1 AND source = $2",
-                kind.table()
-            );
-            sqlx::query_scalar(AssertSqlSafe(sql))
-                .bind(workspace_id)
-                .bind(source.as_str())
-                .fetch_one(&self.pool)
-                .await
-        } else {
-            let sql = format!(
-                "SELECT COUNT(*) FROM {} WHERE workspace_id = $1",
-                kind.table()
-            );
-            sqlx::query_scalar(AssertSqlSafe(sql))
-                .bind(workspace_id)
-                .fetch_one(&self.pool)
-                .await
-        }
-        .map_err(db_err("count_records"))?;
-        super::types::to_u64(n, "count")
-    }
-
-    async fn count_live_records(
-        &self,
-        workspace_id: Uuid,
-        kind: RecordKind,
-        source: ConnectorKind,
-        updated_since: Option<DateTime<Utc>>,
-    ) -> Result<u64> {
-        let links = kind == RecordKind::DealContact;
-        if links && updated_since.is_some() {
-            return Ok(0);
-        }
-        let sql = format!(
-            "SELECT COUNT(*) FROM {} WHERE workspace_id = $1 AND source = $2{} \
-             AND ($3::timestamptz IS NULL{})",
-            kind.table(),
-            if links {
-                ""
-            } else {
-                " AND archived_at IS NULL"
-            },
-            if links {
-                ""
-            } else {
-                " OR source_updated_at >= $3"
-            }
-        );
-        let n: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(workspace_id)
-            .bind(source.as_str())
-            .bind(updated_since)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_err("count_live_records"))?;
-        super::types::to_u64(n, "count")
-    }
-}
-
-/// `duration_ms` from `started_at` to the bound completion time `$n`.
-macro_rules! duration_sql {
-    ($n:literal) => {
-        concat!(
-            "GREATEST(0, ROUND(EXTRACT(EPOCH FROM (",
-            $n,
-            "::timestamptz - started_at)) * 1000))::bigint"
-        )
-    };
-}
-
-impl PgStore {
-    /// Fails the job's run `sync_id` when it is still running (or pending, with
-    /// `include_pending`): its job ended without finishing it. Returns whether it changed.
-    pub(crate) async fn fail_active_sync(
-        &self,
-        workspace_id: Uuid,
-        sync_id: Uuid,
-        reason: &str,
-        include_pending: bool,
-    ) -> Result<bool> {
-        let done = sqlx::query(concat!(
-            "UPDATE sync_log SET status = 'failed', error_message = $3, completed_at = $4, duration_ms = ",
-            duration_sql!("$4"),
-            " WHERE workspace_id = $1 AND id = $2 \
-               AND (status = 'running' OR ($5 AND status = 'pending'))"
+    /// `UNNEST` of the `(source_id, deleted_at)` arrays.
+    fn archive<'a>(at: BatchScope, table: &str, rows: &'a [(&'a str, DateTime<Utc>)]) -> Stmt<'a> {
+        Stmt::new(format!(
+            "UPDATE {table} SET archived_at = d.deleted_at, synced_at = $3 \
+             FROM UNNEST($4::text[], $5::timestamptz[]) AS d(source_id, deleted_at) \
+             WHERE {table}.workspace_id = $1 AND {table}.source = $2 \
+               AND {table}.source_id = d.source_id AND {table}.archived_at IS NULL \
+               AND ({table}.source_updated_at IS NULL OR {table}.source_updated_at <= d.deleted_at)",
         ))
-        .bind(workspace_id)
-        .bind(sync_id)
-        .bind(redact_secrets(reason))
-        .bind(self.now())
-        .bind(include_pending)
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("fail_active_sync"))?;
-        Ok(done.rows_affected() > 0)
+        .arg(at.ws)
+        .arg(at.source)
+        .arg(at.now)
+        .arg(Arg::StrList(rows.iter().map(|r| r.0).collect()))
+        .arg(Arg::TsList(rows.iter().map(|r| r.1).collect()))
     }
-}
 
-#[async_trait]
-impl SyncLogStore for PgStore {
-    async fn create_sync(
-        &self,
-        workspace_id: Uuid,
-        connector: Option<ConnectorKind>,
-        sync_type: Option<SyncMode>,
-    ) -> Result<SyncLogEntry> {
-        let row = sqlx::query(
-            "INSERT INTO sync_log (id, workspace_id, connector_type, sync_type, status, records_synced, started_at) \
-             VALUES ($1, $2, $3, $4, 'pending', 0, $5) RETURNING *",
+    fn unlink<'a>(at: BatchScope, links: &'a [(&'a str, &'a str)]) -> Stmt<'a> {
+        Stmt::new(
+            "DELETE FROM deal_contacts AS dc USING UNNEST($3::text[], $4::text[]) AS x(d, c) \
+             WHERE dc.workspace_id = $1 AND dc.source = $2 \
+               AND dc.deal_source_id = x.d AND dc.contact_source_id = x.c",
         )
-        .bind(Uuid::new_v4())
-        .bind(workspace_id)
-        .bind(connector.map(ConnectorKind::as_str))
-        .bind(sync_type.map(SyncMode::as_str))
-        .bind(self.now())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_err("create_sync"))?;
-        decode_sync_log(&row)
+        .arg(at.ws)
+        .arg(at.source)
+        .arg(Arg::StrList(links.iter().map(|l| l.0).collect()))
+        .arg(Arg::StrList(links.iter().map(|l| l.1).collect()))
     }
 
-    async fn start_sync(
-        &self,
-        workspace_id: Uuid,
-        sync_id: Uuid,
-        sync_type: Option<SyncMode>,
-    ) -> Result<()> {
-        let done = sqlx::query(
-            "UPDATE sync_log SET status = 'running', started_at = $3, sync_type = COALESCE($4, sync_type) \
-             WHERE workspace_id = $1 AND id = $2 AND status = 'pending'",
+    fn set_deal_fields(ws: Uuid, fields: &[(Uuid, Option<i64>, Option<i64>)]) -> Stmt<'static> {
+        Stmt::new(
+            "UPDATE deals AS d SET days_open = v.days_open, days_to_close = v.days_to_close \
+             FROM UNNEST($2::uuid[], $3::int8[], $4::int8[]) AS v(id, days_open, days_to_close) \
+             WHERE d.workspace_id = $1 AND d.id = v.id",
         )
-        .bind(workspace_id)
-        .bind(sync_id)
-        .bind(self.now())
-        .bind(sync_type.map(SyncMode::as_str))
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("start_sync"))?;
-        if done.rows_affected() == 0 {
-            return Err(self
-                .sync_not_updated(workspace_id, sync_id, "started")
-                .await);
-        }
-        Ok(())
+        .arg(ws)
+        .arg(Arg::UuidList(fields.iter().map(|f| f.0).collect()))
+        .arg(Arg::IntList(fields.iter().map(|f| f.1).collect()))
+        .arg(Arg::IntList(fields.iter().map(|f| f.2).collect()))
     }
 
-    async fn finish_sync(
-        &self,
-        workspace_id: Uuid,
-        sync_id: Uuid,
-        outcome: &SyncOutcome,
-    ) -> Result<()> {
-        check_outcome(outcome)?;
-        let done = sqlx::query(concat!(
-            "UPDATE sync_log SET status = $3, records_synced = $4, errors = $5::jsonb, \
-                 error_message = $6, completed_at = $7, duration_ms = ",
-            duration_sql!("$7"),
-            " WHERE workspace_id = $1 AND id = $2 AND status IN ('pending', 'running')"
-        ))
-        .bind(workspace_id)
-        .bind(sync_id)
-        .bind(outcome.status.as_str())
-        .bind(to_i64(outcome.records_synced))
-        .bind(outcome_errors_json(outcome)?)
-        .bind(outcome.error_message.as_deref().map(redact_secrets))
-        .bind(self.now())
-        .execute(&self.pool)
-        .await
-        .map_err(db_err("finish_sync"))?;
-        if done.rows_affected() == 0 {
-            return Err(self
-                .sync_not_updated(workspace_id, sync_id, "finished")
-                .await);
-        }
-        Ok(())
+    async fn before_enrichment(&self) -> Result<()> {
+        self.refresh_stale_statistics().await
     }
 
-    async fn get_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<Option<SyncLogEntry>> {
-        sqlx::query("SELECT * FROM sync_log WHERE workspace_id = $1 AND id = $2")
-            .bind(workspace_id)
-            .bind(sync_id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_err("get_sync"))?
-            .map(|r| decode_sync_log(&r))
-            .transpose()
-    }
-
-    async fn sync_history(
-        &self,
-        workspace_id: Uuid,
-        connector: Option<ConnectorKind>,
-        limit: u32,
-    ) -> Result<Vec<SyncLogEntry>> {
-        let limit = i64::from(limit.min(MAX_PAGE));
-        let rows = if let Some(connector) = connector {
-            sqlx::query(
-                "SELECT * FROM sync_log WHERE workspace_id = $1 AND connector_type = $3 \
-                 ORDER BY started_at DESC, id DESC LIMIT $2",
-            )
-            .bind(workspace_id)
-            .bind(limit)
-            .bind(connector.as_str())
-            .fetch_all(&self.pool)
-            .await
-        } else {
-            sqlx::query(
-                "SELECT * FROM sync_log WHERE workspace_id = $1 \
-                 ORDER BY started_at DESC, id DESC LIMIT $2",
-            )
-            .bind(workspace_id)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await
-        }
-        .map_err(db_err("sync_history"))?;
-        rows.iter().map(decode_sync_log).collect()
-    }
-
-    async fn active_syncs(&self, workspace_id: Uuid) -> Result<Vec<SyncLogEntry>> {
-        sqlx::query(
-            "SELECT * FROM sync_log WHERE workspace_id = $1 AND status IN ('pending', 'running') \
-             ORDER BY started_at DESC, id DESC",
-        )
-        .bind(workspace_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_err("active_syncs"))?
-        .iter()
-        .map(decode_sync_log)
-        .collect()
-    }
-
-    async fn fail_stale_syncs(
-        &self,
-        workspace_id: Option<Uuid>,
-        started_before: DateTime<Utc>,
-        reason: &str,
-    ) -> Result<Vec<Uuid>> {
-        const SET: &str = concat!(
-            "UPDATE sync_log SET status = 'failed', error_message = $2, completed_at = $3, duration_ms = ",
-            duration_sql!("$3"),
-            " WHERE status IN ('running', 'pending') AND started_at < $1"
-        );
-        let reason = redact_secrets(reason);
-        let ids: Vec<Uuid> = if let Some(ws) = workspace_id {
-            sqlx::query_scalar(AssertSqlSafe(format!(
-                "{SET} AND workspace_id = $4 RETURNING id"
-            )))
-            .bind(started_before)
-            .bind(reason)
-            .bind(self.now())
-            .bind(ws)
-            .fetch_all(&self.pool)
-            .await
-        } else {
-            sqlx::query_scalar(AssertSqlSafe(format!("{SET} RETURNING id")))
-                .bind(started_before)
-                .bind(reason)
-                .bind(self.now())
-                .fetch_all(&self.pool)
-                .await
-        }
-        .map_err(db_err("fail_stale_syncs"))?;
-        if !ids.is_empty() {
-            tracing::warn!(count = ids.len(), "failed stale syncs");
-        }
-        Ok(ids)
+    fn enrichment() -> &'static Enrichment {
+        &ENRICHMENT
     }
 }
 
@@ -1210,16 +464,16 @@ impl LockStore for PgStore {
         // lives exactly as long as its holder's session: a `running` run found now belongs
         // to a holder that died (SIGKILL, crash, lost connection). End it, and its
         // connection's `syncing`, before anyone starts again.
-        let ended: std::result::Result<Vec<Uuid>, sqlx::Error> = sqlx::query_scalar(concat!(
-            "WITH ended AS (UPDATE sync_log SET status = 'failed', error_message = $2, \
-                 completed_at = $3, duration_ms = ",
-            duration_sql!("$3"),
-            " WHERE workspace_id = $1 AND status = 'running' RETURNING id, connector_type), \
-             conns AS (UPDATE connections SET status = 'error', error_message = $2, updated_at = $3 \
-                 WHERE workspace_id = $1 AND status = 'syncing' \
-                   AND connector_name IN (SELECT connector_type FROM ended)) \
-             SELECT id FROM ended"
-        ))
+        let ended: std::result::Result<Vec<Uuid>, sqlx::Error> =
+            sqlx::query_scalar(AssertSqlSafe(format!(
+                "WITH ended AS (UPDATE sync_log SET {} \
+                     WHERE workspace_id = $1 AND status = 'running' RETURNING id, connector_type), \
+                 conns AS (UPDATE connections SET status = 'error', error_message = $2, updated_at = $3 \
+                     WHERE workspace_id = $1 AND status = 'syncing' \
+                       AND connector_name IN (SELECT connector_type FROM ended)) \
+                 SELECT id FROM ended",
+                sql::fail_set(&PG, "$2", "$3")
+            )))
         .bind(workspace_id)
         .bind(INTERRUPTED)
         .bind(self.now())
@@ -1255,8 +509,6 @@ impl LockStore for PgStore {
 // ---------------------------------------------------------------------------------------
 // Enrichment (post-sync hooks): set-based statements over one workspace.
 // ---------------------------------------------------------------------------------------
-
-use super::{DealFieldCounts, EnrichmentStore, InternalCounts, LinkCounts, normalize_domains};
 
 /// The participants with an email of the workspace's live conversations:
 /// `(conversation_id, ord, email, domain, internal)`, email trimmed and lower-cased, domain
@@ -1318,12 +570,10 @@ impl PgStore {
     }
 }
 
-#[async_trait]
-impl EnrichmentStore for PgStore {
-    async fn link_conversations(&self, workspace_id: Uuid) -> Result<LinkCounts> {
-        self.refresh_stale_statistics().await?;
-        let sql = format!(
-            "WITH {PG_PARTICIPANTS_CTE}, \
+/// The enrichment statements in PostgreSQL's dialect (`jsonb`).
+static ENRICHMENT: LazyLock<Enrichment> = LazyLock::new(|| Enrichment {
+    link: format!(
+        "WITH {PG_PARTICIPANTS_CTE}, \
              flagged AS (\
                 SELECT e.*, bool_or(NOT internal) OVER (PARTITION BY conversation_id) AS has_external \
                 FROM emails e), \
@@ -1349,17 +599,7 @@ impl EnrichmentStore for PgStore {
                 UNION ALL \
                 SELECT u.conversation_id, 1 AS kind, u.ord, da.account_id, da.source, da.source_id \
                 FROM used u JOIN domain_accounts da ON da.domain = u.domain AND da.domain <> ''), \
-             scored AS (\
-                SELECT conversation_id, kind, account_id, source, source_id, \
-                       COUNT(DISTINCT ord) AS hits, MIN(ord) AS first_ord \
-                FROM matches GROUP BY conversation_id, kind, account_id, source, source_id), \
-             best AS (\
-                SELECT conversation_id, account_id, source, source_id FROM (\
-                    SELECT s.*, ROW_NUMBER() OVER (PARTITION BY conversation_id \
-                        ORDER BY kind, hits DESC, first_ord, source COLLATE \"C\", \
-                                 source_id COLLATE \"C\") AS rn \
-                    FROM scored s) r \
-                WHERE rn = 1), \
+             {best}, \
              account_deal AS (\
                 SELECT account_id, deal_id FROM (\
                     SELECT b.account_id, d.id AS deal_id, \
@@ -1380,53 +620,10 @@ impl EnrichmentStore for PgStore {
              FROM target t \
              WHERE c.workspace_id = $1 AND c.id = t.id \
                AND (c.linked_account_id IS DISTINCT FROM t.account_id \
-                    OR c.linked_deal_id IS DISTINCT FROM t.deal_id)"
-        );
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db_err("link_conversations: begin"))?;
-        let done = sqlx::query(AssertSqlSafe(sql))
-            .bind(workspace_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("link_conversations"))?;
-        let (total, accounts, deals): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COUNT(linked_account_id), COUNT(linked_deal_id) \
-             FROM conversations WHERE workspace_id = $1 AND archived_at IS NULL",
-        )
-        .bind(workspace_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err("link_conversations: counting"))?;
-        tx.commit()
-            .await
-            .map_err(db_err("link_conversations: commit"))?;
-        Ok(LinkCounts {
-            conversations: super::types::to_u64(total, "count")?,
-            linked_accounts: super::types::to_u64(accounts, "count")?,
-            linked_deals: super::types::to_u64(deals, "count")?,
-            changed: done.rows_affected(),
-        })
-    }
-
-    async fn mark_internal_conversations(
-        &self,
-        workspace_id: Uuid,
-        internal_domains: &[String],
-    ) -> Result<InternalCounts> {
-        let domains = normalize_domains(internal_domains);
-        self.refresh_stale_statistics().await?;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db_err("mark_internal_conversations: begin"))?;
-        let mut changed = 0;
-        if !domains.is_empty() {
-            let done = sqlx::query(
-                "WITH doms AS (SELECT DISTINCT d FROM UNNEST($2::text[]) AS u(d)), \
+                    OR c.linked_deal_id IS DISTINCT FROM t.deal_id)",
+        best = sql::best_account_ctes(" COLLATE \"C\""),
+    ),
+    mark_internal: "WITH doms AS (SELECT DISTINCT d FROM UNNEST($2::text[]) AS u(d)), \
                  conv AS (\
                     SELECT c.id, c.participants FROM conversations c \
                     WHERE c.workspace_id = $1 AND c.archived_at IS NULL \
@@ -1467,99 +664,17 @@ impl EnrichmentStore for PgStore {
                  FROM agg \
                  WHERE c.workspace_id = $1 AND c.id = agg.id \
                    AND (c.is_internal IS DISTINCT FROM agg.all_internal OR agg.flags_changed)",
-            )
-            .bind(workspace_id)
-            .bind(&domains[..])
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("mark_internal_conversations"))?;
-            changed = done.rows_affected();
-        }
-        let (total, internal): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COUNT(*) FILTER (WHERE is_internal) \
+    count_internal: "SELECT COUNT(*) AS total, COUNT(*) FILTER (WHERE is_internal) AS internal \
              FROM conversations WHERE workspace_id = $1 AND archived_at IS NULL \
                AND jsonb_typeof(participants) = 'array' \
                AND jsonb_array_length(\
                    CASE WHEN jsonb_typeof(participants) = 'array' \
                         THEN participants ELSE '[]'::jsonb END) > 0",
-        )
-        .bind(workspace_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err("mark_internal_conversations: counting"))?;
-        tx.commit()
-            .await
-            .map_err(db_err("mark_internal_conversations: commit"))?;
-        Ok(InternalCounts {
-            conversations: super::types::to_u64(total, "count")?,
-            internal: super::types::to_u64(internal, "count")?,
-            changed,
-        })
-    }
-
-    async fn flagged_internal_domains(&self, workspace_id: Uuid) -> Result<Vec<String>> {
-        let sql = format!(
-            "WITH {PG_PARTICIPANTS_CTE} \
+    flagged_domains: format!(
+        "WITH {PG_PARTICIPANTS_CTE} \
              SELECT DISTINCT domain FROM emails WHERE internal ORDER BY domain"
-        );
-        let mut domains: Vec<String> = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(workspace_id)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err("flagged_internal_domains"))?;
-        // Byte order, as on SQLite, whatever the database's collation.
-        domains.sort();
-        Ok(domains)
-    }
-
-    async fn refresh_deal_fields(
-        &self,
-        workspace_id: Uuid,
-        today: NaiveDate,
-    ) -> Result<DealFieldCounts> {
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(db_err("refresh_deal_fields: begin"))?;
-        let done = sqlx::query(
-            "WITH v AS (\
-                SELECT id, \
-                       CASE WHEN source_created_at IS NULL THEN NULL ELSE \
-                           GREATEST(0, \
-                               (CASE WHEN is_closed AND close_date IS NOT NULL \
-                                     THEN close_date ELSE $2::date END) \
-                             - (source_created_at AT TIME ZONE 'UTC')::date)::bigint \
-                       END AS days_open, \
-                       (close_date - $2::date)::bigint AS days_to_close \
-                FROM deals WHERE workspace_id = $1 AND archived_at IS NULL) \
-             UPDATE deals AS d SET days_open = v.days_open, days_to_close = v.days_to_close \
-             FROM v \
-             WHERE d.workspace_id = $1 AND d.id = v.id \
-               AND (d.days_open IS DISTINCT FROM v.days_open \
-                    OR d.days_to_close IS DISTINCT FROM v.days_to_close)",
-        )
-        .bind(workspace_id)
-        .bind(today)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("refresh_deal_fields"))?;
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deals WHERE workspace_id = $1 AND archived_at IS NULL",
-        )
-        .bind(workspace_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err("refresh_deal_fields: counting"))?;
-        tx.commit()
-            .await
-            .map_err(db_err("refresh_deal_fields: commit"))?;
-        Ok(DealFieldCounts {
-            deals: super::types::to_u64(total, "count")?,
-            changed: done.rows_affected(),
-        })
-    }
-}
+    ),
+});
 
 #[cfg(test)]
 mod tests {

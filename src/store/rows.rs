@@ -638,12 +638,21 @@ pub(crate) fn prepare(
     Ok(prepared)
 }
 
-/// The spelling of the null-safe comparisons and the conflict pseudo-table in a dialect.
+/// How a dialect spells what the shared statements need: the null-safe comparisons, the
+/// conflict pseudo-table, row locks, JSON updates and time arithmetic.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Dialect {
     pub excluded: &'static str,
     pub distinct: &'static str,
     pub not_distinct: &'static str,
+    /// Appended to a `SELECT` that reads rows the transaction then writes.
+    pub for_update: &'static str,
+    /// A connection's `sync_cursor` with its `streams` member set to the JSON `$3` (other
+    /// members kept; a cursor that is not an object is replaced).
+    pub set_streams: &'static str,
+    /// `duration_ms` of a `sync_log` row from `started_at` to the timestamp `at` (an
+    /// expression or a parameter), never negative.
+    pub duration_ms: fn(at: &str) -> String,
 }
 
 #[cfg(feature = "postgres")]
@@ -651,6 +660,14 @@ pub(crate) const PG: Dialect = Dialect {
     excluded: "EXCLUDED",
     distinct: "IS DISTINCT FROM",
     not_distinct: "IS NOT DISTINCT FROM",
+    for_update: " FOR UPDATE",
+    set_streams: "(CASE WHEN jsonb_typeof(sync_cursor) = 'object' THEN sync_cursor ELSE '{}'::jsonb END) \
+                  || jsonb_build_object('streams', $3::jsonb)",
+    duration_ms: |at| {
+        format!(
+            "GREATEST(0, ROUND(EXTRACT(EPOCH FROM ({at}::timestamptz - started_at)) * 1000))::bigint"
+        )
+    },
 };
 
 #[cfg(feature = "sqlite")]
@@ -658,6 +675,14 @@ pub(crate) const SQLITE: Dialect = Dialect {
     excluded: "excluded",
     distinct: "IS NOT",
     not_distinct: "IS",
+    for_update: "",
+    set_streams: "json_set(CASE WHEN json_type(sync_cursor) = 'object' THEN sync_cursor ELSE '{}' END, \
+                  '$.streams', json($3))",
+    duration_ms: |at| {
+        format!(
+            "MAX(0, CAST(ROUND((julianday({at}) - julianday(started_at)) * 86400000.0) AS INTEGER))"
+        )
+    },
 };
 
 /// The value a column gets when a conflicting row is updated.
@@ -713,6 +738,38 @@ pub(crate) fn upsert_conflict_clause(spec: &TableSpec, d: Dialect) -> String {
 pub(crate) fn sqlite_ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
+
+/// The error of a column that cannot be read.
+pub(crate) fn decode_err(col: &str) -> impl FnOnce(sqlx::Error) -> Error + '_ {
+    move |e| Error::storage(format!("could not read column {col}"), e)
+}
+
+/// The [`RowRead`] methods of the types both drivers decode natively (text, integers,
+/// floats, booleans), for a backend's `impl RowRead`.
+macro_rules! native_row_reads {
+    () => {
+        fn text(&self, col: &str) -> Result<Option<String>> {
+            self.try_get(col)
+                .map_err($crate::store::rows::decode_err(col))
+        }
+
+        fn int(&self, col: &str) -> Result<Option<i64>> {
+            self.try_get(col)
+                .map_err($crate::store::rows::decode_err(col))
+        }
+
+        fn float(&self, col: &str) -> Result<Option<f64>> {
+            self.try_get(col)
+                .map_err($crate::store::rows::decode_err(col))
+        }
+
+        fn boolean(&self, col: &str) -> Result<Option<bool>> {
+            self.try_get(col)
+                .map_err($crate::store::rows::decode_err(col))
+        }
+    };
+}
+pub(crate) use native_row_reads;
 
 /// Reads typed columns from a database row by name.
 pub(crate) trait RowRead {

@@ -362,8 +362,7 @@ pub async fn job_handler_runs_triggered_syncs_and_snoozes_rate_limits(h: Harness
         retry_after: Some(Duration::from_secs(120)),
     });
     let o = orchestrator(&h.store, &[limited]);
-    let scheduler =
-        Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let scheduler = Scheduler::new(h.store.clone(), SchedulerConfig::default()).unwrap();
     let t = scheduler
         .trigger_sync(ws, Some(ConnectorKind::Gong), None)
         .await
@@ -456,7 +455,6 @@ pub async fn a_failed_sync_fails_its_job_attempts_then_the_job(h: Harness) {
     broken.fail_after_pages = Some(1);
     let scheduler = Scheduler::new(
         h.store.clone(),
-        h.queue.clone(),
         SchedulerConfig {
             max_attempts: 2,
             ..Default::default()
@@ -496,8 +494,7 @@ pub async fn a_quota_stop_ends_cleanly_and_snoozes_to_the_reset(h: Harness) {
         provider: "hubspot".into(),
         resets_at: Some(resets_at),
     });
-    let scheduler =
-        Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let scheduler = Scheduler::new(h.store.clone(), SchedulerConfig::default()).unwrap();
     let t = scheduler
         .trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
         .await
@@ -799,8 +796,7 @@ pub async fn a_daily_quota_does_not_loop_and_resumes_after_the_reset(h: Harness)
         provider: "hubspot".into(),
         resets_at: None,
     });
-    let scheduler =
-        Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let scheduler = Scheduler::new(h.store.clone(), SchedulerConfig::default()).unwrap();
     let t = scheduler
         .trigger_sync(ws, Some(ConnectorKind::Hubspot), None)
         .await

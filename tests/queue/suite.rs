@@ -587,13 +587,8 @@ pub async fn two_schedulers_enqueue_each_tick_once(h: Harness) {
     for _ in 0..5 {
         wss.push(workspace_with_connections(&h).await);
     }
-    let a = Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
-    let b = Scheduler::new(
-        h.other_store.clone(),
-        h.other_queue.clone(),
-        SchedulerConfig::default(),
-    )
-    .unwrap();
+    let a = Scheduler::new(h.store.clone(), SchedulerConfig::default()).unwrap();
+    let b = Scheduler::new(h.other_store.clone(), SchedulerConfig::default()).unwrap();
     // Even two schedulers that both believe they lead enqueue each workspace once.
     let (ra, rb) = tokio::join!(a.tick(), b.tick());
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
@@ -615,7 +610,7 @@ pub async fn two_schedulers_enqueue_each_tick_once(h: Harness) {
 
 pub async fn manual_trigger_conflicts_and_stale_syncs(h: Harness) {
     let ws = workspace_with_connections(&h).await;
-    let s = Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let s = Scheduler::new(h.store.clone(), SchedulerConfig::default()).unwrap();
     let first = s
         .trigger_sync(ws, None, Some(SyncMode::Initial))
         .await
@@ -675,7 +670,7 @@ async fn no_active_sync(h: &Harness, ws: Uuid) {
 
 pub async fn trigger_validates_the_connector_and_never_wedges(h: Harness) {
     let ws = workspace_with_connections(&h).await;
-    let s = Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let s = Scheduler::new(h.store.clone(), SchedulerConfig::default()).unwrap();
     // A connector the workspace does not have: a clear error, nothing created.
     let missing = s
         .trigger_sync(ws, Some(ConnectorKind::Gong), None)
@@ -716,7 +711,6 @@ pub async fn every_end_of_a_sync_job_ends_its_sync_run(h: Harness) {
     let ws = workspace_with_connections(&h).await;
     let s = Scheduler::new(
         h.store.clone(),
-        h.queue.clone(),
         SchedulerConfig {
             max_attempts: 1,
             ..Default::default()
@@ -815,7 +809,6 @@ pub async fn every_end_of_a_sync_job_ends_its_sync_run(h: Harness) {
     // 6. Timed out on its last attempt (the handler hangs, the run never started).
     let quick = Scheduler::new(
         h.store.clone(),
-        h.queue.clone(),
         SchedulerConfig {
             max_attempts: 1,
             job_timeout: Duration::from_millis(50),
@@ -850,7 +843,7 @@ pub async fn every_end_of_a_sync_job_ends_its_sync_run(h: Harness) {
 
 pub async fn a_stale_pending_run_does_not_block_the_workspace(h: Harness) {
     let ws = workspace_with_connections(&h).await;
-    let s = Scheduler::new(h.store.clone(), h.queue.clone(), SchedulerConfig::default()).unwrap();
+    let s = Scheduler::new(h.store.clone(), SchedulerConfig::default()).unwrap();
     // A run whose job never ran it (no worker for hours).
     let first = s.trigger_sync(ws, None, None).await.unwrap();
     h.clock.advance(chrono::Duration::minutes(30));

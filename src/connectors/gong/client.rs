@@ -4,11 +4,11 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use serde::de::DeserializeOwned;
+use http::{Method, Response, StatusCode};
 
 use super::types::{CallsPage, CallsRequest, UsersPage};
 use super::{GongConfig, GongCredentials};
+use crate::connectors::rest::JsonApi;
 use crate::error::{Error, Result};
 use crate::http::{
     Auth, Classify, DefaultClassifier, HttpStack, HttpStats, StaticAuth, Transport,
@@ -46,7 +46,7 @@ impl Classify for GongClassifier {
 }
 
 pub(crate) struct GongClient {
-    base: String,
+    api: JsonApi,
     stack: HttpStack,
     stats: HttpStats,
 }
@@ -77,59 +77,23 @@ impl GongClient {
             GongCredentials::AccessToken(token) => StaticAuth::bearer(token)?.into(),
         };
         // The daily quota is counted by the sync against the count kept with the connection
-        // (see `sync::DailyQuota`), not by an in-memory window that forgets it between runs.
+        // (see `connectors::quota::DailyQuota`), not by an in-memory window that forgets it
+        // between runs.
         let preset = presets::gong()
             .with_daily_limit(None)
             .with_optional_rate_limit(config.rate_limit)?
             .with_classifier(GongClassifier)
             .with_stats(stats.clone());
         let stack = preset.build(auth, transport)?;
-        Ok(GongClient { base, stack, stats })
+        Ok(GongClient {
+            api: JsonApi::new(base, "gong", "Gong"),
+            stack,
+            stats,
+        })
     }
 
     pub(crate) fn stats(&self) -> &HttpStats {
         &self.stats
-    }
-
-    /// Sends one request; `Ok(None)` for the extensive endpoint's 404 "No calls found".
-    async fn send<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Option<T>> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path_and_query}", self.base))
-            .header(http::header::ACCEPT, "application/json");
-        if body.is_some() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(body.map(Bytes::from).unwrap_or_default())
-            .map_err(|e| Error::config(format!("invalid Gong request: {e}")))?;
-        let resp = self.stack.send(req).await?;
-        if is_no_calls(&resp) {
-            if path_and_query.starts_with(CALLS_PATH) {
-                return Ok(None);
-            }
-            return Err(Error::api(
-                "gong",
-                resp.status().as_u16(),
-                &String::from_utf8_lossy(resp.body()),
-            ));
-        }
-        let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(Error::api(
-                "gong",
-                status,
-                &String::from_utf8_lossy(resp.body()),
-            ));
-        }
-        serde_json::from_slice(resp.body())
-            .map(Some)
-            .map_err(|e| Error::decode(None, format!("unreadable Gong response: {e}")))
     }
 
     /// `GET /v2/users`: one page, the cursor in the query string.
@@ -138,19 +102,21 @@ impl GongClient {
             Some(c) => format!("{USERS_PATH}?cursor={}", encode(c)),
             None => USERS_PATH.to_owned(),
         };
-        self.send(Method::GET, &path, None)
-            .await?
-            .ok_or_else(|| Error::api("gong", 404, "no users found"))
+        self.api.send(&self.stack, Method::GET, &path, None).await
     }
 
     /// `POST /v2/calls/extensive`: one page, the cursor in the JSON body. Gong's 404 for a
     /// filter that matches nothing is an empty last page.
     pub(crate) async fn calls_page(&self, req: &CallsRequest<'_>) -> Result<CallsPage> {
         let body = serde_json::to_vec(req)?;
-        Ok(self
-            .send(Method::POST, CALLS_PATH, Some(body))
-            .await?
-            .unwrap_or_else(CallsPage::none_found))
+        let resp = self
+            .api
+            .send_raw(&self.stack, Method::POST, CALLS_PATH, Some(body))
+            .await?;
+        if is_no_calls(&resp) {
+            return Ok(CallsPage::none_found());
+        }
+        self.api.read(&resp)
     }
 }
 

@@ -9,10 +9,11 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::sync::{DailyQuota, QUOTA_STREAM, migrate};
+use super::sync::{QUOTA_STREAM, migrate};
 use super::transform::{call_id, conversation, decode};
 use super::types::{CallsPage, GongUser, UsersPage};
 use crate::connector::{Checkpoint, StreamCheckpoint};
+use crate::connectors::quota::DailyQuota;
 use crate::http::HttpStats;
 
 /// Dates a provider (or a corrupted row) might send: valid, at the edges of every range,
@@ -263,7 +264,7 @@ proptest! {
         cp.streams.insert(QUOTA_STREAM.to_owned(), stream);
         let started = chrono::DateTime::from_timestamp(started, 0)
             .unwrap_or(chrono::DateTime::UNIX_EPOCH);
-        let mut q = DailyQuota::load(&cp, limit, started, &HttpStats::new());
+        let mut q = DailyQuota::load(&cp, QUOTA_STREAM, "gong", limit, started, &HttpStats::new());
         let _ = q.check();
         q.store(&mut cp);
     }

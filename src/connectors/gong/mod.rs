@@ -205,12 +205,7 @@ impl GongConfig {
     /// # Ok::<(), pandora_sync::Error>(())
     /// ```
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        let mut cfg: GongConfig = if value.is_null() {
-            GongConfig::default()
-        } else {
-            serde_json::from_value(value.clone())
-                .map_err(|e| Error::config(format!("invalid gong config: {e}")))?
-        };
+        let mut cfg: GongConfig = super::config_from_json(value, "gong")?;
         cfg.validate()?;
         cfg.tracked_users = cfg
             .tracked_users

@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 use tracing::Instrument;
 
@@ -36,8 +36,9 @@ use crate::capture::RecordFailure;
 use crate::connector::{
     Checkpoint, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncContext, SyncReport,
 };
+use crate::connectors::page::{capture_page, write_page};
+use crate::connectors::quota::DailyQuota;
 use crate::error::{Error, Result};
-use crate::http::HttpStats;
 use crate::model::{Record, RecordKind};
 use crate::sanitize;
 
@@ -49,8 +50,6 @@ pub(crate) const DEFAULT_DAILY_LIMIT: u32 = 10_000;
 
 /// The checkpoint stream holding the company's request count of the day.
 pub(crate) const QUOTA_STREAM: &str = "gong:requests";
-const QUOTA_DAY: &str = "day";
-const QUOTA_USED: &str = "used";
 
 /// How often one pass may restart its window after Gong rejects its cursor (expired).
 const MAX_CURSOR_RESTARTS: u32 = 2;
@@ -152,111 +151,6 @@ pub(crate) fn migrate(s: &mut StreamCheckpoint) {
     s.extra.remove(WINDOW_TO);
 }
 
-/// The company's requests of the current UTC day, counted locally (Gong does not report
-/// them back) and kept in the checkpoint's [`QUOTA_STREAM`] so the count survives between
-/// runs and commits with the pages.
-///
-/// Gong documents 10,000 requests per day per company without a reset time; the count is
-/// kept per UTC day and a stop reports the next UTC midnight as the reset. Every attempt
-/// counts (retries too). The day is told from the sync's start plus the time elapsed on
-/// tokio's clock, so tests on a paused clock control it.
-#[derive(Debug, Clone)]
-pub(crate) struct DailyQuota {
-    limit: u64,
-    day: NaiveDate,
-    used: u64,
-    /// The stack's attempts already counted.
-    seen_attempts: u64,
-    started_at: DateTime<Utc>,
-    origin: tokio::time::Instant,
-}
-
-impl DailyQuota {
-    /// The count stored in `checkpoint` (zero for another day or none stored).
-    pub(crate) fn load(
-        checkpoint: &Checkpoint,
-        limit: u32,
-        started_at: DateTime<Utc>,
-        stats: &HttpStats,
-    ) -> Self {
-        let mut q = DailyQuota {
-            limit: u64::from(limit.max(1)),
-            day: started_at.date_naive(),
-            used: 0,
-            seen_attempts: stats.snapshot().attempts,
-            started_at,
-            origin: tokio::time::Instant::now(),
-        };
-        if let Some(s) = checkpoint.stream(QUOTA_STREAM) {
-            let day = s
-                .extra
-                .get(QUOTA_DAY)
-                .and_then(Value::as_str)
-                .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok());
-            let used = s.extra.get(QUOTA_USED).and_then(Value::as_u64);
-            if let (Some(day), Some(used)) = (day, used)
-                && day == q.day
-            {
-                q.used = used;
-            }
-        }
-        q
-    }
-
-    /// Now: the sync's start plus the time elapsed since on tokio's clock.
-    fn now(&self) -> DateTime<Utc> {
-        chrono::Duration::from_std(self.origin.elapsed())
-            .ok()
-            .and_then(|d| self.started_at.checked_add_signed(d))
-            .unwrap_or(self.started_at)
-    }
-
-    /// Starts a new count when the UTC day changed.
-    fn roll(&mut self) {
-        let today = self.now().date_naive();
-        if today != self.day {
-            self.day = today;
-            self.used = 0;
-        }
-    }
-
-    /// Counts the attempts the stack made since the last call.
-    pub(crate) fn charge(&mut self, stats: &HttpStats) {
-        let attempts = stats.snapshot().attempts;
-        let new = attempts.saturating_sub(self.seen_attempts);
-        self.seen_attempts = attempts;
-        self.roll();
-        self.used = self.used.saturating_add(new);
-    }
-
-    /// `Err(next reset)` when one more request would exceed the day's limit.
-    pub(crate) fn check(&mut self) -> std::result::Result<(), DateTime<Utc>> {
-        self.roll();
-        if self.used.saturating_add(1) > self.limit {
-            return Err(next_utc_midnight(self.now()));
-        }
-        Ok(())
-    }
-
-    /// Writes the count into the checkpoint.
-    pub(crate) fn store(&self, checkpoint: &mut Checkpoint) {
-        let s = checkpoint.stream_mut(QUOTA_STREAM);
-        s.extra.insert(
-            QUOTA_DAY.into(),
-            json!(self.day.format("%Y-%m-%d").to_string()),
-        );
-        s.extra.insert(QUOTA_USED.into(), json!(self.used));
-    }
-}
-
-/// The first UTC midnight after `t` (`t` itself at the end of the calendar).
-fn next_utc_midnight(t: DateTime<Utc>) -> DateTime<Utc> {
-    t.date_naive()
-        .succ_opt()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map_or(t, |d| d.and_utc())
-}
-
 fn extra_time(s: &StreamCheckpoint, key: &str) -> Option<DateTime<Utc>> {
     s.extra
         .get(key)
@@ -277,6 +171,13 @@ fn stops_the_sync(e: &Error) -> bool {
 /// A 4xx other than 429: what Gong answers a cursor it no longer accepts.
 fn is_client_error(e: &Error) -> bool {
     matches!(e, Error::Api { status, .. } if (400..500).contains(status) && *status != 429)
+}
+
+/// Whether a listing whose page read with `cursor` failed with `e` starts again from its
+/// first page: Gong rejected the cursor (expired, or stored by an earlier run), and the
+/// listing has not restarted [`MAX_CURSOR_RESTARTS`] times yet.
+fn may_restart(e: &Error, cursor: Option<&str>, restarts: u32) -> bool {
+    cursor.is_some() && is_client_error(e) && restarts < MAX_CURSOR_RESTARTS
 }
 
 pub(crate) struct Syncer<'a> {
@@ -310,6 +211,8 @@ impl<'a> Syncer<'a> {
         }
         let quota = DailyQuota::load(
             &checkpoint,
+            QUOTA_STREAM,
+            "gong",
             config.daily_limit.unwrap_or(DEFAULT_DAILY_LIMIT),
             ctx.started_at(),
             client.stats(),
@@ -337,16 +240,10 @@ impl<'a> Syncer<'a> {
         let mut restarts = 0;
         loop {
             self.ctx.check_cancelled()?;
-            self.before_request()?;
-            let result = self.client.users_page(cursor.as_deref()).await;
-            self.after_request();
-            let page = match result {
+            let client = self.client;
+            let page = match self.counted(client.users_page(cursor.as_deref())).await {
                 Ok(p) => p,
-                Err(e)
-                    if cursor.is_some()
-                        && is_client_error(&e)
-                        && restarts < MAX_CURSOR_RESTARTS =>
-                {
+                Err(e) if may_restart(&e, cursor.as_deref(), restarts) => {
                     // The listing is not checkpointed: start it again.
                     tracing::warn!(error = %e, "Gong rejected the users cursor; listing again");
                     restarts += 1;
@@ -430,26 +327,16 @@ impl<'a> Syncer<'a> {
         }
     }
 
-    /// `Err(QuotaExhausted)` when one more request would pass the day's limit.
-    fn before_request(&mut self) -> Result<()> {
-        self.quota.charge(self.client.stats());
-        match self.quota.check() {
-            Ok(()) => Ok(()),
-            Err(resets_at) => {
-                tracing::warn!(%resets_at, "Gong daily request limit reached; stopping until it resets");
-                Err(Error::QuotaExhausted {
-                    provider: "gong".into(),
-                    resets_at: Some(resets_at),
-                })
-            }
-        }
-    }
-
-    /// Counts the request just made and puts the count in the checkpoint.
-    fn after_request(&mut self) {
+    /// Sends one request against the day's count: `Err(QuotaExhausted)` without sending when
+    /// one more request would pass the day's limit; afterwards the requests made (retries
+    /// too) are counted and the count put in the checkpoint.
+    async fn counted<T>(&mut self, request: impl Future<Output = Result<T>>) -> Result<T> {
+        self.quota.before_request(self.client.stats())?;
+        let result = request.await;
         self.quota.charge(self.client.stats());
         self.quota.store(&mut self.checkpoint);
         self.quota_dirty = true;
+        result
     }
 
     async fn run_users(&mut self, mode: Mode, sink: &mut dyn RecordSink) -> Result<()> {
@@ -713,7 +600,6 @@ impl<'a> Syncer<'a> {
         let mut restarts = 0;
         loop {
             self.ctx.check_cancelled()?;
-            self.before_request()?;
             let req = CallsRequest {
                 cursor: cursor.as_deref(),
                 filter: CallsFilter {
@@ -724,15 +610,10 @@ impl<'a> Syncer<'a> {
                 },
                 content_selector: ContentSelector::default(),
             };
-            let result = self.client.calls_page(&req).await;
-            self.after_request();
-            let page = match result {
+            let client = self.client;
+            let page = match self.counted(client.calls_page(&req)).await {
                 Ok(p) => p,
-                Err(e)
-                    if cursor.is_some()
-                        && is_client_error(&e)
-                        && restarts < MAX_CURSOR_RESTARTS =>
-                {
+                Err(e) if may_restart(&e, cursor.as_deref(), restarts) => {
                     // A cursor Gong no longer accepts (stored by an earlier run, or expired
                     // during this pass): read the window again from its start. Calls already
                     // stored are left alone by the store.
@@ -753,8 +634,7 @@ impl<'a> Syncer<'a> {
                     "Gong returned the same calls cursor twice; stopping instead of looping",
                 ));
             }
-            let mut batch = RecordBatch::default();
-            let started = self.transform_page(page, &mut batch);
+            let (batch, started) = self.transform_page(page);
             stats.calls += batch.records.len() as u64;
             stats.failed += batch.failures.len() as u64;
             // A pass over the whole initial window, read from its first page by this run:
@@ -814,37 +694,29 @@ impl<'a> Syncer<'a> {
 
     /// Decodes and transforms one page; failures are captured with their ids. Returns the
     /// start times of the stored calls (the watermark's source).
-    fn transform_page(&self, page: CallsPage, batch: &mut RecordBatch) -> Vec<DateTime<Utc>> {
+    fn transform_page(&self, page: CallsPage) -> (RecordBatch, Vec<DateTime<Utc>>) {
         let ws = self.ctx.workspace_id();
         let mut started = Vec::with_capacity(page.calls.len());
-        for raw in page.calls {
-            let id = transform::call_id(&raw);
-            match transform::decode(raw).and_then(|c| transform::conversation(ws, &c, &self.emails))
-            {
-                Ok(c) => {
-                    started.extend(c.started_at);
-                    batch.records.push(Record::from(c));
-                }
-                Err(e) => batch.failures.push(RecordFailure::new(
-                    id.or_else(|| match &e {
-                        Error::Decode { record_id, .. } => record_id.clone(),
-                        _ => None,
-                    }),
-                    e.to_string(),
-                )),
-            }
-        }
-        started
+        let batch = capture_page(page.calls, transform::call_id, |raw| {
+            let c = transform::decode(raw)
+                .and_then(|c| transform::conversation(ws, &c, &self.emails))?;
+            started.extend(c.started_at);
+            Ok([Record::from(c)])
+        });
+        (batch, started)
     }
 
     async fn write(&mut self, sink: &mut dyn RecordSink, batch: RecordBatch) -> Result<()> {
-        self.report.records_fetched += batch.records.len() as u64;
-        self.report.records_failed += batch.failures.len() as u64;
-        sink.write(batch, &self.checkpoint).await?;
+        write_page(
+            sink,
+            batch,
+            &self.checkpoint,
+            &mut self.report,
+            self.ctx,
+            "gong: calls written",
+        )
+        .await?;
         self.quota_dirty = false;
-        self.ctx
-            .progress()
-            .report(self.report.records_fetched, None, "gong: calls written");
         Ok(())
     }
 }
@@ -859,6 +731,7 @@ fn lower_covered_from(s: &mut StreamCheckpoint, from: DateTime<Utc>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connectors::quota::next_utc_midnight;
     use chrono::TimeZone;
 
     #[test]
@@ -912,48 +785,6 @@ mod tests {
                 proptest::prop_assert!(next_utc_midnight(edge) >= edge);
             }
         }
-    }
-
-    /// The day's count rolls over at UTC midnight on tokio's clock: a run that starts at
-    /// 23:59:58 with the day's quota spent may go on two seconds later.
-    #[tokio::test(start_paused = true)]
-    async fn the_daily_count_rolls_over_at_utc_midnight() {
-        let stats = HttpStats::new();
-        let start = Utc.with_ymd_and_hms(2025, 3, 1, 23, 59, 58).unwrap();
-        let midnight = Utc.with_ymd_and_hms(2025, 3, 2, 0, 0, 0).unwrap();
-        let mut cp = Checkpoint::default();
-        let s = cp.stream_mut(QUOTA_STREAM);
-        s.extra.insert(QUOTA_DAY.into(), json!("2025-03-01"));
-        s.extra.insert(QUOTA_USED.into(), json!(3));
-        let mut q = DailyQuota::load(&cp, 3, start, &stats);
-        assert_eq!(
-            q.check(),
-            Err(midnight),
-            "spent: stop until the next UTC midnight"
-        );
-
-        tokio::time::advance(std::time::Duration::from_secs(3)).await;
-        assert_eq!(q.check(), Ok(()), "a new day");
-        for _ in 0..3 {
-            stats.add_attempt();
-        }
-        q.charge(&stats);
-        assert_eq!(
-            q.check(),
-            Err(Utc.with_ymd_and_hms(2025, 3, 3, 0, 0, 0).unwrap())
-        );
-        q.store(&mut cp);
-        let s = cp.stream(QUOTA_STREAM).unwrap();
-        assert_eq!(s.extra[QUOTA_DAY], json!("2025-03-02"));
-        assert_eq!(s.extra[QUOTA_USED], json!(3));
-
-        // Another day's count, or garbage, is not carried.
-        let later = Utc.with_ymd_and_hms(2025, 3, 3, 8, 0, 0).unwrap();
-        assert_eq!(DailyQuota::load(&cp, 3, later, &stats).check(), Ok(()));
-        cp.stream_mut(QUOTA_STREAM)
-            .extra
-            .insert(QUOTA_USED.into(), json!("lots"));
-        assert_eq!(DailyQuota::load(&cp, 3, midnight, &stats).check(), Ok(()));
     }
 
     #[test]

@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use bytes::Bytes;
 use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
-use http::{Method, Request, Uri};
+use http::{Method, Uri};
 use serde::de::DeserializeOwned;
 use tokio::sync::OnceCell;
 
 use super::types::{AssocBatchRequest, AssocBatchResponse, AssocInput, Page, SearchRequest};
 use super::{HubSpotConfig, HubSpotCredentials};
+use crate::connectors::rest::JsonApi;
 use crate::error::{Error, Result};
 use crate::http::{
     Auth, HttpStack, HttpStats, HttpTokenEndpoint, OAuthTokens, StaticAuth, Transport,
@@ -21,7 +21,7 @@ use crate::http::{
 pub(crate) const ASSOC_BATCH_MAX: usize = 1_000;
 
 pub(crate) struct HubSpotClient {
-    base: String,
+    api: JsonApi,
     rest: HttpStack,
     search: HttpStack,
     /// For `GET /account-info/v3/details` only: its own budget, so that the REST budget's
@@ -134,7 +134,7 @@ impl HubSpotClient {
             .with_stats(stats.clone())
             .build(auth, transport)?;
         Ok(HubSpotClient {
-            base,
+            api: JsonApi::new(base, "hubspot", "HubSpot"),
             rest,
             search,
             account,
@@ -165,12 +165,8 @@ impl HubSpotClient {
 
     async fn fetch_utc_offset(&self) -> Option<FixedOffset> {
         match self
-            .send_raw::<serde_json::Value>(
-                &self.account,
-                Method::GET,
-                "/account-info/v3/details",
-                None,
-            )
+            .api
+            .send::<serde_json::Value>(&self.account, Method::GET, "/account-info/v3/details", None)
             .await
         {
             Ok(details) => {
@@ -200,40 +196,10 @@ impl HubSpotClient {
         path_and_query: &str,
         body: Option<Vec<u8>>,
     ) -> Result<T> {
-        match self.send_raw(stack, method, path_and_query, body).await {
+        match self.api.send(stack, method, path_and_query, body).await {
             Ok(v) => Ok(v),
             Err(e) => Err(self.with_daily_reset(e).await),
         }
-    }
-
-    async fn send_raw<T: DeserializeOwned>(
-        &self,
-        stack: &HttpStack,
-        method: Method,
-        path_and_query: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<T> {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}{path_and_query}", self.base))
-            .header(http::header::ACCEPT, "application/json");
-        if body.is_some() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(body.map(Bytes::from).unwrap_or_default())
-            .map_err(|e| Error::config(format!("invalid HubSpot request: {e}")))?;
-        let resp = stack.send(req).await?;
-        let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(Error::api(
-                "hubspot",
-                status,
-                &String::from_utf8_lossy(resp.body()),
-            ));
-        }
-        serde_json::from_slice(resp.body())
-            .map_err(|e| Error::decode(None, format!("unreadable HubSpot response: {e}")))
     }
 
     /// `GET /crm/v3/objects/{object}`: one page of the list endpoint.

@@ -48,7 +48,7 @@ use crate::http::{HttpStats, RateLimitConfig};
 use crate::model::ConnectorKind;
 
 use client::HubSpotClient;
-use sync::{Object, Syncer};
+use sync::Syncer;
 
 /// How the connector authenticates.
 #[derive(Clone)]
@@ -141,12 +141,7 @@ impl Default for HubSpotConfig {
 impl HubSpotConfig {
     /// Reads the config from JSON (`null` or `{}` for the defaults).
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        let mut cfg: HubSpotConfig = if value.is_null() {
-            HubSpotConfig::default()
-        } else {
-            serde_json::from_value(value.clone())
-                .map_err(|e| Error::config(format!("invalid hubspot config: {e}")))?
-        };
+        let mut cfg: HubSpotConfig = super::config_from_json(value, "hubspot")?;
         for object in cfg.properties.keys() {
             if !["companies", "contacts", "deals"].contains(&object.as_str()) {
                 return Err(Error::config(format!(
@@ -196,28 +191,38 @@ impl HubSpotConnector {
         self.client.stats()
     }
 
-    fn syncer<'a>(&'a self, ctx: &'a SyncContext, checkpoint: Checkpoint) -> Syncer<'a> {
-        Syncer {
+    /// Runs one sync from `checkpoint`: every object's passes, or the association backfill,
+    /// and turns it into the report.
+    async fn run(
+        &self,
+        ctx: &SyncContext,
+        checkpoint: Checkpoint,
+        backfill: bool,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        let mut s = Syncer {
             client: &self.client,
             config: &self.config,
             ctx,
             checkpoint,
             report: SyncReport::default(),
+        };
+        if backfill {
+            s.association_backfill(sink).await?;
+        } else {
+            s.run(sink).await?;
         }
-    }
-
-    fn finish(&self, s: Syncer<'_>) -> SyncReport {
         let mut report = s.report;
         let needs_backfill = s
             .checkpoint
             .streams
             .values()
-            .any(|st| st.extra.contains_key("needs_association_backfill"));
+            .any(|st| st.extra.contains_key(sync::NEEDS_BACKFILL));
         report.details = serde_json::json!({
             "needs_backfill": needs_backfill,
             "http": self.client.stats().snapshot(),
         });
-        report
+        Ok(report)
     }
 }
 
@@ -234,14 +239,7 @@ impl SyncCapable for HubSpotConnector {
     ) -> Result<SyncReport> {
         // A forced initial sync re-reads everything from scratch; an interrupted one is
         // resumed by an incremental run from its page cursors.
-        let mut s = self.syncer(ctx, Checkpoint::default());
-        for obj in Object::ALL {
-            s.sync_object(obj, sink).await?;
-        }
-        for obj in Object::ALL {
-            s.sync_archived(obj, sink).await?;
-        }
-        Ok(self.finish(s))
+        self.run(ctx, Checkpoint::default(), false, sink).await
     }
 
     async fn incremental_sync(
@@ -249,14 +247,7 @@ impl SyncCapable for HubSpotConnector {
         ctx: &SyncContext,
         sink: &mut dyn RecordSink,
     ) -> Result<SyncReport> {
-        let mut s = self.syncer(ctx, ctx.previous().clone());
-        for obj in Object::ALL {
-            s.sync_object(obj, sink).await?;
-        }
-        for obj in Object::ALL {
-            s.sync_archived(obj, sink).await?;
-        }
-        Ok(self.finish(s))
+        self.run(ctx, ctx.previous().clone(), false, sink).await
     }
 
     async fn backfill_sync(
@@ -264,8 +255,102 @@ impl SyncCapable for HubSpotConnector {
         ctx: &SyncContext,
         sink: &mut dyn RecordSink,
     ) -> Result<SyncReport> {
-        let mut s = self.syncer(ctx, ctx.previous().clone());
-        s.association_backfill(sink).await?;
-        Ok(self.finish(s))
+        self.run(ctx, ctx.previous().clone(), true, sink).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn lookup(
+        pairs: &'static [(&'static str, &'static str)],
+    ) -> impl Fn(&str) -> Option<SecretString> {
+        move |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| SecretString::from(*v))
+        }
+    }
+
+    #[test]
+    fn credentials_from_lookup_never_show_their_secrets() {
+        let token =
+            HubSpotCredentials::from_lookup(lookup(&[("access_token", "pat-s3cret")])).unwrap();
+        assert!(matches!(token, HubSpotCredentials::AccessToken(_)));
+        assert!(!format!("{token:?}").contains("s3cret"));
+        let oauth = HubSpotCredentials::from_lookup(lookup(&[
+            ("client_id", "app-1"),
+            ("client_secret", "cs-s3cret"),
+            ("refresh_token", "rt-s3cret"),
+        ]))
+        .unwrap();
+        let shown = format!("{oauth:?}");
+        assert!(
+            shown.contains("app-1") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        for bad in [
+            &[][..],
+            &[("client_id", "app-1"), ("client_secret", "cs-s3cret")][..],
+        ] {
+            let err = HubSpotCredentials::from_lookup(lookup(bad)).unwrap_err();
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+        let connector =
+            HubSpotConnector::new("http://127.0.0.1:9", token, HubSpotConfig::default()).unwrap();
+        assert!(!format!("{connector:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn config_defaults_and_validation() {
+        let d = HubSpotConfig::from_json(&serde_json::Value::Null).unwrap();
+        assert_eq!(d.lookback, Duration::from_secs(600));
+        let c = HubSpotConfig::from_json(&json!({
+            "lookback_minutes": 1,
+            "properties": {"deals": ["hs_custom"]},
+        }))
+        .unwrap();
+        assert_eq!(c.lookback, Duration::from_secs(60));
+        assert_eq!(c.extra_properties("deals"), ["hs_custom"]);
+        for bad in [
+            json!({"unknown": 1}),
+            json!({"properties": {"tickets": ["x"]}}),
+            json!({"lookback_minutes": "ten"}),
+        ] {
+            let err = HubSpotConfig::from_json(&bad).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains("hubspot config")),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    /// A rejected token ends the sync with `AuthFailed`, without the token in the error.
+    #[cfg(feature = "simulator")]
+    #[tokio::test]
+    async fn bad_credentials_fail_the_sync() {
+        use crate::connector::MemorySink;
+        use crate::model::SyncMode;
+        use crate::simulator::{HubSpotSim, HubSpotSimConfig};
+
+        let sim = HubSpotSim::start(HubSpotSimConfig {
+            companies: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let c = HubSpotConnector::new(
+            &sim.base_url(),
+            HubSpotCredentials::AccessToken(SecretString::from("pat-wrong-s3cret")),
+            HubSpotConfig::default(),
+        )
+        .unwrap();
+        let ctx = SyncContext::new(uuid::Uuid::nil(), SyncMode::Initial);
+        let err = c.sync(&ctx, &mut MemorySink::new()).await.unwrap_err();
+        assert!(matches!(err, Error::AuthFailed { .. }), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }

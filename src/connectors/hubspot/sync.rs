@@ -13,10 +13,10 @@ use super::HubSpotConfig;
 use super::client::HubSpotClient;
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
 use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort};
-use crate::capture::RecordFailure;
 use crate::connector::{
     Checkpoint, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncContext, SyncReport,
 };
+use crate::connectors::page::{capture_page, write_page};
 use crate::error::{Error, Result};
 use crate::model::{DealContact, Record, RecordKind};
 
@@ -89,7 +89,7 @@ const LIST_LIMIT: u32 = 100;
 /// Inputs per v4 association batch read (HubSpot's maximum).
 const ASSOC_CHUNK: usize = 1_000;
 /// Checkpoint flag: an inline association block was cut off, so a backfill is needed.
-const NEEDS_BACKFILL: &str = "needs_association_backfill";
+pub(crate) const NEEDS_BACKFILL: &str = "needs_association_backfill";
 /// Checkpoint key: which read the stream's pass in progress is (what its cursor means).
 const PASS_KIND: &str = "pass";
 
@@ -155,6 +155,17 @@ fn properties(obj: Object, config: &HubSpotConfig) -> Vec<String> {
     props
 }
 
+/// A deal–contact link read from the v4 associations endpoint.
+fn deal_contact(workspace_id: uuid::Uuid, (deal, contact): (String, String)) -> Record {
+    Record::from(DealContact {
+        workspace_id,
+        source: crate::model::ConnectorKind::Hubspot,
+        deal_source_id: deal,
+        contact_source_id: contact,
+        role: None,
+    })
+}
+
 fn ms(t: DateTime<Utc>) -> String {
     t.timestamp_millis().to_string()
 }
@@ -164,74 +175,76 @@ impl Syncer<'_> {
         self.checkpoint.stream_mut(name)
     }
 
-    /// Decodes and transforms one page; failures are captured with their ids.
-    fn transform_page(&mut self, obj: Object, page: Page, batch: &mut RecordBatch) -> bool {
+    /// Decodes and transforms one page; failures are captured with their ids. Also returns
+    /// whether an inline association block was cut off (a backfill is needed).
+    fn transform_page(&self, obj: Object, page: Page) -> (RecordBatch, bool) {
         let ws = self.ctx.workspace_id();
         let mut truncated_associations = false;
-        for raw in page.results {
-            let id = raw.get("id").and_then(|v| v.as_str()).map(str::to_owned);
-            let result = transform::decode(raw).and_then(|o| {
-                truncated_associations |= o
-                    .associations
-                    .values()
-                    .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
-                match obj {
-                    Object::Companies => transform::company(ws, &o).map(|a| vec![Record::from(a)]),
-                    Object::Contacts => transform::contact(ws, &o).map(|c| vec![Record::from(c)]),
-                    Object::Deals => transform::deal(ws, &o).map(|(d, links)| {
-                        std::iter::once(Record::from(d))
-                            .chain(links.into_iter().map(Record::from))
-                            .collect()
-                    }),
+        let batch = capture_page(page.results, transform::object_id, |raw| {
+            let o = transform::decode(raw)?;
+            truncated_associations |= o
+                .associations
+                .values()
+                .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
+            Ok(match obj {
+                Object::Companies => vec![Record::from(transform::company(ws, &o)?)],
+                Object::Contacts => vec![Record::from(transform::contact(ws, &o)?)],
+                Object::Deals => {
+                    let (d, links) = transform::deal(ws, &o)?;
+                    std::iter::once(Record::from(d))
+                        .chain(links.into_iter().map(Record::from))
+                        .collect()
                 }
-            });
-            match result {
-                Ok(records) => batch.records.extend(records),
-                Err(e) => batch.failures.push(RecordFailure::new(
-                    id.or_else(|| match &e {
-                        crate::Error::Decode { record_id, .. } => record_id.clone(),
-                        _ => None,
-                    }),
-                    e.to_string(),
-                )),
-            }
-        }
-        truncated_associations
+            })
+        });
+        (batch, truncated_associations)
     }
 
     async fn write(&mut self, sink: &mut dyn RecordSink, batch: RecordBatch) -> Result<()> {
-        self.report.records_fetched += batch
-            .records
-            .iter()
-            .filter(|r| !matches!(r, Record::DealContact(_)))
-            .count() as u64;
-        self.report.records_failed += batch.failures.len() as u64;
-        sink.write(batch, &self.checkpoint).await?;
-        self.ctx.progress().report(
-            self.report.records_fetched,
-            None,
+        write_page(
+            sink,
+            batch,
+            &self.checkpoint,
+            &mut self.report,
+            self.ctx,
             "hubspot: records written",
-        );
-        Ok(())
+        )
+        .await
     }
 
-    /// Syncs one object: a full list pass when the stream has no watermark or a repair is
-    /// due, else an incremental search pass; an interrupted pass is resumed first. A resumed
-    /// pass ends with its own window (the start of the run that began it), so one follow-up
-    /// pass in this run reads what changed between that start and this run's.
-    pub(crate) async fn sync_object(
-        &mut self,
-        obj: Object,
-        sink: &mut dyn RecordSink,
-    ) -> Result<()> {
-        if self.object_pass(obj, sink).await? {
-            self.object_pass(obj, sink).await?;
+    /// Syncs every object: the live records of each (a full list pass when the stream has
+    /// no watermark or a repair is due, else an incremental search pass; an interrupted pass
+    /// is resumed first), then the archived records of each (search never returns them). A
+    /// resumed pass ends with its own window (the start of the run that began it), so one
+    /// follow-up pass in this run reads what changed between that start and this run's.
+    pub(crate) async fn run(&mut self, sink: &mut dyn RecordSink) -> Result<()> {
+        for archived in [false, true] {
+            for obj in Object::ALL {
+                if self.pass(obj, archived, sink).await? {
+                    self.pass(obj, archived, sink).await?;
+                }
+            }
         }
         Ok(())
     }
 
-    /// One pass (list or search, see [`Syncer::sync_object`]); returns whether it was a
+    /// One pass over the live or the archived records of `obj`; returns whether it was a
     /// resumed pass (see [`StreamCheckpoint::finish_pass_in`]).
+    async fn pass(
+        &mut self,
+        obj: Object,
+        archived: bool,
+        sink: &mut dyn RecordSink,
+    ) -> Result<bool> {
+        if archived {
+            self.archived_pass(obj, sink).await
+        } else {
+            self.object_pass(obj, sink).await
+        }
+    }
+
+    /// One pass over the live records (list or search, see [`Syncer::run`]); returns whether
+    /// it was a resumed pass.
     async fn object_pass(&mut self, obj: Object, sink: &mut dyn RecordSink) -> Result<bool> {
         let s = self.stream(obj.path());
         let in_progress = pass_in_progress(s);
@@ -276,8 +289,7 @@ impl Syncer<'_> {
                     )
                     .await?;
                 let next = page.next_after().map(str::to_owned);
-                let mut batch = RecordBatch::default();
-                let truncated = self.transform_page(obj, page, &mut batch);
+                let (batch, truncated) = self.transform_page(obj, page);
                 let s = self.stream(stream);
                 s.observe_records(&batch.records);
                 if truncated {
@@ -423,8 +435,7 @@ impl Syncer<'_> {
                         }
                     }
                 }
-                let mut batch = RecordBatch::default();
-                self.transform_page(obj, page, &mut batch);
+                let (mut batch, _) = self.transform_page(obj, page);
                 if obj == Object::Deals {
                     self.attach_deal_associations(&mut batch).await?;
                 }
@@ -446,19 +457,6 @@ impl Syncer<'_> {
         }
         .instrument(span)
         .await
-    }
-
-    /// Archived records of one object (search never returns them), followed up like the
-    /// other passes when a resumed pass ends (see [`Syncer::sync_object`]).
-    pub(crate) async fn sync_archived(
-        &mut self,
-        obj: Object,
-        sink: &mut dyn RecordSink,
-    ) -> Result<()> {
-        if self.archived_pass(obj, sink).await? {
-            self.archived_pass(obj, sink).await?;
-        }
-        Ok(())
     }
 
     /// One pass over the archived list (an id cursor, like the live list). The archived list
@@ -483,8 +481,7 @@ impl Syncer<'_> {
                 .list_page(obj.path(), &props, &[], after.as_deref(), true)
                 .await?;
             let next = page.next_after().map(str::to_owned);
-            let mut batch = RecordBatch::default();
-            self.transform_page(obj, page, &mut batch);
+            let (mut batch, _) = self.transform_page(obj, page);
             batch.records.retain(|r| {
                 let archived_at = r.meta().and_then(|m| m.archived_at);
                 match (since, archived_at) {
@@ -544,15 +541,7 @@ impl Syncer<'_> {
         }
         batch
             .records
-            .extend(contacts.into_iter().map(|(deal, contact)| {
-                Record::from(DealContact {
-                    workspace_id: ws,
-                    source: crate::model::ConnectorKind::Hubspot,
-                    deal_source_id: deal,
-                    contact_source_id: contact,
-                    role: None,
-                })
-            }));
+            .extend(contacts.into_iter().map(|link| deal_contact(ws, link)));
         Ok(())
     }
 
@@ -589,15 +578,7 @@ impl Syncer<'_> {
                 let batch = RecordBatch::new(
                     links
                         .into_iter()
-                        .map(|(deal, contact)| {
-                            Record::from(DealContact {
-                                workspace_id: ws,
-                                source: crate::model::ConnectorKind::Hubspot,
-                                deal_source_id: deal,
-                                contact_source_id: contact,
-                                role: None,
-                            })
-                        })
+                        .map(|link| deal_contact(ws, link))
                         .collect(),
                 );
                 let started = self.ctx.started_at();

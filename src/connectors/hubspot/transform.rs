@@ -57,6 +57,12 @@ pub(crate) const DEAL_PROPERTIES: &[&str] = &[
 /// Properties that are bookkeeping, neither mapped nor worth keeping as custom fields.
 const IGNORED: &[&str] = &["hs_object_id"];
 
+/// A raw result's id, read before the transform consumes it (for failure capture); `None`
+/// when it is not a string (the decode error then names what it can).
+pub(crate) fn object_id(raw: &Value) -> Option<String> {
+    raw.get("id")?.as_str().map(str::to_owned)
+}
+
 /// Decodes one raw result; a malformed record fails alone, naming its id when it has one.
 pub(crate) fn decode(raw: Value) -> Result<HsObject> {
     let id = raw
