@@ -70,24 +70,3 @@ pub use store::SqliteStore;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 #[doc(inline)]
 pub use store::{Credentials, Keyring, Store, SyncStore, connect_store};
-
-// Crate-internal shortcuts for code that still names these items at the crate root; they
-// are not part of the public surface (the public paths are their modules).
-#[allow(unused_imports)]
-pub(crate) use connector::{SourceTotal, SyncReport};
-#[allow(unused_imports)]
-#[cfg(feature = "gong")]
-pub(crate) use connectors::gong::{GongConfig, GongConnector, GongCredentials};
-#[allow(unused_imports)]
-#[cfg(feature = "hubspot")]
-pub(crate) use connectors::hubspot::{HubSpotConfig, HubSpotConnector, HubSpotCredentials};
-#[allow(unused_imports)]
-pub(crate) use error::redact_secrets;
-#[allow(unused_imports)]
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) use hooks::{
-    ComputedFields, EntityLinker, HookOutcome, InternalFilter, apply_computed_fields,
-};
-#[allow(unused_imports)]
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) use store::{EnrichmentStore, LockStore, ManualClock};

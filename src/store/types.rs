@@ -303,7 +303,7 @@ pub struct Reconciliation {
 
 impl SyncErrors {
     /// The errors of a run: keeps the first [`MAX_KEPT_FAILURES`] of `failures`, with their
-    /// messages passed through [`redact_secrets`](crate::redact_secrets); `total` is at
+    /// messages redacted of anything that looks like a credential; `total` is at
     /// least `failures.len()`.
     pub fn new(failures: &[RecordFailure], total: u64) -> Self {
         let kept: Vec<RecordFailure> = failures

@@ -6,7 +6,7 @@
 //!   `custom_fields`) and the inline associations, one checkpoint per page; then archived
 //!   records (`archived=true`) are stored soft-deleted. After each full pass the
 //!   provider's count of live records (search `total`) goes to
-//!   [`SyncReport::source_totals`](crate::SyncReport::source_totals) for reconciliation.
+//!   [`SyncReport::source_totals`](crate::connector::SyncReport::source_totals) for reconciliation.
 //! - **Incremental sync** reads through search on the right last-modified property
 //!   (`lastmodifieddate` for contacts, `hs_lastmodifieddate` otherwise) from the stored
 //!   watermark minus a lookback, bounded above by the pass's start, sorted by
@@ -18,7 +18,7 @@
 //! - **Resumed passes** end with the window of the run that began them; a follow-up pass in
 //!   the same run then reads what changed since.
 //! - **Daily quota**: HubSpot's `DAILY` 429 stops the sync with
-//!   [`Error::QuotaExhausted`](crate::Error::QuotaExhausted) resetting at the next midnight
+//!   [`Error::QuotaExhausted`] resetting at the next midnight
 //!   in the account's time zone (`GET /account-info/v3/details`, asked once and only then;
 //!   midnight UTC when unknown).
 //! - **Backfill** re-reads every deal's contacts through the v4 batch endpoint, 1,000 deals
