@@ -55,9 +55,9 @@ pub(crate) use rows::sqlite_ts;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use types::{
-    Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, MAX_PAGE, NewConnection,
-    RateLimitStop, Reconciliation, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry,
-    SyncOutcome, SyncStatus,
+    Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, NewConnection, RateLimitStop,
+    Reconciliation, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry, SyncOutcome,
+    SyncStatus,
 };
 
 /// What every store does: say which backend it is, create its schema, check the database.
@@ -304,7 +304,7 @@ pub trait SyncLogStore: Store {
     async fn get_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<Option<SyncLogEntry>>;
 
     /// The workspace's runs, newest first, optionally for one connector; at most `limit`
-    /// (capped at [`MAX_PAGE`]).
+    /// (capped at 1,000).
     async fn sync_history(
         &self,
         workspace_id: Uuid,
@@ -468,7 +468,7 @@ impl<
 /// Normalizes an internal domain for [`EnrichmentStore::mark_internal_conversations`]:
 /// trimmed, lower-cased, without a leading `@` or a trailing `.`; `None` when nothing that
 /// looks like a domain is left (empty, or containing `@`, `/` or whitespace).
-pub fn normalize_domain(domain: &str) -> Option<String> {
+pub(crate) fn normalize_domain(domain: &str) -> Option<String> {
     let d = domain.trim();
     let d = d.strip_prefix('@').unwrap_or(d);
     let d = d.strip_suffix('.').unwrap_or(d);
