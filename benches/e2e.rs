@@ -51,12 +51,14 @@ mod bench {
     use std::time::{Duration, Instant};
 
     use async_trait::async_trait;
+    use pandora_sync::connector::WriteCounts;
+    use pandora_sync::connectors::hubspot::{HubSpotConfig, HubSpotConnector, HubSpotCredentials};
     use pandora_sync::simulator::{HubSpotSim, HubSpotSimConfig};
+    use pandora_sync::store::NewConnection;
     use pandora_sync::{
-        Checkpoint, ConnectorKind, ConnectorRegistry, Credentials, HubSpotConfig, HubSpotConnector,
-        HubSpotCredentials, Keyring, NewConnection, Orchestrator, RecordBatch, RecordSink,
-        SqliteStore, Store, SyncCapable, SyncContext, SyncMode, SyncOptions, SyncStore,
-        WriteCounts,
+        Checkpoint, ConnectorKind, ConnectorRegistry, Credentials, Keyring, Orchestrator,
+        RecordBatch, RecordSink, SqliteStore, Store, SyncCapable, SyncContext, SyncMode,
+        SyncOptions, SyncStore,
     };
 
     use crate::common;

@@ -21,7 +21,8 @@ mod imp {
 
     use chrono::{NaiveDate, TimeZone, Utc};
     use criterion::{Criterion, SamplingMode, Throughput};
-    use pandora_sync::{Checkpoint, ConnectorKind, Deal, Record, RecordBatch};
+    use pandora_sync::model::Deal;
+    use pandora_sync::{Checkpoint, ConnectorKind, Record, RecordBatch};
     use serde_json::json;
     use uuid::Uuid;
 
@@ -103,7 +104,8 @@ mod imp {
 
     #[cfg(feature = "sqlite")]
     fn bench_sqlite(c: &mut Criterion, rt: &tokio::runtime::Runtime, results: &Results) {
-        use pandora_sync::{ConnectionStore, NewConnection, SqliteStore, Store};
+        use pandora_sync::store::{ConnectionStore, NewConnection};
+        use pandora_sync::{SqliteStore, Store};
 
         let mut group = c.benchmark_group("store");
         group.sample_size(10);
@@ -150,7 +152,8 @@ mod imp {
         use std::str::FromStr;
 
         use super::*;
-        use pandora_sync::{ConnectionStore, NewConnection, PgStore, Store};
+        use pandora_sync::store::{ConnectionStore, NewConnection};
+        use pandora_sync::{PgStore, Store};
         use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
         use sqlx::{AssertSqlSafe, Connection, PgConnection};
 

@@ -15,8 +15,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use pandora_sync::WorkspaceSyncResult;
+use pandora_sync::connector::ProgressReporter;
 use pandora_sync::simulator::{QuickstartConfig, run_quickstart};
-use pandora_sync::{ProgressReporter, WorkspaceSyncResult};
 
 fn print_run(name: &str, r: &WorkspaceSyncResult) {
     println!("\n{name} sync: {}", r.status());
@@ -136,8 +137,8 @@ fn main() -> ExitCode {
         "\nnext: sqlite3 {} \"SELECT c.title, a.name AS account, d.name AS deal FROM conversations c JOIN accounts a ON a.id = c.linked_account_id LEFT JOIN deals d ON d.id = c.linked_deal_id LIMIT 10;\"",
         report.database.display()
     );
-    let failed = report.initial.status() == pandora_sync::SyncStatus::Failed
-        || report.incremental.status() == pandora_sync::SyncStatus::Failed;
+    let failed = report.initial.status() == pandora_sync::store::SyncStatus::Failed
+        || report.incremental.status() == pandora_sync::store::SyncStatus::Failed;
     if failed {
         ExitCode::FAILURE
     } else {

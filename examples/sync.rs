@@ -59,8 +59,10 @@ use std::time::{Duration, Instant};
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use pandora_sync::{
-    ConnectorKind, ConnectorRegistry, Credentials, Keyring, NewConnection, Orchestrator,
-    RecordKind, SyncMode, SyncOptions, SyncStatus, SyncStore, WorkspaceLock, connect_store,
+    ConnectorKind, ConnectorRegistry, Credentials, Keyring, Orchestrator, SyncMode, SyncOptions,
+    SyncStore, connect_store,
+    model::RecordKind,
+    store::{NewConnection, SyncStatus, WorkspaceLock},
 };
 use uuid::Uuid;
 
@@ -300,9 +302,10 @@ async fn run(args: Args) -> Result<ExitCode, (u8, String)> {
     // lock, after the sync.
     let mut orchestrator = Orchestrator::new(store.clone(), registry);
     if args.hooks {
-        orchestrator = orchestrator.with_builtin_hooks(pandora_sync::BuiltinHooksConfig::default());
+        orchestrator =
+            orchestrator.with_builtin_hooks(pandora_sync::hooks::BuiltinHooksConfig::default());
     }
-    let progress = pandora_sync::ProgressReporter::new();
+    let progress = pandora_sync::connector::ProgressReporter::new();
     let mut rx = progress.subscribe();
     let printer = tokio::spawn(async move {
         while rx.changed().await.is_ok() {

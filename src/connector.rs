@@ -97,7 +97,7 @@ impl StreamCheckpoint {
     ///
     /// ```
     /// use chrono::{TimeZone, Utc};
-    /// use pandora_sync::StreamCheckpoint;
+    /// use pandora_sync::connector::StreamCheckpoint;
     ///
     /// let cap = Utc.with_ymd_and_hms(2024, 1, 10, 0, 0, 0).unwrap();
     /// let mut s = StreamCheckpoint::default();
@@ -535,9 +535,10 @@ pub struct SourceTotal {
 ///
 /// ```
 /// use async_trait::async_trait;
+/// use pandora_sync::connector::{MemorySink, SyncReport};
+/// use pandora_sync::model::Account;
 /// use pandora_sync::{
-///     Account, ConnectorKind, MemorySink, RecordBatch, RecordSink, Result, SyncCapable,
-///     SyncContext, SyncMode, SyncReport,
+///     ConnectorKind, RecordBatch, RecordSink, Result, SyncCapable, SyncContext, SyncMode,
 /// };
 ///
 /// /// Serves fixed account names, two per page.
@@ -665,9 +666,11 @@ pub struct TaskUpdate {
 /// ```
 /// use std::sync::Mutex;
 /// use async_trait::async_trait;
+/// use pandora_sync::connector::{NewTask, SyncReport, TaskUpdate};
+/// use pandora_sync::model::Task;
 /// use pandora_sync::{
-///     ConnectorKind, Error, NewTask, RecordBatch, RecordSink, Result, SyncCapable, SyncContext,
-///     SyncReport, Task, TaskAdapter, TaskUpdate,
+///     ConnectorKind, Error, RecordBatch, RecordSink, Result, SyncCapable, SyncContext,
+///     TaskAdapter,
 /// };
 /// use uuid::Uuid;
 ///
@@ -746,9 +749,10 @@ pub trait TaskAdapter: SyncCapable {
 /// ```
 /// use std::collections::HashMap;
 /// use async_trait::async_trait;
+/// use pandora_sync::connector::SyncReport;
+/// use pandora_sync::model::Document;
 /// use pandora_sync::{
-///     ConnectorKind, Document, DocumentAdapter, RecordBatch, RecordSink, Result, SyncCapable,
-///     SyncContext, SyncReport,
+///     ConnectorKind, DocumentAdapter, RecordBatch, RecordSink, Result, SyncCapable, SyncContext,
 /// };
 ///
 /// struct Files(HashMap<&'static str, &'static str>);

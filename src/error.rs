@@ -5,8 +5,9 @@
 //! limit, when a daily quota resets. [`Error::is_retryable`], [`Error::retry_after`] and
 //! [`Error::is_snooze`] classify an error without matching on it.
 //!
-//! Provider response bodies are only ever stored as a short excerpt that went through
-//! [`redact_secrets`], so tokens echoed back by a provider never reach logs or the database.
+//! Provider response bodies are only ever stored as a short excerpt (at most 512 characters)
+//! with anything that looks like a credential redacted (see [`Error::api`]), so tokens echoed
+//! back by a provider never reach logs or the database.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -22,7 +23,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The longest body excerpt kept in an [`Error::Api`], in characters.
-pub const BODY_EXCERPT_CHARS: usize = 512;
+pub(crate) const BODY_EXCERPT_CHARS: usize = 512;
 
 /// Everything that can go wrong in `pandora_sync`.
 ///
@@ -37,7 +38,7 @@ pub enum Error {
         provider: Cow<'static, str>,
         /// HTTP status code of the last attempt.
         status: u16,
-        /// A redacted excerpt of the response body (at most [`BODY_EXCERPT_CHARS`]).
+        /// A redacted excerpt of the response body (at most 512 characters).
         body: String,
         /// The provider's `Retry-After`, when it sent one.
         retry_after: Option<Duration>,
@@ -301,12 +302,7 @@ static SECRET_PATTERNS: LazyLock<Vec<(Regex, &'static str)>> = LazyLock::new(|| 
 ///
 /// Covers JSON and form fields named like tokens, secrets, passwords and API keys, `Bearer`
 /// and `Basic` authorization values, and bare JWTs.
-///
-/// ```
-/// let out = pandora_sync::redact_secrets(r#"{"access_token":"abc123","ok":true}"#);
-/// assert_eq!(out, r#"{"access_token":"[REDACTED]","ok":true}"#);
-/// ```
-pub fn redact_secrets(text: &str) -> String {
+pub(crate) fn redact_secrets(text: &str) -> String {
     let mut out = Cow::Borrowed(text);
     for (re, replacement) in SECRET_PATTERNS.iter() {
         if re.is_match(&out) {
@@ -317,7 +313,7 @@ pub fn redact_secrets(text: &str) -> String {
 }
 
 /// A redacted excerpt of a response body, at most [`BODY_EXCERPT_CHARS`] characters.
-pub fn body_excerpt(body: &str) -> String {
+pub(crate) fn body_excerpt(body: &str) -> String {
     // Redact before cutting so a secret straddling the cut cannot leak its first half.
     let redacted = redact_secrets(body);
     let mut chars = redacted.char_indices();
@@ -346,6 +342,12 @@ mod tests {
         assert!(!out.contains("abc.def-ghi"), "{out}");
         assert!(out.contains(r#""error":"bad""#), "{out}");
         assert!(out.contains("x=2"), "{out}");
+    }
+
+    #[test]
+    fn redacts_a_json_token_and_keeps_the_rest() {
+        let out = redact_secrets(r#"{"access_token":"abc123","ok":true}"#);
+        assert_eq!(out, r#"{"access_token":"[REDACTED]","ok":true}"#);
     }
 
     #[test]

@@ -1,16 +1,24 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The crate is organised in public modules, the way sqlx and tower are: the root re-exports
+// only what an embedding host touches first (the orchestrator, worker, scheduler, store
+// handle and traits, the connector contract, records and `Error`/`Result`); everything else
+// is reached through its module (`pandora_sync::store::NewConnection`,
+// `pandora_sync::hooks::builtin_hooks`, `pandora_sync::connectors::hubspot::HubSpotConfig`, …).
+
 pub mod capture;
-mod connector;
-mod connectors;
-mod error;
+pub mod connector;
+pub mod connectors;
+pub mod error;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod hooks;
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub mod hooks;
 pub mod http;
-mod model;
+pub mod model;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod orchestrator;
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub mod orchestrator;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod outcome;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -18,63 +26,47 @@ mod outcome;
 pub mod queue;
 pub mod sanitize;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod scheduler;
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub mod scheduler;
 #[cfg(feature = "simulator")]
 #[cfg_attr(docsrs, doc(cfg(feature = "simulator")))]
 pub mod simulator;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod store;
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub mod store;
 
-pub use capture::{RecordFailure, is_sync_acceptable, success_rate};
+#[doc(inline)]
 pub use connector::{
-    Checkpoint, DEFAULT_WATERMARK_LAG, Deletion, DocumentAdapter, MemorySink, NewTask, Progress,
-    ProgressReporter, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncCapable,
-    SyncContext, SyncReport, TaskAdapter, TaskUpdate, WriteCounts,
+    Checkpoint, DocumentAdapter, RecordBatch, RecordSink, SyncCapable, SyncContext, TaskAdapter,
 };
-pub use error::{BODY_EXCERPT_CHARS, BoxError, Error, Result, body_excerpt, redact_secrets};
-pub use model::{
-    Account, ConnectorCategory, ConnectorKind, Contact, Conversation, CustomFields, Deal,
-    DealContact, Document, Participant, Record, RecordKind, RecordMeta, SyncMode, Task, record_id,
+#[doc(inline)]
+pub use error::{Error, Result};
+#[doc(inline)]
+pub use model::{ConnectorKind, Record, SyncMode};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+#[doc(inline)]
+pub use orchestrator::{
+    ConnectorRegistry, Orchestrator, OrchestratorConfig, SyncJobHandler, SyncOptions,
+    WorkspaceSyncResult,
 };
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+#[doc(inline)]
+pub use queue::Worker;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+#[doc(inline)]
+pub use scheduler::{Scheduler, SchedulerConfig};
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+#[doc(inline)]
 pub use store::PgStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+#[doc(inline)]
 pub use store::SqliteStore;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-pub use store::{
-    Backend, Clock, ConnectionRow, ConnectionStatus, ConnectionStore, Credentials,
-    DEFAULT_LOCK_TTL, DealFieldCounts, EnrichmentStore, InternalCounts, Keyring, LinkCounts,
-    LockStore, MAX_PAGE, ManualClock, NewConnection, RateLimitStop, Reconciliation, RecordQuery,
-    RecordStore, STALE_SYNC_AFTER, SealedCredentials, Store, SyncErrors, SyncLogEntry,
-    SyncLogStore, SyncOutcome, SyncStatus, SyncStore, SystemClock, WorkspaceLock, connect_store,
-    normalize_domain, validate_record,
-};
-
-#[cfg(feature = "gong")]
-#[cfg_attr(docsrs, doc(cfg(feature = "gong")))]
-pub use connectors::gong::{GongConfig, GongConnector, GongCredentials};
-#[cfg(feature = "hubspot")]
-#[cfg_attr(docsrs, doc(cfg(feature = "hubspot")))]
-pub use connectors::hubspot::{HubSpotConfig, HubSpotConnector, HubSpotCredentials};
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-pub use hooks::{
-    BuiltinHooksConfig, ComputedFields, EntityLinker, HookOutcome, INTERNAL_DOMAINS_CONFIG_KEY,
-    InternalFilter, PUBLIC_EMAIL_DOMAINS, PostSyncHook, SyncCompleted, apply_computed_fields,
-    builtin_hooks,
-};
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-pub use orchestrator::{
-    ConnectorFactory, ConnectorRegistry, ConnectorResult, Orchestrator, OrchestratorConfig,
-    SyncJobHandler, SyncOptions, WorkspaceSyncResult,
-};
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
-pub use scheduler::{
-    CronSchedule, DEFAULT_CRON, LEADER_LOCK_ID, MANUAL_PRIORITY, SCHEDULED_PRIORITY, Scheduler,
-    SchedulerConfig, SyncJobPayload, TickReport, TriggeredSync,
-};
+#[doc(inline)]
+pub use store::{Credentials, Keyring, Store, SyncStore, connect_store};

@@ -6,7 +6,7 @@
 //! `transform.rs` (provider JSON → records), `types.rs` (wire shapes) and `fuzz.rs`
 //! (property tests). What every connector shares lives beside the folders: the page loop's
 //! capture and write (`page`), the JSON request plumbing (`rest`), the locally counted
-//! daily quota (`quota`) and [`config_from_json`].
+//! daily quota (`quota`) and `config_from_json`.
 //!
 //! The connector guide, `docs/connectors.md` in the repository, describes the shape in
 //! full: paging with checkpoints and the pass window, per-record error capture, rate limits

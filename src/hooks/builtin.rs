@@ -279,8 +279,8 @@ impl PostSyncHook for InternalFilter {
 /// Refreshes the computed fields of every deal of the workspace, from every CRM source:
 /// `days_open` and `days_to_close` move with the calendar even when the deal does not, so
 /// this runs after every sync (see
-/// [`EnrichmentStore::refresh_deal_fields`](crate::EnrichmentStore::refresh_deal_fields)
-/// and [`apply_computed_fields`](crate::apply_computed_fields), which the sink applies to
+/// [`EnrichmentStore::refresh_deal_fields`](crate::store::EnrichmentStore::refresh_deal_fields)
+/// and [`apply_computed_fields`](crate::hooks::apply_computed_fields), which the sink applies to
 /// incoming deals with the same rules).
 #[derive(Debug, Clone)]
 pub struct ComputedFields {
@@ -304,7 +304,7 @@ impl ComputedFields {
         Self::default()
     }
 
-    /// Takes "today" from `clock` instead (a [`ManualClock`](crate::ManualClock) in tests).
+    /// Takes "today" from `clock` instead (a [`ManualClock`](crate::store::ManualClock) in tests).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
@@ -362,7 +362,7 @@ impl Default for BuiltinHooksConfig {
 /// [`EntityLinker`], [`ComputedFields`].
 ///
 /// ```
-/// use pandora_sync::{BuiltinHooksConfig, builtin_hooks};
+/// use pandora_sync::hooks::{BuiltinHooksConfig, builtin_hooks};
 ///
 /// let names: Vec<String> = builtin_hooks(&BuiltinHooksConfig::default())
 ///     .iter()

@@ -46,7 +46,8 @@ pub struct SyncCompleted {
 ///
 /// ```
 /// use async_trait::async_trait;
-/// use pandora_sync::{PostSyncHook, Result, SyncCompleted, SyncStore};
+/// use pandora_sync::{Result, SyncStore};
+/// use pandora_sync::hooks::{PostSyncHook, SyncCompleted};
 ///
 /// /// Logs how many records each connector wrote.
 /// struct Report;

@@ -10,7 +10,7 @@ use serde::Serialize;
 /// Counters shared by every layer of a stack and every clone of it.
 ///
 /// Cloning the handle shares the counters. A sync reads [`HttpStats::snapshot`] at the end
-/// and reports it (for example in [`SyncReport::details`](crate::SyncReport::details)).
+/// and reports it (for example in [`SyncReport::details`](crate::connector::SyncReport::details)).
 ///
 /// ```
 /// use pandora_sync::http::HttpStats;

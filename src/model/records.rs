@@ -150,8 +150,8 @@ pub struct Deal {
 impl Deal {
     /// The computed fields `(days_open, days_to_close)` of a deal created at `created`, with
     /// `close_date` and `is_closed`, on `today` (UTC). The one definition of both fields:
-    /// [`apply_computed_fields`](crate::apply_computed_fields) applies it to incoming deals
-    /// and [`EnrichmentStore::refresh_deal_fields`](crate::EnrichmentStore::refresh_deal_fields)
+    /// [`apply_computed_fields`](crate::hooks::apply_computed_fields) applies it to incoming deals
+    /// and [`EnrichmentStore::refresh_deal_fields`](crate::store::EnrichmentStore::refresh_deal_fields)
     /// to stored ones.
     ///
     /// * `days_open`: whole days from the creation date to the close date when the deal is

@@ -74,7 +74,8 @@ impl Orchestrator {
     /// # #[cfg(feature = "sqlite")]
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> pandora_sync::Result<()> {
     /// use std::sync::Arc;
-    /// use pandora_sync::{BuiltinHooksConfig, ConnectorRegistry, Orchestrator, SqliteStore, Store};
+    /// use pandora_sync::{ConnectorRegistry, Orchestrator, SqliteStore, Store};
+    /// use pandora_sync::hooks::BuiltinHooksConfig;
     ///
     /// let store = SqliteStore::connect("sqlite::memory:").await?;
     /// store.migrate().await?;

@@ -40,13 +40,12 @@ use uuid::Uuid;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::{JOBS_CHANNEL, PgJobNotifier};
-pub use worker::{
-    JobContext, JobHandler, MAX_QUOTA_WAIT, MAX_RETRY_AFTER, Worker, WorkerConfig, snooze_until,
-};
+pub use worker::{JobContext, JobHandler, MAX_QUOTA_WAIT, MAX_RETRY_AFTER, Worker, WorkerConfig};
 
+pub(crate) use crate::store::jobs::MAX_JOBS_PAGE;
 pub use crate::store::jobs::{
     DEFAULT_JOB_TIMEOUT, DEFAULT_MAX_ATTEMPTS, Heartbeat, Job, JobNotifier, JobQueue, JobStatus,
-    MAX_JOBS_PAGE, NewJob,
+    NewJob,
 };
 
 /// The `sync_log` row a [`SYNC_JOB`] runs (its payload's `sync_id`); `None` for other jobs.

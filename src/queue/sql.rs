@@ -406,7 +406,7 @@ pub(super) async fn fail<D: QueueDb>(
     error: &str,
     retry_at: Option<DateTime<Utc>>,
 ) -> Result<Option<JobStatus>> {
-    let redacted = crate::redact_secrets(error);
+    let redacted = crate::error::redact_secrets(error);
     let args = vec![
         Arg::Ts(retry_at),
         Arg::Text(Some(&redacted)),
@@ -433,7 +433,7 @@ pub(super) async fn snooze<D: QueueDb>(
     until: DateTime<Utc>,
     reason: Option<&str>,
 ) -> Result<bool> {
-    let reason = reason.map(crate::redact_secrets);
+    let reason = reason.map(crate::error::redact_secrets);
     let args = vec![
         Arg::Ts(Some(until)),
         Arg::Text(reason.as_deref()),

@@ -532,7 +532,11 @@ fn next_utc_midnight(now: DateTime<Utc>) -> DateTime<Utc> {
 ///   `default_snooze` when the provider did not say.
 ///
 /// The arithmetic is checked: an absurd provider value cannot overflow.
-pub fn snooze_until(now: DateTime<Utc>, e: &Error, default_snooze: Duration) -> DateTime<Utc> {
+pub(crate) fn snooze_until(
+    now: DateTime<Utc>,
+    e: &Error,
+    default_snooze: Duration,
+) -> DateTime<Utc> {
     match e {
         Error::QuotaExhausted { resets_at, .. } => {
             let earliest = add_capped(now, default_snooze, MAX_RETRY_AFTER);

@@ -31,7 +31,7 @@ impl Clock for SystemClock {
 ///
 /// ```
 /// use chrono::{Duration, TimeZone, Utc};
-/// use pandora_sync::{Clock, ManualClock};
+/// use pandora_sync::store::{Clock, ManualClock};
 ///
 /// let clock = ManualClock::new(Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap());
 /// clock.advance(Duration::hours(2));

@@ -23,7 +23,7 @@ pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// The largest page [`JobQueue::list_jobs`] returns.
-pub const MAX_JOBS_PAGE: u32 = 100;
+pub(crate) const MAX_JOBS_PAGE: u32 = 100;
 
 /// A job's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -332,7 +332,7 @@ pub trait JobQueue: Send + Sync {
     /// A job of the workspace.
     async fn get_job(&self, workspace_id: Uuid, job_id: Uuid) -> Result<Option<Job>>;
 
-    /// The workspace's jobs, newest first, `limit` (1 to [`MAX_JOBS_PAGE`]) from `offset`.
+    /// The workspace's jobs, newest first, `limit` (1 to 100) from `offset`.
     async fn list_jobs(&self, workspace_id: Uuid, limit: u32, offset: u32) -> Result<Vec<Job>>;
 
     /// Running jobs whose lease expired (their worker died) go back to pending, or to failed

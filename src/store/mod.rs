@@ -1,8 +1,7 @@
 //! Storage: a small base trait ([`Store`]) plus capability traits ([`ConnectionStore`],
 //! [`RecordStore`], [`SyncLogStore`], [`LockStore`], [`EnrichmentStore`]), implemented by
-//! [`SqliteStore`](crate::SqliteStore) (feature `sqlite`) and [`PgStore`](crate::PgStore)
-//! (feature `postgres`). [`SyncStore`] is all of them at once, and the job queue
-//! ([`JobQueue`](crate::queue::JobQueue)) too: one `Arc<dyn SyncStore>` (from
+//! [`SqliteStore`] (feature `sqlite`) and [`PgStore`] (feature `postgres`). [`SyncStore`] is
+//! all of them at once, and the job queue ([`JobQueue`]) too: one `Arc<dyn SyncStore>` (from
 //! [`connect_store`]) serves the orchestrator, the worker and the scheduler.
 //!
 //! The schema is the contract of DESIGN.md 3.3; [`Store::migrate`] creates it from
@@ -56,9 +55,9 @@ pub(crate) use rows::sqlite_ts;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use types::{
-    Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, MAX_PAGE, NewConnection,
-    RateLimitStop, Reconciliation, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry,
-    SyncOutcome, SyncStatus,
+    Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, NewConnection, RateLimitStop,
+    Reconciliation, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry, SyncOutcome,
+    SyncStatus,
 };
 
 /// What every store does: say which backend it is, create its schema, check the database.
@@ -305,7 +304,7 @@ pub trait SyncLogStore: Store {
     async fn get_sync(&self, workspace_id: Uuid, sync_id: Uuid) -> Result<Option<SyncLogEntry>>;
 
     /// The workspace's runs, newest first, optionally for one connector; at most `limit`
-    /// (capped at [`MAX_PAGE`]).
+    /// (capped at 1,000).
     async fn sync_history(
         &self,
         workspace_id: Uuid,
@@ -372,8 +371,8 @@ pub struct DealFieldCounts {
 }
 
 /// Set-based enrichment of stored records, for the built-in post-sync hooks
-/// ([`EntityLinker`](crate::EntityLinker), [`InternalFilter`](crate::InternalFilter),
-/// [`ComputedFields`](crate::ComputedFields)).
+/// ([`EntityLinker`](crate::hooks::EntityLinker), [`InternalFilter`](crate::hooks::InternalFilter),
+/// [`ComputedFields`](crate::hooks::ComputedFields)).
 ///
 /// Every operation is a few parameterized statements over one workspace, in one
 /// transaction, never a query per row; archived rows are neither read nor written. Each is
@@ -435,7 +434,7 @@ pub trait EnrichmentStore: Store {
     async fn flagged_internal_domains(&self, workspace_id: Uuid) -> Result<Vec<String>>;
 
     /// Recomputes `days_open` and `days_to_close` of every live deal of the workspace, from
-    /// every source, as [`apply_computed_fields`](crate::apply_computed_fields) does with
+    /// every source, as [`apply_computed_fields`](crate::hooks::apply_computed_fields) does with
     /// `today` as the current date (UTC):
     ///
     /// * `days_open`: whole days from the `source_created_at` date to the `close_date` when
@@ -470,7 +469,7 @@ impl<
 /// Normalizes an internal domain for [`EnrichmentStore::mark_internal_conversations`]:
 /// trimmed, lower-cased, without a leading `@` or a trailing `.`; `None` when nothing that
 /// looks like a domain is left (empty, or containing `@`, `/` or whitespace).
-pub fn normalize_domain(domain: &str) -> Option<String> {
+pub(crate) fn normalize_domain(domain: &str) -> Option<String> {
     let d = domain.trim();
     let d = d.strip_prefix('@').unwrap_or(d);
     let d = d.strip_suffix('.').unwrap_or(d);
@@ -498,7 +497,9 @@ pub(crate) fn normalize_domains(domains: &[String]) -> Vec<String> {
 /// [`Error::Decode`] naming the record's provider id and the offending column.
 ///
 /// ```
-/// use pandora_sync::{ConnectorKind, Deal, validate_record};
+/// use pandora_sync::ConnectorKind;
+/// use pandora_sync::model::Deal;
+/// use pandora_sync::store::validate_record;
 ///
 /// let mut deal = Deal::new(uuid::Uuid::new_v4(), ConnectorKind::Hubspot, "42");
 /// deal.name = Some("Acme \u{0} renewal".into());
@@ -522,9 +523,10 @@ pub fn validate_record(record: &Record) -> Result<()> {
 /// use std::sync::Arc;
 ///
 /// use pandora_sync::queue::{JobQueue, JobStatus, SYNC_JOB, Worker};
+/// use pandora_sync::store::NewConnection;
 /// use pandora_sync::{
-///     ConnectorKind, ConnectorRegistry, NewConnection, Orchestrator, Scheduler,
-///     SchedulerConfig, SyncJobHandler, connect_store,
+///     ConnectorKind, ConnectorRegistry, Orchestrator, Scheduler, SchedulerConfig,
+///     SyncJobHandler, connect_store,
 /// };
 ///
 /// let store = connect_store("sqlite::memory:", None).await?;

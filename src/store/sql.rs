@@ -1101,7 +1101,7 @@ macro_rules! impl_sql_store {
                 self
             }
 
-            /// Sets the clock (a [`ManualClock`](crate::ManualClock) in tests).
+            /// Sets the clock (a [`ManualClock`](crate::store::ManualClock) in tests).
             pub fn with_clock(
                 mut self,
                 clock: std::sync::Arc<dyn $crate::store::Clock>,

@@ -51,7 +51,8 @@ type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments>;
 /// Cloning is cheap: clones share the pool.
 ///
 /// ```
-/// use pandora_sync::{RecordStore, SqliteStore, Store};
+/// use pandora_sync::{SqliteStore, Store};
+/// use pandora_sync::store::RecordStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> pandora_sync::Result<()> {
 /// let store = SqliteStore::connect("sqlite::memory:").await?;

@@ -23,7 +23,7 @@ pub const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(60);
 
 /// The largest page [`RecordStore::list_records`](super::RecordStore::list_records) and
 /// [`SyncLogStore::sync_history`](super::SyncLogStore::sync_history) return.
-pub const MAX_PAGE: u32 = 1000;
+pub(crate) const MAX_PAGE: u32 = 1000;
 
 /// Which database a store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -303,7 +303,7 @@ pub struct Reconciliation {
 
 impl SyncErrors {
     /// The errors of a run: keeps the first [`MAX_KEPT_FAILURES`] of `failures`, with their
-    /// messages passed through [`redact_secrets`](crate::redact_secrets); `total` is at
+    /// messages redacted of anything that looks like a credential; `total` is at
     /// least `failures.len()`.
     pub fn new(failures: &[RecordFailure], total: u64) -> Self {
         let kept: Vec<RecordFailure> = failures
@@ -387,7 +387,7 @@ pub struct RecordQuery {
     pub source: Option<ConnectorKind>,
     /// Only rows whose id is greater than this (the last id of the previous page).
     pub after: Option<Uuid>,
-    /// At most this many rows (capped at [`MAX_PAGE`]).
+    /// At most this many rows (capped at 1,000).
     pub limit: u32,
     /// Whether to include soft-deleted rows.
     pub include_archived: bool,

@@ -5,9 +5,12 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use pandora_sync::capture::RecordFailure;
+use pandora_sync::connector::{SyncReport, WriteCounts};
+use pandora_sync::model::Contact;
 use pandora_sync::{
-    Checkpoint, ConnectorKind, Contact, Error, Record, RecordBatch, RecordFailure, RecordSink,
-    Result, SyncCapable, SyncContext, SyncMode, SyncReport, WriteCounts,
+    Checkpoint, ConnectorKind, Error, Record, RecordBatch, RecordSink, Result, SyncCapable,
+    SyncContext, SyncMode,
 };
 use uuid::Uuid;
 

@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+use pandora_sync::connector::{MemorySink, SyncReport, WriteCounts};
+use pandora_sync::connectors::gong::{GongConfig, GongConnector, GongCredentials};
+use pandora_sync::model::Conversation;
 use pandora_sync::simulator::{FaultConfig, GongSim, GongSimConfig, NewGongCall};
 use pandora_sync::{
-    Checkpoint, Conversation, Error, GongConfig, GongConnector, GongCredentials, MemorySink,
-    Record, RecordBatch, RecordSink, SyncCapable, SyncContext, SyncMode, SyncReport, WriteCounts,
+    Checkpoint, Error, Record, RecordBatch, RecordSink, SyncCapable, SyncContext, SyncMode,
 };
 use secrecy::SecretString;
 use serde_json::json;

@@ -5,11 +5,14 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pandora_sync::hooks::{BuiltinHooksConfig, InternalFilter};
+use pandora_sync::model::{Conversation, RecordKind};
+use pandora_sync::orchestrator::ConnectorResult;
 use pandora_sync::simulator::{FaultConfig, GongAffiliation, GongSim, GongSimConfig, NewGongCall};
+use pandora_sync::store::{NewConnection, RecordQuery, SyncStatus};
 use pandora_sync::{
-    BuiltinHooksConfig, ConnectorKind, ConnectorRegistry, ConnectorResult, Conversation,
-    Credentials, InternalFilter, Keyring, NewConnection, Orchestrator, Record, RecordKind,
-    RecordQuery, Store, SyncMode, SyncOptions, SyncStatus, SyncStore,
+    ConnectorKind, ConnectorRegistry, Credentials, Keyring, Orchestrator, Record, Store, SyncMode,
+    SyncOptions, SyncStore,
 };
 use serde_json::json;
 use uuid::Uuid;

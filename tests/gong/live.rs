@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+use pandora_sync::connector::{MemorySink, WriteCounts};
+use pandora_sync::connectors::gong::{GongConfig, GongConnector, GongCredentials};
+use pandora_sync::model::{Conversation, RecordKind};
 use pandora_sync::simulator::{GongSim, GongSimConfig, NewGongCall};
 use pandora_sync::{
-    Checkpoint, Conversation, Error, GongConfig, GongConnector, GongCredentials, MemorySink,
-    Record, RecordBatch, RecordKind, RecordSink, SyncCapable, SyncContext, SyncMode, WriteCounts,
+    Checkpoint, Error, Record, RecordBatch, RecordSink, SyncCapable, SyncContext, SyncMode,
 };
 use secrecy::SecretString;
 use serde_json::json;

@@ -52,8 +52,8 @@ e2e_suite!(
 pub mod truth {
     //! What the connector must make of the simulator's calls.
 
+    use pandora_sync::model::{Conversation, Participant};
     use pandora_sync::simulator::{GongSim, GongSimCall};
-    use pandora_sync::{Conversation, Participant};
 
     /// The participants the connector derives from a call's parties: those with an email
     /// or a name, internal when their affiliation is `Internal`.

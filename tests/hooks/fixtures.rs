@@ -2,10 +2,11 @@
 //! and closed deals with close dates, conversations with internal and external participants.
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use pandora_sync::{
-    Account, Checkpoint, ConnectorKind, Contact, Conversation, Deal, NewConnection, Participant,
-    Record, RecordBatch, RecordKind, RecordQuery, SyncStore, record_id,
+use pandora_sync::model::{
+    Account, Contact, Conversation, Deal, Participant, RecordKind, record_id,
 };
+use pandora_sync::store::{NewConnection, RecordQuery};
+use pandora_sync::{Checkpoint, ConnectorKind, Record, RecordBatch, SyncStore};
 use serde_json::json;
 use uuid::Uuid;
 

@@ -6,7 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
-use pandora_sync::{Backend, ManualClock, Store, SyncStore};
+use pandora_sync::store::{Backend, ManualClock};
+use pandora_sync::{Store, SyncStore};
 
 /// The harness clock starts here.
 pub fn start_time() -> DateTime<Utc> {

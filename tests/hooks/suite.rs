@@ -5,12 +5,17 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{Duration, NaiveTime};
+use pandora_sync::connector::{SyncReport, WriteCounts};
+use pandora_sync::hooks::{
+    BuiltinHooksConfig, ComputedFields, EntityLinker, InternalFilter, PostSyncHook, SyncCompleted,
+    apply_computed_fields,
+};
+use pandora_sync::model::{Account, Conversation, Deal};
+use pandora_sync::orchestrator::ConnectorResult;
+use pandora_sync::store::{ConnectionStatus, InternalCounts, LinkCounts, SyncStatus};
 use pandora_sync::{
-    Account, BuiltinHooksConfig, ComputedFields, ConnectionStatus, ConnectorKind,
-    ConnectorRegistry, ConnectorResult, Conversation, Deal, EntityLinker, Error, InternalCounts,
-    InternalFilter, LinkCounts, Orchestrator, PostSyncHook, Record, RecordBatch, RecordSink,
-    Result, SyncCapable, SyncCompleted, SyncContext, SyncMode, SyncOptions, SyncReport, SyncStatus,
-    SyncStore, WriteCounts, apply_computed_fields,
+    ConnectorKind, ConnectorRegistry, Error, Orchestrator, Record, RecordBatch, RecordSink, Result,
+    SyncCapable, SyncContext, SyncMode, SyncOptions, SyncStore,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -402,7 +407,7 @@ pub async fn hooks_are_idempotent_and_leave_other_workspaces_alone(h: Harness) {
     );
 
     // The same through the hooks.
-    let hooks = pandora_sync::builtin_hooks(&BuiltinHooksConfig {
+    let hooks = pandora_sync::hooks::builtin_hooks(&BuiltinHooksConfig {
         internal_domains: Some(domains.clone()),
         clock: Arc::new(h.clock.clone()),
         ..BuiltinHooksConfig::default()

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use pandora_sync::model::RecordKind;
 use pandora_sync::simulator::{FaultConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig};
+use pandora_sync::store::{NewConnection, RecordQuery, SyncStatus};
 use pandora_sync::{
-    ConnectorKind, ConnectorRegistry, Credentials, Keyring, NewConnection, Orchestrator, Record,
-    RecordKind, RecordQuery, Store, SyncMode, SyncOptions, SyncStatus, SyncStore,
+    ConnectorKind, ConnectorRegistry, Credentials, Keyring, Orchestrator, Record, Store, SyncMode,
+    SyncOptions, SyncStore,
 };
 use uuid::Uuid;
 
@@ -488,7 +490,7 @@ pub async fn killed_between_pages_resumes(env: Env) {
     .await
     .unwrap();
     let (ws, o) = setup(&env, &sim, fast_config()).await;
-    let progress = pandora_sync::ProgressReporter::new();
+    let progress = pandora_sync::connector::ProgressReporter::new();
     let mut rx = progress.subscribe();
     let task = {
         let o = o.clone();

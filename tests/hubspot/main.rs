@@ -46,11 +46,10 @@ e2e_suite!(
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{TimeZone, Utc};
+use pandora_sync::connector::MemorySink;
+use pandora_sync::connectors::hubspot::{HubSpotConfig, HubSpotConnector, HubSpotCredentials};
 use pandora_sync::simulator::{FaultConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig};
-use pandora_sync::{
-    Checkpoint, HubSpotConfig, HubSpotConnector, HubSpotCredentials, MemorySink, Record,
-    SyncCapable, SyncContext, SyncMode,
-};
+use pandora_sync::{Checkpoint, Record, SyncCapable, SyncContext, SyncMode};
 use secrecy::SecretString;
 use uuid::Uuid;
 
@@ -440,7 +439,8 @@ async fn absurd_search_cursors_are_errors_not_panics() {
 /// names and the tables' record kinds; incremental passes ask for no totals.
 #[tokio::test]
 async fn full_passes_report_source_totals() {
-    use pandora_sync::{RecordKind, SourceTotal};
+    use pandora_sync::connector::SourceTotal;
+    use pandora_sync::model::RecordKind;
     let sim = HubSpotSim::start(HubSpotSimConfig {
         companies: 40,
         contacts: 300,

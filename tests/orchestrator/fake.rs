@@ -6,10 +6,12 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+use pandora_sync::capture::RecordFailure;
+use pandora_sync::connector::{SourceTotal, SyncReport};
+use pandora_sync::model::{Contact, Deal, DealContact, RecordKind};
 use pandora_sync::{
-    Checkpoint, ConnectorKind, Contact, Deal, DealContact, Error, RecordBatch, RecordFailure,
-    RecordKind, RecordSink, Result, SourceTotal, SyncCapable, SyncContext, SyncMode, SyncReport,
-    SyncStore,
+    Checkpoint, ConnectorKind, Error, RecordBatch, RecordSink, Result, SyncCapable, SyncContext,
+    SyncMode, SyncStore,
 };
 
 /// The provider's truth: id → (modified at, email).

@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use chrono::SubsecRound;
 use pandora_sync::queue::JobQueue;
-use pandora_sync::{Keyring, ManualClock, Store, SyncStore};
+use pandora_sync::store::ManualClock;
+use pandora_sync::{Keyring, Store, SyncStore};
 
 pub struct Harness {
     pub store: Arc<dyn SyncStore>,

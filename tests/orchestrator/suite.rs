@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use pandora_sync::model::RecordKind;
 use pandora_sync::queue::{
     BackoffPolicy, Job, JobHandler, JobStatus, SYNC_JOB, Worker, WorkerConfig,
 };
+use pandora_sync::store::{Clock, ConnectionStatus, NewConnection, RecordQuery, SyncStatus};
 use pandora_sync::{
-    Checkpoint, Clock, ConnectionStatus, ConnectorKind, ConnectorRegistry, Error, NewConnection,
-    Orchestrator, OrchestratorConfig, Record, RecordKind, RecordQuery, Scheduler, SchedulerConfig,
-    SyncJobHandler, SyncMode, SyncOptions, SyncStatus, SyncStore,
+    Checkpoint, ConnectorKind, ConnectorRegistry, Error, Orchestrator, OrchestratorConfig, Record,
+    Scheduler, SchedulerConfig, SyncJobHandler, SyncMode, SyncOptions, SyncStore,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -663,7 +664,7 @@ pub async fn flush_makes_every_written_page_durable(h: Harness) {
             "page {page}'s checkpoint"
         );
     }
-    let mut memory = pandora_sync::MemorySink::new();
+    let mut memory = pandora_sync::connector::MemorySink::new();
     pandora_sync::RecordSink::flush(&mut memory).await.unwrap();
 }
 

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use pandora_sync::{Backend, ConnectionStatus, ConnectorKind, NewConnection, SyncStatus};
+use pandora_sync::ConnectorKind;
+use pandora_sync::store::{Backend, ConnectionStatus, NewConnection, SyncStatus};
 use uuid::Uuid;
 
 use crate::Env;

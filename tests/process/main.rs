@@ -11,8 +11,10 @@ use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use pandora_sync::model::RecordKind;
 use pandora_sync::simulator::{HubSpotSim, HubSpotSimConfig};
-use pandora_sync::{ConnectionStatus, ConnectorKind, RecordKind, Store, SyncStatus, SyncStore};
+use pandora_sync::store::{ConnectionStatus, SyncStatus};
+use pandora_sync::{ConnectorKind, Store, SyncStore};
 use uuid::Uuid;
 
 mod lock;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use pandora_sync::queue::JobQueue;
-use pandora_sync::{ManualClock, Store, SyncStore};
+use pandora_sync::store::ManualClock;
+use pandora_sync::{Store, SyncStore};
 
 pub struct Harness {
     pub store: Arc<dyn SyncStore>,

@@ -10,10 +10,9 @@ use pandora_sync::queue::{
     BackoffPolicy, Job, JobContext, JobHandler, JobQueue, JobStatus, NewJob, SYNC_JOB, Worker,
     WorkerConfig,
 };
-use pandora_sync::{
-    Clock, ConnectionStatus, ConnectorKind, Error, LEADER_LOCK_ID, NewConnection, Result,
-    Scheduler, SchedulerConfig, SyncMode, SyncStatus,
-};
+use pandora_sync::scheduler::LEADER_LOCK_ID;
+use pandora_sync::store::{Clock, ConnectionStatus, NewConnection, SyncStatus};
+use pandora_sync::{ConnectorKind, Error, Result, Scheduler, SchedulerConfig, SyncMode};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 

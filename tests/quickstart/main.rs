@@ -8,7 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use pandora_sync::simulator::{QuickstartConfig, run_quickstart};
-use pandora_sync::{ConnectorKind, SyncMode, SyncStatus};
+use pandora_sync::store::SyncStatus;
+use pandora_sync::{ConnectorKind, SyncMode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_runs_end_to_end() {

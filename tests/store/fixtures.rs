@@ -1,10 +1,11 @@
 //! Records with every column filled, and small helpers.
 
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
-use pandora_sync::{
-    Account, Checkpoint, ConnectorKind, Contact, Conversation, Deal, DealContact, Document,
-    NewConnection, Participant, Record, RecordKind, Task,
+use pandora_sync::model::{
+    Account, Contact, Conversation, Deal, DealContact, Document, Participant, RecordKind, Task,
 };
+use pandora_sync::store::NewConnection;
+use pandora_sync::{Checkpoint, ConnectorKind, Record};
 use serde_json::json;
 use uuid::Uuid;
 

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use pandora_sync::{Backend, ConnectorKind, Keyring, ManualClock, Store, SyncStore, WorkspaceLock};
+use pandora_sync::store::{Backend, ManualClock, WorkspaceLock};
+use pandora_sync::{ConnectorKind, Keyring, Store, SyncStore};
 use uuid::Uuid;
 
 /// The lease of SQLite locks in the suite.

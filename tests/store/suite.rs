@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::TimeZone;
-use pandora_sync::{
-    Clock, ConnectionStatus, ConnectorKind, Credentials, Deletion, Error, Keyring, NewConnection,
-    Record, RecordBatch, RecordFailure, RecordKind, RecordQuery, STALE_SYNC_AFTER, SyncErrors,
-    SyncMode, SyncOutcome, SyncStatus, WriteCounts,
+use pandora_sync::capture::RecordFailure;
+use pandora_sync::connector::{Deletion, WriteCounts};
+use pandora_sync::model::RecordKind;
+use pandora_sync::store::{
+    Clock, ConnectionStatus, NewConnection, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncOutcome,
+    SyncStatus,
 };
+use pandora_sync::{ConnectorKind, Credentials, Error, Keyring, Record, RecordBatch, SyncMode};
 use secrecy::ExposeSecret;
 use serde_json::json;
 use uuid::Uuid;
@@ -596,7 +599,7 @@ pub async fn nul_emoji_huge_strings_and_extreme_numbers(h: Harness) {
             other => panic!("expected a decode error for {id}, got {other:?}"),
         }
         assert!(read_deal(&h, ws, "ok-neighbour").await.is_none());
-        assert!(pandora_sync::validate_record(&batch.records[1]).is_err());
+        assert!(pandora_sync::store::validate_record(&batch.records[1]).is_err());
     }
     let conn = h.store.get_connection(ws, HS).await.unwrap().unwrap();
     assert_eq!(conn.checkpoint().unwrap(), cp);
@@ -785,7 +788,7 @@ pub async fn list_records_pages_and_filters(h: Harness) {
         )
         .await
         .unwrap();
-    let mut sf = pandora_sync::Deal::new(ws, ConnectorKind::Salesforce, "006x");
+    let mut sf = pandora_sync::model::Deal::new(ws, ConnectorKind::Salesforce, "006x");
     sf.meta.source_updated_at = Some(t(1));
     h.store
         .write_batch(
@@ -1310,7 +1313,7 @@ pub async fn lock_excludes_a_second_holder(h: Harness) {
 
 /// Polls `try_lock_workspace` until it succeeds (a released lock may take a moment to be
 /// seen when it is released in the background).
-async fn lock_eventually(h: &Harness, ws: Uuid) -> pandora_sync::WorkspaceLock {
+async fn lock_eventually(h: &Harness, ws: Uuid) -> pandora_sync::store::WorkspaceLock {
     for _ in 0..200 {
         if let Some(lock) = h.store.try_lock_workspace(ws).await.unwrap() {
             return lock;

@@ -220,7 +220,7 @@ impl GongConfig {
     /// Reads the config from JSON (`null` or `{}` for the defaults) and checks it.
     ///
     /// ```
-    /// use pandora_sync::GongConfig;
+    /// use pandora_sync::connectors::gong::GongConfig;
     ///
     /// let cfg = GongConfig::from_json(&serde_json::json!({
     ///     "tracked_users": ["ada@example.com", "234599484000000001"],

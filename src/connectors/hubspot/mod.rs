@@ -10,7 +10,7 @@
 //!   cursor) with those properties and the inline associations, one checkpoint per page;
 //!   then archived records (`archived=true`) are stored soft-deleted. After each full pass the
 //!   provider's count of live records (search `total`) goes to
-//!   [`SyncReport::source_totals`](crate::SyncReport::source_totals) for reconciliation.
+//!   [`SyncReport::source_totals`](crate::connector::SyncReport::source_totals) for reconciliation.
 //! - **Incremental sync** reads through search on the right last-modified property
 //!   (`lastmodifieddate` for contacts, `hs_lastmodifieddate` otherwise) from the stored
 //!   watermark minus a lookback, bounded above by the pass's start, sorted by
@@ -30,7 +30,7 @@
 //!   ⌈pages / 10⌉ runs instead of the next one. Archived records carry no associations;
 //!   the store keeps an archived row's last known `account_source_id` and its links.
 //! - **Daily quota**: HubSpot's `DAILY` 429 stops the sync with
-//!   [`Error::QuotaExhausted`](crate::Error::QuotaExhausted) resetting at the next midnight
+//!   [`Error::QuotaExhausted`] resetting at the next midnight
 //!   in the account's time zone (`GET /account-info/v3/details`, asked once and only then;
 //!   midnight UTC when unknown).
 //! - **Backfill** re-reads every deal's contacts through the v4 batch endpoint, 1,000 deals

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{Response, StatusCode};
 
+use crate::Error;
+use crate::error::body_excerpt;
 use crate::http::headers;
-use crate::{Error, body_excerpt};
 
 /// What the retry layer does with one attempt's outcome.
 #[derive(Debug)]
@@ -140,7 +141,7 @@ pub fn api_error(provider: &Cow<'static, str>, response: &Response<Bytes>) -> Er
     }
 }
 
-/// How much of a body is looked at for an excerpt: enough for [`crate::BODY_EXCERPT_CHARS`]
+/// How much of a body is looked at for an excerpt: enough for [`crate::error::BODY_EXCERPT_CHARS`]
 /// characters, without running the redaction over a multi-megabyte body.
 const EXCERPT_SCAN_BYTES: usize = 8 * 1024;
 
@@ -260,7 +261,7 @@ mod tests {
         big.push_str(&"a".repeat(10 * 1024 * 1024));
         let ex = excerpt(big.as_bytes());
         assert!(!ex.contains("r-1"));
-        assert!(ex.chars().count() <= crate::BODY_EXCERPT_CHARS + 1);
+        assert!(ex.chars().count() <= crate::error::BODY_EXCERPT_CHARS + 1);
         assert_eq!(excerpt(&[0xff, b'o', b'k']), "\u{fffd}ok");
     }
 }
