@@ -355,6 +355,12 @@ impl SyncContext {
     }
 }
 
+/// The key of a connection's config that lists the workspace's internal email domains
+/// (`{"internal_domains": ["example.com"]}`). It belongs to the connection, not to its
+/// connector: the internal-filter hook (`hooks::InternalFilter`) reads it, and every
+/// connector's config reader ignores it.
+pub const INTERNAL_DOMAINS_CONFIG_KEY: &str = "internal_domains";
+
 /// A record deleted at the provider, known only by its id (soft-deleted with `archived_at`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Deletion {

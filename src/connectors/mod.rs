@@ -33,8 +33,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
-/// Reads a connector's non-secret config from JSON: `null` gives the defaults, anything
-/// else must deserialize (unknown keys are an error when the config type says
+/// Reads a connector's non-secret config from JSON: `null` gives the defaults, the
+/// connection-level `internal_domains` key is left out, anything else must deserialize (unknown keys are an error when the config type says
 /// `deny_unknown_fields`); a failure is an [`Error::Config`] naming the provider.
 #[cfg_attr(not(any(feature = "hubspot", feature = "gong")), allow(dead_code))]
 pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
@@ -44,7 +44,12 @@ pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
     if value.is_null() {
         return Ok(T::default());
     }
-    serde_json::from_value(value.clone())
+    let mut value = value.clone();
+    // Keys of the connection rather than of its connector (read by the hooks).
+    if let Some(map) = value.as_object_mut() {
+        map.remove(crate::connector::INTERNAL_DOMAINS_CONFIG_KEY);
+    }
+    serde_json::from_value(value)
         .map_err(|e| Error::config(format!("invalid {provider} config: {e}")))
 }
 

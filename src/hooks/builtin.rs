@@ -56,9 +56,7 @@ pub const PUBLIC_EMAIL_DOMAINS: &[&str] = &[
     "zoho.com",
 ];
 
-/// The key of a connection's config that lists the workspace's internal email domains
-/// (`{"internal_domains": ["example.com"]}`), read by [`InternalFilter`]'s default.
-pub const INTERNAL_DOMAINS_CONFIG_KEY: &str = "internal_domains";
+pub use crate::connector::INTERNAL_DOMAINS_CONFIG_KEY;
 
 /// Whether a connector's run brought anything new: it did not fail, or it committed rows
 /// before failing (a failed run keeps the batches it committed).

@@ -147,6 +147,7 @@ pub struct Deal {
     pub days_to_close: Option<i64>,
 }
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 impl Deal {
     /// The computed fields `(days_open, days_to_close)` of a deal created at `created`, with
     /// `close_date` and `is_closed`, on `today` (UTC). The one definition of both fields:

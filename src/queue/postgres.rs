@@ -62,7 +62,7 @@ impl QueueDb for PgStore {
     }
 
     async fn insert(&self, args: Vec<Arg<'_>>, job_type: &str) -> sqlx::Result<Vec<PgRow>> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = crate::store::begin_detached(self.pool(), "BEGIN").await?;
         let rows = bind(sql::INSERT, args).fetch_all(&mut *tx).await?;
         // Sent at commit, so a woken worker finds the row.
         sqlx::query("SELECT pg_notify($1, $2)")

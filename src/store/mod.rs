@@ -603,6 +603,29 @@ pub(crate) fn no_connection(workspace_id: Uuid, connector: ConnectorKind) -> Err
     ))
 }
 
+/// Begins a transaction on a connection of `pool` in a task of its own, so that a caller
+/// dropped mid-`BEGIN` cannot poison the pool.
+///
+/// sqlx's Postgres `begin` is not cancel-safe: dropped after `BEGIN` went out but before its
+/// reply, it hands the connection back to the pool inside a transaction nothing will end
+/// (the guard that should roll it back only acts once the transaction is counted). Every
+/// later statement on that connection then runs in the stray transaction, invisible to the
+/// others, and its locks are held until the connection dies: an aborted sync (a host
+/// shutting down, a dropped future) then hangs the next one. In its own task the `BEGIN`
+/// always completes; if the caller is gone, the finished transaction is dropped there and
+/// rolled back like any other.
+pub(crate) async fn begin_detached<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: &'static str,
+) -> std::result::Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    match tokio::spawn(async move { pool.begin_with(statement).await }).await {
+        Ok(begun) => begun,
+        // Only a panic inside sqlx or a runtime shutting down ends the task early.
+        Err(e) => Err(sqlx::Error::Io(std::io::Error::other(e))),
+    }
+}
+
 /// The error of a failed statement, with what the store was doing.
 pub(crate) fn db_err(what: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
     move |e| Error::storage(what, e)
@@ -665,4 +688,48 @@ pub(crate) fn to_i64(value: u64) -> i64 {
 /// A u64 count from a row count.
 pub(crate) fn count_u64(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+#[cfg(all(test, feature = "postgres"))]
+mod begin_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    /// Whether the pool's one connection sits in a transaction that an earlier statement
+    /// left open: `SAVEPOINT` is refused outside a transaction block.
+    async fn stray_transaction(pool: &sqlx::PgPool) -> bool {
+        sqlx::query("SAVEPOINT stray_check")
+            .execute(pool)
+            .await
+            .is_ok()
+    }
+
+    /// The cancellation that hung an aborted sync's successor: a `BEGIN` polled once, then
+    /// dropped with its caller. With sqlx's own `begin` the connection went back to the
+    /// pool inside the transaction; through `begin_detached` it never does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_begin_leaves_no_stray_transaction() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {url} is needed ({e})"));
+        assert!(!stray_transaction(&pool).await, "the check itself");
+        // The caller gives up after a few microseconds: some of these land between the
+        // BEGIN going out and its reply coming back.
+        for i in 0..300u64 {
+            let wait = std::time::Duration::from_micros((i * 37) % 1_500);
+            let _ = tokio::time::timeout(wait, super::begin_detached(&pool, "BEGIN")).await;
+            assert!(
+                !stray_transaction(&pool).await,
+                "after giving up at {wait:?}"
+            );
+        }
+        // A transaction that begins and is dropped unfinished is rolled back too.
+        let tx = super::begin_detached(&pool, "BEGIN").await.unwrap();
+        drop(tx);
+        assert!(!stray_transaction(&pool).await);
+        pool.close().await;
+    }
 }

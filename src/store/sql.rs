@@ -1173,8 +1173,7 @@ macro_rules! impl_sql_store {
                 &self,
                 what: &'static str,
             ) -> $crate::error::Result<$crate::store::sql::Tx<Self>> {
-                self.pool
-                    .begin_with($begin)
+                $crate::store::begin_detached(&self.pool, $begin)
                     .await
                     .map_err($crate::store::db_err(what))
             }

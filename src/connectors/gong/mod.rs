@@ -83,7 +83,6 @@ use serde_json::json;
 
 use crate::connector::{Checkpoint, RecordSink, SyncCapable, SyncContext, SyncReport};
 use crate::error::{Error, Result};
-use crate::hooks::INTERNAL_DOMAINS_CONFIG_KEY;
 use crate::http::{HttpStats, RateLimitConfig};
 use crate::model::ConnectorKind;
 
@@ -231,13 +230,9 @@ impl GongConfig {
     /// # Ok::<(), pandora_sync::Error>(())
     /// ```
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        // `internal_domains` belongs to the connection, read by the internal-filter hook
-        // (it owns `conversations.is_internal`); the connector has no use for it.
-        let mut value = value.clone();
-        if let Some(map) = value.as_object_mut() {
-            map.remove(INTERNAL_DOMAINS_CONFIG_KEY);
-        }
-        let mut cfg: GongConfig = super::config_from_json(&value, "gong")?;
+        // `internal_domains` belongs to the connection (the internal-filter hook owns
+        // `conversations.is_internal`); `config_from_json` leaves it out.
+        let mut cfg: GongConfig = super::config_from_json(value, "gong")?;
         cfg.validate()?;
         super::check_base_url(&mut cfg.base_url, "gong")?;
         cfg.tracked_users = cfg

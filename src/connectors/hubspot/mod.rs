@@ -336,6 +336,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.lookback, Duration::from_secs(60));
         assert_eq!(c.extra_properties("deals"), ["hs_custom"]);
+        // Keys of the connection, not of the connector: accepted.
+        let c = HubSpotConfig::from_json(&json!({
+            "internal_domains": ["example.com"],
+            "base_url": "http://127.0.0.1:8080/",
+        }))
+        .unwrap();
+        assert_eq!(c.base_url.as_deref(), Some("http://127.0.0.1:8080"));
         for bad in [
             json!({"unknown": 1}),
             json!({"properties": {"tickets": ["x"]}}),
