@@ -24,15 +24,19 @@ const GROUP_LINGER: Duration = Duration::from_millis(100);
 /// A group is committed once its first page is this old.
 const GROUP_MAX_AGE: Duration = Duration::from_secs(1);
 
-/// A group is committed once it holds this many records.
+/// A group is committed once it holds this many records...
 const GROUP_RECORDS: usize = 5_000;
+
+/// ... or about this many bytes (transcripts, document texts), whichever comes first.
+const GROUP_BYTES: usize = 32 << 20;
 
 /// The store-backed sink: validates, applies computed fields, and commits records with
 /// their checkpoint in `write_batch`es.
 ///
 /// Small pages arriving in quick succession are grouped: a page of at most `batch_size`
 /// records that comes less than [`GROUP_LINGER`] after the previous one waits for the
-/// next, until the group holds [`GROUP_RECORDS`] records, a page carries deletions, a page
+/// next, until the group holds [`GROUP_RECORDS`] records or about [`GROUP_BYTES`], a page
+/// carries deletions, a page
 /// is larger than `batch_size`, the group's first page is [`GROUP_MAX_AGE`] old, or
 /// [`RecordSink::flush`] / [`StoreSink::settle`] is called. A group is committed in one
 /// transaction per table kind (records, then deal-contact links) and the last of them
@@ -87,6 +91,8 @@ struct Pending {
     deletions: Vec<Deletion>,
     checkpoint: Checkpoint,
     since: Instant,
+    /// Roughly how much memory the records take ([`approx_bytes`]).
+    bytes: usize,
 }
 
 /// One `write_batch` of a launch.
@@ -275,12 +281,19 @@ impl RecordSink for StoreSink {
                 deletions: Vec::new(),
                 checkpoint: Checkpoint::default(),
                 since: now,
+                bytes: 0,
             });
+            p.bytes += primary
+                .iter()
+                .chain(&links)
+                .map(approx_bytes)
+                .sum::<usize>();
             p.primary.extend(primary);
             p.links.extend(links);
             p.deletions.extend(deletions);
             p.checkpoint = checkpoint.clone();
             let full = p.primary.len() + p.links.len() >= GROUP_RECORDS
+                || p.bytes >= GROUP_BYTES
                 || !p.deletions.is_empty()
                 || now.duration_since(p.since) >= GROUP_MAX_AGE;
             if full || !quick {
@@ -362,4 +375,19 @@ fn split(
             (part, cp, is_link)
         })
         .collect()
+}
+
+/// A rough size of a record in memory: a fixed allowance, its custom fields, and its long
+/// texts (what makes a page of conversations or documents large).
+fn approx_bytes(r: &Record) -> usize {
+    let texts = match r {
+        Record::Conversation(c) => {
+            c.summary.as_ref().map_or(0, String::len)
+                + c.transcript.as_ref().map_or(0, String::len)
+                + c.participants.len() * 128
+        }
+        Record::Document(d) => d.content_text.as_ref().map_or(0, String::len),
+        _ => 0,
+    };
+    1_024 + r.meta().map_or(0, |m| m.custom_fields.len() * 64) + texts
 }
