@@ -10,13 +10,14 @@
 //!
 //! # What is durable when
 //!
-//! A sink may pipeline: the orchestrator's sink commits a page in the background while the
-//! connector fetches the next one. So when [`RecordSink::write`] returns `Ok`, every
-//! *earlier* page (and its checkpoint) is durable, and the page just given is on its way;
-//! when [`RecordSink::flush`] returns `Ok`, every page written so far is durable. A
-//! connector that only reads needs neither: a crash loses at most the page in flight, and
-//! the stored checkpoint (which never runs ahead of its records) makes the next run read it
-//! again. A connector that must *acknowledge* something to the provider once the data is
+//! A sink may pipeline and group: the orchestrator's sink commits pages in the background
+//! while the connector fetches the next ones, and commits small pages that arrive in quick
+//! succession together, with the checkpoint of the last of them. So when
+//! [`RecordSink::write`] returns `Ok`, the page just given (and possibly a few before it)
+//! is on its way; when [`RecordSink::flush`] returns `Ok`, every page written so far is
+//! durable. A connector that only reads needs neither: a crash loses at most the pages not
+//! yet committed, and the stored checkpoint (which never runs ahead of its records) makes
+//! the next run read them again. A connector that must *acknowledge* something to the provider once the data is
 //! safe (commit a consumer offset, delete a queue message, confirm a cursor that the
 //! provider forgets after acknowledgement) calls `flush` first.
 //!
@@ -433,8 +434,10 @@ impl std::ops::AddAssign for WriteCounts {
 /// A batch and its checkpoint are always committed together (or not at all), in the order
 /// written, but a sink may commit them after `write` returns (see the module docs):
 ///
-/// * when `write` returns `Ok`, every batch written *before* this one is durable; this one
-///   is durable once the next `write` or [`flush`](RecordSink::flush) returns `Ok`;
+/// * when `write` returns `Ok`, the batch is on its way: it is durable once
+///   [`flush`](RecordSink::flush) returns `Ok` (a sink may commit it sooner, alone or
+///   grouped with the batches around it, always with the checkpoint of the last batch of
+///   the commit);
 /// * when `write` or `flush` returns `Err`, a batch failed to commit (this one or an earlier
 ///   one still in flight): the durable checkpoint is the last one before it, and the sync
 ///   should stop (a restart resumes from there);

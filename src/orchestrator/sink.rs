@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -9,25 +10,55 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::capture::{CaptureSummary, RecordFailure};
-use crate::connector::{Checkpoint, ProgressReporter, RecordBatch, RecordSink, WriteCounts};
+use crate::connector::{
+    Checkpoint, Deletion, ProgressReporter, RecordBatch, RecordSink, WriteCounts,
+};
 use crate::error::{Error, Result};
 use crate::model::{ConnectorKind, Record, RecordKind};
 use crate::store::{SyncStore, validate_record};
 
-/// The store-backed sink: validates, applies computed fields, and commits each chunk with
-/// its checkpoint in one `write_batch`.
+/// Pages of at most `batch_size` records arriving less than this apart are grouped into
+/// one commit (with the checkpoint of the group's last page).
+const GROUP_LINGER: Duration = Duration::from_millis(100);
+
+/// A group is committed once its first page is this old.
+const GROUP_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// A group is committed once it holds this many records...
+const GROUP_RECORDS: usize = 5_000;
+
+/// ... or about this many bytes (transcripts, document texts), whichever comes first.
+const GROUP_BYTES: usize = 32 << 20;
+
+/// The store-backed sink: validates, applies computed fields, and commits records with
+/// their checkpoint in `write_batch`es.
 ///
-/// Writes are pipelined: a page's chunks are written by a task while the connector fetches
-/// the next page. At most one page is in flight; the next `write`, [`RecordSink::flush`]
-/// (and [`StoreSink::settle`] at the end of a run, whatever its outcome) waits for it, so a
-/// store error reaches the connector one page later at most and the run's result always
-/// includes every committed page. Dropping the sink (the sync future was dropped) aborts
-/// the write in flight, whose transaction then rolls back: records and checkpoint still
-/// commit together or not at all.
+/// Small pages arriving in quick succession are grouped: a page of at most `batch_size`
+/// records that comes less than [`GROUP_LINGER`] after the previous one waits for the
+/// next, until the group holds [`GROUP_RECORDS`] records or about [`GROUP_BYTES`], a page
+/// carries deletions, a page
+/// is larger than `batch_size`, the group's first page is [`GROUP_MAX_AGE`] old, or
+/// [`RecordSink::flush`] / [`StoreSink::settle`] is called. A group is committed in one
+/// transaction per table kind (records, then deal-contact links) and the last of them
+/// carries the checkpoint of the group's last page, so a checkpoint is never committed
+/// before the records it covers, and a crash loses only uncommitted pages, which the next
+/// run fetches again from the durable checkpoint. Fewer, larger commits are what keeps
+/// SQLite's I/O per record low (one page write per page of rows instead of one per row of
+/// every index the rows touch). Pages larger than `batch_size` are split into chunks of
+/// `batch_size`; chunks before the last carry the previous (still true) durable checkpoint.
+///
+/// Writes are pipelined: a group is written by a task while the connector fetches the
+/// next pages. At most one group is in flight; launching the next (and
+/// [`RecordSink::flush`], and [`StoreSink::settle`] at the end of a run, whatever its
+/// outcome) waits for it, so a store error reaches the connector a group later at most and
+/// the run's result always includes every committed page. Dropping the sink (the sync
+/// future was dropped) aborts the write in flight, whose transaction then rolls back, and
+/// drops the pages not yet launched: records and checkpoint still commit together or not
+/// at all.
 ///
 /// Counting (the success threshold, `records_synced`, progress) covers records of the
 /// primary tables only: [`RecordKind::DealContact`] links are stored in chunks of their own
-/// after the page's records and counted apart, so five links per deal do not turn a 10 %
+/// after the group's records and counted apart, so five links per deal do not turn a 10 %
 /// deal failure rate into a success.
 pub(super) struct StoreSink {
     store: Arc<dyn SyncStore>,
@@ -46,7 +77,26 @@ pub(super) struct StoreSink {
     pub(super) failures: CaptureSummary,
     progress: Option<ProgressReporter>,
     in_flight: Option<InFlight>,
+    /// Small pages waiting to be committed together.
+    pending: Option<Pending>,
+    /// When the previous page arrived.
+    last_write: Option<Instant>,
 }
+
+/// Pages written but not launched yet: their records, links and deletions in page order,
+/// and the checkpoint of the last of them.
+struct Pending {
+    primary: Vec<Record>,
+    links: Vec<Record>,
+    deletions: Vec<Deletion>,
+    checkpoint: Checkpoint,
+    since: Instant,
+    /// Roughly how much memory the records take ([`approx_bytes`]).
+    bytes: usize,
+}
+
+/// One `write_batch` of a launch.
+type Part = (RecordBatch, Checkpoint, bool);
 
 /// What one page's write did: primary-table rows and links.
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,12 +141,68 @@ impl StoreSink {
             failures: CaptureSummary::default(),
             progress,
             in_flight: None,
+            pending: None,
+            last_write: None,
         }
     }
 
-    /// Waits for the page in flight, if any; its counts are added and its checkpoint becomes
-    /// the durable one.
+    /// Commits the pages not launched yet and waits for them (and the group in flight);
+    /// their counts are added and the last page's checkpoint becomes the durable one.
     pub(super) async fn settle(&mut self) -> Result<WriteCounts> {
+        let mut total = self.launch_pending().await?;
+        total += self.wait_in_flight().await?;
+        Ok(total)
+    }
+
+    /// Launches the pending pages, if any, as one group (after the group in flight, whose
+    /// counts it returns).
+    async fn launch_pending(&mut self) -> Result<WriteCounts> {
+        let Some(p) = self.pending.take() else {
+            return Ok(WriteCounts::default());
+        };
+        let previous = self.wait_in_flight().await?;
+        let parts = split(
+            vec![(p.primary, false), (p.links, true)],
+            p.deletions,
+            usize::MAX,
+            &self.durable,
+            &p.checkpoint,
+        );
+        self.spawn(parts, p.checkpoint);
+        Ok(previous)
+    }
+
+    /// Starts writing `parts` (after the group in flight has settled); `checkpoint` becomes
+    /// durable when they are committed.
+    fn spawn(&mut self, parts: Vec<Part>, checkpoint: Checkpoint) {
+        let store = self.store.clone();
+        let (ws, source) = (self.workspace_id, self.source);
+        let task = tokio::spawn(
+            async move {
+                let mut page = PageCounts::default();
+                for (part, cp, is_link) in parts {
+                    let c = store.write_batch(ws, source, &part, &cp).await?;
+                    // Deletions (in the last part) count as archived records.
+                    page.records.archived += c.archived;
+                    let target = if is_link {
+                        &mut page.links
+                    } else {
+                        &mut page.records
+                    };
+                    target.inserted += c.inserted;
+                    target.updated += c.updated;
+                    target.unchanged += c.unchanged;
+                }
+                Ok(page)
+            }
+            .instrument(tracing::Span::current()),
+        );
+        self.in_flight = Some(InFlight { task, checkpoint });
+    }
+
+    /// Waits for the group in flight, if any; its counts are added and its checkpoint
+    /// becomes the durable one.
+    async fn wait_in_flight(&mut self) -> Result<WriteCounts> {
         let Some(mut f) = self.in_flight.take() else {
             return Ok(WriteCounts::default());
         };
@@ -159,78 +265,129 @@ impl RecordSink for StoreSink {
             .into_iter()
             .partition(|r| r.kind() == RecordKind::DealContact);
         self.failures.succeeded += primary.len() as u64;
-        let previous = self.settle().await?;
 
-        // Chunks before the last carry the previous (still true) durable checkpoint; the
-        // last chunk carries the new one, so the checkpoint never runs ahead of the data.
-        // Links come after the page's records, in chunks of their own (counted apart).
+        let now = Instant::now();
+        let quick = self
+            .last_write
+            .is_some_and(|t| now.duration_since(t) < GROUP_LINGER);
+        self.last_write = Some(now);
         let size = self.batch_size.max(1);
-        let mut chunks: Vec<(Vec<Record>, bool)> = Vec::new();
-        for (records, is_link) in [(primary, false), (links, true)] {
-            let mut iter = records.into_iter().peekable();
-            while iter.peek().is_some() {
-                chunks.push((iter.by_ref().take(size).collect(), is_link));
+        let small = primary.len() + links.len() <= size;
+        let mut previous = WriteCounts::default();
+        if small {
+            let p = self.pending.get_or_insert_with(|| Pending {
+                primary: Vec::new(),
+                links: Vec::new(),
+                deletions: Vec::new(),
+                checkpoint: Checkpoint::default(),
+                since: now,
+                bytes: 0,
+            });
+            p.bytes += primary
+                .iter()
+                .chain(&links)
+                .map(approx_bytes)
+                .sum::<usize>();
+            p.primary.extend(primary);
+            p.links.extend(links);
+            p.deletions.extend(deletions);
+            p.checkpoint = checkpoint.clone();
+            let full = p.primary.len() + p.links.len() >= GROUP_RECORDS
+                || p.bytes >= GROUP_BYTES
+                || !p.deletions.is_empty()
+                || now.duration_since(p.since) >= GROUP_MAX_AGE;
+            if full || !quick {
+                previous += self.launch_pending().await?;
             }
-        }
-        if chunks.is_empty() {
-            chunks.push((Vec::new(), false));
-        }
-        let last = chunks.len() - 1;
-        let mut deletions = Some(deletions);
-        let parts: Vec<(RecordBatch, Checkpoint, bool)> = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, (chunk, is_link))| {
-                let is_last = i == last;
-                let part = RecordBatch {
-                    records: chunk,
-                    deletions: if is_last {
-                        deletions.take().unwrap_or_default()
-                    } else {
-                        Vec::new()
-                    },
-                    failures: Vec::new(),
-                };
-                let cp = if is_last {
-                    checkpoint.clone()
-                } else {
-                    self.durable.clone()
-                };
-                (part, cp, is_link)
-            })
-            .collect();
-        let store = self.store.clone();
-        let (ws, source) = (self.workspace_id, self.source);
-        let task = tokio::spawn(
-            async move {
-                let mut page = PageCounts::default();
-                for (part, cp, is_link) in parts {
-                    let c = store.write_batch(ws, source, &part, &cp).await?;
-                    // Deletions (in the last chunk) count as archived records.
-                    page.records.archived += c.archived;
-                    let target = if is_link {
-                        &mut page.links
-                    } else {
-                        &mut page.records
-                    };
-                    target.inserted += c.inserted;
-                    target.updated += c.updated;
-                    target.unchanged += c.unchanged;
-                }
-                Ok(page)
+            // A finished group's counts are reported at once.
+            if self
+                .in_flight
+                .as_ref()
+                .is_some_and(|f| f.task.is_finished())
+            {
+                previous += self.wait_in_flight().await?;
             }
-            .instrument(tracing::Span::current()),
+            return Ok(previous);
+        }
+
+        // A large page: the pending pages go first, then this page in chunks.
+        previous += self.launch_pending().await?;
+        previous += self.wait_in_flight().await?;
+        let parts = split(
+            vec![(primary, false), (links, true)],
+            deletions,
+            size,
+            &self.durable,
+            checkpoint,
         );
-        self.in_flight = Some(InFlight {
-            task,
-            checkpoint: checkpoint.clone(),
-        });
+        self.spawn(parts, checkpoint.clone());
         Ok(previous)
     }
 
-    /// Waits for the page in flight: when it returns `Ok`, every page written so far and
-    /// its checkpoint are committed.
+    /// Commits the pages not launched yet and waits for them: when it returns `Ok`, every
+    /// page written so far and its checkpoint are committed.
     async fn flush(&mut self) -> Result<()> {
         self.settle().await.map(|_| ())
     }
+}
+
+/// Splits records (then links) into `write_batch`es of at most `size` records; the last
+/// carries the deletions and `checkpoint`, the others `durable` (the checkpoint that holds
+/// already), so the checkpoint never runs ahead of the data.
+fn split(
+    kinds: Vec<(Vec<Record>, bool)>,
+    deletions: Vec<Deletion>,
+    size: usize,
+    durable: &Checkpoint,
+    checkpoint: &Checkpoint,
+) -> Vec<Part> {
+    let mut chunks: Vec<(Vec<Record>, bool)> = Vec::new();
+    for (records, is_link) in kinds {
+        let mut iter = records.into_iter().peekable();
+        while iter.peek().is_some() {
+            chunks.push((iter.by_ref().take(size).collect(), is_link));
+        }
+    }
+    if chunks.is_empty() {
+        chunks.push((Vec::new(), false));
+    }
+    let last = chunks.len() - 1;
+    let mut deletions = Some(deletions);
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, (records, is_link))| {
+            let is_last = i == last;
+            let part = RecordBatch {
+                records,
+                deletions: if is_last {
+                    deletions.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                failures: Vec::new(),
+            };
+            let cp = if is_last {
+                checkpoint.clone()
+            } else {
+                durable.clone()
+            };
+            (part, cp, is_link)
+        })
+        .collect()
+}
+
+/// A rough size of a record in memory: a fixed allowance, its custom fields, and its long
+/// texts (what makes a page of conversations or documents large).
+fn approx_bytes(r: &Record) -> usize {
+    let texts = match r {
+        Record::Conversation(c) => {
+            c.summary.as_ref().map_or(0, String::len)
+                + c.transcript.as_ref().map_or(0, String::len)
+                + c.participants.len() * 128
+        }
+        Record::Document(d) => d.content_text.as_ref().map_or(0, String::len),
+        _ => 0,
+    };
+    1_024 + r.meta().map_or(0, |m| m.custom_fields.len() * 64) + texts
 }

@@ -38,12 +38,18 @@ const MAX_PARAMS: usize = 32_766;
 /// At most this many rows per multi-row statement.
 const MAX_ROWS: usize = 1_000;
 
+/// The page cache of each file connection (`PRAGMA cache_size`; negative: KiB), 16 MiB
+/// instead of SQLite's 2 MiB.
+const CACHE_SIZE: &str = "-16384";
+
 type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments>;
 
 /// The embedded storage backend: a SQLite file (or `sqlite::memory:`).
 ///
 /// Connections use WAL mode, `synchronous = NORMAL` (a crash can lose the last commits but
-/// never splits a batch from its checkpoint), a 10 s busy timeout and foreign keys. Writes
+/// never splits a batch from its checkpoint), a 10 s busy timeout, foreign keys, in-memory
+/// temporary storage, a 16 MiB page cache, 8 KiB pages for new files and a WAL checkpointed
+/// every 4,000 pages (so a page rewritten by several commits reaches the file once). Writes
 /// take the write lock up front (`BEGIN IMMEDIATE`), so concurrent writers queue instead of
 /// failing. An in-memory database lives in one pooled connection that is never closed while
 /// the store (or a clone) lives.
@@ -102,9 +108,18 @@ impl SqliteStore {
                 .idle_timeout(None)
                 .max_lifetime(None)
         } else {
+            // Statement journals (every multi-row upsert inside a batch transaction has
+            // one) stay in memory instead of a temporary file created and unlinked per
+            // batch; a larger page cache keeps the indexes' inner pages between batches;
+            // 8 KiB pages (new files only) halve the WAL frames of appended rows; a longer
+            // WAL between checkpoints writes a page rewritten by several commits once.
             options = options
                 .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal);
+                .synchronous(SqliteSynchronous::Normal)
+                .pragma("temp_store", "memory")
+                .pragma("cache_size", CACHE_SIZE)
+                .page_size(8192)
+                .pragma("wal_autocheckpoint", "4000");
             SqlitePoolOptions::new().max_connections(8)
         };
         let pool = pool_options

@@ -298,6 +298,72 @@ async fn killed_sync_is_taken_over_and_resumed(env: Env) {
     assert!(env.store.active_syncs(ws).await.unwrap().is_empty());
 }
 
+/// Pages that arrive quickly are committed in groups (the checkpoint of a group's last page
+/// with the group): a run killed with SIGKILL between groups loses nothing, and the next
+/// run resumes from the last committed group and stores every contact exactly once.
+async fn grouped_commits_resume_after_kill(env: Env) {
+    const CONTACTS: u64 = 20_000;
+    let sim = HubSpotSim::start(portal(CONTACTS)).await.unwrap();
+    let ws = Uuid::new_v4();
+
+    // 40 requests a second: a page every 25 ms, quick enough to be grouped; 200 contact
+    // pages take about 5 s. Kill it once a group is committed.
+    let mut child = sync_cmd(&env, &sim, ws, &rate(40), &[]).spawn().unwrap();
+    let mut committed = 0;
+    for _ in 0..600 {
+        committed = env
+            .store
+            .count_records(ws, RecordKind::Contact, Some(ConnectorKind::Hubspot))
+            .await
+            .unwrap();
+        if committed >= 2_000 || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first run ended before it was killed"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // What the dead run committed, read after it died (a group may have landed since).
+    let committed = env
+        .store
+        .count_records(ws, RecordKind::Contact, Some(ConnectorKind::Hubspot))
+        .await
+        .unwrap()
+        .max(committed);
+    assert!(
+        (2_000..CONTACTS).contains(&committed),
+        "{committed} contacts were committed before the kill"
+    );
+
+    let resumed = summary(&output(sync_cmd(&env, &sim, ws, &rate(100_000), &["--json"])).await);
+    assert_eq!(resumed["status"], "completed", "{resumed}");
+    // Every contact is stored once, none lost with the uncommitted pages of the dead run.
+    assert_eq!(resumed["tables"]["contacts"], CONTACTS);
+    assert_eq!(
+        env.store
+            .count_records(ws, RecordKind::Contact, Some(ConnectorKind::Hubspot))
+            .await
+            .unwrap(),
+        CONTACTS
+    );
+    // It resumed from the checkpoint committed with the last group (see the overlap note
+    // of `killed_sync_is_taken_over_and_resumed`).
+    const FOLLOW_UP_OVERLAP: u64 = 50;
+    let read = resumed["recordsByTable"]["contacts"].as_u64().unwrap_or(0);
+    assert!(
+        read <= CONTACTS - committed + FOLLOW_UP_OVERLAP,
+        "the resumed run read {read} contacts, {committed} were committed before the kill: it did not resume"
+    );
+    assert!(
+        read >= CONTACTS - committed,
+        "the resumed run read {read} contacts, {committed} were committed: the checkpoint ran ahead of the records"
+    );
+}
+
 /// Two runs of one workspace started together (each with its own key): exactly one syncs,
 /// the other says a sync is already running; with `--wait` the second waits and syncs.
 async fn two_runs_at_once_one_syncs(env: Env) {
@@ -402,6 +468,7 @@ use lock::a_dead_holders_runs_are_interrupted;
 
 process_suite!(
     killed_sync_is_taken_over_and_resumed,
+    grouped_commits_resume_after_kill,
     two_runs_at_once_one_syncs,
     a_dead_holders_runs_are_interrupted,
 );
