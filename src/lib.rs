@@ -27,9 +27,9 @@ mod store;
 
 pub use capture::{RecordFailure, is_sync_acceptable, success_rate};
 pub use connector::{
-    Checkpoint, DEFAULT_WATERMARK_LAG, Deletion, DocumentAdapter, MemorySink, NewTask, Progress,
-    ProgressReporter, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncCapable,
-    SyncContext, SyncReport, TaskAdapter, TaskUpdate, WriteCounts,
+    Checkpoint, DEFAULT_WATERMARK_LAG, DealContactSet, Deletion, DocumentAdapter, MemorySink,
+    NewTask, Progress, ProgressReporter, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint,
+    SyncCapable, SyncContext, SyncReport, TaskAdapter, TaskUpdate, WriteCounts,
 };
 pub use error::{BODY_EXCERPT_CHARS, BoxError, Error, Result, body_excerpt, redact_secrets};
 pub use model::{

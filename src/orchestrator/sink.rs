@@ -12,6 +12,7 @@ use crate::capture::{CaptureSummary, RecordFailure};
 use crate::connector::{Checkpoint, ProgressReporter, RecordBatch, RecordSink, WriteCounts};
 use crate::error::{Error, Result};
 use crate::model::{ConnectorKind, Record, RecordKind};
+use crate::store::rows::validate_link_set;
 use crate::store::{SyncStore, validate_record};
 
 /// The store-backed sink: validates, applies computed fields, and commits each chunk with
@@ -134,9 +135,21 @@ impl RecordSink for StoreSink {
         let RecordBatch {
             records,
             deletions,
+            link_sets,
             failures,
         } = batch;
         self.failures.record_failures(failures);
+        // A contact set the store would refuse is dropped (its links stay), not the page.
+        let mut valid_sets = Vec::with_capacity(link_sets.len());
+        for set in link_sets {
+            match validate_link_set(&set) {
+                Ok(()) => valid_sets.push(set),
+                Err(e) => self.failures.record_failures([RecordFailure::new(
+                    Some(set.deal_source_id.clone()),
+                    e.to_string(),
+                )]),
+            }
+        }
         let mut good = Vec::with_capacity(records.len());
         for mut r in records {
             match validate_record(&r) {
@@ -176,7 +189,9 @@ impl RecordSink for StoreSink {
             chunks.push((Vec::new(), false));
         }
         let last = chunks.len() - 1;
+        // Deletions and contact sets go in the last chunk, after every link of the page.
         let mut deletions = Some(deletions);
+        let mut link_sets = Some(valid_sets);
         let parts: Vec<(RecordBatch, Checkpoint, bool)> = chunks
             .into_iter()
             .enumerate()
@@ -186,6 +201,11 @@ impl RecordSink for StoreSink {
                     records: chunk,
                     deletions: if is_last {
                         deletions.take().unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    },
+                    link_sets: if is_last {
+                        link_sets.take().unwrap_or_default()
                     } else {
                         Vec::new()
                     },
@@ -206,7 +226,8 @@ impl RecordSink for StoreSink {
                 let mut page = PageCounts::default();
                 for (part, cp, is_link) in parts {
                     let c = store.write_batch(ws, source, &part, &cp).await?;
-                    // Deletions (in the last chunk) count as archived records.
+                    // Deletions and links removed by contact sets (in the last chunk) count as
+                    // archived records.
                     page.records.archived += c.archived;
                     let target = if is_link {
                         &mut page.links
