@@ -41,6 +41,7 @@ e2e_suite!(
     resumed_search_pass_is_followed_up,
     custom_properties_land_in_custom_fields,
     archived_record_keeps_its_association_columns,
+    removed_association_is_unlinked,
 );
 
 use std::collections::{BTreeMap, BTreeSet};
