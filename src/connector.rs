@@ -978,4 +978,57 @@ mod tests {
             "{err}"
         );
     }
+
+    #[tokio::test]
+    async fn memory_sink_applies_contact_sets() {
+        let link = |deal: &str, contact: &str| {
+            Record::from(crate::model::DealContact {
+                workspace_id: Uuid::nil(),
+                source: ConnectorKind::Hubspot,
+                deal_source_id: deal.into(),
+                contact_source_id: contact.into(),
+                role: None,
+            })
+        };
+        let pairs = |list: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+            list.iter()
+                .map(|(d, c)| ((*d).to_owned(), (*c).to_owned()))
+                .collect()
+        };
+        let mut sink = MemorySink::new();
+        let cp = Checkpoint::default();
+        let first = RecordBatch::new(vec![link("d1", "c1"), link("d1", "c2"), link("d2", "c1")]);
+        sink.write(first, &cp).await.unwrap();
+
+        // A new link and its deal's set in one batch: the set keeps it, removes c2.
+        let mut batch = RecordBatch::new(vec![link("d1", "c3")]);
+        batch.link_sets = vec![DealContactSet {
+            deal_source_id: "d1".into(),
+            contact_source_ids: vec!["c1".into(), "c3".into()],
+        }];
+        assert!(!batch.is_empty());
+        let counts = sink.write(batch, &cp).await.unwrap();
+        assert_eq!((counts.inserted, counts.archived), (1, 1));
+        assert_eq!(
+            sink.links(),
+            pairs(&[("d1", "c1"), ("d1", "c3"), ("d2", "c1")])
+        );
+
+        // An empty set removes every link of its deal; a link deletion still works.
+        let batch = RecordBatch {
+            deletions: vec![Deletion {
+                kind: RecordKind::DealContact,
+                source_id: "d1:c3".into(),
+                deleted_at: t(1),
+            }],
+            link_sets: vec![DealContactSet {
+                deal_source_id: "d2".into(),
+                contact_source_ids: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        let counts = sink.write(batch, &cp).await.unwrap();
+        assert_eq!(counts.archived, 2);
+        assert_eq!(sink.links(), pairs(&[("d1", "c1")]));
+    }
 }
