@@ -690,9 +690,11 @@ pub(crate) struct Dialect {
     /// A subquery of the texts in the list parameter `param` (an `Arg::StrList`), for
     /// `IN`/`NOT IN`.
     pub texts: fn(param: &str) -> String,
-    /// A subquery of the pairs of texts at the same position in the list parameters `a`
-    /// and `b` (two `Arg::StrList`s of one length), for a row-value `IN`/`NOT IN`.
-    pub text_pairs: fn(a: &str, b: &str) -> String,
+    /// The condition that a `deal_contacts` row's `(deal_source_id, contact_source_id)` is
+    /// not one of the pairs of the JSON parameter `param` (an array of `[deal, contact]`).
+    /// SQLite compares `json_array(…)` texts, both rendered by SQLite, since its row-value
+    /// `NOT IN` rescans the subquery for every row.
+    pub link_not_in: fn(param: &str) -> String,
 }
 
 #[cfg(feature = "postgres")]
@@ -709,7 +711,12 @@ pub(crate) const PG: Dialect = Dialect {
         )
     },
     texts: |param| format!("(SELECT UNNEST({param}::text[]))"),
-    text_pairs: |a, b| format!("(SELECT * FROM UNNEST({a}::text[], {b}::text[]))"),
+    link_not_in: |param| {
+        format!(
+            "(deal_source_id, contact_source_id) NOT IN \
+             (SELECT p->>0, p->>1 FROM jsonb_array_elements({param}::jsonb) AS p)"
+        )
+    },
 };
 
 #[cfg(feature = "sqlite")]
@@ -726,9 +733,11 @@ pub(crate) const SQLITE: Dialect = Dialect {
         )
     },
     texts: |param| format!("(SELECT value FROM json_each({param}))"),
-    text_pairs: |a, b| {
+    link_not_in: |param| {
         format!(
-            "(SELECT x.value, y.value FROM json_each({a}) AS x JOIN json_each({b}) AS y ON y.key = x.key)"
+            "json_array(deal_source_id, contact_source_id) NOT IN \
+             (SELECT json_array(json_extract(value, '$[0]'), json_extract(value, '$[1]')) \
+              FROM json_each({param}))"
         )
     },
 };

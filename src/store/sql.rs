@@ -650,26 +650,25 @@ fn unlink_missing<'a, S: SqlBackend>(at: BatchScope, prepared: &'a PreparedBatch
         .iter()
         .map(|s| s.deal_source_id.as_str())
         .collect();
-    let (pair_deals, pair_contacts): (Vec<&str>, Vec<&str>) = prepared
+    let pairs: Vec<serde_json::Value> = prepared
         .link_sets
         .iter()
         .flat_map(|s| {
             s.contact_source_ids
                 .iter()
-                .map(|c| (s.deal_source_id.as_str(), c.as_str()))
+                .map(|c| serde_json::json!([s.deal_source_id, c]))
         })
-        .unzip();
+        .collect();
     Stmt::new(format!(
         "DELETE FROM deal_contacts WHERE workspace_id = $1 AND source = $2 \
-         AND deal_source_id IN {} AND (deal_source_id, contact_source_id) NOT IN {}",
+         AND deal_source_id IN {} AND {}",
         (d.texts)("$3"),
-        (d.text_pairs)("$4", "$5"),
+        (d.link_not_in)("$4"),
     ))
     .arg(at.ws)
     .arg(at.source)
     .arg(Arg::StrList(deals))
-    .arg(Arg::StrList(pair_deals))
-    .arg(Arg::StrList(pair_contacts))
+    .arg(Arg::Json(Some(serde_json::Value::Array(pairs))))
 }
 
 pub(crate) async fn get_record<S: SqlBackend>(

@@ -892,6 +892,45 @@ pub async fn deal_contact_sets_remove_missing_links(h: Harness) {
     assert_eq!(stored(ws, HS).await, ["d1:c1", "d1:c4", "d3:c1"]);
     let row = h.store.get_connection(ws, HS).await.unwrap().unwrap();
     assert_eq!(row.checkpoint().unwrap(), next);
+
+    // A backfill-sized batch (one statement for all its sets), with ids that JSON escapes.
+    let contact = |d: usize, c: usize| format!("c\"{c}\n\u{e9}/{d}");
+    let many: Vec<Record> = (0..300)
+        .flat_map(|d| (0..4).map(move |c| link(ws, &format!("m{d}"), &contact(d, c), None).into()))
+        .collect();
+    h.store
+        .write_batch(ws, HS, &RecordBatch::new(many), &next)
+        .await
+        .unwrap();
+    let sets = RecordBatch {
+        link_sets: (0..300)
+            .map(|d| DealContactSet {
+                deal_source_id: format!("m{d}"),
+                contact_source_ids: (1..4).map(|c| contact(d, c)).collect(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    assert_eq!(
+        h.store.write_batch(ws, HS, &sets, &next).await.unwrap(),
+        counts(0, 0, 0, 300)
+    );
+    assert_eq!(
+        h.store
+            .count_records(ws, RecordKind::DealContact, Some(HS))
+            .await
+            .unwrap(),
+        3 + 300 * 3
+    );
+    let kept = format!("m7:{}", contact(7, 2));
+    let gone = format!("m7:{}", contact(7, 0));
+    for (id, present) in [(kept, true), (gone, false)] {
+        let found = h
+            .store
+            .get_record(ws, RecordKind::DealContact, HS, &id)
+            .await;
+        assert_eq!(found.unwrap().is_some(), present, "{id}");
+    }
 }
 
 pub async fn list_records_pages_and_filters(h: Harness) {
