@@ -30,7 +30,7 @@
 //! [`StreamCheckpoint::finish_pass`] implement that rule; [`SyncContext::watermark_cap`]
 //! gives the cap.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -373,14 +373,37 @@ pub struct Deletion {
     pub deleted_at: DateTime<Utc>,
 }
 
-/// One page of work for the sink: records to upsert, records to soft-delete, and the
-/// records that failed to transform.
+/// The complete contact set of a deal as the provider reports it now: stored links of that
+/// deal (same workspace and source) whose contact is not in the set are removed from
+/// `deal_contacts`.
+///
+/// This is the set form of a [`RecordKind::DealContact`] [`Deletion`], for providers that
+/// report only a deal's current links (a connector cannot name the link that vanished, as
+/// it does not read the store). Send one only when the whole set is known: a set read from
+/// a cut-off (paged) association list would remove links that still exist. An empty set
+/// removes every link of the deal. The set never adds links (send them as
+/// [`Record::DealContact`] records) and never touches a pair it contains, so the links a
+/// batch upserts survive when they are in the set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DealContactSet {
+    /// The deal's provider id.
+    pub deal_source_id: String,
+    /// The provider ids of every contact linked to the deal now.
+    pub contact_source_ids: Vec<String>,
+}
+
+/// One page of work for the sink: records to upsert, records to soft-delete, the complete
+/// contact sets of deals, and the records that failed to transform.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RecordBatch {
     /// Records to upsert (a record with `archived_at` set is stored archived).
     pub records: Vec<Record>,
     /// Records the provider reported deleted.
     pub deletions: Vec<Deletion>,
+    /// Complete contact sets of deals: the links of each deal that are not in its set are
+    /// removed, after the batch's records are stored (see [`DealContactSet`]).
+    #[serde(default)]
+    pub link_sets: Vec<DealContactSet>,
     /// Records that could not be transformed, with their ids.
     pub failures: Vec<RecordFailure>,
 }
@@ -396,7 +419,10 @@ impl RecordBatch {
 
     /// Whether the batch carries nothing at all.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty() && self.deletions.is_empty() && self.failures.is_empty()
+        self.records.is_empty()
+            && self.deletions.is_empty()
+            && self.link_sets.is_empty()
+            && self.failures.is_empty()
     }
 }
 
@@ -485,14 +511,60 @@ impl MemorySink {
     pub fn last_checkpoint(&self) -> Option<&Checkpoint> {
         self.batches.last().map(|(_, c)| c)
     }
+
+    /// The deal–contact links `(deal_source_id, contact_source_id)` that stand after every
+    /// batch so far, applied in order as a store applies them: the links written, less
+    /// those removed by a [`RecordKind::DealContact`] deletion or a deal's
+    /// [`DealContactSet`].
+    pub fn links(&self) -> BTreeSet<(String, String)> {
+        let mut links = BTreeSet::new();
+        for (batch, _) in &self.batches {
+            apply_links(&mut links, batch);
+        }
+        links
+    }
+}
+
+/// Applies a batch's links, link deletions and contact sets to `links`; returns how many
+/// links the contact sets removed.
+fn apply_links(links: &mut BTreeSet<(String, String)>, batch: &RecordBatch) -> u64 {
+    for r in &batch.records {
+        if let Record::DealContact(l) = r {
+            links.insert((l.deal_source_id.clone(), l.contact_source_id.clone()));
+        }
+    }
+    for d in &batch.deletions {
+        if d.kind != RecordKind::DealContact {
+            continue;
+        }
+        if let Some((deal, contact)) = d.source_id.split_once(':') {
+            links.remove(&(deal.to_owned(), contact.to_owned()));
+        }
+    }
+    let mut removed = 0;
+    for set in &batch.link_sets {
+        let before = links.len();
+        links.retain(|(deal, contact)| {
+            *deal != set.deal_source_id || set.contact_source_ids.contains(contact)
+        });
+        removed += (before - links.len()) as u64;
+    }
+    removed
 }
 
 #[async_trait]
 impl RecordSink for MemorySink {
+    /// Counts every record as inserted, every deletion as archived, and the links a
+    /// [`DealContactSet`] removes (from those written before and in this batch) as archived.
     async fn write(&mut self, batch: RecordBatch, checkpoint: &Checkpoint) -> Result<WriteCounts> {
+        let unlinked = if batch.link_sets.is_empty() {
+            0
+        } else {
+            apply_links(&mut self.links(), &batch)
+        };
         let counts = WriteCounts {
             inserted: batch.records.len() as u64,
-            archived: batch.deletions.len() as u64,
+            archived: batch.deletions.len() as u64 + unlinked,
             ..Default::default()
         };
         self.batches.push((batch, checkpoint.clone()));
@@ -918,5 +990,58 @@ mod tests {
             matches!(&err, Error::Unsupported { operation, by } if operation == "backfill_sync" && by == "fireflies"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn memory_sink_applies_contact_sets() {
+        let link = |deal: &str, contact: &str| {
+            Record::from(crate::model::DealContact {
+                workspace_id: Uuid::nil(),
+                source: ConnectorKind::Hubspot,
+                deal_source_id: deal.into(),
+                contact_source_id: contact.into(),
+                role: None,
+            })
+        };
+        let pairs = |list: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+            list.iter()
+                .map(|(d, c)| ((*d).to_owned(), (*c).to_owned()))
+                .collect()
+        };
+        let mut sink = MemorySink::new();
+        let cp = Checkpoint::default();
+        let first = RecordBatch::new(vec![link("d1", "c1"), link("d1", "c2"), link("d2", "c1")]);
+        sink.write(first, &cp).await.unwrap();
+
+        // A new link and its deal's set in one batch: the set keeps it, removes c2.
+        let mut batch = RecordBatch::new(vec![link("d1", "c3")]);
+        batch.link_sets = vec![DealContactSet {
+            deal_source_id: "d1".into(),
+            contact_source_ids: vec!["c1".into(), "c3".into()],
+        }];
+        assert!(!batch.is_empty());
+        let counts = sink.write(batch, &cp).await.unwrap();
+        assert_eq!((counts.inserted, counts.archived), (1, 1));
+        assert_eq!(
+            sink.links(),
+            pairs(&[("d1", "c1"), ("d1", "c3"), ("d2", "c1")])
+        );
+
+        // An empty set removes every link of its deal; a link deletion still works.
+        let batch = RecordBatch {
+            deletions: vec![Deletion {
+                kind: RecordKind::DealContact,
+                source_id: "d1:c3".into(),
+                deleted_at: t(1),
+            }],
+            link_sets: vec![DealContactSet {
+                deal_source_id: "d2".into(),
+                contact_source_ids: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        let counts = sink.write(batch, &cp).await.unwrap();
+        assert_eq!(counts.archived, 2);
+        assert_eq!(sink.links(), pairs(&[("d1", "c1")]));
     }
 }

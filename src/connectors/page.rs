@@ -24,6 +24,7 @@ where
     RecordBatch {
         records: captured.succeeded.into_iter().flatten().collect(),
         deletions: Vec::new(),
+        link_sets: Vec::new(),
         failures: captured.failed,
     }
 }

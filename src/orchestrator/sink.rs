@@ -11,10 +11,11 @@ use uuid::Uuid;
 
 use crate::capture::{CaptureSummary, RecordFailure};
 use crate::connector::{
-    Checkpoint, Deletion, ProgressReporter, RecordBatch, RecordSink, WriteCounts,
+    Checkpoint, DealContactSet, Deletion, ProgressReporter, RecordBatch, RecordSink, WriteCounts,
 };
 use crate::error::{Error, Result};
 use crate::model::{ConnectorKind, Record, RecordKind};
+use crate::store::rows::validate_link_set;
 use crate::store::{SyncStore, validate_record};
 
 /// Pages of at most `batch_size` records arriving less than this apart are grouped into
@@ -36,8 +37,7 @@ const GROUP_BYTES: usize = 32 << 20;
 /// Small pages arriving in quick succession are grouped: a page of at most `batch_size`
 /// records that comes less than [`GROUP_LINGER`] after the previous one waits for the
 /// next, until the group holds [`GROUP_RECORDS`] records or about [`GROUP_BYTES`], a page
-/// carries deletions, a page
-/// is larger than `batch_size`, the group's first page is [`GROUP_MAX_AGE`] old, or
+/// carries deletions or deals' contact sets, a page is larger than `batch_size`, the group's first page is [`GROUP_MAX_AGE`] old, or
 /// [`RecordSink::flush`] / [`StoreSink::settle`] is called. A group is committed in one
 /// transaction per table kind (records, then deal-contact links) and the last of them
 /// carries the checkpoint of the group's last page, so a checkpoint is never committed
@@ -89,6 +89,7 @@ struct Pending {
     primary: Vec<Record>,
     links: Vec<Record>,
     deletions: Vec<Deletion>,
+    link_sets: Vec<DealContactSet>,
     checkpoint: Checkpoint,
     since: Instant,
     /// Roughly how much memory the records take ([`approx_bytes`]).
@@ -164,6 +165,7 @@ impl StoreSink {
         let parts = split(
             vec![(p.primary, false), (p.links, true)],
             p.deletions,
+            p.link_sets,
             usize::MAX,
             &self.durable,
             &p.checkpoint,
@@ -240,9 +242,21 @@ impl RecordSink for StoreSink {
         let RecordBatch {
             records,
             deletions,
+            link_sets,
             failures,
         } = batch;
         self.failures.record_failures(failures);
+        // A contact set the store would refuse is dropped (its links stay), not the page.
+        let mut valid_sets = Vec::with_capacity(link_sets.len());
+        for set in link_sets {
+            match validate_link_set(&set) {
+                Ok(()) => valid_sets.push(set),
+                Err(e) => self.failures.record_failures([RecordFailure::new(
+                    Some(set.deal_source_id.clone()),
+                    e.to_string(),
+                )]),
+            }
+        }
         let mut good = Vec::with_capacity(records.len());
         for mut r in records {
             match validate_record(&r) {
@@ -279,6 +293,7 @@ impl RecordSink for StoreSink {
                 primary: Vec::new(),
                 links: Vec::new(),
                 deletions: Vec::new(),
+                link_sets: Vec::new(),
                 checkpoint: Checkpoint::default(),
                 since: now,
                 bytes: 0,
@@ -291,10 +306,12 @@ impl RecordSink for StoreSink {
             p.primary.extend(primary);
             p.links.extend(links);
             p.deletions.extend(deletions);
+            p.link_sets.extend(valid_sets);
             p.checkpoint = checkpoint.clone();
             let full = p.primary.len() + p.links.len() >= GROUP_RECORDS
                 || p.bytes >= GROUP_BYTES
                 || !p.deletions.is_empty()
+                || !p.link_sets.is_empty()
                 || now.duration_since(p.since) >= GROUP_MAX_AGE;
             if full || !quick {
                 previous += self.launch_pending().await?;
@@ -316,6 +333,7 @@ impl RecordSink for StoreSink {
         let parts = split(
             vec![(primary, false), (links, true)],
             deletions,
+            valid_sets,
             size,
             &self.durable,
             checkpoint,
@@ -332,11 +350,12 @@ impl RecordSink for StoreSink {
 }
 
 /// Splits records (then links) into `write_batch`es of at most `size` records; the last
-/// carries the deletions and `checkpoint`, the others `durable` (the checkpoint that holds
+/// carries the deletions, the deals' contact sets (after every link) and `checkpoint`, the others `durable` (the checkpoint that holds
 /// already), so the checkpoint never runs ahead of the data.
 fn split(
     kinds: Vec<(Vec<Record>, bool)>,
     deletions: Vec<Deletion>,
+    link_sets: Vec<DealContactSet>,
     size: usize,
     durable: &Checkpoint,
     checkpoint: &Checkpoint,
@@ -353,6 +372,7 @@ fn split(
     }
     let last = chunks.len() - 1;
     let mut deletions = Some(deletions);
+    let mut link_sets = Some(link_sets);
     chunks
         .into_iter()
         .enumerate()
@@ -362,6 +382,11 @@ fn split(
                 records,
                 deletions: if is_last {
                     deletions.take().unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                link_sets: if is_last {
+                    link_sets.take().unwrap_or_default()
                 } else {
                     Vec::new()
                 },

@@ -284,6 +284,8 @@ struct Override {
     updated_at: DateTime<Utc>,
     archived_at: Option<DateTime<Utc>>,
     props: BTreeMap<String, Option<String>>,
+    /// Contacts whose association with this deal was removed.
+    unlinked_contacts: BTreeSet<u64>,
     written_at: DateTime<Utc>,
 }
 
@@ -648,6 +650,7 @@ impl Inner {
             for (k, v) in &o.props {
                 rec.properties.insert(k.clone(), v.clone());
             }
+            rec.contact_ids.retain(|c| !o.unlinked_contacts.contains(c));
             rec.properties
                 .insert(obj.modified_property().to_owned(), Some(iso(o.updated_at)));
         }
@@ -747,7 +750,7 @@ impl Inner {
         if !associations.is_empty() {
             let mut assoc = Map::new();
             for to in associations {
-                let ids = self.associated(rec.object, rec.id, *to);
+                let ids = self.associated(rec, *to);
                 if ids.is_empty() {
                     continue;
                 }
@@ -769,11 +772,13 @@ impl Inner {
         out
     }
 
-    /// Associated ids, or `None` when the simulator does not model the pair.
-    fn associated(&self, from: HubSpotObject, id: u64, to: HubSpotObject) -> Vec<u64> {
+    /// The ids associated with a record (as the portal holds it now); empty when the
+    /// simulator does not model the pair.
+    fn associated(&self, rec: &SimRecord, to: HubSpotObject) -> Vec<u64> {
         use HubSpotObject::*;
+        let (from, id) = (rec.object, rec.id);
         match (from, to) {
-            (Deals, Contacts) => self.contacts_of_deal(id),
+            (Deals, Contacts) => rec.contact_ids.clone(),
             (Deals, Companies) | (Contacts, Companies) => {
                 self.company_of(from, id).into_iter().collect()
             }
@@ -1538,7 +1543,7 @@ async fn associations_batch_read(
         let data = lock(&inner.data);
         for input in inputs {
             let id = scalar(input.get("id")).and_then(|s| s.parse::<u64>().ok());
-            let Some(id) = id.filter(|id| inner.current(&data, from, *id).is_some()) else {
+            let Some(rec) = id.and_then(|id| inner.current(&data, from, id)) else {
                 errors.push(json!({
                     "status": "error", "category": "OBJECT_NOT_FOUND",
                     "message": format!("No {} with id {:?}", from.singular(), input.get("id")),
@@ -1549,7 +1554,7 @@ async fn associations_batch_read(
             let offset = scalar(input.get("after"))
                 .and_then(|a| a.parse::<usize>().ok())
                 .unwrap_or(0);
-            let all = inner.associated(from, id, to);
+            let (id, all) = (rec.id, inner.associated(&rec, to));
             let to_json: Vec<Value> = all
                 .iter()
                 .skip(offset)
@@ -1661,6 +1666,7 @@ impl HubSpotPortal {
             updated_at: now,
             archived_at: None,
             props: BTreeMap::new(),
+            unlinked_contacts: BTreeSet::new(),
             written_at: now,
         });
         o.updated_at = now;
@@ -1707,6 +1713,21 @@ impl HubSpotPortal {
     /// Archives a record now. False if it does not exist.
     pub fn archive(&self, obj: HubSpotObject, id: u64) -> bool {
         self.write(obj, id, |o| o.archived_at = Some(o.updated_at))
+    }
+
+    /// Removes the association between a deal and one of its contacts, and stamps the deal
+    /// modified now (its calculated `num_associated_contacts` changes with it; the
+    /// reference does not say whether HubSpot moves `hs_lastmodifieddate` on association
+    /// changes, so a test that must not rely on it runs a full pass). False if the deal
+    /// does not exist or the contact is not associated with it.
+    pub fn unlink_contact(&self, deal: u64, contact: u64) -> bool {
+        let linked = self
+            .record(HubSpotObject::Deals, deal)
+            .is_some_and(|d| d.contact_ids.contains(&contact));
+        linked
+            && self.write(HubSpotObject::Deals, deal, |o| {
+                o.unlinked_contacts.insert(contact);
+            })
     }
 
     /// Stamps many records with one identical modification time (HubSpot's bulk updates).
@@ -1824,6 +1845,12 @@ impl HubSpotSim {
     /// Archives a record now. False if it does not exist.
     pub fn archive(&self, obj: HubSpotObject, id: u64) -> bool {
         self.portal().archive(obj, id)
+    }
+
+    /// Removes a deal–contact association and stamps the deal modified now (see
+    /// [`HubSpotPortal::unlink_contact`]).
+    pub fn unlink_contact(&self, deal: u64, contact: u64) -> bool {
+        self.portal().unlink_contact(deal, contact)
     }
 
     /// Stamps many records with one identical modification time (HubSpot's bulk updates).

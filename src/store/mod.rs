@@ -206,6 +206,9 @@ pub trait RecordStore: Store {
     /// * Deletions set `archived_at` (soft delete) unless the row is already archived or was
     ///   modified after the deletion; they count as `archived`. A
     ///   [`RecordKind::DealContact`] deletion (id `deal:contact`) removes the link.
+    /// * Each [`DealContactSet`](crate::connector::DealContactSet) of `link_sets` then removes the
+    ///   stored links of its deal (this workspace and source) whose contact is not in the
+    ///   set, counted as `archived` (for a deal with two sets, the last one holds).
     /// * Finally `checkpoint` becomes the `streams` member of the connection's
     ///   `sync_cursor` (other members are kept).
     ///
@@ -213,7 +216,8 @@ pub trait RecordStore: Store {
     /// Nothing is stored when any of these fail:
     /// [`Error::Config`] when a record belongs to another workspace or connector, or the
     /// workspace has no connection for `source`; [`Error::Decode`] (naming the record) when a
-    /// record cannot be stored exactly (a NUL character in text, a non-finite number);
+    /// record cannot be stored exactly (a NUL character in text or in an id of a contact
+    /// set, a non-finite number);
     /// [`Error::Storage`] when the database fails.
     async fn write_batch(
         &self,

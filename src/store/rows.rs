@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::crypto::SealedCredentials;
 use super::types::{ConnectionRow, SyncErrors, SyncLogEntry, parse_opt, to_u64};
-use crate::connector::{Deletion, RecordBatch};
+use crate::connector::{DealContactSet, Deletion, RecordBatch};
 use crate::error::{Error, Result};
 use crate::model::{
     Account, ConnectorKind, Contact, Conversation, CustomFields, Deal, DealContact, Document,
@@ -500,6 +500,20 @@ pub(crate) struct PreparedBatch<'a> {
     pub deletions: Vec<TableDeletions<'a>>,
     /// Links to remove: `(deal_source_id, contact_source_id)`.
     pub link_deletions: Vec<(&'a str, &'a str)>,
+    /// Complete contact sets of deals, one per deal (the last one given wins), sorted.
+    pub link_sets: Vec<&'a DealContactSet>,
+}
+
+/// Checks a deal's contact set: no NUL characters in its ids.
+pub(crate) fn validate_link_set(set: &DealContactSet) -> Result<()> {
+    let deal = set.deal_source_id.as_str();
+    if deal.contains('\0') {
+        return Err(nul_error(deal, "deal_contacts", "deal_source_id"));
+    }
+    if set.contact_source_ids.iter().any(|c| c.contains('\0')) {
+        return Err(nul_error(deal, "deal_contacts", "contact_source_id"));
+    }
+    Ok(())
 }
 
 fn owner_error(
@@ -646,6 +660,15 @@ pub(crate) fn prepare(
     link_deletions.sort_unstable();
     link_deletions.dedup();
     prepared.link_deletions = link_deletions;
+
+    let mut link_sets: HashMap<&str, &DealContactSet> = HashMap::new();
+    for set in &batch.link_sets {
+        validate_link_set(set)?;
+        link_sets.insert(set.deal_source_id.as_str(), set);
+    }
+    let mut link_sets: Vec<(&str, &DealContactSet)> = link_sets.into_iter().collect();
+    link_sets.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    prepared.link_sets = link_sets.into_iter().map(|(_, s)| s).collect();
     Ok(prepared)
 }
 
@@ -664,6 +687,14 @@ pub(crate) struct Dialect {
     /// `duration_ms` of a `sync_log` row from `started_at` to the timestamp `at` (an
     /// expression or a parameter), never negative.
     pub duration_ms: fn(at: &str) -> String,
+    /// A subquery of the texts in the list parameter `param` (an `Arg::StrList`), for
+    /// `IN`/`NOT IN`.
+    pub texts: fn(param: &str) -> String,
+    /// The condition that a `deal_contacts` row's `(deal_source_id, contact_source_id)` is
+    /// not one of the pairs of the JSON parameter `param` (an array of `[deal, contact]`).
+    /// SQLite compares `json_array(…)` texts, both rendered by SQLite, since its row-value
+    /// `NOT IN` rescans the subquery for every row.
+    pub link_not_in: fn(param: &str) -> String,
 }
 
 #[cfg(feature = "postgres")]
@@ -679,6 +710,13 @@ pub(crate) const PG: Dialect = Dialect {
             "GREATEST(0, ROUND(EXTRACT(EPOCH FROM ({at}::timestamptz - started_at)) * 1000))::bigint"
         )
     },
+    texts: |param| format!("(SELECT UNNEST({param}::text[]))"),
+    link_not_in: |param| {
+        format!(
+            "(deal_source_id, contact_source_id) NOT IN \
+             (SELECT p->>0, p->>1 FROM jsonb_array_elements({param}::jsonb) AS p)"
+        )
+    },
 };
 
 #[cfg(feature = "sqlite")]
@@ -692,6 +730,14 @@ pub(crate) const SQLITE: Dialect = Dialect {
     duration_ms: |at| {
         format!(
             "MAX(0, CAST(ROUND((julianday({at}) - julianday(started_at)) * 86400000.0) AS INTEGER))"
+        )
+    },
+    texts: |param| format!("(SELECT value FROM json_each({param}))"),
+    link_not_in: |param| {
+        format!(
+            "json_array(deal_source_id, contact_source_id) NOT IN \
+             (SELECT json_array(json_extract(value, '$[0]'), json_extract(value, '$[1]')) \
+              FROM json_each({param}))"
         )
     },
 };

@@ -616,6 +616,11 @@ pub(crate) async fn write_batch<S: SqlBackend>(
     }
     let (what, links) = ("write_batch: removing links", &prepared.link_deletions);
     counts.archived += bulk::<S, _>(&mut tx, what, links, 2, |chunk| S::unlink(at, chunk)).await?;
+    if !prepared.link_sets.is_empty() {
+        let what = "write_batch: removing links missing from their deal's contact set";
+        counts.archived +=
+            execute_in::<S>(&mut tx, what, unlink_missing::<S>(at, &prepared)).await?;
+    }
 
     let stmt = connection_update(
         &format!("sync_cursor = {}, updated_at = $4", S::DIALECT.set_streams),
@@ -634,6 +639,36 @@ pub(crate) async fn write_batch<S: SqlBackend>(
         unchanged = counts.unchanged, archived = counts.archived, "batch committed"
     );
     Ok(counts)
+}
+
+/// Removes the links of the deals of `prepared.link_sets` whose contact is not in the
+/// deal's set (one statement for every set of the batch).
+fn unlink_missing<'a, S: SqlBackend>(at: BatchScope, prepared: &'a PreparedBatch<'a>) -> Stmt<'a> {
+    let d = S::DIALECT;
+    let deals: Vec<&str> = prepared
+        .link_sets
+        .iter()
+        .map(|s| s.deal_source_id.as_str())
+        .collect();
+    let pairs: Vec<serde_json::Value> = prepared
+        .link_sets
+        .iter()
+        .flat_map(|s| {
+            s.contact_source_ids
+                .iter()
+                .map(|c| serde_json::json!([s.deal_source_id, c]))
+        })
+        .collect();
+    Stmt::new(format!(
+        "DELETE FROM deal_contacts WHERE workspace_id = $1 AND source = $2 \
+         AND deal_source_id IN {} AND {}",
+        (d.texts)("$3"),
+        (d.link_not_in)("$4"),
+    ))
+    .arg(at.ws)
+    .arg(at.source)
+    .arg(Arg::StrList(deals))
+    .arg(Arg::Json(Some(serde_json::Value::Array(pairs))))
 }
 
 pub(crate) async fn get_record<S: SqlBackend>(

@@ -1115,3 +1115,121 @@ pub async fn archived_record_keeps_its_association_columns(env: Env) {
     );
     assert_equals_truth(&env.store, ws, &sim).await;
 }
+
+/// The stored contact ids of a deal's links.
+async fn stored_contacts(env: &Env, ws: Uuid, deal: u64) -> Vec<String> {
+    let mut out: Vec<String> = all(&env.store, ws, RecordKind::DealContact)
+        .await
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::DealContact(l) if l.deal_source_id == deal.to_string() => {
+                Some(l.contact_source_id)
+            }
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Issue 13: a deal–contact link removed at HubSpot is removed from `deal_contacts` by the
+/// next pass that reads the deal's complete contact set: a full pass (uncut inline
+/// association blocks) or an incremental search pass (the v4 batch read). The deal's other
+/// links stay, and a deal whose inline block is cut off (paged) keeps every link.
+pub async fn removed_association_is_unlinked(env: Env) {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 10,
+        contacts: 40,
+        deals: 60,
+        // Inline blocks of deals with three contacts are cut off.
+        assoc_page_size: 2,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ws, o) = setup_no_lag(&env, &sim).await;
+    let with = |n: usize| -> Vec<u64> {
+        sim.records(HubSpotObject::Deals)
+            .filter(|d| d.archived_at.is_none() && d.contact_ids.len() == n)
+            .map(|d| d.id)
+            .collect()
+    };
+    let (ones, twos, threes) = (with(1), with(2), with(3));
+    assert!(
+        !ones.is_empty() && twos.len() >= 2 && !threes.is_empty(),
+        "the seed has deals with one, two and three contacts"
+    );
+    let sync = |mode: Option<SyncMode>| {
+        let o = &o;
+        async move {
+            let r = o
+                .sync_workspace(
+                    ws,
+                    SyncOptions {
+                        mode,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            let c = &r.connectors[0];
+            assert_eq!(c.status, SyncStatus::Completed, "{:?}", c.error);
+            c.mode
+        }
+    };
+    let contacts = |deal: u64| -> Vec<String> {
+        let mut ids: Vec<String> = sim
+            .record(HubSpotObject::Deals, deal)
+            .unwrap()
+            .contact_ids
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        ids.sort();
+        ids
+    };
+
+    // Initial sync, then the backfill that reads the cut-off blocks through the v4 endpoint.
+    sync(None).await;
+    sync(Some(SyncMode::Backfill)).await;
+    assert_equals_truth(&env.store, ws, &sim).await;
+    let cut = threes[0];
+    assert_eq!(stored_contacts(&env, ws, cut).await, contacts(cut));
+
+    // A full pass: the uncut block of deal `a` is its complete set; the cut-off block of
+    // deal `cut` is not, and removes nothing.
+    let a = twos[0];
+    let (a_kept, a_gone) = {
+        let ids = &sim.record(HubSpotObject::Deals, a).unwrap().contact_ids;
+        (ids[0], ids[1])
+    };
+    assert!(sim.unlink_contact(a, a_gone));
+    tick().await;
+    assert_eq!(sync(Some(SyncMode::Initial)).await, SyncMode::Initial);
+    assert_eq!(stored_contacts(&env, ws, a).await, [a_kept.to_string()]);
+    assert_eq!(stored_contacts(&env, ws, cut).await, contacts(cut));
+    assert_eq!(contacts(cut).len(), 3, "the block of {cut} is cut off");
+    assert_equals_truth(&env.store, ws, &sim).await;
+
+    // An incremental sync: the search pass finds the deals HubSpot stamped modified and
+    // reads their contacts through the v4 endpoint, to the end; a deal that lost its only
+    // contact has an empty set.
+    let b = twos[1];
+    let b_gone = sim.record(HubSpotObject::Deals, b).unwrap().contact_ids[0];
+    let single = ones[0];
+    let single_gone = sim
+        .record(HubSpotObject::Deals, single)
+        .unwrap()
+        .contact_ids[0];
+    assert!(sim.unlink_contact(b, b_gone));
+    assert!(sim.unlink_contact(single, single_gone));
+    assert!(!sim.unlink_contact(single, single_gone), "already removed");
+    tick().await;
+    assert_eq!(sync(None).await, SyncMode::Incremental);
+    assert_eq!(stored_contacts(&env, ws, b).await, contacts(b));
+    assert_eq!(contacts(b).len(), 1);
+    assert!(stored_contacts(&env, ws, single).await.is_empty());
+    assert_eq!(stored_contacts(&env, ws, cut).await, contacts(cut));
+    assert_equals_truth(&env.store, ws, &sim).await;
+}

@@ -41,6 +41,7 @@ e2e_suite!(
     resumed_search_pass_is_followed_up,
     custom_properties_land_in_custom_fields,
     archived_record_keeps_its_association_columns,
+    removed_association_is_unlinked,
 );
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -763,4 +764,74 @@ async fn archived_pass_is_bounded_per_incremental_run() {
         previous = sink.last_checkpoint().unwrap().clone();
     }
     assert!(seen, "contact 5150's archiving was read");
+}
+
+/// A deal's contact set is sent only when its whole contact list was read: uncut inline
+/// blocks of a list pass (no block: no contacts), never a cut-off block; every deal the v4
+/// batch read covers, with every page of it followed.
+#[tokio::test]
+async fn contact_sets_only_from_complete_association_lists() {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 10,
+        contacts: 40,
+        deals: 60,
+        assoc_page_size: 2,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = connector(&sim);
+    let mut sink = MemorySink::new();
+    c.sync(&SyncContext::new(ws(), SyncMode::Initial), &mut sink)
+        .await
+        .unwrap();
+    let truth = |d: u64| -> Vec<String> {
+        sim.record(HubSpotObject::Deals, d)
+            .unwrap()
+            .contact_ids
+            .iter()
+            .map(u64::to_string)
+            .collect()
+    };
+    let sets: BTreeMap<String, Vec<String>> = sink
+        .batches
+        .iter()
+        .flat_map(|(b, _)| b.link_sets.iter())
+        .map(|s| (s.deal_source_id.clone(), s.contact_source_ids.clone()))
+        .collect();
+    let mut cut = 0;
+    for d in 1..=60u64 {
+        let contacts = truth(d);
+        if contacts.len() > 2 {
+            cut += 1;
+            assert!(
+                !sets.contains_key(&d.to_string()),
+                "deal {d}: cut-off block"
+            );
+        } else {
+            assert_eq!(sets[&d.to_string()], contacts, "deal {d}");
+        }
+    }
+    assert!(cut > 0, "the seed has deals with cut-off blocks");
+
+    // The backfill reads every deal's contacts to the end.
+    let checkpoint = sink.last_checkpoint().unwrap().clone();
+    let mut sink = MemorySink::new();
+    c.sync(
+        &SyncContext::new(ws(), SyncMode::Backfill).with_previous(checkpoint),
+        &mut sink,
+    )
+    .await
+    .unwrap();
+    let sets: BTreeMap<String, Vec<String>> = sink
+        .batches
+        .iter()
+        .flat_map(|(b, _)| b.link_sets.iter())
+        .map(|s| (s.deal_source_id.clone(), s.contact_source_ids.clone()))
+        .collect();
+    assert_eq!(sets.len(), 60);
+    for d in 1..=60u64 {
+        assert_eq!(sets[&d.to_string()], truth(d), "deal {d}");
+    }
 }

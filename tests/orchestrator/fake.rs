@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use pandora_sync::capture::RecordFailure;
-use pandora_sync::connector::{SourceTotal, SyncReport};
+use pandora_sync::connector::{DealContactSet, SourceTotal, SyncReport};
 use pandora_sync::model::{Contact, Deal, DealContact, RecordKind};
 use pandora_sync::{
     Checkpoint, ConnectorKind, Error, RecordBatch, RecordSink, Result, SyncCapable, SyncContext,
@@ -187,11 +187,14 @@ impl SyncCapable for Fake {
 }
 
 /// Deals with five contact links each, one page per ten deals; every deal whose index is a
-/// multiple of `bad_every` is a per-record failure (its links are not sent either).
+/// multiple of `bad_every` is a per-record failure (its links are not sent either). With
+/// `contacts_left: Some(k)`, a deal has only its first `k` links now: it sends those and its
+/// complete contact set.
 #[derive(Clone)]
 pub struct DealsFake {
     pub deals: usize,
     pub bad_every: usize,
+    pub contacts_left: Option<usize>,
 }
 
 #[async_trait]
@@ -219,7 +222,14 @@ impl SyncCapable for DealsFake {
                 let mut d = Deal::new(ws, ConnectorKind::Hubspot, id.clone());
                 d.name = Some(format!("deal {i}"));
                 batch.records.push(d.into());
-                for c in 0..5 {
+                let linked = self.contacts_left.unwrap_or(5);
+                if self.contacts_left.is_some() {
+                    batch.link_sets.push(DealContactSet {
+                        deal_source_id: id.clone(),
+                        contact_source_ids: (0..linked).map(|c| format!("c{i}-{c}")).collect(),
+                    });
+                }
+                for c in 0..linked {
                     batch.records.push(
                         DealContact {
                             workspace_id: ws,

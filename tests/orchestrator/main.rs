@@ -40,6 +40,7 @@ orchestrator_suite!(
     a_failed_sync_fails_its_job_attempts_then_the_job,
     a_quota_stop_ends_cleanly_and_snoozes_to_the_reset,
     link_rows_do_not_count_toward_the_success_threshold,
+    contact_sets_remove_links_after_the_pages_chunks,
     flush_makes_every_written_page_durable,
     reconciliation_flags_a_gap_for_a_repairing_pass,
     a_dropped_sync_fails_its_running_row,

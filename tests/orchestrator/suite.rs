@@ -588,6 +588,7 @@ pub async fn link_rows_do_not_count_toward_the_success_threshold(h: Harness) {
     let fake = DealsFake {
         deals: 100,
         bad_every: 10,
+        contacts_left: None,
     };
     let mut registry = ConnectorRegistry::new();
     registry = registry.register(ConnectorKind::Hubspot, move |_r, _c| {
@@ -630,6 +631,49 @@ pub async fn link_rows_do_not_count_toward_the_success_threshold(h: Harness) {
         450,
         "the links are stored"
     );
+}
+
+/// Contact sets go with the page's last chunk, after every link of the page: the links a
+/// page sends survive their deal's set, the others are removed and counted as archived.
+pub async fn contact_sets_remove_links_after_the_pages_chunks(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h.store, ws, ConnectorKind::Hubspot).await;
+    let run = |contacts_left| {
+        let fake = DealsFake {
+            deals: 30,
+            bad_every: 1000, // only deal 0 fails
+            contacts_left,
+        };
+        let registry = ConnectorRegistry::new().register(ConnectorKind::Hubspot, move |_r, _c| {
+            Ok(Box::new(fake.clone()))
+        });
+        let o = Orchestrator::new(h.store.clone(), registry).with_config(OrchestratorConfig {
+            batch_size: 7, // a page of 10 deals and their links is several chunks
+            ..Default::default()
+        });
+        async move { o.sync_workspace(ws, SyncOptions::default()).await.unwrap() }
+    };
+    let links = || h.store.count_records(ws, RecordKind::DealContact, None);
+    let first = run(None).await;
+    assert_eq!(first.connectors[0].status, SyncStatus::CompletedWithErrors);
+    assert_eq!(links().await.unwrap(), 29 * 5);
+
+    let second = run(Some(2)).await;
+    let c = &second.connectors[0];
+    assert_eq!(c.status, SyncStatus::CompletedWithErrors, "{:?}", c.error);
+    assert_eq!(c.counts.archived, 29 * 3, "removed links count as archived");
+    assert_eq!(links().await.unwrap(), 29 * 2);
+    for i in 1..30 {
+        for (contact, kept) in [(0, true), (1, true), (2, false), (4, false)] {
+            let id = format!("d{i:04}:c{i}-{contact}");
+            let stored = h
+                .store
+                .get_record(ws, RecordKind::DealContact, ConnectorKind::Hubspot, &id)
+                .await
+                .unwrap();
+            assert_eq!(stored.is_some(), kept, "{id}");
+        }
+    }
 }
 
 pub async fn flush_makes_every_written_page_durable(h: Harness) {

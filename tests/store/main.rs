@@ -54,6 +54,7 @@ conformance!(
     concurrent_writers_end_with_the_newest,
     checkpoint_merges_into_sync_cursor,
     deal_contact_links,
+    deal_contact_sets_remove_missing_links,
     list_records_pages_and_filters,
     connection_lifecycle,
     credentials_are_sealed_and_bound_to_their_row,

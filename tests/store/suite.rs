@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::TimeZone;
 use pandora_sync::capture::RecordFailure;
-use pandora_sync::connector::{Deletion, WriteCounts};
+use pandora_sync::connector::{DealContactSet, Deletion, WriteCounts};
 use pandora_sync::model::RecordKind;
 use pandora_sync::store::{
     Clock, ConnectionStatus, NewConnection, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncOutcome,
@@ -770,6 +770,170 @@ pub async fn deal_contact_links(h: Harness) {
         ..Default::default()
     };
     assert!(h.store.write_batch(ws, HS, &bad, &cp).await.is_err());
+}
+
+/// The set form of a link deletion: a deal's complete contact set removes the deal's other
+/// links (same workspace and source only), in the batch's transaction, counted as archived.
+pub async fn deal_contact_sets_remove_missing_links(h: Harness) {
+    let (ws, other_ws) = (Uuid::new_v4(), Uuid::new_v4());
+    let sf = ConnectorKind::Salesforce;
+    connect(&h, ws, HS).await;
+    connect(&h, ws, sf).await;
+    connect(&h, other_ws, HS).await;
+    let cp = checkpoint("links", "1");
+    let links = |ws, pairs: &[(&str, &str)]| -> RecordBatch {
+        RecordBatch::new(
+            pairs
+                .iter()
+                .map(|(d, c)| link(ws, d, c, None).into())
+                .collect(),
+        )
+    };
+    let set = |deal: &str, contacts: &[&str]| DealContactSet {
+        deal_source_id: deal.into(),
+        contact_source_ids: contacts.iter().map(|c| (*c).to_owned()).collect(),
+    };
+    let base = [
+        ("d1", "c1"),
+        ("d1", "c2"),
+        ("d1", "c3"),
+        ("d2", "c1"),
+        ("d3", "c1"),
+    ];
+    h.store
+        .write_batch(ws, HS, &links(ws, &base), &cp)
+        .await
+        .unwrap();
+    h.store
+        .write_batch(other_ws, HS, &links(other_ws, &base), &cp)
+        .await
+        .unwrap();
+    let mut salesforce = link(ws, "d1", "c9", None);
+    salesforce.source = sf;
+    h.store
+        .write_batch(ws, sf, &RecordBatch::new(vec![salesforce.into()]), &cp)
+        .await
+        .unwrap();
+    let stored = |ws, source| {
+        let h = &h;
+        async move {
+            let mut ids: Vec<String> = h
+                .store
+                .list_records(ws, RecordKind::DealContact, &RecordQuery::new(100))
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|r| match r {
+                    Record::DealContact(l) if l.source == source => {
+                        Some(format!("{}:{}", l.deal_source_id, l.contact_source_id))
+                    }
+                    _ => None,
+                })
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+
+    // A new link of d1 and its set in one batch: the set keeps it (whatever the order of
+    // the statements) and removes d1's other links; an empty set removes all of d2's; a
+    // set of a deal with no links removes nothing.
+    let mut batch = links(ws, &[("d1", "c4")]);
+    batch.link_sets = vec![set("d1", &["c1", "c4"]), set("d2", &[]), set("d9", &["x"])];
+    let next = checkpoint("links", "2");
+    assert_eq!(
+        h.store.write_batch(ws, HS, &batch, &next).await.unwrap(),
+        counts(1, 0, 0, 3)
+    );
+    assert_eq!(stored(ws, HS).await, ["d1:c1", "d1:c4", "d3:c1"]);
+    assert_eq!(
+        stored(ws, sf).await,
+        ["d1:c9"],
+        "another source is untouched"
+    );
+    assert_eq!(
+        stored(other_ws, HS).await.len(),
+        5,
+        "another workspace is untouched"
+    );
+    let row = h.store.get_connection(ws, HS).await.unwrap().unwrap();
+    assert_eq!(
+        row.checkpoint().unwrap(),
+        next,
+        "committed with its checkpoint"
+    );
+
+    // Idempotent; of two sets of one deal in a batch, the last one holds.
+    assert_eq!(
+        h.store.write_batch(ws, HS, &batch, &next).await.unwrap(),
+        counts(0, 0, 1, 0)
+    );
+    let twice = RecordBatch {
+        link_sets: vec![set("d3", &[]), set("d3", &["c1"])],
+        ..Default::default()
+    };
+    assert_eq!(
+        h.store.write_batch(ws, HS, &twice, &next).await.unwrap(),
+        counts(0, 0, 0, 0)
+    );
+    assert_eq!(stored(ws, HS).await, ["d1:c1", "d1:c4", "d3:c1"]);
+
+    // A NUL character refuses the whole batch: nothing changes.
+    for bad in [set("d1", &["c\0"]), set("d\0", &[])] {
+        let batch = RecordBatch {
+            records: vec![link(ws, "d7", "c1", None).into()],
+            link_sets: vec![set("d3", &[]), bad],
+            ..Default::default()
+        };
+        let err = h
+            .store
+            .write_batch(ws, HS, &batch, &checkpoint("links", "3"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{err}");
+    }
+    assert_eq!(stored(ws, HS).await, ["d1:c1", "d1:c4", "d3:c1"]);
+    let row = h.store.get_connection(ws, HS).await.unwrap().unwrap();
+    assert_eq!(row.checkpoint().unwrap(), next);
+
+    // A backfill-sized batch (one statement for all its sets), with ids that JSON escapes.
+    let contact = |d: usize, c: usize| format!("c\"{c}\n\u{e9}/{d}");
+    let many: Vec<Record> = (0..300)
+        .flat_map(|d| (0..4).map(move |c| link(ws, &format!("m{d}"), &contact(d, c), None).into()))
+        .collect();
+    h.store
+        .write_batch(ws, HS, &RecordBatch::new(many), &next)
+        .await
+        .unwrap();
+    let sets = RecordBatch {
+        link_sets: (0..300)
+            .map(|d| DealContactSet {
+                deal_source_id: format!("m{d}"),
+                contact_source_ids: (1..4).map(|c| contact(d, c)).collect(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    assert_eq!(
+        h.store.write_batch(ws, HS, &sets, &next).await.unwrap(),
+        counts(0, 0, 0, 300)
+    );
+    assert_eq!(
+        h.store
+            .count_records(ws, RecordKind::DealContact, Some(HS))
+            .await
+            .unwrap(),
+        3 + 300 * 3
+    );
+    let kept = format!("m7:{}", contact(7, 2));
+    let gone = format!("m7:{}", contact(7, 0));
+    for (id, present) in [(kept, true), (gone, false)] {
+        let found = h
+            .store
+            .get_record(ws, RecordKind::DealContact, HS, &id)
+            .await;
+        assert_eq!(found.unwrap().is_some(), present, "{id}");
+    }
 }
 
 pub async fn list_records_pages_and_filters(h: Harness) {

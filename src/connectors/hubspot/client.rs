@@ -1,7 +1,7 @@
 //! HubSpot HTTP client: every request goes through the HTTP presets (the REST budget, the
 //! separate search budget, retry, timeouts, auth).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
 use http::{Method, Uri};
@@ -267,8 +267,9 @@ impl HubSpotClient {
         from: &str,
         to: &str,
         ids: &[String],
-    ) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
+    ) -> Result<Associations> {
+        let mut out = Associations::default();
+        let mut cut_off: BTreeSet<String> = BTreeSet::new();
         let path = format!("/crm/v4/associations/{from}/{to}/batch/read");
         for chunk in ids.chunks(ASSOC_BATCH_MAX) {
             let mut inputs: Vec<AssocInput> = chunk
@@ -295,9 +296,10 @@ impl HubSpotClient {
                 for r in resp.results {
                     for t in &r.to {
                         if let Some(id) = t.id() {
-                            out.push((r.from.id.clone(), id));
+                            out.links.push((r.from.id.clone(), id));
                         }
                     }
+                    out.complete.insert(r.from.id.clone());
                     if let Some(after) = r.paging.and_then(|p| p.next).and_then(|n| n.after) {
                         let rounds = seen.entry(r.from.id.clone()).or_insert(0);
                         *rounds += 1;
@@ -307,13 +309,26 @@ impl HubSpotClient {
                                 id: r.from.id,
                                 after: Some(after),
                             });
+                        } else {
+                            cut_off.insert(r.from.id);
                         }
                     }
                 }
             }
         }
+        out.complete.retain(|id| !cut_off.contains(id));
         Ok(out)
     }
+}
+
+/// What a v4 association batch read found.
+#[derive(Debug, Default)]
+pub(crate) struct Associations {
+    /// Every `(from id, to id)` association read.
+    pub links: Vec<(String, String)>,
+    /// The records whose associations were read to the end: found, and every page of
+    /// their list read (a record reported missing, or cut off, is not here).
+    pub complete: BTreeSet<String>,
 }
 
 #[cfg(test)]

@@ -35,6 +35,16 @@
 //!   midnight UTC when unknown).
 //! - **Backfill** re-reads every deal's contacts through the v4 batch endpoint, 1,000 deals
 //!   a request; the sync report asks for it when an inline association list was cut off.
+//! - **Removed associations**: HubSpot reports only a deal's current contacts, so every
+//!   deal whose whole contact list was read (a v4 batch read followed to its end, or an
+//!   inline block without `paging.next`) goes out as a
+//!   [`DealContactSet`](crate::connector::DealContactSet), and the store removes the deal's other
+//!   links. A cut-off inline block sends none: its links are kept until a pass reads the
+//!   whole list. HubSpot has no feed of association changes; an incremental run sees a
+//!   removal when the deal is found modified (the provider reference does not say whether
+//!   an association change moves `hs_lastmodifieddate`; the deal's calculated
+//!   `num_associated_contacts` changes with it), and every full pass (a repair, a forced
+//!   initial sync) and backfill sees it regardless.
 //!
 //! Every request goes through [`presets::hubspot`](crate::http::presets::hubspot) (REST,
 //! 90 per 10 s) or [`presets::hubspot_search`](crate::http::presets::hubspot_search)

@@ -3,19 +3,20 @@
 //! deletes, resumed passes finished in their own window and followed up, and association
 //! backfill through the v4 batch endpoint.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
 use tracing::Instrument;
 
 use super::HubSpotConfig;
-use super::client::HubSpotClient;
+use super::client::{Associations, HubSpotClient};
 use super::properties::{self, Discovered};
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
 use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort};
 use crate::connector::{
-    Checkpoint, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint, SyncContext, SyncReport,
+    Checkpoint, DealContactSet, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint,
+    SyncContext, SyncReport,
 };
 use crate::connectors::page::{capture_page, write_page};
 use crate::error::{Error, Result};
@@ -165,6 +166,26 @@ fn deal_contact(workspace_id: uuid::Uuid, (deal, contact): (String, String)) -> 
     })
 }
 
+/// The complete contact set of each deal whose contacts a v4 batch read read to the end.
+fn contact_sets(read: &Associations) -> Vec<DealContactSet> {
+    let mut sets: BTreeMap<&str, Vec<String>> = read
+        .complete
+        .iter()
+        .map(|deal| (deal.as_str(), Vec::new()))
+        .collect();
+    for (deal, contact) in &read.links {
+        if let Some(set) = sets.get_mut(deal.as_str()) {
+            set.push(contact.clone());
+        }
+    }
+    sets.into_iter()
+        .map(|(deal, contacts)| DealContactSet {
+            deal_source_id: deal.to_owned(),
+            contact_source_ids: contacts,
+        })
+        .collect()
+}
+
 fn ms(t: DateTime<Utc>) -> String {
     t.timestamp_millis().to_string()
 }
@@ -176,10 +197,21 @@ impl Syncer<'_> {
 
     /// Decodes and transforms one page; failures are captured with their ids. Also returns
     /// whether an inline association block was cut off (a backfill is needed).
-    fn transform_page(&self, obj: Object, page: Page) -> (RecordBatch, bool) {
+    ///
+    /// `inline_contacts`: the page was read with inline deal → contact associations, so a
+    /// deal's block, when not cut off (no `paging.next`), is its complete contact set and
+    /// goes into the batch's `link_sets` (HubSpot leaves out an empty block: no block is
+    /// the empty set). A cut-off block gives no set: its links are only a part.
+    fn transform_page(
+        &self,
+        obj: Object,
+        page: Page,
+        inline_contacts: bool,
+    ) -> (RecordBatch, bool) {
         let ws = self.ctx.workspace_id();
         let mut truncated_associations = false;
-        let batch = capture_page(page.results, transform::object_id, |raw| {
+        let mut link_sets = Vec::new();
+        let mut batch = capture_page(page.results, transform::object_id, |raw| {
             let o = transform::decode(raw)?;
             truncated_associations |= o
                 .associations
@@ -190,12 +222,26 @@ impl Syncer<'_> {
                 Object::Contacts => vec![Record::from(transform::contact(ws, &o)?)],
                 Object::Deals => {
                     let (d, links) = transform::deal(ws, &o)?;
+                    let complete = o
+                        .associations
+                        .get("contacts")
+                        .is_none_or(|b| b.paging.as_ref().is_none_or(|p| p.next.is_none()));
+                    if inline_contacts && complete {
+                        link_sets.push(DealContactSet {
+                            deal_source_id: d.meta.source_id.clone(),
+                            contact_source_ids: links
+                                .iter()
+                                .map(|l| l.contact_source_id.clone())
+                                .collect(),
+                        });
+                    }
                     std::iter::once(Record::from(d))
                         .chain(links.into_iter().map(Record::from))
                         .collect()
                 }
             })
         });
+        batch.link_sets = link_sets;
         (batch, truncated_associations)
     }
 
@@ -287,7 +333,7 @@ impl Syncer<'_> {
                 )
                 .await?;
                 let next = page.next_after().map(str::to_owned);
-                let (batch, truncated) = self.transform_page(obj, page);
+                let (batch, truncated) = self.transform_page(obj, page, true);
                 let s = self.stream(stream);
                 s.observe_records(&batch.records);
                 if truncated {
@@ -433,7 +479,7 @@ impl Syncer<'_> {
                         }
                     }
                 }
-                let (mut batch, _) = self.transform_page(obj, page);
+                let (mut batch, _) = self.transform_page(obj, page, false);
                 if obj == Object::Deals {
                     self.attach_deal_associations(&mut batch).await?;
                 }
@@ -490,7 +536,7 @@ impl Syncer<'_> {
                 properties::list_page(self.client, obj.path(), &props, &[], after.as_deref(), true)
                     .await?;
             let next = page.next_after().map(str::to_owned);
-            let (mut batch, _) = self.transform_page(obj, page);
+            let (mut batch, _) = self.transform_page(obj, page, false);
             batch.records.retain(|r| {
                 let archived_at = r.meta().and_then(|m| m.archived_at);
                 match (since, archived_at) {
@@ -525,7 +571,8 @@ impl Syncer<'_> {
     }
 
     /// Search results carry no associations: read deal → company and deal → contacts for
-    /// the page's deals through the v4 batch endpoint.
+    /// the page's deals through the v4 batch endpoint. The contacts of each deal read to the
+    /// end are its complete contact set (the batch's `link_sets`).
     async fn attach_deal_associations(&mut self, batch: &mut RecordBatch) -> Result<()> {
         let deal_ids: Vec<String> = batch
             .records
@@ -550,14 +597,19 @@ impl Syncer<'_> {
         for r in &mut batch.records {
             if let Record::Deal(d) = r {
                 d.account_source_id = companies
+                    .links
                     .iter()
                     .find(|(from, _)| *from == d.meta.source_id)
                     .map(|(_, to)| to.clone());
             }
         }
-        batch
-            .records
-            .extend(contacts.into_iter().map(|link| deal_contact(ws, link)));
+        batch.link_sets.extend(contact_sets(&contacts));
+        batch.records.extend(
+            contacts
+                .links
+                .into_iter()
+                .map(|link| deal_contact(ws, link)),
+        );
         Ok(())
     }
 
@@ -590,13 +642,14 @@ impl Syncer<'_> {
             if pending.len() + LIST_LIMIT as usize > ASSOC_CHUNK || next.is_none() {
                 let unique: BTreeSet<String> = pending.drain(..).collect();
                 let ids: Vec<String> = unique.into_iter().collect();
-                let links = self.client.associations("deals", "contacts", &ids).await?;
-                let batch = RecordBatch::new(
-                    links
-                        .into_iter()
-                        .map(|link| deal_contact(ws, link))
-                        .collect(),
-                );
+                let contacts = self.client.associations("deals", "contacts", &ids).await?;
+                let mut batch = RecordBatch::new(Vec::new());
+                batch.link_sets = contact_sets(&contacts);
+                batch.records = contacts
+                    .links
+                    .into_iter()
+                    .map(|link| deal_contact(ws, link))
+                    .collect();
                 let started = self.ctx.started_at();
                 let s = self.stream(STREAM);
                 s.cursor = next.clone();
