@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use pandora_sync::PgStore;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 
 /// `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`.
 pub fn url() -> String {
@@ -18,7 +18,7 @@ pub async fn admin(sql: String) {
     let mut conn = PgConnection::connect(&url())
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", url()));
-    sqlx::query(AssertSqlSafe(sql))
+    sqlx::query(&sql)
         .execute(&mut conn)
         .await
         .expect("admin statement");

@@ -14,7 +14,7 @@ use sqlx::postgres::{
 };
 use sqlx::query::Query;
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
+use sqlx::{ConnectOptions as _, Connection as _, Row as _};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -45,7 +45,7 @@ const LOCK_NAMESPACE: Uuid = Uuid::from_u128(0x2f0c_93b4_51d6_4e0b_a7c8_1e55_90a
 
 /// The production storage backend: PostgreSQL through sqlx.
 ///
-/// Built from a URL or from the host's own [`PgPool`] (which must come from sqlx 0.9).
+/// Built from a URL or from the host's own [`PgPool`] (which must come from sqlx 0.8).
 /// Batches are upserted with one `INSERT ... SELECT FROM UNNEST(...)` per table; workspace
 /// locks are session advisory locks on a dedicated connection.
 ///
@@ -183,7 +183,7 @@ impl<'a> Arr<'a> {
         Ok(())
     }
 
-    fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q> {
+    fn bind(self, q: PgQuery<'a>) -> PgQuery<'a> {
         match self {
             Arr::Text(a) => q.bind(a),
             Arr::Int(a) => q.bind(a),
@@ -246,7 +246,7 @@ impl SqlBackend for PgStore {
     async fn migrate_schema(conn: &mut PgConnection) -> Result<()> {
         // sqlx takes an advisory lock: concurrent processes apply each migration once.
         MIGRATOR
-            .run_direct(None, conn, false)
+            .run_direct(conn)
             .await
             .map_err(|e| Error::storage("migrate: applying the PostgreSQL migrations", e))
     }
@@ -271,7 +271,7 @@ impl SqlBackend for PgStore {
                     arr.push(v)?;
                 }
             }
-            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()))
+            let mut q = sqlx::query(&sql)
                 .bind(at.ws)
                 .bind(at.source.as_str())
                 .bind(at.now);
@@ -465,7 +465,7 @@ impl LockStore for PgStore {
         // to a holder that died (SIGKILL, crash, lost connection). End it, and its
         // connection's `syncing`, before anyone starts again.
         let ended: std::result::Result<Vec<Uuid>, sqlx::Error> =
-            sqlx::query_scalar(AssertSqlSafe(format!(
+            sqlx::query_scalar(&format!(
                 "WITH ended AS (UPDATE sync_log SET {} \
                      WHERE workspace_id = $1 AND status = 'running' RETURNING id, connector_type), \
                  conns AS (UPDATE connections SET status = 'error', error_message = $2, updated_at = $3 \
@@ -473,7 +473,7 @@ impl LockStore for PgStore {
                        AND connector_name IN (SELECT connector_type FROM ended)) \
                  SELECT id FROM ended",
                 sql::fail_set(&PG, "$2", "$3")
-            )))
+            ))
         .bind(workspace_id)
         .bind(INTERRUPTED)
         .bind(self.now())
@@ -561,7 +561,7 @@ impl PgStore {
             .filter(|t| stale.iter().any(|s| s == t))
             .collect();
         if !tables.is_empty() {
-            sqlx::query(AssertSqlSafe(format!("ANALYZE {}", tables.join(", "))))
+            sqlx::query(&format!("ANALYZE {}", tables.join(", ")))
                 .execute(&self.pool)
                 .await
                 .map_err(db_err("refreshing planner statistics"))?;
