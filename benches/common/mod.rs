@@ -14,10 +14,16 @@ pub fn url() -> String {
 }
 
 /// Runs one statement on its own connection (schema creation and cleanup).
+#[allow(dead_code)]
 pub async fn admin(sql: String) {
-    let mut conn = PgConnection::connect(&url())
+    admin_at(&url(), sql).await;
+}
+
+/// Runs one statement on its own connection to the server at `url`.
+pub async fn admin_at(url: &str, sql: String) {
+    let mut conn = PgConnection::connect(url)
         .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", url()));
+        .unwrap_or_else(|e| panic!("PostgreSQL at {url} is unreachable: {e}"));
     sqlx::query(&sql)
         .execute(&mut conn)
         .await
@@ -25,8 +31,14 @@ pub async fn admin(sql: String) {
 }
 
 /// A store whose connections (at most `max`) work in `schema`.
+#[allow(dead_code)]
 pub async fn store(schema: &str, max: u32) -> PgStore {
-    let options = PgConnectOptions::from_str(&url())
+    store_at(&url(), schema, max).await
+}
+
+/// A store on the server at `url` whose connections (at most `max`) work in `schema`.
+pub async fn store_at(url: &str, schema: &str, max: u32) -> PgStore {
+    let options = PgConnectOptions::from_str(url)
         .expect("DATABASE_URL")
         .options([("search_path", schema)]);
     let pool = PgPoolOptions::new()
