@@ -252,9 +252,13 @@ fn existing_rows<'a>(
     ids: &'a [&'a str],
 ) -> BoxFuture<'a, Result<HashSet<String>>> {
     Box::pin(async move {
+        // One unique-index probe per id, whatever the statistics say: with `source_id =
+        // ANY($3)` the planner, believing the table small (statistics lag bulk loads), scans
+        // the whole (workspace_id, source) range and filters, once per batch.
         let sql = format!(
-            "SELECT source_id FROM {table} \
-             WHERE workspace_id = $1 AND source = $2 AND source_id = ANY($3::text[])"
+            "SELECT u.id FROM UNNEST($3::text[]) AS u(id) \
+             CROSS JOIN LATERAL (SELECT 1 FROM {table} t \
+                 WHERE t.workspace_id = $1 AND t.source = $2 AND t.source_id = u.id LIMIT 1) e"
         );
         let found: Vec<String> = sqlx::query_scalar(&sql)
             .bind(at.ws)
