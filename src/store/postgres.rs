@@ -252,15 +252,18 @@ fn existing_rows<'a>(
     ids: &'a [&'a str],
 ) -> BoxFuture<'a, Result<HashSet<String>>> {
     Box::pin(async move {
-        // One unique-index probe per id, whatever the statistics say: with `source_id =
-        // ANY($3)` the planner, believing the table small (statistics lag bulk loads), scans
-        // the whole (workspace_id, source) range and filters, once per batch.
+        // One unique-index probe per id: with `source_id = ANY($3)` the planner, believing
+        // the table small (statistics lag bulk loads), scans the whole (workspace_id,
+        // source) range and filters, once per batch. Not prepared (`persistent(false)`): a
+        // cached generic plan made while the table was empty would keep a sequential scan
+        // per id as the table grows; an unnamed statement is planned with its current size.
         let sql = format!(
             "SELECT u.id FROM UNNEST($3::text[]) AS u(id) \
              CROSS JOIN LATERAL (SELECT 1 FROM {table} t \
                  WHERE t.workspace_id = $1 AND t.source = $2 AND t.source_id = u.id LIMIT 1) e"
         );
         let found: Vec<String> = sqlx::query_scalar(&sql)
+            .persistent(false)
             .bind(at.ws)
             .bind(at.source.as_str())
             .bind(ids)
