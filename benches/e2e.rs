@@ -7,9 +7,13 @@
 //!
 //! 1. Records per second of an initial sync of 100,000 HubSpot records (10,000 companies,
 //!    60,000 contacts, 30,000 deals, with their associations) through the orchestrator into
-//!    SQLite (a file) and into PostgreSQL (a scratch schema in `DATABASE_URL`), against the
-//!    fetch ceiling: the same connector fetching and transforming the same pages into a sink
-//!    that drops them.
+//!    SQLite (a file) and into PostgreSQL (a scratch schema), against the fetch ceiling: the
+//!    same connector fetching and transforming the same pages into a sink that drops them.
+//!    PostgreSQL is measured twice in the same run, side by side: over TCP, how production
+//!    hosts connect (the headline figure; `E2E_PG_TCP_URL`, default
+//!    `postgres://postgres@127.0.0.1:5432/test`), and over the server's Unix socket
+//!    (`E2E_PG_SOCKET_URL`, default `postgres://postgres@%2Fvar%2Frun%2Fpostgresql/test`; set
+//!    it empty to skip).
 //! 2. Peak resident memory (`VmHWM` of a child process running only that sync) of a
 //!    1,000,000-record sync against a 100,000-record one, into SQLite. Records stream in
 //!    pages, so the two should be close.
@@ -171,6 +175,31 @@ mod bench {
         records as f64 / d.as_secs_f64()
     }
 
+    /// `n records in t s = r records/s (p % of the ceiling)`.
+    fn describe((n, t): (u64, Duration), ceiling: f64) -> String {
+        let rate = per_s(n, t);
+        format!(
+            "{n} records in {:.1} s = {rate:.0} records/s ({:.0} % of the ceiling)",
+            t.as_secs_f64(),
+            100.0 * rate / ceiling
+        )
+    }
+
+    /// One sync into a scratch schema of the PostgreSQL server at `url`.
+    async fn postgres_run(sim: &HubSpotSim, url: &str) -> (u64, Duration) {
+        let schema = format!("e2e_{}", Uuid::new_v4().simple());
+        common::admin_at(url, format!("CREATE SCHEMA {schema}")).await;
+        let store = Arc::new(
+            common::store_at(url, &schema, 8)
+                .await
+                .with_keyring(keyring()),
+        );
+        let run = sync_into(store.clone(), sim).await;
+        store.close().await;
+        common::admin_at(url, format!("DROP SCHEMA {schema} CASCADE")).await;
+        run
+    }
+
     /// Child mode: one sync of `total` records into SQLite, then print the peak RSS in KiB.
     fn child(total: u64) {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -239,32 +268,40 @@ mod bench {
 
             let only = std::env::var("E2E_ONLY").ok();
             let wanted = |b: &str| only.as_deref().is_none_or(|o| o == b);
+            let mut sqlite = None;
             if wanted("sqlite") {
                 let path = std::env::temp_dir().join("pandora-e2e-bench.db");
                 let store = Arc::new(sqlite_store(&path).await);
-                let (n, t) = sync_into(store.clone(), &sim).await;
+                let run = sync_into(store.clone(), &sim).await;
                 store.close().await;
                 let _ = std::fs::remove_file(&path);
-                let sqlite = per_s(n, t);
-                println!(
-                    "sqlite:        {n} records in {:.1} s = {sqlite:.0} records/s ({:.0} % of the ceiling)",
-                    t.as_secs_f64(),
-                    100.0 * sqlite / ceiling
-                );
+                println!("sqlite:        {}", describe(run, ceiling));
+                sqlite = Some(run);
             }
             if wanted("postgres") {
-                let schema = format!("e2e_{}", Uuid::new_v4().simple());
-                common::admin(format!("CREATE SCHEMA {schema}")).await;
-                let store = Arc::new(common::store(&schema, 8).await.with_keyring(keyring()));
-                let (n, t) = sync_into(store.clone(), &sim).await;
-                store.close().await;
-                common::admin(format!("DROP SCHEMA {schema} CASCADE")).await;
-                let pg = per_s(n, t);
-                println!(
-                    "postgres:      {n} records in {:.1} s = {pg:.0} records/s ({:.0} % of the ceiling)",
-                    t.as_secs_f64(),
-                    100.0 * pg / ceiling
-                );
+                let tcp_url = std::env::var("E2E_PG_TCP_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+                let socket_url = std::env::var("E2E_PG_SOCKET_URL").unwrap_or_else(|_| {
+                    "postgres://postgres@%2Fvar%2Frun%2Fpostgresql/test".to_owned()
+                });
+                let tcp = postgres_run(&sim, &tcp_url).await;
+                println!("postgres TCP:  {}", describe(tcp, ceiling));
+                if !socket_url.is_empty() {
+                    let socket = postgres_run(&sim, &socket_url).await;
+                    println!("postgres Unix: {}", describe(socket, ceiling));
+                    println!(
+                        "postgres TCP / Unix socket: {:.2} (time {:.1} s vs {:.1} s)",
+                        per_s(tcp.0, tcp.1) / per_s(socket.0, socket.1),
+                        tcp.1.as_secs_f64(),
+                        socket.1.as_secs_f64()
+                    );
+                }
+                if let Some(sqlite) = sqlite {
+                    println!(
+                        "postgres TCP / sqlite: {:.2}",
+                        per_s(tcp.0, tcp.1) / per_s(sqlite.0, sqlite.1)
+                    );
+                }
             }
             sim.shutdown().await;
         });

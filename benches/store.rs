@@ -155,7 +155,7 @@ mod imp {
         use pandora_sync::store::{ConnectionStore, NewConnection};
         use pandora_sync::{PgStore, Store};
         use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-        use sqlx::{AssertSqlSafe, Connection, PgConnection};
+        use sqlx::{Connection, PgConnection};
 
         fn url() -> String {
             std::env::var("DATABASE_URL")
@@ -173,7 +173,7 @@ mod imp {
             let mut admin = PgConnection::connect(&url())
                 .await
                 .unwrap_or_else(|e| panic!("PostgreSQL at {} is unreachable: {e}", url()));
-            sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
                 .execute(&mut admin)
                 .await
                 .unwrap();
@@ -210,13 +210,10 @@ mod imp {
             pub async fn drop(self) {
                 self.store.close().await;
                 let mut admin = PgConnection::connect(&url()).await.unwrap();
-                sqlx::query(AssertSqlSafe(format!(
-                    "DROP SCHEMA {} CASCADE",
-                    self.schema
-                )))
-                .execute(&mut admin)
-                .await
-                .unwrap();
+                sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.schema))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
             }
         }
 

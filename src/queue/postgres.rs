@@ -20,7 +20,7 @@ use crate::store::{PgStore, db_err};
 pub const JOBS_CHANNEL: &str = "pandora_sync_jobs";
 
 /// Binds the arguments as their native Postgres types.
-fn bind(sql: &'static str, args: Vec<Arg<'_>>) -> Query<'static, Postgres, PgArguments> {
+fn bind<'a>(sql: &'static str, args: Vec<Arg<'a>>) -> Query<'a, Postgres, PgArguments> {
     args.into_iter().fold(sqlx::query(sql), |q, arg| match arg {
         Arg::Uuid(id) => q.bind(id),
         Arg::Ts(t) => q.bind(t),

@@ -14,7 +14,7 @@ use crate::store::{SqliteStore, sqlite_ts};
 
 /// Binds the arguments the way the SQLite schema stores them: UUIDs, timestamps and JSON
 /// as text.
-fn bind(sql: &'static str, args: Vec<Arg<'_>>) -> Query<'static, Sqlite, SqliteArguments> {
+fn bind<'a>(sql: &'static str, args: Vec<Arg<'a>>) -> Query<'a, Sqlite, SqliteArguments<'a>> {
     args.into_iter().fold(sqlx::query(sql), |q, arg| match arg {
         Arg::Uuid(id) => q.bind(id.hyphenated()),
         Arg::Ts(t) => q.bind(t.map(sqlite_ts)),

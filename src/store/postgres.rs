@@ -1,20 +1,22 @@
 //! The PostgreSQL backend: what its dialect forces (native UUID, timestamp, date and JSONB
-//! parameters; `UNNEST` array batches with `xmax` to tell inserts from updates; session
-//! advisory locks; the enrichment statements over `jsonb` and planner statistics). The rest
+//! parameters; new rows of a batch loaded with a binary `COPY`, the others upserted with
+//! `UNNEST` arrays and `xmax` to tell inserts from updates; session advisory locks; the enrichment statements over `jsonb` and planner statistics). The rest
 //! is the shared SQL layer of [`super::sql`].
 
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Datelike as _, NaiveDate, Utc};
+use futures_util::future::BoxFuture;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{
     PgArguments, PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow, Postgres,
 };
 use sqlx::query::Query;
 use sqlx::types::Json;
-use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
+use sqlx::{ConnectOptions as _, Connection as _, Row as _};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
@@ -24,7 +26,7 @@ use super::lock::{INTERRUPTED, LockBackend, WorkspaceLock, new_holder};
 use super::rows::{self, ColType, PG, RowRead, TableRows, Val, decode_err, native_row_reads};
 use super::sql::{self, Arg, BatchScope, Enrichment, SqlBackend, Stmt, impl_sql_store};
 use super::types::Backend;
-use super::{LockStore, db_err};
+use super::{LockStore, count_u64, db_err, is_unique_violation};
 use crate::connector::WriteCounts;
 use crate::error::{Error, Result};
 use crate::model::DealContact;
@@ -37,6 +39,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 /// several statements in the same transaction).
 const MAX_ROWS: usize = 5_000;
 
+/// A table's rows of a batch are loaded with `COPY` when at least this many of them are not
+/// stored yet (below that, the statements around a `COPY` cost more than they save).
+const COPY_MIN_ROWS: usize = 32;
+
 /// How often a held advisory lock's connection is checked.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(15);
 
@@ -45,9 +51,10 @@ const LOCK_NAMESPACE: Uuid = Uuid::from_u128(0x2f0c_93b4_51d6_4e0b_a7c8_1e55_90a
 
 /// The production storage backend: PostgreSQL through sqlx.
 ///
-/// Built from a URL or from the host's own [`PgPool`] (which must come from sqlx 0.9).
-/// Batches are upserted with one `INSERT ... SELECT FROM UNNEST(...)` per table; workspace
-/// locks are session advisory locks on a dedicated connection.
+/// Built from a URL or from the host's own [`PgPool`] (which must come from sqlx 0.8).
+/// A batch's rows that are not stored yet are loaded with one binary `COPY` per table, the
+/// others upserted with `INSERT ... SELECT FROM UNNEST(...)`; workspace locks are session
+/// advisory locks on a dedicated connection.
 ///
 /// Cloning is cheap: clones share the pool.
 #[derive(Clone)]
@@ -183,7 +190,7 @@ impl<'a> Arr<'a> {
         Ok(())
     }
 
-    fn bind<'q>(self, q: PgQuery<'q>) -> PgQuery<'q> {
+    fn bind(self, q: PgQuery<'a>) -> PgQuery<'a> {
         match self {
             Arr::Text(a) => q.bind(a),
             Arr::Int(a) => q.bind(a),
@@ -237,41 +244,63 @@ fn upsert_sql(spec: &rows::TableSpec) -> String {
     )
 }
 
-#[async_trait]
-impl SqlBackend for PgStore {
-    fn rows_per_statement(_width: usize) -> usize {
-        MAX_ROWS
-    }
-
-    async fn migrate_schema(conn: &mut PgConnection) -> Result<()> {
-        // sqlx takes an advisory lock: concurrent processes apply each migration once.
-        MIGRATOR
-            .run_direct(None, conn, false)
+/// The `source_id`s among `ids` that `table` holds for the batch's workspace and source.
+fn existing_rows<'a>(
+    tx: &'a mut PgConnection,
+    at: BatchScope,
+    table: &'a str,
+    ids: &'a [&'a str],
+) -> BoxFuture<'a, Result<HashSet<String>>> {
+    Box::pin(async move {
+        // One unique-index probe per id: with `source_id = ANY($3)` the planner, believing
+        // the table small (statistics lag bulk loads), scans the whole (workspace_id,
+        // source) range and filters, once per batch. Not prepared (`persistent(false)`): a
+        // cached generic plan made while the table was empty would keep a sequential scan
+        // per id as the table grows; an unnamed statement is planned with its current size.
+        let sql = format!(
+            "SELECT u.id FROM UNNEST($3::text[]) AS u(id) \
+             CROSS JOIN LATERAL (SELECT 1 FROM {table} t \
+                 WHERE t.workspace_id = $1 AND t.source = $2 AND t.source_id = u.id LIMIT 1) e"
+        );
+        let found: Vec<String> = sqlx::query_scalar(&sql)
+            .persistent(false)
+            .bind(at.ws)
+            .bind(at.source.as_str())
+            .bind(ids)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(|e| Error::storage("migrate: applying the PostgreSQL migrations", e))
-    }
+            .map_err(db_err("write_batch: reading which rows exist"))?;
+        Ok(found.into_iter().collect())
+    })
+}
 
-    /// Upserts one table's rows of a batch, `MAX_ROWS` at a time.
-    async fn upsert_table(
-        tx: &mut PgConnection,
-        at: BatchScope,
-        t: &TableRows<'_>,
-    ) -> Result<WriteCounts> {
+/// Upserts rows `idx` of a table's batch with `UNNEST` statements of at most `MAX_ROWS`
+/// rows.
+fn upsert_rows<'a>(
+    tx: &'a mut PgConnection,
+    at: BatchScope,
+    t: &'a TableRows<'a>,
+    idx: &'a [usize],
+    counts: &'a mut WriteCounts,
+) -> BoxFuture<'a, Result<()>> {
+    Box::pin(async move {
+        if idx.is_empty() {
+            return Ok(());
+        }
         let sql = upsert_sql(t.spec);
-        let mut counts = WriteCounts::default();
-        for chunk in t.rows.chunks(MAX_ROWS) {
+        for chunk in idx.chunks(MAX_ROWS) {
             let mut arrays: Vec<Arr<'_>> = t
                 .spec
                 .columns
                 .iter()
                 .map(|c| Arr::new(c.ty, chunk.len()))
                 .collect();
-            for row in chunk {
+            for row in chunk.iter().filter_map(|&i| t.rows.get(i)) {
                 for (arr, v) in arrays.iter_mut().zip(row) {
                     arr.push(v)?;
                 }
             }
-            let mut q = sqlx::query(AssertSqlSafe(sql.as_str()))
+            let mut q = sqlx::query(&sql)
                 .bind(at.ws)
                 .bind(at.source.as_str())
                 .bind(at.now);
@@ -281,7 +310,210 @@ impl SqlBackend for PgStore {
             let what = "write_batch: upserting records";
             let written = q.fetch_all(&mut *tx).await.map_err(db_err(what))?;
             let inserted = written.iter().map(|r| r.try_get(0).map_err(db_err(what)));
-            sql::tally(&mut counts, chunk.len(), inserted)?;
+            sql::tally(counts, chunk.len(), inserted)?;
+        }
+        Ok(())
+    })
+}
+
+/// Inserts rows `idx` of a table's batch, none of which is stored yet, with one binary
+/// `COPY` under a savepoint.
+/// `Ok(false)` when a row of the same key appeared meanwhile (the savepoint is rolled back
+/// and nothing of the `COPY` remains).
+fn copy_new_rows<'a>(
+    tx: &'a mut PgConnection,
+    at: BatchScope,
+    t: &'a TableRows<'a>,
+    idx: &'a [usize],
+) -> BoxFuture<'a, Result<bool>> {
+    Box::pin(async move {
+        const WHAT: &str = "write_batch: copying new records";
+        let spec = t.spec;
+        let data = copy_binary(at, t, idx)?;
+        sqlx::query("SAVEPOINT pandora_copy")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err(WHAT))?;
+        let statement = format!(
+            "COPY {} (workspace_id, source, synced_at, {}) FROM STDIN (FORMAT binary)",
+            spec.table,
+            spec.column_list()
+        );
+        let copied = match tx.copy_in_raw(&statement).await {
+            Ok(mut copy) => {
+                let sent = copy.send(data).await.map(|_| ());
+                match sent {
+                    Ok(()) => copy.finish().await,
+                    Err(e) => {
+                        // The connection broke or the server refused the data: end the COPY.
+                        let _ = copy
+                            .abort("pandora_sync: sending the COPY data failed")
+                            .await;
+                        Err(e)
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        match copied {
+            Ok(n) => {
+                if n != count_u64(idx.len()) {
+                    return Err(Error::config(format!(
+                        "internal: COPY into {} stored {n} of {} rows",
+                        spec.table,
+                        idx.len()
+                    )));
+                }
+                // The savepoint is released by the commit (one round trip less per table).
+                Ok(true)
+            }
+            Err(e) if is_unique_violation(&e) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT pandora_copy")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err(WHAT))?;
+                Ok(false)
+            }
+            Err(e) => Err(Error::storage(WHAT, e)),
+        }
+    })
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+/// Days from 0001-01-01 (CE day 1) to 2000-01-01.
+const PG_EPOCH_DAYS_FROM_CE: i32 = 730_120;
+
+/// The rows in `COPY`'s binary format: `workspace_id, source, synced_at`, then the table's
+/// columns, each value encoded as PostgreSQL's binary send function would (what sqlx binds).
+fn copy_binary(at: BatchScope, t: &TableRows<'_>, idx: &[usize]) -> Result<Vec<u8>> {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) -> Result<()> {
+        let len = i32::try_from(bytes.len())
+            .map_err(|_| Error::config("a value is too large for PostgreSQL (over 2 GiB)"))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn null(out: &mut Vec<u8>) {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+    fn ts(out: &mut Vec<u8>, t: DateTime<Utc>) -> Result<()> {
+        let micros = t
+            .timestamp_micros()
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or_else(|| Error::config(format!("timestamp {t} is out of PostgreSQL's range")))?;
+        field(out, &micros.to_be_bytes())
+    }
+
+    let spec = t.spec;
+    let fields = i16::try_from(spec.columns.len() + 3)
+        .map_err(|_| Error::config("internal: too many columns"))?;
+    let mut out = Vec::with_capacity(19 + idx.len() * 256);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    for row in idx.iter().filter_map(|&i| t.rows.get(i)) {
+        out.extend_from_slice(&fields.to_be_bytes());
+        field(&mut out, at.ws.as_bytes())?;
+        field(&mut out, at.source.as_str().as_bytes())?;
+        ts(&mut out, at.now)?;
+        for (col, v) in spec.columns.iter().zip(row.iter()) {
+            match v {
+                Val::Text(Some(s)) => field(&mut out, s.as_bytes())?,
+                Val::Int(Some(i)) => field(&mut out, &i.to_be_bytes())?,
+                Val::Float(Some(f)) => field(&mut out, &f.to_bits().to_be_bytes())?,
+                Val::Bool(Some(b)) => field(&mut out, &[u8::from(*b)])?,
+                Val::Ts(Some(t)) => ts(&mut out, *t)?,
+                Val::Date(Some(d)) => {
+                    let days = d.num_days_from_ce() - PG_EPOCH_DAYS_FROM_CE;
+                    field(&mut out, &days.to_be_bytes())?;
+                }
+                Val::Uuid(Some(u)) => field(&mut out, u.as_bytes())?,
+                Val::Json(s) => {
+                    // jsonb's binary form: version 1, then the JSON text.
+                    let len = i32::try_from(s.len() + 1).map_err(|_| {
+                        Error::config(format!(
+                            "{}.{} is too large for PostgreSQL",
+                            spec.table, col.name
+                        ))
+                    })?;
+                    out.extend_from_slice(&len.to_be_bytes());
+                    out.push(1);
+                    out.extend_from_slice(s.as_bytes());
+                }
+                Val::Text(None)
+                | Val::Int(None)
+                | Val::Float(None)
+                | Val::Bool(None)
+                | Val::Ts(None)
+                | Val::Date(None)
+                | Val::Uuid(None) => null(&mut out),
+            }
+        }
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    Ok(out)
+}
+
+#[async_trait]
+impl SqlBackend for PgStore {
+    fn rows_per_statement(_width: usize) -> usize {
+        MAX_ROWS
+    }
+
+    async fn migrate_schema(conn: &mut PgConnection) -> Result<()> {
+        // sqlx takes an advisory lock: concurrent processes apply each migration once.
+        MIGRATOR
+            .run_direct(conn)
+            .await
+            .map_err(|e| Error::storage("migrate: applying the PostgreSQL migrations", e))
+    }
+
+    /// Writes one table's rows of a batch: the rows not stored yet with one binary `COPY`
+    /// (when there are at least [`COPY_MIN_ROWS`] of them), the rest with the `UNNEST`
+    /// upsert, `MAX_ROWS` at a time.
+    ///
+    /// `COPY` appends new rows in bulk (multi-row heap inserts and fewer WAL records), where
+    /// `INSERT ... ON CONFLICT` inserts each row speculatively, checks it, then confirms it;
+    /// on an initial sync nearly every row is new. Which rows exist is read first, in the same
+    /// transaction; a row another writer inserts in between makes the `COPY` fail on the
+    /// unique key, and the batch then falls back to the upsert for every row (the `COPY` runs
+    /// under a savepoint). Rows that exist go through the upsert, whose conflict clause keeps
+    /// the no-regress rule; a new row has nothing to regress, so both paths store the same.
+    async fn upsert_table(
+        tx: &mut PgConnection,
+        at: BatchScope,
+        t: &TableRows<'_>,
+    ) -> Result<WriteCounts> {
+        let mut counts = WriteCounts::default();
+        let all: Vec<usize> = (0..t.rows.len()).collect();
+        if all.len() < COPY_MIN_ROWS {
+            upsert_rows(tx, at, t, &all, &mut counts).await?;
+            return Ok(counts);
+        }
+        let ids: Vec<&str> = all.iter().map(|&i| t.source_id(i)).collect();
+        let existing = existing_rows(tx, at, t.spec.table, &ids).await?;
+        let (mut old, mut new) = (Vec::new(), Vec::with_capacity(all.len()));
+        for (&i, id) in all.iter().zip(&ids) {
+            if existing.contains(*id) {
+                old.push(i);
+            } else {
+                new.push(i);
+            }
+        }
+        if new.len() < COPY_MIN_ROWS {
+            upsert_rows(tx, at, t, &all, &mut counts).await?;
+            return Ok(counts);
+        }
+        if copy_new_rows(tx, at, t, &new).await? {
+            counts.inserted += count_u64(new.len());
+            upsert_rows(tx, at, t, &old, &mut counts).await?;
+        } else {
+            tracing::debug!(
+                table = t.spec.table,
+                "rows appeared while the batch was written; upserting every row"
+            );
+            upsert_rows(tx, at, t, &all, &mut counts).await?;
         }
         Ok(counts)
     }
@@ -465,7 +697,7 @@ impl LockStore for PgStore {
         // to a holder that died (SIGKILL, crash, lost connection). End it, and its
         // connection's `syncing`, before anyone starts again.
         let ended: std::result::Result<Vec<Uuid>, sqlx::Error> =
-            sqlx::query_scalar(AssertSqlSafe(format!(
+            sqlx::query_scalar(&format!(
                 "WITH ended AS (UPDATE sync_log SET {} \
                      WHERE workspace_id = $1 AND status = 'running' RETURNING id, connector_type), \
                  conns AS (UPDATE connections SET status = 'error', error_message = $2, updated_at = $3 \
@@ -473,7 +705,7 @@ impl LockStore for PgStore {
                        AND connector_name IN (SELECT connector_type FROM ended)) \
                  SELECT id FROM ended",
                 sql::fail_set(&PG, "$2", "$3")
-            )))
+            ))
         .bind(workspace_id)
         .bind(INTERRUPTED)
         .bind(self.now())
@@ -561,7 +793,7 @@ impl PgStore {
             .filter(|t| stale.iter().any(|s| s == t))
             .collect();
         if !tables.is_empty() {
-            sqlx::query(AssertSqlSafe(format!("ANALYZE {}", tables.join(", "))))
+            sqlx::query(&format!("ANALYZE {}", tables.join(", ")))
                 .execute(&self.pool)
                 .await
                 .map_err(db_err("refreshing planner statistics"))?;

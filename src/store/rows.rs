@@ -115,7 +115,6 @@ macro_rules! table {
 }
 
 /// Index of `source_id` and `source_updated_at` among every table's columns.
-#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 const SOURCE_ID: usize = 1;
 
 table!(
@@ -473,7 +472,6 @@ pub(crate) struct TableRows<'a> {
 
 impl<'a> TableRows<'a> {
     /// The `source_id` of row `i`.
-    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub fn source_id(&self, i: usize) -> &'a str {
         match self.rows.get(i).and_then(|r| r.get(SOURCE_ID)) {
             Some(Val::Text(Some(s))) => s,

@@ -1219,7 +1219,7 @@ macro_rules! impl_sql_store {
                 stmt: $crate::store::sql::Stmt<'_>,
                 rows: bool,
             ) -> $crate::error::Result<$crate::store::sql::Ran<Self::Row>> {
-                let q = sqlx::query(sqlx::AssertSqlSafe(stmt.sql));
+                let q = sqlx::query(&stmt.sql);
                 let q = stmt.args.into_iter().fold(q, $bind);
                 let err = $crate::store::db_err;
                 Ok(if rows {

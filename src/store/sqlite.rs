@@ -14,7 +14,7 @@ use sqlx::sqlite::{
     Sqlite, SqliteArguments, SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Connection as _, Row as _};
+use sqlx::{Connection as _, Row as _};
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
@@ -42,7 +42,7 @@ const MAX_ROWS: usize = 1_000;
 /// instead of SQLite's 2 MiB.
 const CACHE_SIZE: &str = "-16384";
 
-type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments>;
+type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments<'q>>;
 
 /// The embedded storage backend: a SQLite file (or `sqlite::memory:`).
 ///
@@ -158,7 +158,7 @@ fn date_text(d: NaiveDate) -> String {
     d.format("%Y-%m-%d").to_string()
 }
 
-fn bind_val<'q>(q: SqliteQuery<'q>, v: &Val<'_>) -> SqliteQuery<'q> {
+fn bind_val<'q>(q: SqliteQuery<'q>, v: &'q Val<'q>) -> SqliteQuery<'q> {
     match v {
         Val::Text(s) => q.bind(*s),
         Val::Int(i) => q.bind(*i),
@@ -267,7 +267,7 @@ impl SqlBackend for SqliteStore {
             .await
             .map_err(db_err("migrate: begin"))?;
         MIGRATOR
-            .run_direct(None, &mut *tx, false)
+            .run_direct(&mut *tx)
             .await
             .map_err(|e| Error::storage("migrate: applying the SQLite migrations", e))?;
         tx.commit().await.map_err(db_err("migrate: commit"))
@@ -295,7 +295,7 @@ impl SqlBackend for SqliteStore {
                 spec.table,
                 vec!["?"; chunk.len()].join(", ")
             );
-            let mut q = sqlx::query(AssertSqlSafe(existing_sql))
+            let mut q = sqlx::query(&existing_sql)
                 .bind(hy(ws))
                 .bind(source.as_str());
             for i in 0..chunk.len() {
@@ -317,7 +317,7 @@ impl SqlBackend for SqliteStore {
                 tuples(chunk.len(), width + 3),
                 conflict
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query(&sql);
             for row in chunk {
                 q = q.bind(hy(ws)).bind(source.as_str()).bind(now);
                 for v in row {
@@ -351,7 +351,7 @@ impl SqlBackend for SqliteStore {
                  WHERE workspace_id = ? AND source = ? AND (deal_source_id, contact_source_id) IN (VALUES {})",
                 tuples(chunk.len(), 2)
             );
-            let mut q = sqlx::query(AssertSqlSafe(existing_sql))
+            let mut q = sqlx::query(&existing_sql)
                 .bind(hy(ws))
                 .bind(source.as_str());
             for l in chunk {
@@ -379,7 +379,7 @@ impl SqlBackend for SqliteStore {
                  RETURNING deal_source_id, contact_source_id",
                 tuples(chunk.len(), 6)
             );
-            let mut q = sqlx::query(AssertSqlSafe(sql));
+            let mut q = sqlx::query(&sql);
             for l in chunk {
                 q = q
                     .bind(hy(ws))
@@ -575,12 +575,12 @@ impl LockStore for SqliteStore {
         .await
         .map_err(db_err("taking the workspace lock"))?;
         if let Some((dead_holder, process)) = &dead {
-            let ended = sqlx::query(AssertSqlSafe(format!(
+            let ended = sqlx::query(&format!(
                 "UPDATE sync_log SET {} \
                  WHERE workspace_id = ?1 AND status = 'running' AND lock_holder = ?2 \
                  RETURNING id, connector_type",
                 sql::fail_set(&SQLITE, "?3", "?4")
-            )))
+            ))
             .bind(hy(workspace_id))
             .bind(dead_holder.as_str())
             .bind(INTERRUPTED)

@@ -50,7 +50,7 @@ mod pg {
 
     use pandora_sync::PgStore;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+    use sqlx::{Connection, PgConnection};
     use uuid::Uuid;
 
     pub fn database_url() -> String {
@@ -75,7 +75,7 @@ mod pg {
     /// Creates a schema and returns a store whose connections use it.
     pub async fn schema_store(schema: &str) -> PgStore {
         let mut admin = admin().await;
-        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
             .execute(&mut admin)
             .await
             .unwrap();
@@ -93,11 +93,9 @@ mod pg {
 
     pub async fn drop_schema(schema: &str) {
         let mut admin = admin().await;
-        if let Err(e) = sqlx::query(AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&mut admin)
-        .await
+        if let Err(e) = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut admin)
+            .await
         {
             eprintln!("could not drop test schema {schema}: {e}");
         }

@@ -56,7 +56,7 @@ where
 
     use pandora_sync::PgStore;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+    use sqlx::{Connection, PgConnection};
 
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
@@ -64,7 +64,7 @@ where
         panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
     });
     let schema = format!("e_{}", Uuid::new_v4().simple());
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&mut admin)
         .await
         .unwrap();
@@ -87,11 +87,9 @@ where
     })
     .await;
     store.close().await;
-    let _ = sqlx::query(AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&mut admin)
-    .await;
+    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut admin)
+        .await;
 }
 
 fn fast_config() -> serde_json::Value {

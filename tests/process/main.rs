@@ -115,7 +115,7 @@ where
 
     use pandora_sync::PgStore;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+    use sqlx::{Connection, PgConnection};
 
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
@@ -123,7 +123,7 @@ where
         panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
     });
     let schema = format!("p_{}", Uuid::new_v4().simple());
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&mut admin)
         .await
         .unwrap();
@@ -146,11 +146,9 @@ where
     })
     .await;
     store.close().await;
-    let _ = sqlx::query(AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {schema} CASCADE"
-    )))
-    .execute(&mut admin)
-    .await;
+    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        .execute(&mut admin)
+        .await;
 }
 
 /// A client-side rate limit: `per_second` requests a second on every endpoint.

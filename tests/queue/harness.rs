@@ -63,7 +63,7 @@ pub mod pg {
 
     use pandora_sync::PgStore;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+    use sqlx::{Connection, PgConnection};
     use uuid::Uuid;
 
     pub fn database_url() -> String {
@@ -93,7 +93,7 @@ pub mod pg {
     pub async fn new_schema() -> String {
         let schema = format!("q_{}", Uuid::new_v4().simple());
         let mut admin = admin().await;
-        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
             .execute(&mut admin)
             .await
             .unwrap();
@@ -102,11 +102,9 @@ pub mod pg {
 
     pub async fn drop_schema(schema: &str) {
         let mut admin = admin().await;
-        let _ = sqlx::query(AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE"
-        )))
-        .execute(&mut admin)
-        .await;
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&mut admin)
+            .await;
     }
 }
 

@@ -12,7 +12,6 @@ use pandora_sync::queue::{
     BackoffPolicy, Job, JobContext, JobHandler, JobQueue, JobStatus, NewJob, Worker, WorkerConfig,
 };
 use pandora_sync::{Result, Store};
-use sqlx::AssertSqlSafe;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -166,7 +165,7 @@ fn three_worker_processes_share_one_postgres_and_rescue_a_dead_one() {
         }
         frozen.on.store(true, Ordering::SeqCst);
         for _ in 0..2000 {
-            let held: i64 = sqlx::query_scalar(AssertSqlSafe(held_sql.clone()))
+            let held: i64 = sqlx::query_scalar(&held_sql)
                 .fetch_one(&mut admin)
                 .await
                 .unwrap();

@@ -170,7 +170,7 @@ mod pg_ops {
     use super::*;
     use pandora_sync::PgStore;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{AssertSqlSafe, Connection, PgConnection};
+    use sqlx::{Connection, PgConnection};
 
     pub fn database_url() -> String {
         std::env::var("DATABASE_URL")
@@ -190,7 +190,7 @@ mod pg_ops {
     /// Creates a schema and returns a pool whose connections use it.
     pub async fn schema_store(schema: &str) -> PgStore {
         let mut admin = admin().await;
-        sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
             .execute(&mut admin)
             .await
             .unwrap();
@@ -209,11 +209,9 @@ mod pg_ops {
     pub async fn drop_schemas(schemas: &[String]) {
         let mut admin = admin().await;
         for schema in schemas {
-            if let Err(e) = sqlx::query(AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE"
-            )))
-            .execute(&mut admin)
-            .await
+            if let Err(e) = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&mut admin)
+                .await
             {
                 eprintln!("could not drop test schema {schema}: {e}");
             }

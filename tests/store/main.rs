@@ -64,4 +64,5 @@ conformance!(
     lock_excludes_a_second_holder,
     lock_is_released_on_drop,
     lock_is_released_when_the_holder_dies,
+    large_batches_round_trip_and_do_not_regress,
 );

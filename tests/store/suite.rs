@@ -1514,3 +1514,102 @@ pub async fn lock_is_released_when_the_holder_dies(h: Harness) {
     successor.renew().await.unwrap();
     successor.release().await.unwrap();
 }
+
+/// Batches large enough for a backend's bulk path (PostgreSQL loads a table's new rows with
+/// `COPY` from 32 on): every kind and extreme values round-trip, and a batch mixing new,
+/// newer, older and unchanged rows counts and stores them as small batches do.
+pub async fn large_batches_round_trip_and_do_not_regress(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h, ws, HS).await;
+    const N: usize = 80;
+    let id = |i: usize| format!("bulk-{i:03}");
+    let mut first: Vec<Record> = Vec::new();
+    for i in 0..N {
+        first.push(account(ws, &id(i), 10).into());
+        first.push(contact(ws, &id(i), 10).into());
+        first.push(deal(ws, &id(i), 10).into());
+        first.push(conversation(ws, &id(i), 10).into());
+        first.push(task(ws, &id(i), 10).into());
+        first.push(document(ws, &id(i), 10).into());
+    }
+    let mut d = deal(ws, "bulk-extreme", 10);
+    d.name = Some("tab\there\nnew line, back\\slash, \"quotes\" 🚀 e\u{301}".into());
+    d.amount = Some(f64::MIN);
+    d.probability = Some(-0.0);
+    d.days_open = Some(i64::MAX);
+    d.days_to_close = Some(i64::MIN);
+    d.close_date = Some(date(1, 1, 1));
+    d.meta.source_created_at = Some(chrono::Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap());
+    d.meta.custom_fields.insert(
+        "numbers".into(),
+        json!({"big": 1e308, "tiny": 5e-324, "text": "a\"b\\c\td"}),
+    );
+    first.push(d.into());
+    let mut a = account(ws, "bulk-extreme", 10);
+    a.annual_revenue = Some(f64::MAX);
+    a.employee_count = Some(i64::MIN);
+    first.push(a.into());
+    let c = h
+        .store
+        .write_batch(
+            ws,
+            HS,
+            &RecordBatch::new(first.clone()),
+            &checkpoint("bulk", "1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c, counts(6 * 80 + 2, 0, 0, 0));
+    for r in &first {
+        let back = read(&h, ws, r.kind(), &r.source_id()).await.unwrap();
+        assert_eq!(&unsynced(back), r, "{} did not round-trip", r.source_id());
+    }
+
+    // Newer, older, unchanged and new rows in one batch.
+    let mut second: Vec<Record> = Vec::new();
+    for i in 0..30 {
+        second.push(deal(ws, &id(i), 11).into());
+    }
+    for i in 30..50 {
+        second.push(deal(ws, &id(i), 9).into());
+    }
+    for i in 50..N {
+        second.push(deal(ws, &id(i), 10).into());
+    }
+    for i in 0..40 {
+        second.push(deal(ws, &format!("new-{i:03}"), 10).into());
+    }
+    let c = h
+        .store
+        .write_batch(ws, HS, &RecordBatch::new(second), &checkpoint("bulk", "2"))
+        .await
+        .unwrap();
+    assert_eq!(c, counts(40, 30, 50, 0));
+    assert_eq!(
+        read_deal(&h, ws, &id(0)).await.map(|d| unsynced(d.into())),
+        Some(deal(ws, &id(0), 11).into())
+    );
+    assert_eq!(
+        read_deal(&h, ws, &id(30)).await.map(|d| unsynced(d.into())),
+        Some(deal(ws, &id(30), 10).into())
+    );
+    assert_eq!(
+        read_deal(&h, ws, &id(79)).await.map(|d| unsynced(d.into())),
+        Some(deal(ws, &id(79), 10).into())
+    );
+    assert_eq!(
+        read_deal(&h, ws, "new-039")
+            .await
+            .map(|d| unsynced(d.into())),
+        Some(deal(ws, "new-039", 10).into())
+    );
+    assert_eq!(
+        h.store
+            .count_records(ws, RecordKind::Deal, Some(HS))
+            .await
+            .unwrap(),
+        u64::try_from(N + 1 + 40).unwrap()
+    );
+    let conn = h.store.get_connection(ws, HS).await.unwrap().unwrap();
+    assert_eq!(conn.checkpoint().unwrap(), checkpoint("bulk", "2"));
+}
