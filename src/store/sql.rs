@@ -644,7 +644,6 @@ pub(crate) async fn write_batch<S: SqlBackend>(
 /// Removes the links of the deals of `prepared.link_sets` whose contact is not in the
 /// deal's set (one statement for every set of the batch).
 fn unlink_missing<'a, S: SqlBackend>(at: BatchScope, prepared: &'a PreparedBatch<'a>) -> Stmt<'a> {
-    let d = S::DIALECT;
     let deals: Vec<&str> = prepared
         .link_sets
         .iter()
@@ -659,16 +658,11 @@ fn unlink_missing<'a, S: SqlBackend>(at: BatchScope, prepared: &'a PreparedBatch
                 .map(|c| serde_json::json!([s.deal_source_id, c]))
         })
         .collect();
-    Stmt::new(format!(
-        "DELETE FROM deal_contacts WHERE workspace_id = $1 AND source = $2 \
-         AND deal_source_id IN {} AND {}",
-        (d.texts)("$3"),
-        (d.link_not_in)("$4"),
-    ))
-    .arg(at.ws)
-    .arg(at.source)
-    .arg(Arg::StrList(deals))
-    .arg(Arg::Json(Some(serde_json::Value::Array(pairs))))
+    Stmt::new(S::DIALECT.unlink_missing)
+        .arg(at.ws)
+        .arg(at.source)
+        .arg(Arg::StrList(deals))
+        .arg(Arg::Json(Some(serde_json::Value::Array(pairs))))
 }
 
 pub(crate) async fn get_record<S: SqlBackend>(
