@@ -18,6 +18,16 @@
 //!    1,000,000-record sync against a 100,000-record one, into SQLite. Records stream in
 //!    pages, so the two should be close.
 //!
+//! 3. With `E2E_TAP_PYTHON` set to a Python that has singer-io's `tap-hubspot` 4.5.0
+//!    (`benches/tap-hubspot.sh` installs it in a virtualenv and runs this part): an initial
+//!    sync of 100,000 contacts into SQLite against the tap reading the same simulator
+//!    (its `contacts` stream, every property selected, its Singer output read and counted),
+//!    and against a bare keep-alive client fetching the same pages and decoding nothing but
+//!    the cursor.
+//!
+//! Part 1 also times that bare client on the 100,000-record portal: the rate a sync could
+//! reach if storing and transforming cost nothing.
+//!
 //! `E2E_ONLY=sqlite` or `E2E_ONLY=postgres` runs that backend alone (after the ceiling);
 //! `E2E_SKIP_MEMORY=1` skips part 2 (the 1,000,000-record sync takes a few minutes).
 
@@ -155,6 +165,114 @@ mod bench {
         (sink.records, started.elapsed())
     }
 
+    /// A bare keep-alive client reading every list page the connector reads (same
+    /// properties, same inline associations), decoding only the result count and the
+    /// cursor: (objects, elapsed).
+    async fn bare_fetch(sim: &HubSpotSim, objects: &[(&str, &str)]) -> (u64, Duration) {
+        #[derive(serde::Deserialize)]
+        struct Names {
+            results: Vec<Name>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Name {
+            name: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Page {
+            results: Vec<serde::de::IgnoredAny>,
+            paging: Option<Paging>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Paging {
+            next: Option<Next>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Next {
+            after: String,
+        }
+        let client = reqwest::Client::new();
+        let base = sim.base_url();
+        let token = sim.config().access_token.clone();
+        let get = |url: String| client.get(url).bearer_auth(&token).send();
+        let mut urls = Vec::new();
+        for (object, associations) in objects {
+            let names: Names = get(format!("{base}/crm/v3/properties/{object}"))
+                .await
+                .expect("properties")
+                .json()
+                .await
+                .expect("properties json");
+            let props: Vec<String> = names.results.into_iter().map(|n| n.name).collect();
+            let mut url = format!(
+                "{base}/crm/v3/objects/{object}?limit=100&archived=false&properties={}",
+                props.join("%2C")
+            );
+            if !associations.is_empty() {
+                url.push_str("&associations=");
+                url.push_str(&associations.replace(',', "%2C"));
+            }
+            urls.push(url);
+        }
+        let started = Instant::now();
+        let mut objects_read = 0;
+        for url in urls {
+            let mut after: Option<String> = None;
+            loop {
+                let page_url = match &after {
+                    Some(a) => format!("{url}&after={a}"),
+                    None => url.clone(),
+                };
+                let body = get(page_url)
+                    .await
+                    .expect("page")
+                    .error_for_status()
+                    .expect("page status")
+                    .bytes()
+                    .await
+                    .expect("page body");
+                let page: Page = serde_json::from_slice(&body).expect("page json");
+                objects_read += page.results.len() as u64;
+                after = page.paging.and_then(|p| p.next).map(|n| n.after);
+                if after.is_none() {
+                    break;
+                }
+            }
+        }
+        (objects_read, started.elapsed())
+    }
+
+    /// Runs `benches/tap_hubspot.py` with `python` against the simulator; returns (Singer
+    /// RECORD messages, elapsed).
+    fn tap_hubspot(python: &str, sim: &HubSpotSim) -> (u64, Duration) {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/tap_hubspot.py");
+        let started = Instant::now();
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .env("TAP_BASE_URL", sim.base_url())
+            .env("TAP_TOKEN", &sim.config().access_token)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tap-hubspot");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let records = out
+            .lines()
+            .map_while(std::result::Result::ok)
+            .filter(|l| l.starts_with("{\"type\": \"RECORD\""))
+            .count() as u64;
+        let status = child.wait().expect("tap-hubspot");
+        assert!(status.success(), "tap-hubspot failed: {status}");
+        (records, started.elapsed())
+    }
+
+    /// The list pages the connector reads on an initial sync of a whole portal.
+    const PORTAL_PAGES: [(&str, &str); 3] = [
+        ("companies", ""),
+        ("contacts", "companies"),
+        ("deals", "companies,contacts"),
+    ];
+
     fn keyring() -> Keyring {
         Keyring::new("bench", [7u8; 32]).expect("keyring")
     }
@@ -244,6 +362,43 @@ mod bench {
         (f[1], f[2], f[3])
     }
 
+    /// Part 3: 100,000 contacts into SQLite, against tap-hubspot and the bare client.
+    async fn tap_comparison(python: &str) {
+        let sim = HubSpotSim::start(HubSpotSimConfig {
+            companies: 0,
+            contacts: 100_000,
+            deals: 0,
+            rate_limits: false,
+            ..Default::default()
+        })
+        .await
+        .expect("simulator");
+        let (bare_objects, bare_time) = bare_fetch(&sim, &[("contacts", "companies")]).await;
+        let path = std::env::temp_dir().join("pandora-e2e-contacts.db");
+        let store = Arc::new(sqlite_store(&path).await);
+        let (_, ours) = sync_into(store.clone(), &sim).await;
+        store.close().await;
+        let _ = std::fs::remove_file(&path);
+        let contacts = sim.truth_count(pandora_sync::simulator::HubSpotObject::Contacts, false);
+        let (tap_records, tap_time) = tap_hubspot(python, &sim);
+        sim.shutdown().await;
+        assert_eq!(tap_records, contacts, "tap-hubspot read every contact");
+        let rate = |n: u64, t: Duration| per_s(n, t);
+        println!(
+            "100,000 contacts: pandora_sync into SQLite {:.1} s = {:.0} contacts/s; \
+             bare fetch {:.1} s = {:.0}/s ({:.0} % of it); \
+             tap-hubspot 4.5.0 (to stdout) {:.1} s = {:.0}/s: {:.1}x",
+            ours.as_secs_f64(),
+            rate(contacts, ours),
+            bare_time.as_secs_f64(),
+            rate(bare_objects, bare_time),
+            100.0 * bare_time.as_secs_f64() / ours.as_secs_f64(),
+            tap_time.as_secs_f64(),
+            rate(tap_records, tap_time),
+            tap_time.as_secs_f64() / ours.as_secs_f64()
+        );
+    }
+
     pub fn main() {
         if let Some(total) = std::env::var("E2E_CHILD")
             .ok()
@@ -266,6 +421,19 @@ mod bench {
                 fetch_time.as_secs_f64()
             );
 
+            let (bare_objects, bare_time) = bare_fetch(&sim, &PORTAL_PAGES).await;
+            println!(
+                "bare fetch:    {bare_objects} objects in {:.1} s = {:.0} objects/s",
+                bare_time.as_secs_f64(),
+                per_s(bare_objects, bare_time)
+            );
+            let of_bare = |t: Duration| {
+                format!(
+                    "{:.0} % of the bare fetch rate",
+                    100.0 * bare_time.as_secs_f64() / t.as_secs_f64()
+                )
+            };
+
             let only = std::env::var("E2E_ONLY").ok();
             let wanted = |b: &str| only.as_deref().is_none_or(|o| o == b);
             let mut sqlite = None;
@@ -275,7 +443,11 @@ mod bench {
                 let run = sync_into(store.clone(), &sim).await;
                 store.close().await;
                 let _ = std::fs::remove_file(&path);
-                println!("sqlite:        {}", describe(run, ceiling));
+                println!(
+                    "sqlite:        {}; {}",
+                    describe(run, ceiling),
+                    of_bare(run.1)
+                );
                 sqlite = Some(run);
             }
             if wanted("postgres") {
@@ -285,10 +457,18 @@ mod bench {
                     "postgres://postgres@%2Fvar%2Frun%2Fpostgresql/test".to_owned()
                 });
                 let tcp = postgres_run(&sim, &tcp_url).await;
-                println!("postgres TCP:  {}", describe(tcp, ceiling));
+                println!(
+                    "postgres TCP:  {}; {}",
+                    describe(tcp, ceiling),
+                    of_bare(tcp.1)
+                );
                 if !socket_url.is_empty() {
                     let socket = postgres_run(&sim, &socket_url).await;
-                    println!("postgres Unix: {}", describe(socket, ceiling));
+                    println!(
+                        "postgres Unix: {}; {}",
+                        describe(socket, ceiling),
+                        of_bare(socket.1)
+                    );
                     println!(
                         "postgres TCP / Unix socket: {:.2} (time {:.1} s vs {:.1} s)",
                         per_s(tcp.0, tcp.1) / per_s(socket.0, socket.1),
@@ -304,6 +484,10 @@ mod bench {
                 }
             }
             sim.shutdown().await;
+
+            if let Ok(python) = std::env::var("E2E_TAP_PYTHON") {
+                tap_comparison(&python).await;
+            }
         });
 
         if std::env::var_os("E2E_SKIP_MEMORY").is_some() {
