@@ -318,49 +318,77 @@ impl Syncer<'_> {
         s.begin_pass(ctx);
         s.extra
             .insert(PASS_KIND.into(), json!(PassKind::List.as_str()));
-        let mut after = s.cursor.clone();
+        let after = s.cursor.clone();
         let span = tracing::info_span!("hubspot_list", object = stream);
-        async {
-            loop {
-                self.ctx.check_cancelled()?;
-                let page = properties::list_page(
-                    self.client,
+        // Copied out of `self`, so the next page's request can run while `self` transforms
+        // and writes the current one.
+        let client = self.client;
+        let fetch = |after: Option<String>| {
+            let props = &props;
+            async move {
+                properties::list_page(
+                    client,
                     obj.path(),
-                    &props,
+                    props,
                     obj.inline_associations(),
                     after.as_deref(),
                     false,
                 )
-                .await?;
+                .await
+            }
+        };
+        async {
+            self.ctx.check_cancelled()?;
+            let mut page = fetch(after).await?;
+            loop {
                 let next = page.next_after().map(str::to_owned);
-                let (batch, truncated) = self.transform_page(obj, page, true);
-                let s = self.stream(stream);
-                s.observe_records(&batch.records);
-                if truncated {
-                    s.extra.insert(NEEDS_BACKFILL.into(), json!(true));
-                }
-                let resumed = match &next {
-                    Some(a) => {
-                        s.cursor = Some(a.clone());
-                        false
-                    }
-                    None => {
-                        let started = s.pass_started_at.unwrap_or(ctx.started_at());
-                        let resumed = s.finish_pass_in(ctx);
-                        // A full pass that found nothing dated still read everything up to
-                        // its window: later changes are found by search from there, instead
-                        // of a full pass (and a total) on every sync of an empty object.
-                        if s.watermark.is_none() {
-                            s.watermark = Some(ctx.cap_for(started));
-                        }
-                        s.extra.remove(PASS_KIND);
-                        s.repair = false;
-                        resumed
+                // The next page is requested before this one is transformed and handed to
+                // the sink: the provider prepares it while this page is processed, instead
+                // of after (each page is still requested once, in order, after its cursor
+                // is known). A write that fails drops the prefetched page unread.
+                let prefetch = async {
+                    match &next {
+                        Some(a) => Some(fetch(Some(a.clone())).await),
+                        None => None,
                     }
                 };
-                self.write(sink, batch).await?;
-                match next {
-                    Some(a) => after = Some(a),
+                let work = async {
+                    let (batch, truncated) = self.transform_page(obj, page, true);
+                    let s = self.stream(stream);
+                    s.observe_records(&batch.records);
+                    if truncated {
+                        s.extra.insert(NEEDS_BACKFILL.into(), json!(true));
+                    }
+                    let resumed = match &next {
+                        Some(a) => {
+                            s.cursor = Some(a.clone());
+                            false
+                        }
+                        None => {
+                            let started = s.pass_started_at.unwrap_or(ctx.started_at());
+                            let resumed = s.finish_pass_in(ctx);
+                            // A full pass that found nothing dated still read everything up
+                            // to its window: later changes are found by search from there,
+                            // instead of a full pass (and a total) on every sync of an
+                            // empty object.
+                            if s.watermark.is_none() {
+                                s.watermark = Some(ctx.cap_for(started));
+                            }
+                            s.extra.remove(PASS_KIND);
+                            s.repair = false;
+                            resumed
+                        }
+                    };
+                    self.write(sink, batch).await?;
+                    Ok::<bool, Error>(resumed)
+                };
+                let (fetched, written) = futures_util::future::join(prefetch, work).await;
+                let resumed = written?;
+                match fetched {
+                    Some(fetched) => {
+                        self.ctx.check_cancelled()?;
+                        page = fetched?;
+                    }
                     None => {
                         self.report_total(obj).await?;
                         return Ok(resumed);
