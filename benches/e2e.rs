@@ -251,18 +251,19 @@ mod bench {
         (objects_read, started.elapsed())
     }
 
-    /// Runs `benches/tap_hubspot.py` with `python` against the simulator; returns (Singer
+    /// Runs `benches/run_tap_hubspot.py` with `python` against the simulator; returns (Singer
     /// RECORD messages, elapsed).
     fn tap_hubspot(python: &str, sim: &HubSpotSim) -> (u64, Duration) {
         use std::io::BufRead;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/tap_hubspot.py");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/run_tap_hubspot.py");
+        let log = std::env::temp_dir().join("pandora-e2e-tap-hubspot.log");
         let started = Instant::now();
         let mut child = std::process::Command::new(python)
             .arg(script)
             .env("TAP_BASE_URL", sim.base_url())
             .env("TAP_TOKEN", &sim.config().access_token)
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("tap log"))
             .spawn()
             .expect("start tap-hubspot");
         let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
@@ -272,7 +273,11 @@ mod bench {
             .filter(|l| l.starts_with("{\"type\": \"RECORD\""))
             .count() as u64;
         let status = child.wait().expect("tap-hubspot");
-        assert!(status.success(), "tap-hubspot failed: {status}");
+        assert!(
+            status.success(),
+            "tap-hubspot failed: {status}; its log: {}",
+            log.display()
+        );
         (records, started.elapsed())
     }
 

@@ -1,5 +1,5 @@
-//! Storage throughput: upsert 100,000 deals in batches of 500 (one `write_batch`, i.e. one
-//! transaction with the checkpoint, per batch) into SQLite (a file in a temporary directory)
+//! Storage throughput: upsert 100,000 deals in batches of 500 (`STORE_BENCH_BATCH` to
+//! change it; one `write_batch`, i.e. one transaction with the checkpoint, per batch) into SQLite (a file in a temporary directory)
 //! and PostgreSQL (`DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`, in a
 //! scratch schema), and on PostgreSQL also load the same rows with one `COPY` as the ceiling.
 //!
@@ -27,7 +27,15 @@ mod imp {
     use uuid::Uuid;
 
     const TOTAL: usize = 100_000;
-    const BATCH: usize = 500;
+    /// Records per `write_batch`: 500 (an unthrottled connector's pages of 100, grouped
+    /// five at a time), or `STORE_BENCH_BATCH` (e.g. 5000, the sink's largest group).
+    static BATCH: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        std::env::var("STORE_BENCH_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(500)
+    });
 
     /// The same 100,000 deals for every backend: realistic widths, every column filled.
     fn deals(ws: Uuid, version_minutes: i64) -> Vec<Record> {
@@ -69,7 +77,7 @@ mod imp {
 
     fn checkpoint(i: usize) -> Checkpoint {
         let mut c = Checkpoint::default();
-        c.stream_mut("deals").cursor = Some(format!("after={}", i * BATCH));
+        c.stream_mut("deals").cursor = Some(format!("after={}", i * *BATCH));
         c
     }
 
@@ -80,7 +88,7 @@ mod imp {
         records: &[Record],
     ) -> Duration {
         let start = Instant::now();
-        for (i, chunk) in records.chunks(BATCH).enumerate() {
+        for (i, chunk) in records.chunks(*BATCH).enumerate() {
             let counts = store
                 .write_batch(
                     ws,
@@ -293,7 +301,7 @@ mod imp {
                 .await
                 .unwrap();
             let synced_at = Utc::now().to_rfc3339();
-            for chunk in records.chunks(BATCH) {
+            for chunk in records.chunks(*BATCH) {
                 let mut buf = String::with_capacity(chunk.len() * 400);
                 for r in chunk {
                     let Record::Deal(d) = r else { unreachable!() };
@@ -398,7 +406,10 @@ mod imp {
         if results.is_empty() {
             return;
         }
-        println!("\nrecords/s (median over every timed run, {TOTAL} deals in batches of {BATCH}):");
+        println!(
+            "\nrecords/s (median over every timed run, {TOTAL} deals in batches of {}):",
+            *BATCH
+        );
         for (name, rates) in results.iter() {
             println!(
                 "  {name:<42} {:>10.0}  ({} runs)",
