@@ -253,7 +253,7 @@ pub async fn incremental_writes_exactly_the_changed_transcripts(env: Env) {
     assert!(recent.len() >= 3, "{recent:?}");
     for k in 0..3 {
         sim.add_transcript(NewFirefliesTranscript::at(
-            now + hours(1) + chrono::Duration::minutes(k),
+            now - chrono::Duration::minutes(30 - k),
         ));
     }
     assert!(sim.finish_processing(&late));
