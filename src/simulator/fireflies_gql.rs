@@ -604,14 +604,13 @@ impl<'d> Validator<'d> {
             (_, TyRef::List(inner)) => self.value(v, inner, pos),
             (GqlValue::List(_), TyRef::Named(_)) => bad(self, "a list".into()),
             (v, TyRef::Named(n)) => {
-                let ok = match (v, n.as_str()) {
-                    (GqlValue::Int(_), "Int" | "Float") => true,
-                    (GqlValue::Float(_), "Float") => true,
-                    (GqlValue::String(_), "String" | "DateTime" | "ID") => true,
-                    (GqlValue::Int(_), "ID") => true,
-                    (GqlValue::Boolean(_), "Boolean") => true,
-                    _ => false,
-                };
+                let ok = matches!(
+                    (v, n.as_str()),
+                    (GqlValue::Int(_), "Int" | "Float" | "ID")
+                        | (GqlValue::Float(_), "Float")
+                        | (GqlValue::String(_), "String" | "DateTime" | "ID")
+                        | (GqlValue::Boolean(_), "Boolean")
+                );
                 if !ok {
                     bad(self, literal_text(v));
                 }

@@ -76,11 +76,11 @@ proptest! {
         let _ = transcript_id(&raw);
         let _ = date_ms(&raw);
         let internal = InternalDomains::configured(["example.com"]);
-        if let Ok(t) = decode(raw.clone()) {
-            if let Ok(c) = conversation(Uuid::nil(), &t, &internal, None) {
-                prop_assert!(c.duration_seconds.is_none_or(|d| d >= 0));
-                prop_assert!(c.started_at.is_some());
-            }
+        if let Ok(t) = decode(raw.clone())
+            && let Ok(c) = conversation(Uuid::nil(), &t, &internal, None)
+        {
+            prop_assert!(c.duration_seconds.is_none_or(|d| d >= 0));
+            prop_assert!(c.started_at.is_some());
         }
         let _ = sentences_of(&raw);
         let _ = serde_json::from_value::<GraphqlResponse>(raw);
