@@ -189,7 +189,7 @@ pub struct FirefliesSimTranscript {
     pub processed: bool,
 }
 
-/// A transcript to add with [`FirefliesSim::add_transcript`]; unset fields are generated.
+/// A transcript to add with [`FirefliesSimHandle::add_transcript`]; unset fields are generated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewFirefliesTranscript {
     /// When the meeting took place.
@@ -197,7 +197,7 @@ pub struct NewFirefliesTranscript {
     /// Title (generated when `None`).
     pub title: Option<String>,
     /// Whether it is listed at once (`false`: still processing; see
-    /// [`FirefliesSim::finish_processing`]).
+    /// [`FirefliesSimHandle::finish_processing`]).
     pub processed: bool,
     /// Whether its summary is finished.
     pub summary_ready: bool,
