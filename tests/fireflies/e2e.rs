@@ -363,9 +363,9 @@ pub async fn drift_between_pages_and_one_instant_lose_nothing(env: Env) {
 /// 20 % faults (5xx, `too_many_requests` as HTTP 429 and on HTTP 200, dropped
 /// connections): every run ends with the pages it committed, and the store ends equal to
 /// the truth.
+#[allow(clippy::print_stdout)] // the figures, shown with --nocapture
 pub async fn faults_lose_nothing(env: Env) {
     let sim = FirefliesSim::start(FirefliesSimConfig {
-        transcripts: 300,
         faults: FaultConfig {
             server_error_rate: 0.07,
             rate_limit_rate: 0.07,
@@ -388,15 +388,37 @@ pub async fn faults_lose_nothing(env: Env) {
         // A fault that outlasted the retries fails the run; the next resumes it.
         assert!(runs < 5, "{:?}", c.error);
     }
+    println!(
+        "fireflies, 20 % faults: {runs} run(s), {} requests served",
+        sim.counters().total()
+    );
+    assert!(
+        sim.counters().total() > 7,
+        "faults were injected and retried"
+    );
     sim.set_faults(FaultConfig::default());
     assert_equals_truth(&env, ws, &sim).await;
     let c = sync(&o, ws).await;
     assert_completed(&c);
     assert_equals_truth(&env, ws, &sim).await;
+
+    // Transcripts served malformed are captured failures, never taken for deleted.
+    sim.set_faults(FaultConfig {
+        malformed_rate: 1.0,
+        ..Default::default()
+    });
+    let c = sync(&o, ws).await;
+    assert_ne!(c.status, SyncStatus::Completed);
+    assert_eq!(c.counts.archived, 0, "{:?}", c.counts);
+    assert!(format!("{:?}", c.errors).contains("01H"), "{:?}", c.errors);
+    sim.set_faults(FaultConfig::default());
+    assert_completed(&sync(&o, ws).await);
+    assert_equals_truth(&env, ws, &sim).await;
 }
 
 /// A daily quota of 10 requests: the sync stops within a minute with its pages kept, and
 /// after the reset the next run finishes with at most half a full sync's requests.
+#[allow(clippy::print_stdout)] // the figures, shown with --nocapture
 pub async fn daily_quota_stops_and_the_next_day_resumes(env: Env) {
     let sim = FirefliesSim::start(FirefliesSimConfig {
         daily_limit: Some(10),
@@ -407,11 +429,8 @@ pub async fn daily_quota_stops_and_the_next_day_resumes(env: Env) {
     let (ws, o) = setup(&env, &sim, json!({})).await;
     let started = Instant::now();
     let first = sync(&o, ws).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "{:?}",
-        started.elapsed()
-    );
+    let first_elapsed = started.elapsed();
+    assert!(first_elapsed < Duration::from_secs(60), "{first_elapsed:?}");
     assert_ne!(first.status, SyncStatus::Completed);
     assert!(first.rate_limited, "a quota stop: {:?}", first.error);
     assert_eq!(sim.counters().total(), 11, "10 served, the 11th refused");
@@ -427,6 +446,9 @@ pub async fn daily_quota_stops_and_the_next_day_resumes(env: Env) {
     assert!(
         requests <= 7,
         "{requests} requests: half a full sync (13) at most"
+    );
+    println!(
+        "fireflies, daily quota of 10: stopped after {first_elapsed:?} with {kept} rows kept; next day {requests} requests"
     );
     assert_eq!(
         next.counts.inserted,
@@ -472,5 +494,36 @@ pub async fn bad_key_fails_cleanly_in_both_forms(env: Env) {
         );
         assert!(!everything.contains(key), "{form:?}: the key leaked");
         assert!(stored(&env.store, ws).await.is_empty());
+    }
+}
+
+/// `include_sentences`: the transcript text is read 10 transcripts a request (aliased
+/// `transcript(id)` fields), only for new or changed transcripts of each page.
+pub async fn sentences_when_configured(env: Env) {
+    let sim = FirefliesSim::start(FirefliesSimConfig {
+        transcripts: 75,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ws, o) = setup(&env, &sim, json!({"include_sentences": true})).await;
+    let c = sync(&o, ws).await;
+    assert_completed(&c);
+    // Two list pages (50 + 26 with the boundary re-read) and 8 sentence requests.
+    assert_eq!(sim.counters().total(), 2 + 5 + 3);
+    let rows = stored(&env.store, ws).await;
+    assert_eq!(rows.len(), 75);
+    for t in sim.transcripts() {
+        let want: Vec<String> = t
+            .sentences
+            .iter()
+            .map(|s| format!("{}: {}", s.speaker_name, s.text))
+            .collect();
+        assert_eq!(
+            rows[&t.id].transcript.as_deref(),
+            Some(want.join("\n").as_str()),
+            "{}",
+            t.id
+        );
     }
 }

@@ -40,6 +40,7 @@ e2e_suite!(
     faults_lose_nothing,
     daily_quota_stops_and_the_next_day_resumes,
     bad_key_fails_cleanly_in_both_forms,
+    sentences_when_configured,
 );
 
 #[cfg(feature = "fireflies")]

@@ -273,6 +273,7 @@ impl<'a> Syncer<'a> {
             let (rows, data_users) = self.list_page(from, until, cursor.as_ref()).await?;
             self.pages += 1;
             let full = rows.len() as u64 >= PAGE_LIMIT;
+            let listed: Vec<String> = rows.iter().filter_map(transform::transcript_id).collect();
             let keyed: Vec<(String, i64, u64)> = rows
                 .iter()
                 .filter_map(|r| Some((transform::transcript_id(r)?, date_ms(r)?, content_hash(r))))
@@ -328,6 +329,12 @@ impl<'a> Syncer<'a> {
             for (id, d, _) in &keyed {
                 if keep_from.is_some_and(|k| *d >= k) {
                     seen.insert(id.clone(), *d);
+                }
+            }
+            // A transcript listed without a readable date (served malformed) is present.
+            for id in &listed {
+                if let Some(d) = recent.get(id) {
+                    seen.entry(id.clone()).or_insert(*d);
                 }
             }
             let next = if full {
