@@ -69,6 +69,8 @@ pub struct FirefliesSimConfig {
     pub now: DateTime<Utc>,
     /// Email domain of the team's users.
     pub internal_domain: String,
+    /// Email domains of external guests; empty: generated `<company>.example.com` domains.
+    pub external_domains: Vec<String>,
     /// The API key accepted as `Authorization: Bearer …`.
     pub api_key: String,
     /// Whether the per-minute limit is enforced.
@@ -98,6 +100,7 @@ impl Default for FirefliesSimConfig {
             same_instant: 0,
             now: DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now),
             internal_domain: "pandora-demo.example".into(),
+            external_domains: Vec::new(),
             api_key: "sim-fireflies-api-key".into(),
             rate_limits: true,
             rate_max: 60,
@@ -506,7 +509,17 @@ impl Inner {
         let h = |k| self.h(3, j, k);
         let id = transcript_id(j, h(0));
         let company = pick(&COMPANIES, h(1));
-        let domain = format!("{}.example.com", company.to_lowercase());
+        let domain = if self.cfg.external_domains.is_empty() {
+            format!("{}.example.com", company.to_lowercase())
+        } else {
+            let domains: Vec<&str> = self
+                .cfg
+                .external_domains
+                .iter()
+                .map(String::as_str)
+                .collect();
+            pick(&domains, h(1)).to_owned()
+        };
         let users = self.cfg.users.max(1);
         let host = self.user(1 + h(2) % users);
         let mut participants = vec![host.email.clone()];
