@@ -5,6 +5,9 @@
 
 mod sim;
 
+#[cfg(all(feature = "fireflies", feature = "sqlite"))]
+mod example;
+
 #[cfg(all(feature = "fireflies", any(feature = "sqlite", feature = "postgres")))]
 mod e2e;
 
