@@ -120,8 +120,12 @@ pub(crate) fn advance(cursor: Option<&Cursor>, rows: &[(String, i64, u64)]) -> R
         b: oldest,
         ..Cursor::default()
     });
-    let overlapped = rows.iter().any(|r| next.near.contains_key(&r.0));
-    if next.skip > 0 && !overlapped {
+    let known = |r: &(String, i64, u64)| next.near.contains_key(&r.0);
+    // Past the first page of the instant, a page shares its first rows with the one before
+    // and brings new ones; sharing none (rows deleted before the offset) or bringing none
+    // (rows deleted, or an offset not honoured) means the list moved under the offset.
+    let moved = !rows.iter().any(known) || rows.iter().all(known);
+    if next.skip > 0 && moved {
         next.restarts += 1;
         if next.restarts > MAX_TIE_RESTARTS {
             return Err(Error::decode(
@@ -524,5 +528,17 @@ mod tests {
         let moved: Vec<(String, i64, u64)> = (300..350).map(|i| (format!("t{i}"), 5, 1)).collect();
         assert!(advance(Some(&c), &moved).is_err());
         assert!(advance(None, &[]).is_err());
+        // An offset that is not honoured (the same page again) stops instead of looping.
+        let mut c = advance(None, &tie).unwrap();
+        for _ in 0..=MAX_TIE_RESTARTS * 2 {
+            match advance(Some(&c), &tie) {
+                Ok(next) => c = next,
+                Err(e) => {
+                    assert!(e.to_string().contains("keep moving"), "{e}");
+                    return;
+                }
+            }
+        }
+        panic!("looped on a page that never changes");
     }
 }
