@@ -345,6 +345,21 @@ pub async fn drift_between_pages_and_one_instant_lose_nothing(env: Env) {
     for id in &tie {
         assert!(rows.contains_key(id), "{id} of the one instant lost");
     }
+    // Every page was a fresh date-bounded query from offset 0, except inside the instant
+    // holding 55 transcripts, which was stepped with overlapping pages.
+    let log = sim.transcripts_log();
+    let tie_date = sim.transcript(&tie[0]).unwrap().date;
+    let stepped: Vec<_> = log.iter().filter(|a| a.skip > 0).collect();
+    assert!(!stepped.is_empty(), "{log:?}");
+    for a in &stepped {
+        assert_eq!(a.skip % 40, 0, "{a:?}");
+        assert_eq!(
+            a.to,
+            Some(tie_date + chrono::Duration::milliseconds(1)),
+            "{a:?}"
+        );
+    }
+    assert!(log.iter().all(|a| a.limit == 50));
     // The transcripts added during the pass lie after its start: the next run reads them.
     let inc = sync(&o, ws).await;
     assert_completed(&inc);
