@@ -32,7 +32,12 @@
 //!   ([`InternalFilter`](crate::hooks::InternalFilter)): one owner per column.
 //! - **Sentences** (`include_sentences`) are large: they are read after each page for its
 //!   new or changed transcripts, 10 `transcript(id)` fields per request (aliases), into
-//!   `conversations.transcript` as `Speaker: text` lines.
+//!   `conversations.transcript` as `Speaker: text` lines. Incremental passes re-read the
+//!   overlap window, so each run also re-reads the sentences of the transcripts inside it
+//!   (one more request per 10 of them).
+//! - **No source totals**: Fireflies reports no transcript count, so reconciliation has
+//!   nothing to compare with; no backfill mode either (an initial sync reads the whole
+//!   history unless `lookback_days` limits it).
 //!
 //! **Limits**: Business and Enterprise plans allow 60 requests a minute (the default
 //! budget; `rate_limit` replaces it); Free and Pro allow 50 a day. `too_many_requests`
