@@ -91,6 +91,29 @@ impl ConnectorRegistry {
                 Ok(Box::new(GongConnector::new(&base, credentials, config)?))
             });
         }
+        #[cfg(feature = "fireflies")]
+        {
+            use crate::connectors::fireflies::{
+                FirefliesConfig, FirefliesConnector, FirefliesCredentials,
+            };
+
+            let base = base_urls
+                .get(&ConnectorKind::Fireflies)
+                .cloned()
+                .unwrap_or_else(|| "https://api.fireflies.ai".to_owned());
+            registry = registry.register(ConnectorKind::Fireflies, move |row, creds| {
+                let creds = creds
+                    .ok_or_else(|| Error::config("the fireflies connection has no credentials"))?;
+                let credentials = FirefliesCredentials::from_lookup(|k| creds.get(k))?;
+                let config = FirefliesConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
+                Ok(Box::new(FirefliesConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
+            });
+        }
         registry
     }
 

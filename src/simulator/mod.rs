@@ -23,6 +23,8 @@
 //! # Ok(()) }
 //! ```
 
+mod fireflies;
+mod fireflies_gql;
 mod gong;
 mod hubspot;
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
@@ -43,6 +45,11 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use fireflies::{
+    FIREFLIES_MAX_LIMIT, FirefliesErrorForm, FirefliesSim, FirefliesSimAttendee,
+    FirefliesSimConfig, FirefliesSimHandle, FirefliesSimSentence, FirefliesSimSummary,
+    FirefliesSimTranscript, FirefliesSimUser, NewFirefliesTranscript, TranscriptsArgs,
+};
 pub use gong::{
     GongAffiliation, GongSim, GongSimCall, GongSimConfig, GongSimParty, GongSimUser,
     NO_CALLS_FOUND, NewGongCall,

@@ -1,6 +1,6 @@
 //! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot and Gong
-//! simulators → orchestrator → an SQLite file, an initial and an incremental sync, and the
-//! built-in post-sync hooks.
+//! simulators (and Fireflies' with the `fireflies` feature) → orchestrator → an SQLite file,
+//! an initial and an incremental sync, and the built-in post-sync hooks.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -36,13 +36,15 @@ pub struct QuickstartConfig {
     pub gong_users: u64,
     /// Gong calls over the last 90 days.
     pub gong_calls: u64,
+    /// Fireflies transcripts over the last 90 days (with the `fireflies` feature).
+    pub fireflies_transcripts: u64,
     /// Where progress goes (records stored so far).
     pub progress: Option<ProgressReporter>,
 }
 
 impl QuickstartConfig {
     /// The quickstart's default size: 2,000 companies, 8,000 contacts, 4,000 deals, 25 Gong
-    /// users and 1,500 calls.
+    /// users and 1,500 calls, 400 Fireflies transcripts.
     pub fn new(database: impl Into<PathBuf>) -> Self {
         QuickstartConfig {
             database: database.into(),
@@ -51,6 +53,7 @@ impl QuickstartConfig {
             deals: 4_000,
             gong_users: 25,
             gong_calls: 1_500,
+            fireflies_transcripts: 400,
             progress: None,
         }
     }
@@ -101,11 +104,20 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         users: cfg.gong_users,
         calls: cfg.gong_calls,
         days: 90,
-        external_domains: domains,
+        external_domains: domains.clone(),
         ..Default::default()
     })
     .await
     .map_err(|e| Error::config(format!("starting the Gong simulator: {e}")))?;
+    #[cfg(feature = "fireflies")]
+    let fireflies = super::FirefliesSim::start(super::FirefliesSimConfig {
+        transcripts: cfg.fireflies_transcripts,
+        days: 90,
+        external_domains: domains.clone(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the Fireflies simulator: {e}")))?;
 
     for suffix in ["", "-wal", "-shm"] {
         let mut p = cfg.database.clone().into_os_string();
@@ -143,10 +155,23 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         )
         .await?;
 
-    let registry = ConnectorRegistry::builtin(&BTreeMap::from([
+    #[cfg(feature = "fireflies")]
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::Fireflies, "api_key").with_credentials(
+                Credentials::from_json(serde_json::json!({"api_key": fireflies.config().api_key}))?,
+            ),
+        )
+        .await?;
+
+    #[allow(unused_mut)]
+    let mut origins = BTreeMap::from([
         (ConnectorKind::Hubspot, hubspot.base_url()),
         (ConnectorKind::Gong, gong.base_url()),
-    ]));
+    ]);
+    #[cfg(feature = "fireflies")]
+    origins.insert(ConnectorKind::Fireflies, fireflies.base_url());
+    let registry = ConnectorRegistry::builtin(&origins);
     let orchestrator = Orchestrator::new(store.clone(), registry)
         .with_builtin_hooks(BuiltinHooksConfig::default());
     let options = || SyncOptions {
@@ -176,6 +201,20 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
                 NewGongCall::new(host.clone(), Utc::now() - chrono::Duration::hours(2 + n))
                     .title(format!("Quickstart follow-up {}", n + 1)),
             );
+        }
+    }
+    #[cfg(feature = "fireflies")]
+    {
+        // The latest meeting renamed after the call, and two meetings recorded since.
+        if let Some(t) = fireflies.transcripts().first() {
+            fireflies.modify_transcript(&t.id.clone(), |t| {
+                t.title = format!("{} (renamed)", t.title);
+            });
+        }
+        for n in 0..2 {
+            fireflies.add_transcript(super::NewFirefliesTranscript::at(
+                Utc::now() - chrono::Duration::minutes(30 + 20 * n),
+            ));
         }
     }
     let incremental = orchestrator.sync_workspace(workspace_id, options()).await?;
@@ -214,6 +253,8 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     store.close().await;
     hubspot.shutdown().await;
     gong.shutdown().await;
+    #[cfg(feature = "fireflies")]
+    fireflies.shutdown().await;
     Ok(QuickstartReport {
         workspace_id,
         initial,

@@ -20,9 +20,11 @@ async fn quickstart_runs_end_to_end() {
     cfg.deals = 80;
     cfg.gong_users = 3;
     cfg.gong_calls = 60;
+    cfg.fireflies_transcripts = 80;
     let r = run_quickstart(cfg).await.unwrap();
+    let connectors = 2 + usize::from(cfg!(feature = "fireflies"));
     for run in [&r.initial, &r.incremental] {
-        assert_eq!(run.connectors.len(), 2);
+        assert_eq!(run.connectors.len(), connectors);
         for c in &run.connectors {
             assert_eq!(
                 c.status,
@@ -73,6 +75,25 @@ async fn quickstart_runs_end_to_end() {
         "three new calls: {:?}",
         gong.counts
     );
+    #[cfg(feature = "fireflies")]
+    {
+        let fireflies = |run: &pandora_sync::WorkspaceSyncResult| {
+            run.connectors
+                .iter()
+                .find(|c| c.connector == ConnectorKind::Fireflies)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(fireflies(&r.initial).counts.inserted, 80);
+        let inc = fireflies(&r.incremental);
+        assert_eq!(
+            (inc.counts.inserted, inc.counts.updated),
+            (2, 1),
+            "two new transcripts, one renamed: {:?}",
+            inc.counts
+        );
+        assert!(r.tables["conversations"] >= 63 + 82);
+    }
     assert_eq!(r.tables["accounts"], 40);
     assert_eq!(r.tables["contacts"], 160);
     assert_eq!(r.tables["deals"], 80);
