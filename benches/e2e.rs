@@ -124,6 +124,16 @@ mod bench {
         let elapsed = started.elapsed();
         let c = &result.connectors[0];
         assert!(c.error.is_none(), "sync failed: {:?}", c.error);
+        let hooks: Vec<String> = result
+            .hooks
+            .iter()
+            .map(|h| format!("{} {} ms", h.name, h.duration_ms))
+            .collect();
+        println!(
+            "  ({} requests; post-sync hooks, included: {})",
+            c.requests,
+            hooks.join(", ")
+        );
         let records = c.records_by_table.values().sum();
         (records, elapsed)
     }
@@ -406,6 +416,13 @@ mod bench {
         {
             child(total);
             return;
+        }
+        if let Ok(filter) = std::env::var("E2E_TRACE") {
+            // A timeline of the run on stderr, e.g. `E2E_TRACE=pandora_sync=debug`.
+            tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .init();
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -35,9 +35,10 @@ const GROUP_BYTES: usize = 32 << 20;
 /// their checkpoint in `write_batch`es.
 ///
 /// Small pages arriving in quick succession are grouped: a page of at most `batch_size`
-/// records that comes less than [`GROUP_LINGER`] after the previous one waits for the
-/// next, until the group holds [`GROUP_RECORDS`] records or about [`GROUP_BYTES`], a page
-/// carries deletions or deals' contact sets, a page is larger than `batch_size`, the group's first page is [`GROUP_MAX_AGE`] old, or
+/// records that comes less than [`GROUP_LINGER`] after the previous `write` returned (the
+/// connector's own time per page, not the time a write made it wait) waits for the next,
+/// until the group holds [`GROUP_RECORDS`] records or about [`GROUP_BYTES`], a page is
+/// larger than `batch_size`, the group's first page is [`GROUP_MAX_AGE`] old, or
 /// [`RecordSink::flush`] / [`StoreSink::settle`] is called. A group is committed in one
 /// transaction per table kind (records, then deal-contact links) and the last of them
 /// carries the checkpoint of the group's last page, so a checkpoint is never committed
@@ -79,8 +80,8 @@ pub(super) struct StoreSink {
     in_flight: Option<InFlight>,
     /// Small pages waiting to be committed together.
     pending: Option<Pending>,
-    /// When the previous page arrived.
-    last_write: Option<Instant>,
+    /// When the previous [`RecordSink::write`] returned.
+    last_return: Option<Instant>,
 }
 
 /// Pages written but not launched yet: their records, links and deletions in page order,
@@ -143,7 +144,7 @@ impl StoreSink {
             progress,
             in_flight: None,
             pending: None,
-            last_write: None,
+            last_return: None,
         }
     }
 
@@ -239,6 +240,23 @@ impl RecordSink for StoreSink {
     /// waited for. The page given here is durable once the next `write` or
     /// [`flush`](RecordSink::flush) returns `Ok`.
     async fn write(&mut self, batch: RecordBatch, checkpoint: &Checkpoint) -> Result<WriteCounts> {
+        let written = self.accept(batch, checkpoint).await;
+        // The connector's own time between pages (fetch, transform) runs from here: a page
+        // that waited for a slow write is not, for that, a page that came late.
+        self.last_return = Some(Instant::now());
+        written
+    }
+
+    /// Commits the pages not launched yet and waits for them: when it returns `Ok`, every
+    /// page written so far and its checkpoint are committed.
+    async fn flush(&mut self) -> Result<()> {
+        self.settle().await.map(|_| ())
+    }
+}
+
+impl StoreSink {
+    /// [`RecordSink::write`] without the bookkeeping of when it returned.
+    async fn accept(&mut self, batch: RecordBatch, checkpoint: &Checkpoint) -> Result<WriteCounts> {
         let RecordBatch {
             records,
             deletions,
@@ -282,9 +300,8 @@ impl RecordSink for StoreSink {
 
         let now = Instant::now();
         let quick = self
-            .last_write
+            .last_return
             .is_some_and(|t| now.duration_since(t) < GROUP_LINGER);
-        self.last_write = Some(now);
         let size = self.batch_size.max(1);
         let small = primary.len() + links.len() <= size;
         let mut previous = WriteCounts::default();
@@ -308,10 +325,11 @@ impl RecordSink for StoreSink {
             p.deletions.extend(deletions);
             p.link_sets.extend(valid_sets);
             p.checkpoint = checkpoint.clone();
+            // Deletions and contact sets group too: they are applied after every record and
+            // link of the group, and both are version-safe in any order (an archive never
+            // passes a newer `source_updated_at`; a deal's last contact set wins).
             let full = p.primary.len() + p.links.len() >= GROUP_RECORDS
                 || p.bytes >= GROUP_BYTES
-                || !p.deletions.is_empty()
-                || !p.link_sets.is_empty()
                 || now.duration_since(p.since) >= GROUP_MAX_AGE;
             if full || !quick {
                 previous += self.launch_pending().await?;
@@ -340,12 +358,6 @@ impl RecordSink for StoreSink {
         );
         self.spawn(parts, checkpoint.clone());
         Ok(previous)
-    }
-
-    /// Commits the pages not launched yet and waits for them: when it returns `Ok`, every
-    /// page written so far and its checkpoint are committed.
-    async fn flush(&mut self) -> Result<()> {
-        self.settle().await.map(|_| ())
     }
 }
 
