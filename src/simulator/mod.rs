@@ -25,6 +25,7 @@
 
 mod gong;
 mod hubspot;
+mod salesforce;
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
 mod quickstart;
 
@@ -50,6 +51,10 @@ pub use gong::{
 pub use hubspot::{
     HubSpotEndpoint, HubSpotOAuthApp, HubSpotObject, HubSpotPortal, HubSpotSim, HubSpotSimConfig,
     SimRecord,
+};
+pub use salesforce::{
+    LocatorDeath, SIM_API_VERSIONS, SalesforceObject, SalesforceRecord, SalesforceSim,
+    SalesforceSimConfig, custom_field_name,
 };
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
 #[cfg_attr(
