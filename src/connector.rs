@@ -700,6 +700,14 @@ pub trait SyncCapable: Send + Sync {
         Err(Error::unsupported("backfill_sync", self.kind().as_str()))
     }
 
+    /// Credential values the provider replaced while this connector ran (a rotated OAuth
+    /// refresh token), as `(key, value)` pairs of the connection's credentials JSON. The
+    /// orchestrator stores them with the connection after every run, finished or not, so
+    /// the next run uses them. Empty unless overridden.
+    fn credential_updates(&self) -> Vec<(String, secrecy::SecretString)> {
+        Vec::new()
+    }
+
     /// Runs the sync that `ctx.mode()` names.
     async fn sync(&self, ctx: &SyncContext, sink: &mut dyn RecordSink) -> Result<SyncReport> {
         match ctx.mode() {

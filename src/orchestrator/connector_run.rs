@@ -217,7 +217,10 @@ impl Orchestrator {
             .with_lag(self.config.watermark_lag)
             .with_cancel(cancel.clone())
             .with_progress(options.progress.clone().unwrap_or_default());
-        let report = connector.sync(&ctx, sink).await?;
+        let outcome = connector.sync(&ctx, sink).await;
+        self.store_credential_updates(row, connector.as_ref(), credentials.as_ref())
+            .await;
+        let report = outcome?;
         let needs_backfill = mode != SyncMode::Backfill
             && report
                 .details
@@ -239,6 +242,53 @@ impl Orchestrator {
             }
         }
         Ok((report, false))
+    }
+
+    /// Stores the credential values the connector replaced (a rotated refresh token) with
+    /// the connection. A failure is logged (without the values): the run's data is safe,
+    /// and the next run may have to be re-authorized.
+    async fn store_credential_updates(
+        &self,
+        row: &ConnectionRow,
+        connector: &dyn crate::connector::SyncCapable,
+        credentials: Option<&crate::store::Credentials>,
+    ) {
+        let updates = connector.credential_updates();
+        if updates.is_empty() {
+            return;
+        }
+        let stored = async {
+            let mut json = match credentials {
+                Some(c) => c.expose_json()?,
+                None => serde_json::json!({}),
+            };
+            if let Some(map) = json.as_object_mut() {
+                for (key, value) in &updates {
+                    map.insert(
+                        key.clone(),
+                        serde_json::Value::String(
+                            secrecy::ExposeSecret::expose_secret(value).to_owned(),
+                        ),
+                    );
+                }
+            }
+            let sealed = crate::store::Credentials::from_json(json)?;
+            self.store
+                .set_credentials(row.workspace_id, row.connector, Some(&sealed))
+                .await
+        };
+        match stored.await {
+            Ok(()) => tracing::info!(
+                connector = %row.connector,
+                keys = ?updates.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                "stored credentials the provider rotated"
+            ),
+            Err(e) => tracing::error!(
+                connector = %row.connector,
+                error = %e,
+                "storing rotated credentials failed; the connection may need re-authorization"
+            ),
+        }
     }
 
     async fn close_log(
