@@ -63,7 +63,10 @@ fn build_query(
             ));
         }
     }
-    conds.push(format!("SystemModstamp < {}", transform::soql_time(until)));
+    // Up to the end of the pass's starting second (literals have second precision): rows
+    // changed later in that second are read now and again next time, never skipped.
+    let end = DateTime::from_timestamp(until.timestamp().saturating_add(1), 0).unwrap_or(until);
+    conds.push(format!("SystemModstamp < {}", transform::soql_time(end)));
     let select = if count {
         "COUNT()".to_owned()
     } else {
@@ -442,12 +445,12 @@ mod tests {
             q,
             "SELECT Id, SystemModstamp FROM Contact WHERE SystemModstamp >= 2024-05-01T10:00:00Z \
              AND (SystemModstamp > 2024-05-01T10:00:00Z OR Id > '0035g0000000009AAA') \
-             AND SystemModstamp < 2024-06-01T00:00:00Z ORDER BY SystemModstamp ASC, Id ASC"
+             AND SystemModstamp < 2024-06-01T00:00:01Z ORDER BY SystemModstamp ASC, Id ASC"
         );
         let c = build_query(Object::Account, &fields, &Lower::From(at), until, true);
         assert_eq!(
             c,
-            "SELECT COUNT() FROM Account WHERE SystemModstamp >= 2024-05-01T10:00:00Z AND SystemModstamp < 2024-06-01T00:00:00Z"
+            "SELECT COUNT() FROM Account WHERE SystemModstamp >= 2024-05-01T10:00:00Z AND SystemModstamp < 2024-06-01T00:00:01Z"
         );
     }
 }
