@@ -107,7 +107,11 @@ impl ConnectorRegistry {
                 let credentials = SalesforceCredentials::from_lookup(|k| creds.get(k))?;
                 let config = SalesforceConfig::from_json(&row.config)?;
                 let base = config.base_url.clone().unwrap_or_else(|| base.clone());
-                Ok(Box::new(SalesforceConnector::new(&base, credentials, config)?))
+                Ok(Box::new(SalesforceConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
             });
         }
         registry

@@ -25,9 +25,9 @@
 
 mod gong;
 mod hubspot;
-mod salesforce;
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
 mod quickstart;
+mod salesforce;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -52,16 +52,16 @@ pub use hubspot::{
     HubSpotEndpoint, HubSpotOAuthApp, HubSpotObject, HubSpotPortal, HubSpotSim, HubSpotSimConfig,
     SimRecord,
 };
-pub use salesforce::{
-    LocatorDeath, SIM_API_VERSIONS, SalesforceObject, SalesforceRecord, SalesforceSim,
-    SalesforceSimConfig, custom_field_name,
-};
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
 #[cfg_attr(
     docsrs,
     doc(cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite")))
 )]
 pub use quickstart::{QuickstartConfig, QuickstartReport, run_quickstart};
+pub use salesforce::{
+    LocatorDeath, SIM_API_VERSIONS, SalesforceObject, SalesforceRecord, SalesforceSim,
+    SalesforceSimConfig, custom_field_name,
+};
 
 /// Faults a simulator injects into its answers. Decisions are deterministic: they depend on
 /// the simulator's seed and the request's sequence number (or the record's id), so a failing

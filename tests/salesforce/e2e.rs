@@ -181,7 +181,13 @@ fn custom(r: &SalesforceRecord) -> serde_json::Map<String, Value> {
 
 fn domain(website: Option<String>) -> Option<String> {
     let w = website?;
-    let host = w.split("://").nth(1).unwrap_or(&w).split('/').next()?.to_lowercase();
+    let host = w
+        .split("://")
+        .nth(1)
+        .unwrap_or(&w)
+        .split('/')
+        .next()?
+        .to_lowercase();
     Some(host.strip_prefix("www.").unwrap_or(&host).to_owned())
 }
 
@@ -211,13 +217,33 @@ pub async fn assert_equals_truth(store: &Arc<dyn SyncStore>, ws: Uuid, sim: &Sal
                 continue;
             };
             let meta = row.meta().unwrap();
-            assert_eq!(meta.archived_at.is_some(), t.is_deleted(), "{kind:?} {} archived", t.id);
+            assert_eq!(
+                meta.archived_at.is_some(),
+                t.is_deleted(),
+                "{kind:?} {} archived",
+                t.id
+            );
             if t.is_deleted() {
                 continue;
             }
-            assert_eq!(meta.source_updated_at, time(t, "SystemModstamp"), "{kind:?} {}", t.id);
-            assert_eq!(meta.source_created_at, time(t, "CreatedDate"), "{kind:?} {}", t.id);
-            assert_eq!(meta.custom_fields, custom(t), "{kind:?} {} custom_fields", t.id);
+            assert_eq!(
+                meta.source_updated_at,
+                time(t, "SystemModstamp"),
+                "{kind:?} {}",
+                t.id
+            );
+            assert_eq!(
+                meta.source_created_at,
+                time(t, "CreatedDate"),
+                "{kind:?} {}",
+                t.id
+            );
+            assert_eq!(
+                meta.custom_fields,
+                custom(t),
+                "{kind:?} {} custom_fields",
+                t.id
+            );
             match row {
                 Record::Account(a) => {
                     assert_eq!(a.name, text(t, "Name"));
@@ -242,7 +268,10 @@ pub async fn assert_equals_truth(store: &Arc<dyn SyncStore>, ws: Uuid, sim: &Sal
                     assert_eq!(d.currency, text(t, "CurrencyIsoCode"));
                     assert_eq!(d.stage, text(t, "StageName"));
                     assert_eq!(d.close_date.map(|c| c.to_string()), text(t, "CloseDate"));
-                    assert_eq!(d.probability, t.get("Probability").as_f64().map(|p| p / 100.0));
+                    assert_eq!(
+                        d.probability,
+                        t.get("Probability").as_f64().map(|p| p / 100.0)
+                    );
                     assert_eq!(d.forecast_category, text(t, "ForecastCategoryName"));
                     assert_eq!(d.is_closed, t.get("IsClosed").as_bool());
                     assert_eq!(d.is_won, t.get("IsWon").as_bool());
@@ -258,7 +287,11 @@ pub async fn assert_equals_truth(store: &Arc<dyn SyncStore>, ws: Uuid, sim: &Sal
         .iter()
         .map(|r| {
             (
-                format!("{}:{}", text(r, "OpportunityId").unwrap(), text(r, "ContactId").unwrap()),
+                format!(
+                    "{}:{}",
+                    text(r, "OpportunityId").unwrap(),
+                    text(r, "ContactId").unwrap()
+                ),
                 text(r, "Role"),
             )
         })
@@ -267,7 +300,11 @@ pub async fn assert_equals_truth(store: &Arc<dyn SyncStore>, ws: Uuid, sim: &Sal
         .count_records(ws, RecordKind::DealContact, Some(ConnectorKind::Salesforce))
         .await
         .unwrap();
-    assert_eq!(stored_links, links.len() as u64, "one link per live contact role");
+    assert_eq!(
+        stored_links,
+        links.len() as u64,
+        "one link per live contact role"
+    );
     for (link, role) in &links {
         let Some(Record::DealContact(l)) = store
             .get_record(ws, RecordKind::DealContact, ConnectorKind::Salesforce, link)
@@ -285,7 +322,10 @@ fn rows_read(by_table: &BTreeMap<String, u64>) -> u64 {
 }
 
 fn total_rows(sim: &SalesforceSim) -> u64 {
-    O::ALL.iter().map(|o| sim.all_records(*o).len() as u64).sum()
+    O::ALL
+        .iter()
+        .map(|o| sim.all_records(*o).len() as u64)
+        .sum()
 }
 
 /// ~6,000 rows with 2,300 contacts on one `SystemModstamp` second (REST, pages of 2,000
@@ -321,23 +361,59 @@ pub async fn initial_and_incremental_equal_the_truth(env: Env) {
         .map(|r| ((r.object, r.id.clone()), r))
         .collect();
     for n in 1..=20 {
-        assert!(sim.modify(O::Contact, &O::Contact.id(n * 97), [("Title", json!("Head of Rust"))]));
+        assert!(sim.modify(
+            O::Contact,
+            &O::Contact.id(n * 97),
+            [("Title", json!("Head of Rust"))]
+        ));
     }
     for n in 1..=15 {
         assert!(sim.modify(
             O::Opportunity,
             &O::Opportunity.id(n * 31),
-            [("StageName", json!("Closed Won")), ("IsClosed", json!(true)), ("IsWon", json!(true)), ("Probability", json!(100.0))],
+            [
+                ("StageName", json!("Closed Won")),
+                ("IsClosed", json!(true)),
+                ("IsWon", json!(true)),
+                ("Probability", json!(100.0))
+            ],
         ));
     }
     let renamed = sim.rename_picklist_value(O::Account, "Industry", "Retail", "Retail & Consumer");
     assert!(renamed > 0);
-    let new_account = sim.create(O::Account, [("Name", json!("Fresh Co")), ("Website", json!("fresh.example.org"))]);
-    let new_contact = sim.create(O::Contact, [("LastName", json!("New")), ("AccountId", json!(new_account))]);
-    let new_opp = sim.create(O::Opportunity, [("Name", json!("Fresh deal")), ("StageName", json!("Prospecting")), ("AccountId", json!(new_account))]);
-    sim.create(O::OpportunityContactRole, [("OpportunityId", json!(new_opp)), ("ContactId", json!(new_contact)), ("Role", json!("Decision Maker"))]);
+    let new_account = sim.create(
+        O::Account,
+        [
+            ("Name", json!("Fresh Co")),
+            ("Website", json!("fresh.example.org")),
+        ],
+    );
+    let new_contact = sim.create(
+        O::Contact,
+        [
+            ("LastName", json!("New")),
+            ("AccountId", json!(new_account)),
+        ],
+    );
+    let new_opp = sim.create(
+        O::Opportunity,
+        [
+            ("Name", json!("Fresh deal")),
+            ("StageName", json!("Prospecting")),
+            ("AccountId", json!(new_account)),
+        ],
+    );
+    sim.create(
+        O::OpportunityContactRole,
+        [
+            ("OpportunityId", json!(new_opp)),
+            ("ContactId", json!(new_contact)),
+            ("Role", json!("Decision Maker")),
+        ],
+    );
     // Cascading deletes: accounts with their contacts, opportunities and roles.
-    let cascade = sim.delete(O::Account, &O::Account.id(5)) + sim.delete(O::Account, &O::Account.id(6));
+    let cascade =
+        sim.delete(O::Account, &O::Account.id(5)) + sim.delete(O::Account, &O::Account.id(6));
     assert!(cascade > 2, "{cascade}");
     // Contact roles removed on their own.
     let roles: Vec<String> = sim
@@ -369,15 +445,25 @@ pub async fn initial_and_incremental_equal_the_truth(env: Env) {
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
     let c = &r.connectors[0];
     assert_eq!(c.status, SyncStatus::Completed, "{:?}", c.error);
-    assert_eq!((c.counts.inserted, c.counts.updated), (ins, upd), "exactly the changes: {:?}", c.counts);
-    assert!(c.counts.archived >= arch, "{:?} vs {arch} deleted", c.counts);
+    assert_eq!(
+        (c.counts.inserted, c.counts.updated),
+        (ins, upd),
+        "exactly the changes: {:?}",
+        c.counts
+    );
+    assert!(
+        c.counts.archived >= arch,
+        "{:?} vs {arch} deleted",
+        c.counts
+    );
     assert!(
         rows_read(&c.records_by_table) * 10 < total * 3,
         "an incremental run reads under 30 % of the rows: {} of {total}",
         rows_read(&c.records_by_table)
     );
     assert_equals_truth(&env.store, ws, &sim).await;
-    let incremental_requests = sim.counters().total();
+    // The incremental run: token + 4 describes + 4 queries, one batch each.
+    assert_eq!(sim.counters().total(), 9);
 
     // Undelete: the account and what its delete took come back.
     // On a later second than the delete (SystemModstamp has second precision).
@@ -385,7 +471,12 @@ pub async fn initial_and_incremental_equal_the_truth(env: Env) {
     let back = sim.undelete(O::Account, &O::Account.id(5));
     assert!(back >= 1);
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
-    assert_eq!(r.connectors[0].status, SyncStatus::Completed, "{:?}", r.connectors[0].error);
+    assert_eq!(
+        r.connectors[0].status,
+        SyncStatus::Completed,
+        "{:?}",
+        r.connectors[0].error
+    );
     assert_equals_truth(&env.store, ws, &sim).await;
 
     // No changes: one query per object (and the token, the describes).
@@ -393,12 +484,21 @@ pub async fn initial_and_incremental_equal_the_truth(env: Env) {
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
     assert_eq!(r.connectors[0].status, SyncStatus::Completed);
     let quiet = sim.counters().snapshot();
-    assert_eq!(quiet.get("GET /services/data/{version}/queryAll"), Some(&4), "{quiet:?}");
-    assert_eq!(quiet.get("GET /services/data/{version}/query/{locator}"), None, "{quiet:?}");
-    eprintln!(
-        "salesforce requests: initial REST {initial_requests}, incremental {incremental_requests}, no-change {} ({quiet:?})",
-        sim.counters().total()
+    assert_eq!(
+        quiet.get("GET /services/data/{version}/queryAll"),
+        Some(&4),
+        "{quiet:?}"
     );
+    assert_eq!(
+        quiet.get("GET /services/data/{version}/query/{locator}"),
+        None,
+        "{quiet:?}"
+    );
+    // Requests: initial (REST) = token + 4 describes + 4 counts + 4 queries + 1 locator
+    // page (3,300 contacts in batches of 2,000); a no-change run = token + 4 describes +
+    // 4 queries.
+    assert_eq!(initial_requests, 14);
+    assert_eq!(sim.counters().total(), 9, "{quiet:?}");
 }
 
 /// 25,000+ rows: contacts and opportunities above the threshold go through Bulk 2.0, their
@@ -419,13 +519,18 @@ pub async fn bulk_initial_sync_pages_by_locator(env: Env) {
     assert_eq!(c.status, SyncStatus::Completed, "{:?}", c.error);
     assert_equals_truth(&env.store, ws, &sim).await;
     let counts = sim.counters().snapshot();
-    assert_eq!(sim.bulk_jobs_created(), 1, "only contacts exceed 10,000: {counts:?}");
+    assert_eq!(
+        sim.bulk_jobs_created(),
+        1,
+        "only contacts exceed 10,000: {counts:?}"
+    );
     assert_eq!(
         counts.get("GET /services/data/{version}/jobs/query/{id}/results"),
         Some(&3),
         "22,000 rows in pages of 10,000: {counts:?}"
     );
-    eprintln!("salesforce requests: initial with Bulk {} ({counts:?})", sim.counters().total());
+    // token + 4 describes + 4 counts + 3 REST queries + job create, 2 polls, 3 result pages.
+    assert_eq!(sim.counters().total(), 18, "{counts:?}");
 }
 
 /// 4,500 contacts on one second across REST pages of 2,000, then rows committed late on
@@ -444,7 +549,12 @@ pub async fn ties_across_pages_and_late_commits(env: Env) {
     sim.stamp(O::Contact, ids.iter().map(String::as_str), newest);
     let (ws, o) = setup(&env, &sim, fast(json!({}))).await;
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
-    assert_eq!(r.connectors[0].status, SyncStatus::Completed, "{:?}", r.connectors[0].error);
+    assert_eq!(
+        r.connectors[0].status,
+        SyncStatus::Completed,
+        "{:?}",
+        r.connectors[0].error
+    );
     assert_equals_truth(&env.store, ws, &sim).await;
     // Late commits: new rows stamped on the newest second already read.
     let late: Vec<String> = (0..30)
@@ -462,7 +572,10 @@ pub async fn ties_across_pages_and_late_commits(env: Env) {
 /// each refresh (both ways Salesforce answers them): nothing lost, no 401 loop, and the
 /// rotated token kept with the connection for the next run.
 pub async fn dying_tokens_lose_nothing(env: Env) {
-    for death in [LocatorDeath::InvalidSessionId, LocatorDeath::InvalidQueryLocator] {
+    for death in [
+        LocatorDeath::InvalidSessionId,
+        LocatorDeath::InvalidQueryLocator,
+    ] {
         let sim = SalesforceSim::start(SalesforceSimConfig {
             accounts: 300,
             contacts: 1_500,
@@ -479,7 +592,11 @@ pub async fn dying_tokens_lose_nothing(env: Env) {
         let c = &r.connectors[0];
         assert_eq!(c.status, SyncStatus::Completed, "{death:?}: {:?}", c.error);
         assert_equals_truth(&env.store, ws, &sim).await;
-        assert!(sim.sessions_issued() > 3, "{death:?}: {} sessions", sim.sessions_issued());
+        assert!(
+            sim.sessions_issued() > 3,
+            "{death:?}: {} sessions",
+            sim.sessions_issued()
+        );
         // The rotated refresh token is what the connection holds now.
         let row = env
             .store
@@ -495,14 +612,22 @@ pub async fn dying_tokens_lose_nothing(env: Env) {
         // And the next run works with it.
         sim.modify(O::Contact, &O::Contact.id(7), [("Title", json!("Rotated"))]);
         let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
-        assert_eq!(r.connectors[0].status, SyncStatus::Completed, "{:?}", r.connectors[0].error);
+        assert_eq!(
+            r.connectors[0].status,
+            SyncStatus::Completed,
+            "{:?}",
+            r.connectors[0].error
+        );
         assert_equals_truth(&env.store, ws, &sim).await;
         ws_drop(&env, ws).await;
     }
 }
 
 async fn ws_drop(env: &Env, ws: Uuid) {
-    let _ = env.store.delete_connection(ws, ConnectorKind::Salesforce).await;
+    let _ = env
+        .store
+        .delete_connection(ws, ConnectorKind::Salesforce)
+        .await;
 }
 
 /// 20 % faults (500 `UNKNOWN_EXCEPTION`, HTML 502/503, dropped and truncated bodies) and a
@@ -523,7 +648,12 @@ pub async fn faults_and_failed_bulk_jobs_lose_nothing(env: Env) {
     .await
     .unwrap();
     sim.fail_next_bulk_jobs(1);
-    let (ws, o) = setup(&env, &sim, fast(json!({"bulk_threshold": 500, "batch_size": 200}))).await;
+    let (ws, o) = setup(
+        &env,
+        &sim,
+        fast(json!({"bulk_threshold": 500, "batch_size": 200})),
+    )
+    .await;
     // A run can lose against many faults in a row; like the job queue, run again: it
     // resumes from its checkpoint.
     let mut status = None;
@@ -565,7 +695,10 @@ pub async fn daily_limit_stops_and_the_next_run_resumes(env: Env) {
         .sync_history(ws, Some(ConnectorKind::Salesforce), 10)
         .await
         .unwrap();
-    assert!(history.iter().all(|h| h.status != SyncStatus::Completed), "never logged completed");
+    assert!(
+        history.iter().all(|h| h.status != SyncStatus::Completed),
+        "never logged completed"
+    );
 
     sim.reset_daily_usage();
     sim.set_daily_limit(100_000);
@@ -580,10 +713,15 @@ pub async fn daily_limit_stops_and_the_next_run_resumes(env: Env) {
 /// A bad refresh token or client secret: the run fails with a clear message, no data
 /// request reaches the org, and no secret is anywhere.
 pub async fn bad_credentials_fail_cleanly(env: Env) {
-    let sim = SalesforceSim::start(SalesforceSimConfig::default()).await.unwrap();
+    let sim = SalesforceSim::start(SalesforceSimConfig::default())
+        .await
+        .unwrap();
     for (creds, expected) in [
         (json!({"refresh_token": "rt-wrong-s3cret"}), "invalid_grant"),
-        (json!({"client_secret": "cs-wrong-s3cret"}), "invalid_client"),
+        (
+            json!({"client_secret": "cs-wrong-s3cret"}),
+            "invalid_client",
+        ),
     ] {
         sim.counters().reset();
         let (ws, o) = setup_with(&env, &sim, fast(json!({})), creds).await;
@@ -595,14 +733,22 @@ pub async fn bad_credentials_fail_cleanly(env: Env) {
         assert!(!message.contains("s3cret"), "{message}");
         let counts = sim.counters().snapshot();
         assert_eq!(counts.len(), 1, "only the token endpoint: {counts:?}");
-        assert_eq!(counts.get("POST /services/oauth2/token"), Some(&1), "no retry: {counts:?}");
+        assert_eq!(
+            counts.get("POST /services/oauth2/token"),
+            Some(&1),
+            "no retry: {counts:?}"
+        );
         let row = env
             .store
             .get_connection(ws, ConnectorKind::Salesforce)
             .await
             .unwrap()
             .unwrap();
-        assert!(row.error_message.as_deref().is_some_and(|m| !m.contains("s3cret")));
+        assert!(
+            row.error_message
+                .as_deref()
+                .is_some_and(|m| !m.contains("s3cret"))
+        );
         let logs = env
             .store
             .sync_history(ws, Some(ConnectorKind::Salesforce), 10)
@@ -624,8 +770,17 @@ pub async fn org_without_multi_currency_syncs(env: Env) {
     .unwrap();
     let (ws, o) = setup(&env, &sim, fast(json!({}))).await;
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
-    assert_eq!(r.connectors[0].status, SyncStatus::Completed, "{:?}", r.connectors[0].error);
+    assert_eq!(
+        r.connectors[0].status,
+        SyncStatus::Completed,
+        "{:?}",
+        r.connectors[0].error
+    );
     assert_equals_truth(&env.store, ws, &sim).await;
     let deals = all(&env.store, ws, RecordKind::Deal).await;
-    assert!(deals.iter().all(|d| matches!(d, Record::Deal(d) if d.currency.is_none())));
+    assert!(
+        deals
+            .iter()
+            .all(|d| matches!(d, Record::Deal(d) if d.currency.is_none()))
+    );
 }

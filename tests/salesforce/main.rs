@@ -105,7 +105,7 @@ fn assert_matches_truth(sim: &SalesforceSim, sink: &MemorySink) {
             .filter(|(k, _)| k == kind)
             .map(|(_, id)| id)
             .collect();
-        assert_eq!(ids.len(), sim.truth_count(obj) as usize, "{kind}");
+        assert_eq!(ids.len() as u64, sim.truth_count(obj), "{kind}");
         for t in sim.records(obj) {
             let r = rows
                 .get(&(kind.to_owned(), t.id.clone()))
@@ -204,8 +204,12 @@ async fn changes_and_dying_locators_during_a_pass_lose_nothing() {
         inner: MemorySink::new(),
         after: move |n: usize| {
             // Between pages: an edit, and every third page all locators idle out.
-            sim_ref.modify(O::Contact, &O::Contact.id(n as u64 * 13), [("Title", json!("Moved"))]);
-            if n % 3 == 0 {
+            sim_ref.modify(
+                O::Contact,
+                &O::Contact.id(n as u64 * 13),
+                [("Title", json!("Moved"))],
+            );
+            if n.is_multiple_of(3) {
                 sim_ref.expire_locators();
             }
         },
@@ -245,14 +249,23 @@ async fn a_crash_between_pages_resumes_from_the_keyset() {
     assert!(c.sync(&ctx, &mut sink).await.is_err());
     let checkpoint = sink.inner.last_checkpoint().unwrap().clone();
     let contacts = checkpoint.stream("contacts").unwrap();
-    assert!(contacts.cursor.is_some(), "stopped inside the contacts pass");
+    assert!(
+        contacts.cursor.is_some(),
+        "stopped inside the contacts pass"
+    );
     sim.counters().reset();
     let ctx = SyncContext::new(ws(), SyncMode::Incremental).with_previous(checkpoint);
     let c = connector(&sim, json!({"batch_size": 200}));
     let mut rest = MemorySink::new();
     c.sync(&ctx, &mut rest).await.unwrap();
-    let read = rest.records().filter(|r| matches!(r, Record::Contact(_))).count();
-    assert!(read < 1_500 - 200, "resumed, not restarted: {read} contacts read again");
+    let read = rest
+        .records()
+        .filter(|r| matches!(r, Record::Contact(_)))
+        .count();
+    assert!(
+        read < 1_500 - 200,
+        "resumed, not restarted: {read} contacts read again"
+    );
     let mut all = sink.inner;
     all.batches.extend(rest.batches);
     assert_matches_truth(&sim, &all);
@@ -271,7 +284,8 @@ async fn request_limit_exceeded_stops_with_a_quota_error() {
     assert!(err.is_snooze());
     // One data request, refused: no retry against a spent quota.
     assert_eq!(
-        sim.counters().get("GET /services/data/{version}/sobjects/{object}/describe"),
+        sim.counters()
+            .get("GET /services/data/{version}/sobjects/{object}/describe"),
         1
     );
 }
@@ -310,31 +324,49 @@ async fn unknown_fields_and_objects_get_the_real_error_bodies() {
     assert!(token["refresh_token"].is_string(), "rotation: {token}");
     let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
     let get = |q: &str| {
-        http.get(format!("{}/services/data/v62.0/query?{}", sim.base_url(), form(&[("q", q)])))
-            .header("authorization", &bearer)
-            .send()
+        http.get(format!(
+            "{}/services/data/v62.0/query?{}",
+            sim.base_url(),
+            form(&[("q", q)])
+        ))
+        .header("authorization", &bearer)
+        .send()
     };
-    let r = get("SELECT Id, CurrencyIsoCode FROM Opportunity").await.unwrap();
+    let r = get("SELECT Id, CurrencyIsoCode FROM Opportunity")
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert!(r.headers()["sforce-limit-info"].to_str().unwrap().starts_with("api-usage="));
+    assert!(
+        r.headers()["sforce-limit-info"]
+            .to_str()
+            .unwrap()
+            .starts_with("api-usage=")
+    );
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body[0]["errorCode"], "INVALID_FIELD");
-    let body: serde_json::Value = get("SELECT Id FROM Widget__c").await.unwrap().json().await.unwrap();
-    assert_eq!(body[0]["errorCode"], "INVALID_TYPE");
-    let body: serde_json::Value = get("SELECT Id FROM Account WHERE SystemModstamp > '2024-01-01T00:00:00Z'")
+    let body: serde_json::Value = get("SELECT Id FROM Widget__c")
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    assert_eq!(body[0]["errorCode"], "INVALID_TYPE");
+    let body: serde_json::Value =
+        get("SELECT Id FROM Account WHERE SystemModstamp > '2024-01-01T00:00:00Z'")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(body[0]["errorCode"], "INVALID_FIELD");
     // Parent paths come back nested.
-    let body: serde_json::Value = get("SELECT Id, Account.Name FROM Contact WHERE AccountId != null LIMIT 1")
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: serde_json::Value =
+        get("SELECT Id, Account.Name FROM Contact WHERE AccountId != null LIMIT 1")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert!(body["records"][0]["Account"]["Name"].is_string(), "{body}");
     // The old refresh token is dead after the rotation.
     let old = http

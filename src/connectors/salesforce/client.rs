@@ -14,8 +14,7 @@ use super::{SalesforceConfig, SalesforceCredentials};
 use crate::connectors::rest::JsonApi;
 use crate::error::{Error, Result};
 use crate::http::{
-    Auth, HttpStack, HttpStats, HttpTokenEndpoint, OAuthTokens, Transport, TransportConfig,
-    presets,
+    Auth, HttpStack, HttpStats, HttpTokenEndpoint, OAuthTokens, Transport, TransportConfig, presets,
 };
 
 /// What following a locator gave.
@@ -127,9 +126,8 @@ impl SalesforceClient {
             .instance_url()
             .map(|u| u.trim().trim_end_matches('/').to_owned())
             .filter(|u| {
-                reqwest::Url::parse(u).is_ok_and(|p| {
-                    matches!(p.scheme(), "http" | "https") && p.host_str().is_some()
-                })
+                reqwest::Url::parse(u)
+                    .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host_str().is_some())
             })
             .unwrap_or_else(|| self.base.clone());
         JsonApi::new(origin, "salesforce", "Salesforce")

@@ -16,7 +16,8 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         ".{0,24}".prop_map(Value::String),
         Just(json!("2024-05-07T22:07:19.000+0000")),
         Just(json!("0065g0000000001AAA")),
@@ -46,19 +47,26 @@ fn json_value() -> impl Strategy<Value = Value> {
 }
 
 fn fields() -> Vec<Field> {
-    ["Id", "SystemModstamp", "IsDeleted", "Amount", "Probability", "Website"]
-        .into_iter()
-        .map(|n| Field {
-            name: n.into(),
-            kind: FieldType::Text,
-            custom: false,
-        })
-        .chain(std::iter::once(Field {
-            name: "Tier__c".into(),
-            kind: FieldType::Number,
-            custom: true,
-        }))
-        .collect()
+    [
+        "Id",
+        "SystemModstamp",
+        "IsDeleted",
+        "Amount",
+        "Probability",
+        "Website",
+    ]
+    .into_iter()
+    .map(|n| Field {
+        name: n.into(),
+        kind: FieldType::Text,
+        custom: false,
+    })
+    .chain(std::iter::once(Field {
+        name: "Tier__c".into(),
+        kind: FieldType::Number,
+        custom: true,
+    }))
+    .collect()
 }
 
 proptest! {

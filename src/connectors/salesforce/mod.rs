@@ -158,11 +158,9 @@ impl SalesforceConfig {
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
         let mut cfg: SalesforceConfig = super::config_from_json(value, "salesforce")?;
         let v = cfg.api_version.trim().trim_start_matches('v').to_owned();
-        let valid = v
-            .split_once('.')
-            .is_some_and(|(major, minor)| {
-                major.parse::<u32>().is_ok_and(|m| (20..=99).contains(&m)) && minor == "0"
-            });
+        let valid = v.split_once('.').is_some_and(|(major, minor)| {
+            major.parse::<u32>().is_ok_and(|m| (20..=99).contains(&m)) && minor == "0"
+        });
         if !valid {
             return Err(Error::config(format!(
                 "invalid salesforce config: api_version {:?} is not a version such as \"62.0\"",
@@ -306,8 +304,12 @@ mod tests {
         ]))
         .unwrap();
         let shown = format!("{c:?}");
-        assert!(shown.contains("app-1") && !shown.contains("s3cret"), "{shown}");
-        let err = SalesforceCredentials::from_lookup(lookup(&[("client_id", "app-1")])).unwrap_err();
+        assert!(
+            shown.contains("app-1") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        let err =
+            SalesforceCredentials::from_lookup(lookup(&[("client_id", "app-1")])).unwrap_err();
         assert!(err.to_string().contains("refresh_token"));
         let connector =
             SalesforceConnector::new("http://127.0.0.1:9", c, SalesforceConfig::default()).unwrap();
@@ -318,7 +320,10 @@ mod tests {
     #[test]
     fn config_defaults_and_validation() {
         let d = SalesforceConfig::from_json(&serde_json::Value::Null).unwrap();
-        assert_eq!((d.api_version.as_str(), d.bulk_threshold, d.batch_size), ("62.0", 10_000, 2_000));
+        assert_eq!(
+            (d.api_version.as_str(), d.bulk_threshold, d.batch_size),
+            ("62.0", 10_000, 2_000)
+        );
         let c = SalesforceConfig::from_json(&json!({"api_version": "v61.0", "bulk_threshold": 5, "base_url": "http://127.0.0.1:1/"})).unwrap();
         assert_eq!(c.api_version, "61.0");
         assert_eq!(c.base_url.as_deref(), Some("http://127.0.0.1:1"));
@@ -330,7 +335,10 @@ mod tests {
             json!({"base_url": "ftp://x"}),
         ] {
             let err = SalesforceConfig::from_json(&bad).unwrap_err();
-            assert!(matches!(&err, Error::Config(m) if m.contains("salesforce config")), "{bad}: {err}");
+            assert!(
+                matches!(&err, Error::Config(m) if m.contains("salesforce config")),
+                "{bad}: {err}"
+            );
         }
     }
 }

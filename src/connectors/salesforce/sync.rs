@@ -203,7 +203,10 @@ impl Syncer<'_> {
             Some(t) => Some(t),
             None => match self
                 .client
-                .count(&format!("SELECT COUNT() FROM {}", pass.obj.api_name()), false)
+                .count(
+                    &format!("SELECT COUNT() FROM {}", pass.obj.api_name()),
+                    false,
+                )
                 .await
             {
                 Ok(t) => Some(t),
@@ -250,7 +253,7 @@ impl Syncer<'_> {
             let item = transform::transform(ws, obj, fields, raw)?;
             stamps.extend(at);
             Ok(match item {
-                Item::Record(r) => Some(r),
+                Item::Record(r) => Some(*r),
                 Item::Deleted(d) => {
                     deletions.push(d);
                     None
@@ -334,7 +337,10 @@ impl Syncer<'_> {
                                 ),
                             ));
                         }
-                        tracing::info!(reason, "Salesforce query locator died; restarting the query from the keyset");
+                        tracing::info!(
+                            reason,
+                            "Salesforce query locator died; restarting the query from the keyset"
+                        );
                         break;
                     }
                 }

@@ -133,8 +133,8 @@ fn selectable(kind: &str) -> Option<FieldType> {
     Some(match kind {
         "double" | "int" | "long" | "currency" | "percent" => FieldType::Number,
         "boolean" => FieldType::Bool,
-        "id" | "string" | "picklist" | "multipicklist" | "textarea" | "email" | "phone"
-        | "url" | "date" | "datetime" | "time" | "reference" | "combobox" | "encryptedstring" => {
+        "id" | "string" | "picklist" | "multipicklist" | "textarea" | "email" | "phone" | "url"
+        | "date" | "datetime" | "time" | "reference" | "combobox" | "encryptedstring" => {
             FieldType::Text
         }
         _ => return None,
@@ -147,11 +147,7 @@ fn selectable(kind: &str) -> Option<FieldType> {
 pub(crate) fn select_fields(obj: Object, describe: &Describe) -> Result<Vec<Field>> {
     let find = |name: &str| describe.fields.iter().find(|f| f.name == name);
     let mut out: Vec<Field> = Vec::new();
-    for name in BOOKKEEPING
-        .iter()
-        .chain(obj.required())
-        .chain(obj.mapped())
-    {
+    for name in BOOKKEEPING.iter().chain(obj.required()).chain(obj.mapped()) {
         if out.iter().any(|f| f.name == *name) {
             continue;
         }
@@ -171,14 +167,16 @@ pub(crate) fn select_fields(obj: Object, describe: &Describe) -> Result<Vec<Fiel
         }
     }
     for f in &describe.fields {
-        if f.custom && f.name.ends_with("__c") && !out.iter().any(|o| o.name == f.name) {
-            if let Some(kind) = selectable(&f.kind) {
-                out.push(Field {
-                    name: f.name.clone(),
-                    kind,
-                    custom: true,
-                });
-            }
+        if f.custom
+            && f.name.ends_with("__c")
+            && !out.iter().any(|o| o.name == f.name)
+            && let Some(kind) = selectable(&f.kind)
+        {
+            out.push(Field {
+                name: f.name.clone(),
+                kind,
+                custom: true,
+            });
         }
     }
     Ok(out)
@@ -227,7 +225,8 @@ impl Keyset {
         let (at, id) = s.split_once('|')?;
         let at = sanitize::datetime_str(at)?;
         let id = id.trim();
-        let valid = !id.is_empty() && id.len() <= 18 && id.bytes().all(|b| b.is_ascii_alphanumeric());
+        let valid =
+            !id.is_empty() && id.len() <= 18 && id.bytes().all(|b| b.is_ascii_alphanumeric());
         valid.then(|| Keyset {
             at,
             id: id.to_owned(),
@@ -255,7 +254,7 @@ pub(crate) fn row_id(raw: &Value) -> Option<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Item {
     /// Live: records to upsert.
-    Record(Record),
+    Record(Box<Record>),
     /// In the recycle bin (`IsDeleted = true`): a soft delete.
     Deleted(Deletion),
 }
@@ -282,7 +281,9 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 fn text(row: &Map<String, Value>, field: &str) -> Option<String> {
-    sanitize::text(row.get(field)).map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+    sanitize::text(row.get(field))
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
 }
 
 fn meta(ws: Uuid, row: &Map<String, Value>, id: &str, fields: &[Field]) -> RecordMeta {
@@ -319,7 +320,10 @@ pub(crate) fn domain_of(website: &str) -> Option<String> {
     } else {
         format!("http://{w}")
     };
-    let host = reqwest::Url::parse(&with_scheme).ok()?.host_str()?.to_lowercase();
+    let host = reqwest::Url::parse(&with_scheme)
+        .ok()?
+        .host_str()?
+        .to_lowercase();
     let host = host.strip_prefix("www.").unwrap_or(&host).to_owned();
     (!host.is_empty()).then_some(host)
 }
@@ -357,13 +361,13 @@ pub(crate) fn transform(ws: Uuid, obj: Object, fields: &[Field], raw: Value) -> 
                 deleted_at: modstamp,
             }));
         }
-        return Ok(Item::Record(Record::from(DealContact {
+        return Ok(Item::Record(Box::new(Record::from(DealContact {
             workspace_id: ws,
             source: SOURCE,
             deal_source_id: deal,
             contact_source_id: contact,
             role: text(&row, "Role"),
-        })));
+        }))));
     }
     if deleted {
         return Ok(Item::Deleted(Deletion {
@@ -417,7 +421,7 @@ pub(crate) fn transform(ws: Uuid, obj: Object, fields: &[Field], raw: Value) -> 
             return Err(Error::decode(Some(&id), "unreachable contact-role branch"));
         }
     };
-    Ok(Item::Record(record))
+    Ok(Item::Record(Box::new(record)))
 }
 
 /// Parses one page of Bulk 2.0 CSV results (RFC 4180: `"` quoting, `""` escapes, quoted
@@ -496,7 +500,11 @@ fn csv_records(text: &str) -> Result<Vec<Vec<Option<String>>>> {
     let mut chars = text.chars().peekable();
     let end_cell = |cell: &mut String, was_quoted: &mut bool, row: &mut Vec<Option<String>>| {
         let c = std::mem::take(cell);
-        row.push(if c.is_empty() && !*was_quoted { None } else { Some(c) });
+        row.push(if c.is_empty() && !*was_quoted {
+            None
+        } else {
+            Some(c)
+        });
         *was_quoted = false;
     };
     while let Some(c) = chars.next() {
@@ -526,7 +534,10 @@ fn csv_records(text: &str) -> Result<Vec<Vec<Option<String>>>> {
         }
     }
     if quoted {
-        return Err(Error::decode(None, "Salesforce Bulk CSV ends inside a quoted cell"));
+        return Err(Error::decode(
+            None,
+            "Salesforce Bulk CSV ends inside a quoted cell",
+        ));
     }
     if !cell.is_empty() || was_quoted || !row.is_empty() {
         end_cell(&mut cell, &mut was_quoted, &mut row);
@@ -557,13 +568,27 @@ mod tests {
 
     #[test]
     fn fields_come_from_describe() {
-        let names: Vec<String> = fields(Object::Opportunity).into_iter().map(|f| f.name).collect();
+        let names: Vec<String> = fields(Object::Opportunity)
+            .into_iter()
+            .map(|f| f.name)
+            .collect();
         // No CurrencyIsoCode (not multi-currency), no compound fields, the custom picklist.
         assert_eq!(
             names,
-            ["Id", "SystemModstamp", "IsDeleted", "CreatedDate", "Name", "Amount", "Probability", "IsWon", "Tier__c"]
+            [
+                "Id",
+                "SystemModstamp",
+                "IsDeleted",
+                "CreatedDate",
+                "Name",
+                "Amount",
+                "Probability",
+                "IsWon",
+                "Tier__c"
+            ]
         );
-        let d: Describe = serde_json::from_value(json!({"fields": [{"name": "Id", "type": "id"}]})).unwrap();
+        let d: Describe =
+            serde_json::from_value(json!({"fields": [{"name": "Id", "type": "id"}]})).unwrap();
         assert!(select_fields(Object::Account, &d).is_err());
     }
 
@@ -574,14 +599,20 @@ mod tests {
         let row = json!({"attributes": {"type": "Opportunity"}, "Id": "0065g0000000001AAA", "IsDeleted": false,
             "SystemModstamp": "2024-05-07T22:07:19.000+0000", "CreatedDate": "2024-05-01T00:00:00.000+0000",
             "Name": "Big", "Amount": 1200.5, "Probability": 90, "IsWon": false, "Tier__c": "Gold"});
-        let Item::Record(Record::Deal(d)) = transform(ws, Object::Opportunity, &f, row).unwrap() else {
+        let Item::Record(rec) = transform(ws, Object::Opportunity, &f, row).unwrap() else {
+            panic!("not a record");
+        };
+        let Record::Deal(d) = *rec else {
             panic!("not a deal");
         };
         assert_eq!(d.amount, Some(1200.5));
         assert_eq!(d.probability, Some(0.9));
         assert_eq!(d.currency, None);
         assert_eq!(d.meta.custom_fields["Tier__c"], "Gold");
-        assert_eq!(d.meta.source_updated_at.unwrap().to_rfc3339(), "2024-05-07T22:07:19+00:00");
+        assert_eq!(
+            d.meta.source_updated_at.unwrap().to_rfc3339(),
+            "2024-05-07T22:07:19+00:00"
+        );
         let gone = json!({"Id": "00K5g0000000001AAA", "IsDeleted": true, "SystemModstamp": "2024-05-08T00:00:00.000+0000",
             "OpportunityId": "0065g0000000001AAA", "ContactId": "0035g0000000002AAA"});
         let Item::Deleted(del) = transform(ws, Object::ContactRole, &f, gone).unwrap() else {
@@ -591,7 +622,9 @@ mod tests {
         assert_eq!(del.kind, RecordKind::DealContact);
         let bad = json!({"Id": "0065g0000000003AAA", "SystemModstamp": {"x": 1}});
         let err = transform(ws, Object::Opportunity, &f, bad).unwrap_err();
-        assert!(matches!(err, Error::Decode { record_id: Some(ref id), .. } if id == "0065g0000000003AAA"));
+        assert!(
+            matches!(err, Error::Decode { record_id: Some(ref id), .. } if id == "0065g0000000003AAA")
+        );
     }
 
     #[test]
@@ -621,7 +654,10 @@ mod tests {
         assert_eq!(Keyset::decode(&k.encode()), Some(k));
         assert_eq!(Keyset::decode("2024-05-07T22:07:19Z|x' OR Id != '"), None);
         assert_eq!(soql_string("a'b\\c"), "'a\\'b\\\\c'");
-        assert_eq!(domain_of("https://www.Acme.example.com/path").as_deref(), Some("acme.example.com"));
+        assert_eq!(
+            domain_of("https://www.Acme.example.com/path").as_deref(),
+            Some("acme.example.com")
+        );
         assert_eq!(domain_of("acme.io").as_deref(), Some("acme.io"));
         assert_eq!(domain_of(" "), None);
     }

@@ -299,7 +299,7 @@ pub fn custom_field_name(k: usize) -> String {
 }
 
 fn custom_type(k: usize) -> FType {
-    if k % 2 == 0 {
+    if k.is_multiple_of(2) {
         FType::Text
     } else {
         FType::Double
@@ -542,12 +542,21 @@ impl Inner {
                 r.insert("Name".into(), json!(format!("{word} {n}")));
                 r.insert(
                     "Website".into(),
-                    json!(format!("https://www.{}{n}.example.com", word.to_lowercase())),
+                    json!(format!(
+                        "https://www.{}{n}.example.com",
+                        word.to_lowercase()
+                    )),
                 );
                 r.insert("Industry".into(), json!(pick(&INDUSTRIES, h(3))));
                 r.insert("NumberOfEmployees".into(), json!(h(4) % 5_000 + 1));
-                r.insert("AnnualRevenue".into(), json!(f64::from(u32::try_from(h(5) % 10_000).unwrap_or(0)) * 1_000.0));
-                r.insert("BillingCity".into(), json!(pick(&["Paris", "Austin", "Berlin"], h(6))));
+                r.insert(
+                    "AnnualRevenue".into(),
+                    json!(f64::from(u32::try_from(h(5) % 10_000).unwrap_or(0)) * 1_000.0),
+                );
+                r.insert(
+                    "BillingCity".into(),
+                    json!(pick(&["Paris", "Austin", "Berlin"], h(6))),
+                );
                 r.insert("OwnerId".into(), owner);
             }
             O::Contact => {
@@ -557,17 +566,33 @@ impl Inner {
                 r.insert("LastName".into(), json!(last));
                 r.insert(
                     "Email".into(),
-                    json!(format!("{}.{}{n}@example.com", first.to_lowercase(), last.to_lowercase())),
+                    json!(format!(
+                        "{}.{}{n}@example.com",
+                        first.to_lowercase(),
+                        last.to_lowercase()
+                    )),
                 );
-                r.insert("Title".into(), json!(pick(&["CTO", "VP Sales", "Engineer", "CFO"], h(6))));
-                r.insert("Phone".into(), json!(format!("+1 555 {:04}", h(7) % 10_000)));
-                r.insert("Department".into(), json!(pick(&["Sales", "IT", "Finance"], h(8))));
+                r.insert(
+                    "Title".into(),
+                    json!(pick(&["CTO", "VP Sales", "Engineer", "CFO"], h(6))),
+                );
+                r.insert(
+                    "Phone".into(),
+                    json!(format!("+1 555 {:04}", h(7) % 10_000)),
+                );
+                r.insert(
+                    "Department".into(),
+                    json!(pick(&["Sales", "IT", "Finance"], h(8))),
+                );
                 r.insert("OwnerId".into(), owner);
             }
             O::Opportunity => {
                 let stage = STAGES[usize::try_from(h(2) % STAGES.len() as u64).unwrap_or(0)];
                 r.insert("AccountId".into(), account_of(3));
-                r.insert("Name".into(), json!(format!("{} deal {n}", pick(&WORDS, h(5)))));
+                r.insert(
+                    "Name".into(),
+                    json!(format!("{} deal {n}", pick(&WORDS, h(5)))),
+                );
                 r.insert(
                     "Amount".into(),
                     json!(f64::from(u32::try_from(h(6) % 100_000).unwrap_or(0)) + 0.5),
@@ -575,12 +600,18 @@ impl Inner {
                 r.insert("StageName".into(), json!(stage.0));
                 let close = self.cfg.base_time.date_naive()
                     + chrono::Duration::days(i64::try_from(h(7) % 120).unwrap_or(0) - 60);
-                r.insert("CloseDate".into(), json!(close.format("%Y-%m-%d").to_string()));
+                r.insert(
+                    "CloseDate".into(),
+                    json!(close.format("%Y-%m-%d").to_string()),
+                );
                 r.insert("Probability".into(), json!(stage.1));
                 r.insert("ForecastCategoryName".into(), json!(stage.2));
                 r.insert("IsClosed".into(), json!(stage.3));
                 r.insert("IsWon".into(), json!(stage.4));
-                r.insert("LeadSource".into(), json!(pick(&["Web", "Partner", "Event"], h(8))));
+                r.insert(
+                    "LeadSource".into(),
+                    json!(pick(&["Web", "Partner", "Event"], h(8))),
+                );
                 r.insert("OwnerId".into(), owner);
             }
             O::OpportunityContactRole => {}
@@ -597,7 +628,10 @@ impl Inner {
                 let v = if h(kk) % 4 == 0 {
                     Value::Null
                 } else if custom_type(k) == FType::Text {
-                    json!(pick(&["Gold", "Silver", "Bronze", "EMEA", "AMER"], h(kk + 50)))
+                    json!(pick(
+                        &["Gold", "Silver", "Bronze", "EMEA", "AMER"],
+                        h(kk + 50)
+                    ))
                 } else {
                     json!(f64::from(u32::try_from(h(kk + 50) % 1_000).unwrap_or(0)) / 10.0)
                 };
@@ -654,7 +688,13 @@ impl Inner {
     }
 
     /// A field's value on a row, following one parent hop (`Account.Name`).
-    fn resolve<'a>(&self, data: &'a Data, obj: SalesforceObject, row: &'a Row, path: &str) -> Value {
+    fn resolve<'a>(
+        &self,
+        data: &'a Data,
+        obj: SalesforceObject,
+        row: &'a Row,
+        path: &str,
+    ) -> Value {
         match path.split_once('.') {
             None => self
                 .field(obj, path)
@@ -679,7 +719,11 @@ impl Inner {
 
     /// The parent object of a relationship name (`Account` on a Contact) and its field
     /// definitions.
-    fn relationship(&self, obj: SalesforceObject, rel: &str) -> Option<(SalesforceObject, &FieldDef)> {
+    fn relationship(
+        &self,
+        obj: SalesforceObject,
+        rel: &str,
+    ) -> Option<(SalesforceObject, &FieldDef)> {
         let f = self.field(obj, &format!("{rel}Id"))?;
         match f.ftype {
             FType::Reference(Some(parent)) => Some((parent, f)),
@@ -720,7 +764,13 @@ impl Inner {
         }
     }
 
-    fn eval(&self, data: &Data, obj: SalesforceObject, row: &Row, c: &Cond) -> Result<bool, SoqlError> {
+    fn eval(
+        &self,
+        data: &Data,
+        obj: SalesforceObject,
+        row: &Row,
+        c: &Cond,
+    ) -> Result<bool, SoqlError> {
         Ok(match c {
             Cond::Cmp(f, op, lit) => {
                 let (_, t) = self.field_type(obj, f)?;
@@ -834,7 +884,14 @@ impl Inner {
 
     /// A record as `query` returns it: `attributes`, then the selected fields (parent paths
     /// as nested objects).
-    fn render(&self, data: &Data, version: &str, obj: SalesforceObject, row: &Row, fields: &[String]) -> Value {
+    fn render(
+        &self,
+        data: &Data,
+        version: &str,
+        obj: SalesforceObject,
+        row: &Row,
+        fields: &[String],
+    ) -> Value {
         let id = row.get("Id").and_then(Value::as_str).unwrap_or_default();
         let mut out = Map::new();
         out.insert(
@@ -859,10 +916,7 @@ impl Inner {
                             *slot = json!({"attributes": {"type": parent.name(), "url": format!("/services/data/v{version}/sobjects/{}/{pid}", parent.name())}});
                         }
                         if let Some(m) = slot.as_object_mut() {
-                            m.insert(
-                                rest.to_owned(),
-                                self.resolve(data, parent, prow, rest),
-                            );
+                            m.insert(rest.to_owned(), self.resolve(data, parent, prow, rest));
                         }
                     }
                 }
@@ -925,8 +979,9 @@ fn html(status: StatusCode) -> Response<Body> {
 
 /// A 200 that announces its full length and sends half of it.
 fn truncated() -> Response<Body> {
-    let chunks: Vec<Result<Bytes, std::io::Error>> =
-        vec![Ok(Bytes::from_static(b"{\"totalSize\":2,\"done\":true,\"rec"))];
+    let chunks: Vec<Result<Bytes, std::io::Error>> = vec![Ok(Bytes::from_static(
+        b"{\"totalSize\":2,\"done\":true,\"rec",
+    ))];
     let mut resp = Response::new(Body::from_stream(futures_util::stream::iter(chunks)));
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("400"));
@@ -988,7 +1043,7 @@ async fn admit(inner: &Inner, headers: &HeaderMap) -> Result<String, Response<Bo
         }
         Injected::Drop => {
             let n = inner.common.seq.load(AtomicOrdering::Relaxed);
-            return Err(if n % 2 == 0 {
+            return Err(if n.is_multiple_of(2) {
                 dropped_response()
             } else {
                 truncated()
@@ -1077,7 +1132,9 @@ async fn describe(
         return array_error(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
-            &format!("The requested resource does not exist: sObject type '{object}' is not supported."),
+            &format!(
+                "The requested resource does not exist: sObject type '{object}' is not supported."
+            ),
         );
     };
     let fields: Vec<Value> = inner
@@ -1114,8 +1171,13 @@ fn batch_size(headers: &HeaderMap) -> usize {
         .get("sforce-query-options")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
-            v.split(',')
-                .find_map(|p| p.trim().strip_prefix("batchSize=")?.trim().parse::<usize>().ok())
+            v.split(',').find_map(|p| {
+                p.trim()
+                    .strip_prefix("batchSize=")?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
         })
         .filter(|n| (200..=2_000).contains(n))
         .unwrap_or(2_000)
@@ -1248,10 +1310,7 @@ async fn query_more(
     let Some(loc) = data.locators.get(id) else {
         return invalid();
     };
-    let session_alive = data
-        .sessions
-        .get(&loc.session)
-        .is_some_and(|s| s.alive);
+    let session_alive = data.sessions.get(&loc.session).is_some_and(|s| s.alive);
     if !session_alive {
         return match inner.cfg.locator_death {
             LocatorDeath::InvalidQueryLocator => invalid(),
@@ -1305,7 +1364,11 @@ async fn bulk_create(
         return resp;
     }
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
-        return array_error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", "unreadable JSON body");
+        return array_error(
+            StatusCode::BAD_REQUEST,
+            "JSON_PARSER_ERROR",
+            "unreadable JSON body",
+        );
     };
     let operation = req.get("operation").and_then(Value::as_str).unwrap_or("");
     if !matches!(operation, "query" | "queryAll") {
@@ -1424,7 +1487,10 @@ async fn bulk_results(
         return array_error(
             StatusCode::CONFLICT,
             "INVALIDJOB",
-            &format!("Results must be requested with the API version the job was created with ({})", job.version),
+            &format!(
+                "Results must be requested with the API version the job was created with ({})",
+                job.version
+            ),
         );
     }
     if job.polls <= inner.cfg.bulk_polls || job.fail {
@@ -1489,7 +1555,11 @@ fn oauth_error(error: &str, description: &str) -> Response<Body> {
     )
 }
 
-async fn oauth_token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response<Body> {
+async fn oauth_token(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let field = |k: &str| form.get(k).cloned().unwrap_or_default();
     let (mut client_id, mut client_secret) = (field("client_id"), field("client_secret"));
@@ -1497,7 +1567,11 @@ async fn oauth_token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: 
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
-        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .and_then(|b| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()
+        })
         .and_then(|b| String::from_utf8(b).ok())
         && let Some((id, secret)) = basic.split_once(':')
     {
@@ -1521,7 +1595,11 @@ async fn oauth_token(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: 
         s.alive = false;
     }
     data.next_session += 1;
-    let token = format!("00D5g00000SIMORG!AQ{}.{:x}", data.next_session, mix(inner.cfg.seed, 77, data.next_session));
+    let token = format!(
+        "00D5g00000SIMORG!AQ{}.{:x}",
+        data.next_session,
+        mix(inner.cfg.seed, 77, data.next_session)
+    );
     data.sessions.insert(
         token.clone(),
         Session {
@@ -1581,7 +1659,10 @@ impl SalesforceSim {
             .route("/services/data/{version}/query", get(query))
             .route("/services/data/{version}/queryAll", get(query_all))
             .route("/services/data/{version}/query/{locator}", get(query_more))
-            .route("/services/data/{version}/queryAll/{locator}", get(query_more))
+            .route(
+                "/services/data/{version}/queryAll/{locator}",
+                get(query_more),
+            )
             .route("/services/data/{version}/jobs/query", post(bulk_create))
             .route("/services/data/{version}/jobs/query/{id}", get(bulk_status))
             .route(
@@ -1629,7 +1710,10 @@ impl SalesforceSim {
 
     /// Answers the next `n` requests with a 503 (Salesforce has no 429 on its REST API).
     pub fn burst_429(&self, n: u64) {
-        self.inner.common.burst_429.store(n, AtomicOrdering::Relaxed);
+        self.inner
+            .common
+            .burst_429
+            .store(n, AtomicOrdering::Relaxed);
     }
 
     /// The configuration it was started with.
@@ -1644,7 +1728,8 @@ impl SalesforceSim {
         obj: SalesforceObject,
         fields: impl IntoIterator<Item = (&'a str, Value)>,
     ) -> String {
-        let fields: Vec<(String, Value)> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let fields: Vec<(String, Value)> =
+            fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         let mut id = String::new();
         self.inner.write(|data, now| {
             let n = data.next_index.get(&obj).copied().unwrap_or(1);
@@ -1675,7 +1760,8 @@ impl SalesforceSim {
         fields: impl IntoIterator<Item = (&'a str, Value)>,
         user_edit: bool,
     ) -> bool {
-        let fields: Vec<(String, Value)> = fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        let fields: Vec<(String, Value)> =
+            fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
         self.inner.write(|data, now| {
             let Some(row) = data.rows.get_mut(&obj).and_then(|r| r.get_mut(id)) else {
                 return 0;
@@ -1713,10 +1799,21 @@ impl SalesforceSim {
 
     /// Renames a picklist value on every record holding it (Salesforce moves their
     /// `SystemModstamp`, not `LastModifiedDate`); returns how many records changed.
-    pub fn rename_picklist_value(&self, obj: SalesforceObject, field: &str, from: &str, to: &str) -> usize {
+    pub fn rename_picklist_value(
+        &self,
+        obj: SalesforceObject,
+        field: &str,
+        from: &str,
+        to: &str,
+    ) -> usize {
         self.inner.write(|data, now| {
             let mut n = 0;
-            for row in data.rows.get_mut(&obj).into_iter().flat_map(|r| r.values_mut()) {
+            for row in data
+                .rows
+                .get_mut(&obj)
+                .into_iter()
+                .flat_map(|r| r.values_mut())
+            {
                 if row.get(field).and_then(Value::as_str) == Some(from) {
                     row.insert(field.to_owned(), json!(to));
                     row.insert("SystemModstamp".into(), sf_time(now));
@@ -1796,7 +1893,12 @@ impl SalesforceSim {
 
     /// Sets the `SystemModstamp` of records (many on one second; a late commit on an
     /// older second).
-    pub fn stamp<'a>(&self, obj: SalesforceObject, ids: impl IntoIterator<Item = &'a str>, at: DateTime<Utc>) {
+    pub fn stamp<'a>(
+        &self,
+        obj: SalesforceObject,
+        ids: impl IntoIterator<Item = &'a str>,
+        at: DateTime<Utc>,
+    ) {
         let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
         self.inner.write(|data, _| {
             let at = DateTime::from_timestamp(at.timestamp(), 0).unwrap_or(at);

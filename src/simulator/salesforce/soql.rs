@@ -167,7 +167,8 @@ fn tokenize(q: &str) -> Result<Vec<Tok>, SoqlError> {
                 let start = i;
                 i += 1;
                 while i < chars.len()
-                    && (chars[i].is_ascii_alphanumeric() || matches!(chars[i], '-' | ':' | '.' | '+'))
+                    && (chars[i].is_ascii_alphanumeric()
+                        || matches!(chars[i], '-' | ':' | '.' | '+'))
                 {
                     i += 1;
                 }
@@ -486,7 +487,9 @@ pub(crate) fn compare(
         (Kind::Text, _) => {
             return Err(SoqlError {
                 code: "INVALID_FIELD",
-                message: format!("value of filter criterion for field '{field}' must be a quoted string"),
+                message: format!(
+                    "value of filter criterion for field '{field}' must be a quoted string"
+                ),
             });
         }
     })
@@ -548,7 +551,9 @@ mod tests {
     #[test]
     fn refuses_what_salesforce_refuses() {
         assert_eq!(
-            parse("SELECT Id FROM Account OFFSET 2001").unwrap_err().code,
+            parse("SELECT Id FROM Account OFFSET 2001")
+                .unwrap_err()
+                .code,
             "NUMBER_OUTSIDE_VALID_RANGE"
         );
         assert_eq!(
