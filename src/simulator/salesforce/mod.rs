@@ -2,28 +2,6 @@
 //! REST `query`/`queryAll` with `nextRecordsUrl` locators, `describe`, `limits`, Bulk API 2.0
 //! query jobs with CSV results, on one origin that is both the login host and the
 //! `instance_url` (see `reference/provider-apis.md` sections 4, 7 and 10).
-//!
-//! What it reproduces:
-//! - **Sessions**: every token exchange starts a session and ends the previous ones; a
-//!   session may expire after a number of requests ([`SalesforceSimConfig::session_requests`],
-//!   [`SalesforceSim::expire_sessions`]); an ended session answers 401 `INVALID_SESSION_ID`.
-//! - **Locators** (`nextRecordsUrl`) belong to their session: after the session ends they
-//!   answer 400 `INVALID_QUERY_LOCATOR` or 401 `INVALID_SESSION_ID`
-//!   ([`LocatorDeath`]); they also die after [`SalesforceSimConfig::locator_idle`] unused and
-//!   when more than [`SalesforceSimConfig::max_open_locators`] are open.
-//! - **Refresh-token rotation**: with [`SalesforceSimConfig::rotate_refresh_tokens`] every
-//!   exchange returns a new `refresh_token` and the old one is `invalid_grant` from then on.
-//! - **Limits**: `Sforce-Limit-Info: api-usage=N/M` on every API answer; past the daily limit
-//!   every request is 403 `REQUEST_LIMIT_EXCEEDED` until [`SalesforceSim::reset_daily_usage`].
-//! - **Data**: seeded accounts, contacts, opportunities and contact roles (materialized at
-//!   start: tens of thousands of rows cost a few MB), `SystemModstamp` with second precision,
-//!   recycle-bin deletes with cascades (Account → Contacts, Opportunities → roles) seen only
-//!   by `queryAll` (`IsDeleted = true`), undelete, automation that moves `SystemModstamp`
-//!   but not `LastModifiedDate`, orgs without multi-currency (no `CurrencyIsoCode`), custom
-//!   `__c` fields.
-//! - **Errors** as Salesforce's JSON arrays (`INVALID_FIELD`, `INVALID_TYPE`,
-//!   `MALFORMED_QUERY`, `UNKNOWN_EXCEPTION`), HTML 502/503 pages, dropped and truncated bodies
-//!   ([`FaultConfig`]).
 
 mod soql;
 
@@ -481,7 +459,29 @@ struct Inner {
 /// Serves `POST /services/oauth2/token`, `GET /services/data/`, and under
 /// `/services/data/vXX.X/`: `limits`, `sobjects/{object}/describe`, `query`, `queryAll`
 /// (and their `nextRecordsUrl` locators), `jobs/query` (create), `jobs/query/{id}` (status)
-/// and `jobs/query/{id}/results` (CSV). See the [module docs](self) for what it reproduces.
+/// and `jobs/query/{id}/results` (CSV).
+///
+/// What it reproduces:
+/// - **Sessions**: every token exchange starts a session and ends the previous ones; a
+///   session may expire after a number of requests ([`SalesforceSimConfig::session_requests`],
+///   [`SalesforceSim::expire_sessions`]); an ended session answers 401 `INVALID_SESSION_ID`.
+/// - **Locators** (`nextRecordsUrl`) belong to their session: after the session ends they
+///   answer 400 `INVALID_QUERY_LOCATOR` or 401 `INVALID_SESSION_ID`
+///   ([`LocatorDeath`]); they also die after [`SalesforceSimConfig::locator_idle`] unused and
+///   when more than [`SalesforceSimConfig::max_open_locators`] are open.
+/// - **Refresh-token rotation**: with [`SalesforceSimConfig::rotate_refresh_tokens`] every
+///   exchange returns a new `refresh_token` and the old one is `invalid_grant` from then on.
+/// - **Limits**: `Sforce-Limit-Info: api-usage=N/M` on every API answer; past the daily limit
+///   every request is 403 `REQUEST_LIMIT_EXCEEDED` until [`SalesforceSim::reset_daily_usage`].
+/// - **Data**: seeded accounts, contacts, opportunities and contact roles (materialized at
+///   start: tens of thousands of rows cost a few MB), `SystemModstamp` with second precision,
+///   recycle-bin deletes with cascades (Account → Contacts, Opportunities → roles) seen only
+///   by `queryAll` (`IsDeleted = true`), undelete, automation that moves `SystemModstamp`
+///   but not `LastModifiedDate`, orgs without multi-currency (no `CurrencyIsoCode`), custom
+///   `__c` fields.
+/// - **Errors** as Salesforce's JSON arrays (`INVALID_FIELD`, `INVALID_TYPE`,
+///   `MALFORMED_QUERY`, `UNKNOWN_EXCEPTION`), HTML 502/503 pages, dropped and truncated bodies
+///   ([`FaultConfig`]).
 #[derive(Debug)]
 pub struct SalesforceSim {
     inner: Arc<Inner>,
