@@ -426,7 +426,7 @@ pub(crate) fn transform(ws: Uuid, obj: Object, fields: &[Field], raw: Value) -> 
 
 /// Parses one page of Bulk 2.0 CSV results (RFC 4180: `"` quoting, `""` escapes, quoted
 /// line breaks; LF or CRLF line endings) into JSON rows typed by `fields` (an empty cell
-/// is `null`). The header row names the columns; unknown columns are kept as text.
+/// is `null`: Salesforce stores no empty strings). The header row names the columns; unknown columns are kept as text.
 pub(crate) fn parse_csv(body: &[u8], fields: &[Field]) -> Result<Vec<Value>> {
     let text = std::str::from_utf8(body)
         .map_err(|_| Error::decode(None, "Salesforce Bulk results are not UTF-8"))?;
@@ -446,7 +446,7 @@ pub(crate) fn parse_csv(body: &[u8], fields: &[Field]) -> Result<Vec<Value>> {
         .collect();
     let mut out = Vec::new();
     for cells in rows {
-        if cells.len() == 1 && cells[0].as_deref().is_none_or(str::is_empty) {
+        if cells.len() == 1 && cells[0].is_none() {
             continue; // a blank line
         }
         if cells.len() != header.len() {
@@ -637,7 +637,8 @@ mod tests {
         assert_eq!(rows[0]["Amount"], 10.5);
         assert_eq!(rows[0]["IsWon"], true);
         assert_eq!(rows[0]["Tier__c"], Value::Null);
-        assert_eq!(rows[1]["Name"], "");
+        // Salesforce stores no empty strings: an empty cell, quoted or not, is null.
+        assert_eq!(rows[1]["Name"], Value::Null);
         assert_eq!(rows[1]["Amount"], 3);
         assert!(parse_csv(b"\"Id\",\"Name\"\n\"x\"\n", &f).is_err());
         assert!(parse_csv(b"\"Id\"\n\"open", &f).is_err());
