@@ -25,7 +25,12 @@
 
 mod gong;
 mod hubspot;
-#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+#[cfg(all(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "salesforce",
+    feature = "sqlite"
+))]
 mod quickstart;
 mod salesforce;
 
@@ -52,10 +57,20 @@ pub use hubspot::{
     HubSpotEndpoint, HubSpotOAuthApp, HubSpotObject, HubSpotPortal, HubSpotSim, HubSpotSimConfig,
     SimRecord,
 };
-#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+#[cfg(all(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "salesforce",
+    feature = "sqlite"
+))]
 #[cfg_attr(
     docsrs,
-    doc(cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite")))
+    doc(cfg(all(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "salesforce",
+        feature = "sqlite"
+    )))
 )]
 pub use quickstart::{QuickstartConfig, QuickstartReport, run_quickstart};
 pub use salesforce::{
