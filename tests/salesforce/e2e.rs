@@ -21,6 +21,7 @@ use uuid::Uuid;
 
 pub struct Env {
     pub store: Arc<dyn SyncStore>,
+    pub database_url: String,
 }
 
 fn keyring() -> Keyring {
@@ -43,6 +44,7 @@ where
     store.migrate().await.unwrap();
     test(Env {
         store: Arc::new(store),
+        database_url: url,
     })
     .await;
     drop(dir);
@@ -80,8 +82,12 @@ where
         .unwrap();
     let store = PgStore::from_pool(pool).with_keyring(keyring());
     store.migrate().await.unwrap();
+    // The example connects by URL: point it at the same schema.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let database_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
     test(Env {
         store: Arc::new(store.clone()),
+        database_url,
     })
     .await;
     store.close().await;
@@ -597,6 +603,9 @@ pub async fn dying_tokens_lose_nothing(env: Env) {
             "{death:?}: {} sessions",
             sim.sessions_issued()
         );
+        // Locators died with their sessions and the queries restarted from the keyset.
+        let queries = sim.counters().get("GET /services/data/{version}/queryAll");
+        assert!(queries > 4, "{death:?}: {queries} queries, no restart");
         // The rotated refresh token is what the connection holds now.
         let row = env
             .store
@@ -783,4 +792,94 @@ pub async fn org_without_multi_currency_syncs(env: Env) {
             .iter()
             .all(|d| matches!(d, Record::Deal(d) if d.currency.is_none()))
     );
+}
+
+/// The `sync` example with `--connector salesforce`: login and instance on `--base-url`,
+/// the summary says what the database holds; with rotation, the next run passes the new
+/// refresh token, and the stale one exits 1 with the provider's reason.
+pub async fn sync_example_syncs_salesforce(env: Env) {
+    let sim = SalesforceSim::start(SalesforceSimConfig::default())
+        .await
+        .unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
+    let example = std::fs::read_dir(&examples)
+        .unwrap_or_else(|e| panic!("no examples folder at {}: {e}", examples.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            (name == "sync" || (name.starts_with("sync-") && !name.contains('.'))) && p.is_file()
+        })
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("build the sync example into {}", examples.display()));
+    let ws = Uuid::new_v4();
+    let run = |refresh: String| {
+        let creds = json!({
+            "client_id": sim.config().client_id,
+            "client_secret": sim.config().client_secret,
+            "refresh_token": refresh,
+        })
+        .to_string();
+        let mut cmd = std::process::Command::new(&example);
+        cmd.args([
+            "--database",
+            &env.database_url,
+            "--workspace",
+            &ws.to_string(),
+        ])
+        .args(["--connector", "salesforce", "--base-url", &sim.base_url()])
+        .args(["--credentials", &creds, "--json", "--no-hooks"])
+        .args(["--config", &fast(json!({})).to_string()]);
+        cmd
+    };
+    let original = sim.config().refresh_token.clone();
+    for mode in ["initial", "incremental"] {
+        let refresh = if mode == "initial" {
+            original.clone()
+        } else {
+            sim.current_refresh_token()
+        };
+        let out = tokio::task::spawn_blocking({
+            let mut cmd = run(refresh);
+            move || cmd.output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(summary["status"], "completed", "{summary}");
+        assert_eq!(summary["mode"], mode);
+        for (table, kind) in [
+            ("accounts", RecordKind::Account),
+            ("contacts", RecordKind::Contact),
+            ("deals", RecordKind::Deal),
+        ] {
+            let n = env
+                .store
+                .count_records(ws, kind, Some(ConnectorKind::Salesforce))
+                .await
+                .unwrap();
+            assert_eq!(summary["tables"][table], n, "{table}");
+        }
+    }
+    assert_equals_truth(&env.store, ws, &sim).await;
+    // The stale (pre-rotation) token: exit 1 with the provider's reason, no secret.
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = run(original);
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("invalid_grant"), "{printed}");
+    assert!(!printed.contains(&sim.config().client_secret), "{printed}");
 }

@@ -40,6 +40,7 @@ e2e_suite!(
     daily_limit_stops_and_the_next_run_resumes,
     bad_credentials_fail_cleanly,
     org_without_multi_currency_syncs,
+    sync_example_syncs_salesforce,
 );
 
 use std::collections::BTreeMap;
