@@ -5,6 +5,7 @@
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod e2e;
+mod sim;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 macro_rules! e2e_suite {
