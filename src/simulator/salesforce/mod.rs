@@ -404,7 +404,6 @@ struct Session {
 #[derive(Debug)]
 struct Locator {
     session: String,
-    object: SalesforceObject,
     rows: Arc<Vec<Value>>,
     offset: usize,
     batch: usize,
@@ -1090,12 +1089,11 @@ async fn limit_info(State(inner): State<Arc<Inner>>, req: Request, next: Next) -
     resp
 }
 
-async fn versions(State(inner): State<Arc<Inner>>) -> Response<Body> {
+async fn versions() -> Response<Body> {
     let list: Vec<Value> = SIM_API_VERSIONS
         .iter()
         .map(|v| json!({"label": "Simulated", "url": format!("/services/data/v{v}"), "version": v}))
         .collect();
-    let _ = &inner;
     json_response(StatusCode::OK, &Value::Array(list))
 }
 
@@ -1184,7 +1182,7 @@ fn batch_size(headers: &HeaderMap) -> usize {
 }
 
 /// One batch from a locator (new or continued) and its `nextRecordsUrl`.
-fn page(inner: &Inner, data: &mut Data, version: &str, id: &str) -> Value {
+fn page(data: &mut Data, version: &str, id: &str) -> Value {
     let Some(loc) = data.locators.get_mut(id) else {
         return json!({"totalSize": 0, "done": true, "records": []});
     };
@@ -1200,7 +1198,6 @@ fn page(inner: &Inner, data: &mut Data, version: &str, id: &str) -> Value {
         data.locators.remove(id);
         data.locator_order.retain(|l| l != id);
     }
-    let _ = inner;
     body
 }
 
@@ -1250,7 +1247,6 @@ async fn query_common(
         id.clone(),
         Locator {
             session: token,
-            object: obj,
             rows: Arc::new(rendered),
             offset: 0,
             batch: batch_size(&headers),
@@ -1263,7 +1259,7 @@ async fn query_common(
             data.locators.remove(&old);
         }
     }
-    let body = page(&inner, &mut data, &version, &id);
+    let body = page(&mut data, &version, &id);
     json_response(StatusCode::OK, &body)
 }
 
@@ -1323,9 +1319,8 @@ async fn query_more(
         data.locators.remove(id);
         return invalid();
     }
-    let _ = loc.object;
     let id = id.to_owned();
-    let body = page(&inner, &mut data, &version, &id);
+    let body = page(&mut data, &version, &id);
     json_response(StatusCode::OK, &body)
 }
 
