@@ -387,3 +387,56 @@ async fn unknown_fields_and_objects_get_the_real_error_bodies() {
     let body: serde_json::Value = old.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant");
 }
+
+#[tokio::test]
+async fn malformed_records_are_captured_with_their_ids() {
+    let sim = SalesforceSim::start(SalesforceSimConfig {
+        contacts: 600,
+        faults: pandora_sync::simulator::FaultConfig {
+            malformed_rate: 0.05,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Bulk for contacts (CSV), REST for the rest.
+    let c = connector(&sim, json!({"bulk_threshold": 500, "batch_size": 200}));
+    let ctx = SyncContext::new(ws(), SyncMode::Initial);
+    let mut sink = MemorySink::new();
+    let report = c.sync(&ctx, &mut sink).await.unwrap();
+    assert!(report.used_export_api);
+    let failed: std::collections::BTreeSet<String> = sink
+        .batches
+        .iter()
+        .flat_map(|(b, _)| b.failures.iter())
+        .map(|f| f.record_id.clone().expect("every failure names its record"))
+        .collect();
+    let expected: std::collections::BTreeSet<String> = O::ALL
+        .iter()
+        .filter(|o| **o != O::OpportunityContactRole)
+        .flat_map(|o| sim.records(*o))
+        .filter(|r| sim.is_malformed(r.object, &r.id))
+        .map(|r| r.id)
+        .collect();
+    assert!(!expected.is_empty());
+    assert_eq!(report.records_failed, failed.len() as u64);
+    assert!(expected.is_subset(&failed), "{expected:?} vs {failed:?}");
+    // Every other record arrived.
+    let rows = latest(&sink);
+    for o in [O::Account, O::Contact, O::Opportunity] {
+        for r in sim.records(o) {
+            let kind = match o {
+                O::Account => "Account",
+                O::Contact => "Contact",
+                _ => "Deal",
+            };
+            assert_eq!(
+                rows.contains_key(&(kind.to_owned(), r.id.clone())),
+                !failed.contains(&r.id),
+                "{kind} {}",
+                r.id
+            );
+        }
+    }
+}
