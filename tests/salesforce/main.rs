@@ -440,3 +440,39 @@ async fn malformed_records_are_captured_with_their_ids() {
         }
     }
 }
+
+#[tokio::test]
+async fn query_timeouts_are_read_in_smaller_slices() {
+    let sim = SalesforceSim::start(SalesforceSimConfig {
+        contacts: 3_000,
+        query_timeout_rows: Some(700),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = connector(&sim, json!({"batch_size": 200}));
+    let ctx = SyncContext::new(ws(), SyncMode::Initial);
+    let mut sink = MemorySink::new();
+    let report = c.sync(&ctx, &mut sink).await.unwrap();
+    assert!(report.details["query_timeouts"].as_u64().unwrap() > 0);
+    assert_matches_truth(&sim, &sink);
+    // Incremental: a window of many changes times out too, and is sliced.
+    let previous = sink.last_checkpoint().unwrap().clone();
+    // 900 changes on distinct seconds (more than one query may return, fewer per second).
+    let base = sim.config().base_time;
+    for n in 1..=900 {
+        let id = O::Contact.id(n);
+        sim.modify(O::Contact, &id, [("Title", json!("Sliced"))]);
+        sim.stamp(
+            O::Contact,
+            [id.as_str()],
+            base + chrono::Duration::minutes(i64::try_from(n).unwrap()),
+        );
+    }
+    let ctx = SyncContext::new(ws(), SyncMode::Incremental).with_previous(previous);
+    let mut more = MemorySink::new();
+    c.sync(&ctx, &mut more).await.unwrap();
+    let mut all = sink;
+    all.batches.extend(more.batches);
+    assert_matches_truth(&sim, &all);
+}

@@ -19,6 +19,10 @@
 //!   session ended with a token refresh, `INVALID_QUERY_LOCATOR` or 401
 //!   `INVALID_SESSION_ID`, idled out, too many open) restarts the query from the keyset
 //!   position; repeated deaths without a row read stop the pass instead of looping.
+//! - **`QUERY_TIMEOUT`** (big objects): the query is asked again for the first half of its
+//!   `SystemModstamp` window, and the pass goes on slice by slice, each twice as wide as the
+//!   last that answered, up to the pass's end. More rows on one second than the org can
+//!   query in time stop the pass with the error (a window cannot be narrower than a second).
 //! - **Deletes** come from `queryAll`'s `IsDeleted = true` rows (the recycle bin, cascades
 //!   included) as soft deletes (`archived_at`); an undeleted row comes back with a newer
 //!   `SystemModstamp` and is stored live again. A deleted OpportunityContactRole removes
@@ -236,12 +240,14 @@ impl SalesforceConnector {
             bulk_fallbacks: 0,
             restarts: 0,
             full_ended: Vec::new(),
+            timeouts: 0,
         };
         s.run(sink).await?;
         let mut report = s.report;
         report.details = serde_json::json!({
             "locator_restarts": s.restarts,
             "bulk_fallbacks": s.bulk_fallbacks,
+            "query_timeouts": s.timeouts,
             "http": self.client.stats().snapshot(),
         });
         Ok(report)

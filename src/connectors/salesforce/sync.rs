@@ -42,13 +42,31 @@ enum Lower {
     After(Keyset),
 }
 
-/// The SOQL of a pass: `fields` of `obj` after `lower`, before `until` (second precision),
-/// ordered by the keyset. `count` asks `COUNT()` instead.
+/// The exclusive upper bound of a pass begun at `until`: the end of that second (literals
+/// have second precision), so rows changed later in that second are read now and again next
+/// time, never skipped.
+fn pass_end(until: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(until.timestamp().saturating_add(1), 0).unwrap_or(until)
+}
+
+/// Before any Salesforce record: the lower end of a window that has none.
+fn beginning() -> DateTime<Utc> {
+    DateTime::from_timestamp(915_148_800, 0).unwrap_or(DateTime::<Utc>::MIN_UTC) // 1999-01-01
+}
+
+/// Whether an error is Salesforce's `QUERY_TIMEOUT` (the query must ask for less).
+fn is_query_timeout(e: &Error) -> bool {
+    matches!(e, Error::Api { body, .. } if body.contains("QUERY_TIMEOUT"))
+}
+
+/// The SOQL of a pass: `fields` of `obj` after `lower` (and at or after `floor`), before
+/// `end`, ordered by the keyset. `count` asks `COUNT()` instead.
 fn build_query(
     obj: Object,
     fields: &[Field],
     lower: &Lower,
-    until: DateTime<Utc>,
+    floor: Option<DateTime<Utc>>,
+    end: DateTime<Utc>,
     count: bool,
 ) -> String {
     let mut conds = Vec::new();
@@ -63,9 +81,9 @@ fn build_query(
             ));
         }
     }
-    // Up to the end of the pass's starting second (literals have second precision): rows
-    // changed later in that second are read now and again next time, never skipped.
-    let end = DateTime::from_timestamp(until.timestamp().saturating_add(1), 0).unwrap_or(until);
+    if let Some(f) = floor {
+        conds.push(format!("SystemModstamp >= {}", transform::soql_time(f)));
+    }
     conds.push(format!("SystemModstamp < {}", transform::soql_time(end)));
     let select = if count {
         "COUNT()".to_owned()
@@ -97,6 +115,17 @@ struct Pass {
     total: Option<u64>,
 }
 
+impl Lower {
+    /// The earliest `SystemModstamp` the query can return.
+    fn at(&self) -> DateTime<Utc> {
+        match self {
+            Lower::All => beginning(),
+            Lower::From(t) => *t,
+            Lower::After(k) => k.at,
+        }
+    }
+}
+
 impl Pass {
     fn lower(&self, s: &StreamCheckpoint) -> Lower {
         match (&self.position, s.watermark) {
@@ -125,6 +154,8 @@ pub(crate) struct Syncer<'a> {
     pub(crate) restarts: u64,
     /// Objects whose full pass ended in this run.
     pub(crate) full_ended: Vec<Object>,
+    /// Queries that timed out and were asked again for a smaller time slice.
+    pub(crate) timeouts: u64,
 }
 
 impl Syncer<'_> {
@@ -297,15 +328,37 @@ impl Syncer<'_> {
 
     /// Reads the pass through REST: a query from the keyset position, its locators
     /// followed; a dead locator restarts the query from the position of the last row
-    /// written (never from the start, and never twice without progress).
+    /// written (never from the start, and never twice without progress). A query that
+    /// times out (`QUERY_TIMEOUT`, big objects) is asked again for the first half of its
+    /// time window, and the pass goes on slice by slice (each twice as wide as the last
+    /// that worked) up to its end.
     async fn rest_read(&mut self, pass: &mut Pass, sink: &mut dyn RecordSink) -> Result<bool> {
         let batch = self.config.batch_size;
+        let full_end = pass_end(pass.until);
         let mut idle_restarts = 0;
-        loop {
+        // The time slice being read, when the whole window timed out: `[from, to)`.
+        let mut slice: Option<(Option<DateTime<Utc>>, DateTime<Utc>)> = None;
+        'query: loop {
             self.ctx.check_cancelled()?;
             let lower = pass.lower(self.checkpoint.stream_mut(pass.obj.stream()));
-            let soql = build_query(pass.obj, &pass.fields, &lower, pass.until, false);
-            let mut page = self.client.query(&soql, true, batch).await?;
+            let (floor, end) = slice.unwrap_or((None, full_end));
+            let soql = build_query(pass.obj, &pass.fields, &lower, floor, end, false);
+            let mut page = match self.client.query(&soql, true, batch).await {
+                Ok(page) => page,
+                Err(e) if is_query_timeout(&e) => {
+                    let from = floor.map_or(lower.at(), |f| f.max(lower.at()));
+                    let half = (end - from).num_seconds() / 2;
+                    if half < 1 {
+                        return Err(e);
+                    }
+                    let mid = from + chrono::Duration::seconds(half);
+                    tracing::info!(%from, %mid, "Salesforce query timed out; reading a smaller time slice");
+                    self.timeouts += 1;
+                    slice = Some((floor, mid));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             loop {
                 let next = page.next().map(str::to_owned);
                 if next.is_some() && page.records.is_empty() {
@@ -314,14 +367,22 @@ impl Syncer<'_> {
                         "Salesforce announced more rows with an empty batch; stopping instead of looping",
                     ));
                 }
-                let (moved, resumed) = self
-                    .write_rows(pass, page.records, next.is_none(), sink)
-                    .await?;
+                let last = next.is_none() && slice.is_none_or(|(_, to)| to >= full_end);
+                let (moved, resumed) = self.write_rows(pass, page.records, last, sink).await?;
                 if moved {
                     idle_restarts = 0;
                 }
                 let Some(next) = next else {
-                    return Ok(resumed);
+                    match slice {
+                        Some((from, to)) if to < full_end => {
+                            // The next slice, twice as wide, up to the pass's end.
+                            let start = from.unwrap_or_else(|| lower.at()).min(to);
+                            let next_to = (to + (to - start) * 2).min(full_end);
+                            slice = Some((Some(to), next_to));
+                            continue 'query;
+                        }
+                        _ => return Ok(resumed),
+                    }
                 };
                 self.ctx.check_cancelled()?;
                 match self.client.query_more(&next, batch).await? {
@@ -341,7 +402,7 @@ impl Syncer<'_> {
                             reason,
                             "Salesforce query locator died; restarting the query from the keyset"
                         );
-                        break;
+                        continue 'query;
                     }
                 }
             }
@@ -357,7 +418,14 @@ impl Syncer<'_> {
         sink: &mut dyn RecordSink,
     ) -> Result<Option<bool>> {
         let lower = pass.lower(self.checkpoint.stream_mut(pass.obj.stream()));
-        let soql = build_query(pass.obj, &pass.fields, &lower, pass.until, false);
+        let soql = build_query(
+            pass.obj,
+            &pass.fields,
+            &lower,
+            None,
+            pass_end(pass.until),
+            false,
+        );
         let job = self.client.bulk_create(&soql, true).await?;
         self.report.used_export_api = true;
         let mut delay = Duration::from_millis(200);
@@ -444,7 +512,8 @@ mod tests {
                 at,
                 id: "0035g0000000009AAA".into(),
             }),
-            until,
+            None,
+            pass_end(until),
             false,
         );
         assert_eq!(
@@ -453,10 +522,17 @@ mod tests {
              AND (SystemModstamp > 2024-05-01T10:00:00Z OR Id > '0035g0000000009AAA') \
              AND SystemModstamp < 2024-06-01T00:00:01Z ORDER BY SystemModstamp ASC, Id ASC"
         );
-        let c = build_query(Object::Account, &fields, &Lower::From(at), until, true);
+        let c = build_query(
+            Object::Account,
+            &fields,
+            &Lower::From(at),
+            Some(at),
+            pass_end(until),
+            true,
+        );
         assert_eq!(
             c,
-            "SELECT COUNT() FROM Account WHERE SystemModstamp >= 2024-05-01T10:00:00Z AND SystemModstamp < 2024-06-01T00:00:01Z"
+            "SELECT COUNT() FROM Account WHERE SystemModstamp >= 2024-05-01T10:00:00Z AND SystemModstamp >= 2024-05-01T10:00:00Z AND SystemModstamp < 2024-06-01T00:00:01Z"
         );
     }
 }

@@ -146,6 +146,9 @@ pub struct SalesforceSimConfig {
     pub daily_limit: u64,
     /// Status polls a Bulk job answers `InProgress` before it completes.
     pub bulk_polls: u32,
+    /// A REST query matching more rows than this answers 400 `QUERY_TIMEOUT` ("Your query
+    /// request was running for too long."), as queries over big objects do (`None`: never).
+    pub query_timeout_rows: Option<usize>,
     /// Every seeded record was created and last modified before this instant.
     pub base_time: DateTime<Utc>,
     /// Injected faults.
@@ -172,6 +175,7 @@ impl Default for SalesforceSimConfig {
             max_open_locators: 10,
             daily_limit: 100_000,
             bulk_polls: 1,
+            query_timeout_rows: None,
             base_time: Utc
                 .with_ymd_and_hms(2024, 6, 1, 0, 0, 0)
                 .single()
@@ -479,7 +483,7 @@ struct Inner {
 ///   but not `LastModifiedDate`, orgs without multi-currency (no `CurrencyIsoCode`), custom
 ///   `__c` fields.
 /// - **Errors** as Salesforce's JSON arrays (`INVALID_FIELD`, `INVALID_TYPE`,
-///   `MALFORMED_QUERY`, `UNKNOWN_EXCEPTION`), HTML 502/503 pages, dropped and truncated bodies
+///   `MALFORMED_QUERY`, `QUERY_TIMEOUT`, `UNKNOWN_EXCEPTION`), HTML 502/503 pages, dropped and truncated bodies
 ///   ([`FaultConfig`]).
 #[derive(Debug)]
 pub struct SalesforceSim {
@@ -1235,6 +1239,17 @@ async fn query_common(
         return json_response(
             StatusCode::OK,
             &json!({"totalSize": rows.len(), "done": true, "records": []}),
+        );
+    }
+    if inner
+        .cfg
+        .query_timeout_rows
+        .is_some_and(|max| rows.len() > max)
+    {
+        return array_error(
+            StatusCode::BAD_REQUEST,
+            "QUERY_TIMEOUT",
+            "Your query request was running for too long.",
         );
     }
     let rendered: Vec<Value> = rows
