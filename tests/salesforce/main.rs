@@ -476,3 +476,45 @@ async fn query_timeouts_are_read_in_smaller_slices() {
     all.batches.extend(more.batches);
     assert_matches_truth(&sim, &all);
 }
+
+#[tokio::test]
+async fn a_rotated_refresh_token_is_stored_before_a_crash() {
+    use std::sync::{Arc, Mutex};
+
+    let sim = SalesforceSim::start(SalesforceSimConfig {
+        contacts: 1_000,
+        session_requests: Some(4),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stored: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = stored.clone();
+    let updater = pandora_sync::connector::CredentialUpdater::new(move |updates| {
+        let seen = seen.clone();
+        Box::pin(async move {
+            for (k, v) in updates {
+                assert_eq!(k, "refresh_token");
+                seen.lock()
+                    .unwrap()
+                    .push(secrecy::ExposeSecret::expose_secret(&v).to_owned());
+            }
+            Ok(())
+        })
+    });
+    let c = connector(&sim, json!({"batch_size": 200}));
+    let ctx = SyncContext::new(ws(), SyncMode::Initial).with_credential_updater(updater);
+    let mut sink = HookSink {
+        inner: MemorySink::new(),
+        after: |_| {},
+        fail_at: Some(6),
+        writes: 0,
+    };
+    assert!(c.sync(&ctx, &mut sink).await.is_err(), "the crash");
+    assert!(sim.sessions_issued() >= 2, "rotated during the run");
+    // The token the org accepts now was stored before the crash.
+    assert_eq!(
+        stored.lock().unwrap().last().cloned(),
+        Some(sim.current_refresh_token())
+    );
+}

@@ -27,8 +27,9 @@ pub(crate) enum More {
     Died(&'static str),
 }
 
-/// The rotated refresh token, shared with the token callback.
-pub(crate) type Rotated = Arc<Mutex<Option<SecretString>>>;
+/// The rotated refresh token and how many rotations there were, shared with the token
+/// callback.
+pub(crate) type Rotated = Arc<Mutex<(u64, Option<SecretString>)>>;
 
 pub(crate) struct SalesforceClient {
     /// The login origin (and the instance unless the token response names another).
@@ -79,11 +80,13 @@ impl SalesforceClient {
             client_id.clone(),
             client_secret.clone(),
         );
-        let rotated: Rotated = Arc::new(Mutex::new(None));
+        let rotated: Rotated = Arc::new(Mutex::new((0, None)));
         let keep = rotated.clone();
         let tokens = OAuthTokens::builder("salesforce", endpoint, refresh_token.clone())
             .on_rotation(move |new| {
-                *keep.lock().unwrap_or_else(PoisonError::into_inner) = Some(new);
+                let mut r = keep.lock().unwrap_or_else(PoisonError::into_inner);
+                r.0 += 1;
+                r.1 = Some(new);
             })
             .build();
         let stack = presets::salesforce()
@@ -106,6 +109,11 @@ impl SalesforceClient {
 
     /// The refresh token Salesforce rotated to during this connector's life, if it did.
     pub(crate) fn rotated_refresh_token(&self) -> Option<SecretString> {
+        self.rotation().1
+    }
+
+    /// How many rotations there were, and the latest refresh token.
+    pub(crate) fn rotation(&self) -> (u64, Option<SecretString>) {
         self.rotated
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -33,9 +33,9 @@
 //!   committed with its keyset position. A job that fails falls back to REST from there.
 //! - **OAuth**: the refresh token is exchanged before any data request (a rejected grant or
 //!   client secret ends the sync with [`Error::AuthFailed`]); refreshes are single-flight;
-//!   a rotated refresh token is kept ([`SalesforceConnector::rotated_refresh_token`]) and
-//!   handed to the orchestrator, which stores it with the connection
-//!   ([`SyncCapable::credential_updates`]).
+//!   a rotated refresh token is stored with the connection at once, after the exchange and
+//!   after every page ([`SyncContext::update_credentials`]), and again when the run ends
+//!   ([`SyncCapable::credential_updates`]; also [`SalesforceConnector::rotated_refresh_token`]).
 //! - **Limits**: every request goes through
 //!   [`presets::salesforce`](crate::http::presets::salesforce): 100 requests a minute
 //!   (`rate_limit` replaces it), a stop once `Sforce-Limit-Info` reports 80 % of the daily
@@ -241,6 +241,7 @@ impl SalesforceConnector {
             restarts: 0,
             full_ended: Vec::new(),
             timeouts: 0,
+            stored_rotation: 0,
         };
         s.run(sink).await?;
         let mut report = s.report;

@@ -156,6 +156,8 @@ pub(crate) struct Syncer<'a> {
     pub(crate) full_ended: Vec<Object>,
     /// Queries that timed out and were asked again for a smaller time slice.
     pub(crate) timeouts: u64,
+    /// The last refresh-token rotation stored with the connection.
+    pub(crate) stored_rotation: u64,
 }
 
 impl Syncer<'_> {
@@ -163,6 +165,7 @@ impl Syncer<'_> {
     /// followed by one more pass for what changed since that run began.
     pub(crate) async fn run(&mut self, sink: &mut dyn RecordSink) -> Result<()> {
         self.client.authenticate().await?;
+        self.store_rotation().await;
         for obj in Object::ALL {
             let span = tracing::info_span!("salesforce_pass", object = obj.api_name());
             if self.pass(obj, sink).instrument(span.clone()).await? {
@@ -170,6 +173,26 @@ impl Syncer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Stores a refresh token Salesforce rotated to with the connection now (a run killed
+    /// later must not leave the connection with a token that no longer works). A failure
+    /// is logged: the orchestrator stores it again when the run ends.
+    async fn store_rotation(&mut self) {
+        let (generation, token) = self.client.rotation();
+        let Some(token) = token.filter(|_| generation > self.stored_rotation) else {
+            return;
+        };
+        match self
+            .ctx
+            .update_credentials(vec![("refresh_token".to_owned(), token)])
+            .await
+        {
+            Ok(()) => self.stored_rotation = generation,
+            Err(e) => {
+                tracing::warn!(error = %e, "storing the rotated Salesforce refresh token failed")
+            }
+        }
     }
 
     async fn fields_of(&mut self, obj: Object) -> Result<Vec<Field>> {
@@ -314,6 +337,9 @@ impl Syncer<'_> {
         } else if let Some(p) = &pass.position {
             s.cursor = Some(p.encode());
         }
+        // Before the page: the token the requests of this page rotated to is kept even if
+        // the write fails.
+        self.store_rotation().await;
         write_page(
             sink,
             batch,
