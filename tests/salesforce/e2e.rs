@@ -476,12 +476,27 @@ pub async fn initial_and_incremental_equal_the_truth(env: Env) {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let back = sim.undelete(O::Account, &O::Account.id(5));
     assert!(back >= 1);
+    // The restored accounts, contacts and opportunities (contact roles are links).
+    let restored = back as u64
+        - sim
+            .records(O::OpportunityContactRole)
+            .iter()
+            .filter(|r| {
+                r.get("SystemModstamp")
+                    == sim
+                        .record(O::Account, &O::Account.id(5))
+                        .unwrap()
+                        .get("SystemModstamp")
+            })
+            .count() as u64;
     let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    let c = &r.connectors[0];
+    assert_eq!(c.status, SyncStatus::Completed, "{:?}", c.error);
     assert_eq!(
-        r.connectors[0].status,
-        SyncStatus::Completed,
-        "{:?}",
-        r.connectors[0].error
+        (c.counts.inserted, c.counts.updated),
+        (0, restored),
+        "exactly the undeleted rows come back: {:?}",
+        c.counts
     );
     assert_equals_truth(&env.store, ws, &sim).await;
 

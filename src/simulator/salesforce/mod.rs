@@ -516,7 +516,7 @@ impl Inner {
     fn seeded_times(&self, obj: SalesforceObject, n: u64, count: u64) -> (Value, Value) {
         let span = 90 * 24 * 3600_i64;
         let step = span / i64::try_from(count.max(1)).unwrap_or(1).max(1);
-        let back = span - step * i64::try_from(n).unwrap_or(0);
+        let back = span.saturating_sub(step.saturating_mul(i64::try_from(n).unwrap_or(0)));
         let created = self.cfg.base_time - chrono::Duration::seconds(back.max(1) + 3600);
         let bump = i64::try_from(self.h(obj, n, 99) % 3600).unwrap_or(0);
         let modified = (created + chrono::Duration::seconds(bump)).min(self.cfg.base_time);
@@ -666,7 +666,7 @@ impl Inner {
             if contacts == 0 {
                 break;
             }
-            let k = self.h(O::Opportunity, opp, 50) % (self.cfg.roles_per_opportunity + 1);
+            let k = self.h(O::Opportunity, opp, 50) % self.cfg.roles_per_opportunity.saturating_add(1);
             for j in 0..k.min(contacts) {
                 n += 1;
                 let contact = (self.h(O::Opportunity, opp, 51) + j) % contacts + 1;
@@ -1191,7 +1191,7 @@ fn page(data: &mut Data, version: &str, id: &str) -> Value {
         return json!({"totalSize": 0, "done": true, "records": []});
     };
     let total = loc.rows.len();
-    let end = (loc.offset + loc.batch).min(total);
+    let end = loc.offset.saturating_add(loc.batch).min(total);
     let records: Vec<Value> = loc.rows[loc.offset..end].to_vec();
     loc.offset = end;
     loc.last_used = tokio::time::Instant::now();
@@ -1536,7 +1536,7 @@ async fn bulk_results(
         .and_then(|m| m.parse::<usize>().ok())
         .filter(|m| *m > 0)
         .unwrap_or(100_000);
-    let end = (start + max).min(job.rows.len());
+    let end = start.saturating_add(max).min(job.rows.len());
     let mut body = csv_line(job.header.iter().cloned().map(Some));
     for row in &job.rows[start..end] {
         body.push_str(&csv_line(row.iter().cloned()));
