@@ -518,3 +518,56 @@ async fn a_rotated_refresh_token_is_stored_before_a_crash() {
         Some(sim.current_refresh_token())
     );
 }
+
+#[tokio::test]
+async fn a_crash_inside_bulk_results_resumes_from_the_jobs_locator() {
+    let sim = SalesforceSim::start(SalesforceSimConfig {
+        contacts: 25_000,
+        accounts: 10,
+        opportunities: 10,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let c = connector(&sim, json!({}));
+    let ctx = SyncContext::new(ws(), SyncMode::Initial);
+    // Writes: accounts (1), then the contacts' Bulk pages of 10,000: the second one fails.
+    let mut sink = HookSink {
+        inner: MemorySink::new(),
+        after: |_| {},
+        fail_at: Some(3),
+        writes: 0,
+    };
+    assert!(c.sync(&ctx, &mut sink).await.is_err());
+    let checkpoint = sink.inner.last_checkpoint().unwrap().clone();
+    let cursor = checkpoint
+        .stream("contacts")
+        .unwrap()
+        .cursor
+        .clone()
+        .unwrap();
+    assert!(cursor.starts_with("bulk:"), "{cursor}");
+    assert_eq!(sim.bulk_jobs_created(), 1);
+    sim.counters().reset();
+    let c = connector(&sim, json!({}));
+    let ctx = SyncContext::new(ws(), SyncMode::Incremental).with_previous(checkpoint);
+    let mut rest = MemorySink::new();
+    let report = c.sync(&ctx, &mut rest).await.unwrap();
+    assert!(report.used_export_api);
+    assert_eq!(sim.bulk_jobs_created(), 1, "the same job, not a new one");
+    assert_eq!(
+        sim.counters()
+            .get("GET /services/data/{version}/jobs/query/{id}/results"),
+        2,
+        "the two pages left"
+    );
+    let read = rest
+        .records()
+        .filter(|r| matches!(r, Record::Contact(_)))
+        .count();
+    // The 15,000 left, and the follow-up pass's few rows on the newest second.
+    assert!((15_000..15_010).contains(&read), "{read} contacts read");
+    let mut all = sink.inner;
+    all.batches.extend(rest.batches);
+    assert_matches_truth(&sim, &all);
+}

@@ -28,9 +28,13 @@
 //!   `SystemModstamp` and is stored live again. A deleted OpportunityContactRole removes
 //!   its link from `deal_contacts`.
 //! - **Bulk API 2.0** reads a full pass whose object has more than `bulk_threshold` rows
-//!   (`SELECT COUNT()`): one `queryAll` job, polled until `JobComplete`, its CSV results read
-//!   page by page (`maxRecords`, `Sforce-Locator` until the string `null`), each page
-//!   committed with its keyset position. A job that fails falls back to REST from there.
+//!   (`SELECT COUNT()`): one `queryAll` job without `ORDER BY` (ordering would disable
+//!   Salesforce's PK chunking and invite timeouts on big objects), polled until
+//!   `JobComplete`, its CSV results read page by page (`maxRecords` 10,000, `Sforce-Locator`
+//!   until the string `null`; one page in memory at a time), each page committed with the
+//!   job and the next locator as the stream's cursor. An interrupted pass resumes from that
+//!   locator while the job exists (and starts over when it is gone); a job that fails
+//!   falls back to REST.
 //! - **OAuth**: the refresh token is exchanged before any data request (a rejected grant or
 //!   client secret ends the sync with [`Error::AuthFailed`]); refreshes are single-flight;
 //!   a rotated refresh token is stored with the connection at once, after the exchange and

@@ -69,6 +69,23 @@ fn build_query(
     end: DateTime<Utc>,
     count: bool,
 ) -> String {
+    let mut q = unordered_query(obj, fields, lower, floor, end, count);
+    if !count {
+        q.push_str(" ORDER BY SystemModstamp ASC, Id ASC");
+    }
+    q
+}
+
+/// [`build_query`] without `ORDER BY`: what a Bulk job is given (ordering disables
+/// Salesforce's PK chunking of the job, which then may time out on big objects).
+fn unordered_query(
+    obj: Object,
+    fields: &[Field],
+    lower: &Lower,
+    floor: Option<DateTime<Utc>>,
+    end: DateTime<Utc>,
+    count: bool,
+) -> String {
     let mut conds = Vec::new();
     match lower {
         Lower::All => {}
@@ -94,15 +111,46 @@ fn build_query(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut q = format!(
+    format!(
         "SELECT {select} FROM {} WHERE {}",
         obj.api_name(),
         conds.join(" AND ")
-    );
-    if !count {
-        q.push_str(" ORDER BY SystemModstamp ASC, Id ASC");
+    )
+}
+
+/// The stored cursor of a pass read through a Bulk job: the job and the locator of the
+/// next results page (empty for the first). Bulk results come in no particular order, so
+/// a pass interrupted there resumes from the job's results (a locator stays re-readable
+/// while the job exists), not from a keyset position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BulkCursor {
+    pub(crate) job: String,
+    pub(crate) locator: Option<String>,
+}
+
+impl BulkCursor {
+    const PREFIX: &'static str = "bulk:";
+
+    pub(crate) fn encode(&self) -> String {
+        format!(
+            "{}{}:{}",
+            Self::PREFIX,
+            self.job,
+            self.locator.as_deref().unwrap_or("")
+        )
     }
-    q
+
+    pub(crate) fn decode(s: &str) -> Option<BulkCursor> {
+        let (job, locator) = s.strip_prefix(Self::PREFIX)?.split_once(':')?;
+        let safe = |x: &str| {
+            x.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"=-_+/".contains(&b))
+        };
+        (!job.is_empty() && safe(job) && safe(locator)).then(|| BulkCursor {
+            job: job.to_owned(),
+            locator: (!locator.is_empty()).then(|| locator.to_owned()),
+        })
+    }
 }
 
 /// The state of one object's pass in this run.
@@ -222,6 +270,7 @@ impl Syncer<'_> {
             s.extra.insert(FULL_PASS.into(), json!(true));
         }
         let position = s.cursor.as_deref().and_then(Keyset::decode);
+        let bulk = s.cursor.as_deref().and_then(BulkCursor::decode);
         let mut pass = Pass {
             obj,
             fields,
@@ -229,6 +278,20 @@ impl Syncer<'_> {
             position,
             total: None,
         };
+        if let Some(cursor) = bulk {
+            // A pass interrupted inside a Bulk job's results: the rest of them, while the
+            // job exists; else the pass starts over.
+            match self.bulk_results(&mut pass, cursor, sink).await {
+                Ok(resumed) => return self.finished(&pass, resumed).await,
+                Err(e @ Error::Api { status: 404, .. }) => {
+                    tracing::warn!(error = %e, "Salesforce Bulk job gone; the pass starts over");
+                    let s = self.checkpoint.stream_mut(obj.stream());
+                    s.cursor = None;
+                    s.pass_max_updated_at = None;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         if full && pass.position.is_none() {
             let total = self
                 .client
@@ -288,15 +351,18 @@ impl Syncer<'_> {
         pass: &mut Pass,
         rows: Vec<Value>,
         last: bool,
+        bulk: Option<&BulkCursor>,
         sink: &mut dyn RecordSink,
     ) -> Result<(bool, bool)> {
         let ws = self.ctx.workspace_id();
         let before = pass.position.clone();
-        for raw in &rows {
-            if let Some(k) = Keyset::of(raw)
-                && pass.position.as_ref().is_none_or(|p| k > *p)
-            {
-                pass.position = Some(k);
+        if bulk.is_none() {
+            for raw in &rows {
+                if let Some(k) = Keyset::of(raw)
+                    && pass.position.as_ref().is_none_or(|p| k > *p)
+                {
+                    pass.position = Some(k);
+                }
             }
         }
         let mut deletions = Vec::new();
@@ -334,6 +400,8 @@ impl Syncer<'_> {
                 s.extra.remove(FULL_PASS);
                 self.full_ended.push(obj);
             }
+        } else if let Some(b) = bulk {
+            s.cursor = Some(b.encode());
         } else if let Some(p) = &pass.position {
             s.cursor = Some(p.encode());
         }
@@ -394,7 +462,9 @@ impl Syncer<'_> {
                     ));
                 }
                 let last = next.is_none() && slice.is_none_or(|(_, to)| to >= full_end);
-                let (moved, resumed) = self.write_rows(pass, page.records, last, sink).await?;
+                let (moved, resumed) = self
+                    .write_rows(pass, page.records, last, None, sink)
+                    .await?;
                 if moved {
                     idle_restarts = 0;
                 }
@@ -435,8 +505,9 @@ impl Syncer<'_> {
         }
     }
 
-    /// Reads the pass through a Bulk 2.0 job (CSV pages by locator). `Ok(None)` when the
-    /// job failed (the caller reads through REST from the keyset instead); `Ok(Some(resumed))`
+    /// Reads the pass through a Bulk 2.0 job (unordered CSV pages by locator, each
+    /// committed with the job and the next locator as the stream's cursor). `Ok(None)`
+    /// when the job failed (the caller reads through REST instead); `Ok(Some(resumed))`
     /// when the pass ended.
     async fn bulk_read(
         &mut self,
@@ -444,7 +515,7 @@ impl Syncer<'_> {
         sink: &mut dyn RecordSink,
     ) -> Result<Option<bool>> {
         let lower = pass.lower(self.checkpoint.stream_mut(pass.obj.stream()));
-        let soql = build_query(
+        let soql = unordered_query(
             pass.obj,
             &pass.fields,
             &lower,
@@ -480,12 +551,27 @@ impl Syncer<'_> {
             waited += delay;
             delay = (delay * 2).min(MAX_POLL_DELAY);
         }
-        let mut locator: Option<String> = None;
+        let cursor = BulkCursor {
+            job: job.id,
+            locator: None,
+        };
+        self.bulk_results(pass, cursor, sink).await.map(Some)
+    }
+
+    /// Reads a completed job's results from `cursor` to the end; returns whether the pass
+    /// was begun by an earlier run.
+    async fn bulk_results(
+        &mut self,
+        pass: &mut Pass,
+        mut cursor: BulkCursor,
+        sink: &mut dyn RecordSink,
+    ) -> Result<bool> {
+        self.report.used_export_api = true;
         loop {
             self.ctx.check_cancelled()?;
             let (csv, next) = self
                 .client
-                .bulk_results(&job.id, locator.as_deref(), BULK_MAX_RECORDS)
+                .bulk_results(&cursor.job, cursor.locator.as_deref(), BULK_MAX_RECORDS)
                 .await?;
             let rows = transform::parse_csv(&csv, &pass.fields)?;
             drop(csv);
@@ -495,16 +581,19 @@ impl Syncer<'_> {
                     "Salesforce Bulk results announced more with an empty page; stopping instead of looping",
                 ));
             }
-            if next.is_some() && next == locator {
+            if next.is_some() && next == cursor.locator {
                 return Err(Error::decode(
                     None,
                     "Salesforce Bulk results returned the same locator twice; stopping instead of looping",
                 ));
             }
-            let (_, resumed) = self.write_rows(pass, rows, next.is_none(), sink).await?;
-            match next {
-                Some(l) => locator = Some(l),
-                None => return Ok(Some(resumed)),
+            cursor.locator = next;
+            let last = cursor.locator.is_none();
+            let (_, resumed) = self
+                .write_rows(pass, rows, last, Some(&cursor), sink)
+                .await?;
+            if last {
+                return Ok(resumed);
             }
         }
     }
@@ -514,6 +603,28 @@ impl Syncer<'_> {
 mod tests {
     use super::*;
     use crate::connectors::salesforce::transform::FieldType;
+
+    #[test]
+    fn bulk_cursors_round_trip_and_refuse_junk() {
+        let c = BulkCursor {
+            job: "7505g0000000001SIM".into(),
+            locator: Some("MTAwMDA".into()),
+        };
+        assert_eq!(BulkCursor::decode(&c.encode()), Some(c));
+        let first = BulkCursor {
+            job: "750x".into(),
+            locator: None,
+        };
+        assert_eq!(BulkCursor::decode(&first.encode()), Some(first));
+        for junk in [
+            "bulk:",
+            "bulk::x",
+            "2024-01-01T00:00:00Z|001",
+            "bulk:a/../b:x?y",
+        ] {
+            assert_eq!(BulkCursor::decode(junk), None, "{junk}");
+        }
+    }
 
     #[test]
     fn queries_follow_the_keyset() {

@@ -666,7 +666,8 @@ impl Inner {
             if contacts == 0 {
                 break;
             }
-            let k = self.h(O::Opportunity, opp, 50) % self.cfg.roles_per_opportunity.saturating_add(1);
+            let k =
+                self.h(O::Opportunity, opp, 50) % self.cfg.roles_per_opportunity.saturating_add(1);
             for j in 0..k.min(contacts) {
                 n += 1;
                 let contact = (self.h(O::Opportunity, opp, 51) + j) % contacts + 1;
@@ -1405,6 +1406,17 @@ async fn bulk_create(
         Ok(r) => r,
         Err(e) => return soql_error(&e),
     };
+    let mut rows = rows;
+    if parsed.order.is_empty() {
+        // Without ORDER BY the job's chunks run in parallel: no order to rely on.
+        rows.sort_by_key(|r| {
+            let id = r.get("Id").and_then(Value::as_str).unwrap_or_default();
+            let h = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+            mix(inner.cfg.seed, 0xb01c, h)
+        });
+    }
     let csv_rows = rows
         .iter()
         .map(|r| {
