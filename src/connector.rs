@@ -31,6 +31,7 @@
 //! gives the cap.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -241,6 +242,43 @@ impl ProgressReporter {
     }
 }
 
+/// Stores credential values a provider replaced during a run (a rotated OAuth refresh
+/// token) with the connection, as soon as the connector sees them: a run killed later
+/// still leaves the connection with credentials the provider accepts. The orchestrator
+/// sets one on every context; without one, [`SyncContext::update_credentials`] does
+/// nothing (the values still reach [`SyncCapable::credential_updates`]).
+#[derive(Clone)]
+pub struct CredentialUpdater(
+    #[allow(clippy::type_complexity)]
+    Arc<
+        dyn Fn(
+                Vec<(String, secrecy::SecretString)>,
+            ) -> futures_util::future::BoxFuture<'static, Result<()>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl CredentialUpdater {
+    /// An updater calling `f` with the `(key, value)` pairs that changed.
+    pub fn new(
+        f: impl Fn(
+            Vec<(String, secrecy::SecretString)>,
+        ) -> futures_util::future::BoxFuture<'static, Result<()>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        CredentialUpdater(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for CredentialUpdater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialUpdater")
+    }
+}
+
 /// What a connector gets to know about the sync it runs.
 #[derive(Debug, Clone)]
 pub struct SyncContext {
@@ -251,6 +289,7 @@ pub struct SyncContext {
     lag: Duration,
     cancel: CancellationToken,
     progress: ProgressReporter,
+    credentials: Option<CredentialUpdater>,
 }
 
 impl SyncContext {
@@ -265,6 +304,25 @@ impl SyncContext {
             lag: DEFAULT_WATERMARK_LAG,
             cancel: CancellationToken::new(),
             progress: ProgressReporter::new(),
+            credentials: None,
+        }
+    }
+
+    /// Sets where credential values the provider replaced during the run are stored.
+    pub fn with_credential_updater(mut self, updater: CredentialUpdater) -> Self {
+        self.credentials = Some(updater);
+        self
+    }
+
+    /// Stores credential values the provider replaced (a rotated refresh token) with the
+    /// connection now; does nothing without a [`CredentialUpdater`].
+    pub async fn update_credentials(
+        &self,
+        updates: Vec<(String, secrecy::SecretString)>,
+    ) -> Result<()> {
+        match &self.credentials {
+            Some(u) if !updates.is_empty() => (u.0)(updates).await,
+            _ => Ok(()),
         }
     }
 
@@ -698,6 +756,14 @@ pub trait SyncCapable: Send + Sync {
     ) -> Result<SyncReport> {
         let _ = (ctx, sink);
         Err(Error::unsupported("backfill_sync", self.kind().as_str()))
+    }
+
+    /// Credential values the provider replaced while this connector ran (a rotated OAuth
+    /// refresh token), as `(key, value)` pairs of the connection's credentials JSON. The
+    /// orchestrator stores them with the connection after every run, finished or not, so
+    /// the next run uses them. Empty unless overridden.
+    fn credential_updates(&self) -> Vec<(String, secrecy::SecretString)> {
+        Vec::new()
     }
 
     /// Runs the sync that `ctx.mode()` names.

@@ -114,6 +114,29 @@ impl ConnectorRegistry {
                 )?))
             });
         }
+        #[cfg(feature = "salesforce")]
+        {
+            use crate::connectors::salesforce::{
+                SalesforceConfig, SalesforceConnector, SalesforceCredentials,
+            };
+
+            let base = base_urls
+                .get(&ConnectorKind::Salesforce)
+                .cloned()
+                .unwrap_or_else(|| "https://login.salesforce.com".to_owned());
+            registry = registry.register(ConnectorKind::Salesforce, move |row, creds| {
+                let creds = creds
+                    .ok_or_else(|| Error::config("the salesforce connection has no credentials"))?;
+                let credentials = SalesforceCredentials::from_lookup(|k| creds.get(k))?;
+                let config = SalesforceConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
+                Ok(Box::new(SalesforceConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
+            });
+        }
         registry
     }
 

@@ -27,8 +27,14 @@ mod fireflies;
 mod fireflies_gql;
 mod gong;
 mod hubspot;
-#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+#[cfg(all(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "salesforce",
+    feature = "sqlite"
+))]
 mod quickstart;
+mod salesforce;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -58,12 +64,26 @@ pub use hubspot::{
     HubSpotEndpoint, HubSpotOAuthApp, HubSpotObject, HubSpotPortal, HubSpotSim, HubSpotSimConfig,
     SimRecord,
 };
-#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+#[cfg(all(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "salesforce",
+    feature = "sqlite"
+))]
 #[cfg_attr(
     docsrs,
-    doc(cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite")))
+    doc(cfg(all(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "salesforce",
+        feature = "sqlite"
+    )))
 )]
 pub use quickstart::{QuickstartConfig, QuickstartReport, run_quickstart};
+pub use salesforce::{
+    LocatorDeath, SIM_API_VERSIONS, SalesforceObject, SalesforceRecord, SalesforceSim,
+    SalesforceSimConfig, custom_field_name,
+};
 
 /// Faults a simulator injects into its answers. Decisions are deterministic: they depend on
 /// the simulator's seed and the request's sequence number (or the record's id), so a failing

@@ -1,6 +1,6 @@
-//! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot and Gong
-//! simulators (and Fireflies' with the `fireflies` feature) → orchestrator → an SQLite file,
-//! an initial and an incremental sync, and the built-in post-sync hooks.
+//! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot, Gong and
+//! Salesforce simulators (and Fireflies' with the `fireflies` feature) → orchestrator → an
+//! SQLite file, an initial and an incremental sync, and the built-in post-sync hooks.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{GongSim, GongSimConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig, NewGongCall};
+use super::{
+    GongSim, GongSimConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig, NewGongCall,
+    SalesforceObject, SalesforceSim, SalesforceSimConfig,
+};
 use crate::connector::ProgressReporter;
 use crate::error::{Error, Result};
 use crate::hooks::BuiltinHooksConfig;
@@ -38,13 +41,20 @@ pub struct QuickstartConfig {
     pub gong_calls: u64,
     /// Fireflies transcripts over the last 90 days (with the `fireflies` feature).
     pub fireflies_transcripts: u64,
+    /// Salesforce accounts.
+    pub salesforce_accounts: u64,
+    /// Salesforce contacts.
+    pub salesforce_contacts: u64,
+    /// Salesforce opportunities (each with up to two contact roles).
+    pub salesforce_opportunities: u64,
     /// Where progress goes (records stored so far).
     pub progress: Option<ProgressReporter>,
 }
 
 impl QuickstartConfig {
     /// The quickstart's default size: 2,000 companies, 8,000 contacts, 4,000 deals, 25 Gong
-    /// users and 1,500 calls, 400 Fireflies transcripts.
+    /// users and 1,500 calls; 1,000 Salesforce accounts, 4,000 contacts and 2,000
+    /// opportunities; 400 Fireflies transcripts.
     pub fn new(database: impl Into<PathBuf>) -> Self {
         QuickstartConfig {
             database: database.into(),
@@ -54,6 +64,9 @@ impl QuickstartConfig {
             gong_users: 25,
             gong_calls: 1_500,
             fireflies_transcripts: 400,
+            salesforce_accounts: 1_000,
+            salesforce_contacts: 4_000,
+            salesforce_opportunities: 2_000,
             progress: None,
         }
     }
@@ -118,6 +131,15 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     })
     .await
     .map_err(|e| Error::config(format!("starting the Fireflies simulator: {e}")))?;
+    let salesforce = SalesforceSim::start(SalesforceSimConfig {
+        accounts: cfg.salesforce_accounts,
+        contacts: cfg.salesforce_contacts,
+        opportunities: cfg.salesforce_opportunities,
+        roles_per_opportunity: 2,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the Salesforce simulator: {e}")))?;
 
     for suffix in ["", "-wal", "-shm"] {
         let mut p = cfg.database.clone().into_os_string();
@@ -163,11 +185,23 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
             ),
         )
         .await?;
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::Salesforce, "oauth").with_credentials(
+                Credentials::from_json(serde_json::json!({
+                    "client_id": salesforce.config().client_id,
+                    "client_secret": salesforce.config().client_secret,
+                    "refresh_token": salesforce.config().refresh_token,
+                }))?,
+            ),
+        )
+        .await?;
 
     #[allow(unused_mut)]
     let mut origins = BTreeMap::from([
         (ConnectorKind::Hubspot, hubspot.base_url()),
         (ConnectorKind::Gong, gong.base_url()),
+        (ConnectorKind::Salesforce, salesforce.base_url()),
     ]);
     #[cfg(feature = "fireflies")]
     origins.insert(ConnectorKind::Fireflies, fireflies.base_url());
@@ -217,6 +251,32 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
             ));
         }
     }
+    // In Salesforce: a deal won, a new contact, an account deleted with what it holds.
+    let doomed = SalesforceObject::Account.id(2);
+    let won = salesforce
+        .records(SalesforceObject::Opportunity)
+        .into_iter()
+        .find(|o| o.get("AccountId").as_str() != Some(doomed.as_str()))
+        .map(|o| o.id)
+        .unwrap_or_default();
+    salesforce.modify(
+        SalesforceObject::Opportunity,
+        &won,
+        [
+            ("StageName", serde_json::json!("Closed Won")),
+            ("IsClosed", serde_json::json!(true)),
+            ("IsWon", serde_json::json!(true)),
+        ],
+    );
+    salesforce.create(
+        SalesforceObject::Contact,
+        [
+            ("FirstName", serde_json::json!("Quinn")),
+            ("LastName", serde_json::json!("Quickstart")),
+            ("Email", serde_json::json!("quinn@example.com")),
+        ],
+    );
+    salesforce.delete(SalesforceObject::Account, &doomed);
     let incremental = orchestrator.sync_workspace(workspace_id, options()).await?;
 
     let mut tables = BTreeMap::new();
@@ -255,6 +315,7 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     gong.shutdown().await;
     #[cfg(feature = "fireflies")]
     fireflies.shutdown().await;
+    salesforce.shutdown().await;
     Ok(QuickstartReport {
         workspace_id,
         initial,

@@ -3,6 +3,7 @@
     feature = "simulator",
     feature = "hubspot",
     feature = "gong",
+    feature = "salesforce",
     feature = "sqlite"
 ))]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -21,8 +22,11 @@ async fn quickstart_runs_end_to_end() {
     cfg.gong_users = 3;
     cfg.gong_calls = 60;
     cfg.fireflies_transcripts = 80;
+    cfg.salesforce_accounts = 30;
+    cfg.salesforce_contacts = 120;
+    cfg.salesforce_opportunities = 50;
     let r = run_quickstart(cfg).await.unwrap();
-    let connectors = 2 + usize::from(cfg!(feature = "fireflies"));
+    let connectors = 3 + usize::from(cfg!(feature = "fireflies"));
     for run in [&r.initial, &r.incremental] {
         assert_eq!(run.connectors.len(), connectors);
         for c in &run.connectors {
@@ -94,9 +98,27 @@ async fn quickstart_runs_end_to_end() {
         );
         assert!(r.tables["conversations"] >= 63 + 82);
     }
-    assert_eq!(r.tables["accounts"], 40);
-    assert_eq!(r.tables["contacts"], 160);
-    assert_eq!(r.tables["deals"], 80);
+    let salesforce = r
+        .incremental
+        .connectors
+        .iter()
+        .find(|c| c.connector == ConnectorKind::Salesforce)
+        .unwrap();
+    assert_eq!(
+        (salesforce.counts.inserted, salesforce.counts.updated),
+        (1, 1),
+        "a new contact, a won deal: {:?}",
+        salesforce.counts
+    );
+    assert!(
+        salesforce.counts.archived >= 1,
+        "a deleted account: {:?}",
+        salesforce.counts
+    );
+    // HubSpot's and Salesforce's rows (archived ones included).
+    assert_eq!(r.tables["accounts"], 40 + 30);
+    assert_eq!(r.tables["contacts"], 160 + 120 + 1);
+    assert_eq!(r.tables["deals"], 80 + 50);
     assert!(r.tables["conversations"] >= 63);
     assert!(
         r.linked_conversations > 0,
