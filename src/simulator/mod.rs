@@ -25,6 +25,7 @@
 
 mod gong;
 mod hubspot;
+mod monday;
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
 mod quickstart;
 
@@ -50,6 +51,10 @@ pub use gong::{
 pub use hubspot::{
     HubSpotEndpoint, HubSpotOAuthApp, HubSpotObject, HubSpotPortal, HubSpotSim, HubSpotSimConfig,
     SimRecord,
+};
+pub use monday::{
+    MONDAY_CURRENT_API_VERSION, MondayItemState, MondaySim, MondaySimBoard, MondaySimColumn,
+    MondaySimConfig, MondaySimGroup, MondaySimItem, MondaySimRequest, MondaySimUser,
 };
 #[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
 #[cfg_attr(
