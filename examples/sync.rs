@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Build it with one storage backend (`sqlite` or `postgres`) and the connectors you sync
-//! (`hubspot`, `gong`), e.g. `--features sqlite,gong`; asking for a connector this build
+//! (`hubspot`, `gong`, `monday`), e.g. `--features sqlite,gong`; asking for a connector this build
 //! does not have exits 2 saying which feature to add.
 //!
 //! `--database sqlite://path` creates the file when it does not exist, as the sqlite CLI
@@ -20,7 +20,8 @@
 //! file (`--credentials @hubspot.json`, readable by you alone): a token written on the
 //! command line lands in your shell history and is visible to every user of the machine in
 //! `ps`. The credential keys: hubspot `{"access_token"}` (or `{"client_id",
-//! "client_secret", "refresh_token"}`), gong `{"access_key", "access_key_secret"}`.
+//! "client_secret", "refresh_token"}`), gong `{"access_key", "access_key_secret"}`,
+//! monday `{"api_token"}`.
 //! `--config` holds the connector's non-secret settings; unknown keys exit 2. Every
 //! connector accepts `"rate_limit": {"max_requests": N, "window_ms": M}` to replace its main
 //! request budget, and `"base_url"` as an alternative to `--base-url` (every endpoint of the
@@ -206,10 +207,11 @@ fn compiled_in(kind: ConnectorKind) -> Result<(), String> {
     let (feature, built) = match kind {
         ConnectorKind::Hubspot => ("hubspot", cfg!(feature = "hubspot")),
         ConnectorKind::Gong => ("gong", cfg!(feature = "gong")),
+        ConnectorKind::Monday => ("monday", cfg!(feature = "monday")),
         other => {
             return Err(format!(
                 "this build has no {other} connector: pandora_sync does not implement it yet \
-                 (built in: hubspot, gong)"
+                 (built in: hubspot, gong, monday)"
             ));
         }
     };

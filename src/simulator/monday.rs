@@ -757,9 +757,27 @@ impl<'q> Exec<'q, '_> {
             .collect()
     }
 
+    /// Whether `@include(if:)` / `@skip(if:)` keep a selection.
+    fn kept(&self, directives: &[graphql_parser::query::Directive<'q, String>]) -> bool {
+        directives.iter().all(|d| {
+            let cond = d
+                .arguments
+                .iter()
+                .find(|(k, _)| k == "if")
+                .map(|(_, v)| self.value(v))
+                .and_then(|v| v.as_bool());
+            match (d.name.as_str(), cond) {
+                ("include", Some(c)) => c,
+                ("skip", Some(c)) => !c,
+                _ => true,
+            }
+        })
+    }
+
     fn fields(&self, set: &'q Sel<'q>, type_name: &str, out: &mut Vec<&'q Fld<'q>>) {
         for s in &set.items {
             match s {
+                Selection::Field(f) if !self.kept(&f.directives) => {}
                 Selection::Field(f) => out.push(f),
                 Selection::FragmentSpread(sp) => {
                     if let Some(fr) = self.fragments.get(sp.fragment_name.as_str()) {
@@ -786,6 +804,7 @@ impl<'q> Exec<'q, '_> {
         let mut out = Vec::new();
         for s in &set.items {
             match s {
+                Selection::Field(f) if !self.kept(&f.directives) => {}
                 Selection::Field(f) => out.push(f),
                 Selection::FragmentSpread(sp) => {
                     if let Some(fr) = self.fragments.get(sp.fragment_name.as_str()) {
@@ -1032,6 +1051,9 @@ impl<'q> Exec<'q, '_> {
             }
             (false, "users") => {
                 let ids = id_list(args.get("ids"));
+                let emails: Option<Vec<String>> = args.get("emails").and_then(Value::as_array).map(|a| {
+                    a.iter().filter_map(Value::as_str).map(|e| e.trim().to_lowercase()).collect()
+                });
                 let limit = args.get("limit").and_then(as_u64);
                 let page = args.get("page").and_then(as_u64).unwrap_or(1).max(1);
                 let matching: Vec<usize> = self
@@ -1040,6 +1062,7 @@ impl<'q> Exec<'q, '_> {
                     .iter()
                     .enumerate()
                     .filter(|(_, u)| ids.as_ref().is_none_or(|ids| ids.contains(&u.id)))
+                    .filter(|(_, u)| emails.as_ref().is_none_or(|e| e.contains(&u.email.to_lowercase())))
                     .map(|(i, _)| i)
                     .collect();
                 let nodes: Vec<Node> = match limit {
