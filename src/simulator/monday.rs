@@ -92,6 +92,9 @@ pub struct MondaySimConfig {
     pub account_id: u64,
     /// The complexity budget per minute (personal tokens: 10M).
     pub complexity_per_minute: u64,
+    /// The complexity window: the budget resets this long after the first call of a
+    /// window (monday: 60 s; shorter in tests).
+    pub complexity_window: Duration,
     /// How long a cursor lives after the first request (monday: 60 minutes).
     pub cursor_ttl: Duration,
     /// Requests per UTC day before `DAILY_LIMIT_EXCEEDED`; `None`: no limit.
@@ -114,6 +117,7 @@ impl Default for MondaySimConfig {
             api_token: "sim-monday-api-token".into(),
             account_id: 9_876_543,
             complexity_per_minute: 10_000_000,
+            complexity_window: Duration::from_secs(60),
             cursor_ttl: Duration::from_secs(60 * 60),
             daily_limit: None,
             faults: FaultConfig::default(),
@@ -833,7 +837,10 @@ impl<'q> Exec<'q, '_> {
                 "complexity" => 0,
                 "boards" => ids("ids").unwrap_or_else(|| Self::limit(&args, 25, MAX_BOARDS_PAGE)) * each,
                 "items_page" | "next_items_page" => Self::limit(&args, 25, MAX_ITEMS_PAGE) * each,
-                "items" => ids("ids").unwrap_or_else(|| Self::limit(&args, 25, 100)) * each,
+                // Root `items(ids|limit)`; the `items` of a page are counted by the page.
+                "items" if args.contains_key("ids") || args.contains_key("limit") => {
+                    ids("ids").unwrap_or_else(|| Self::limit(&args, 25, 100)) * each
+                }
                 "users" => ids("ids").unwrap_or_else(|| Self::limit(&args, 100, 1_000)) * each,
                 "column_values" | "columns" => 10 * each,
                 "groups" => 5 * each,
@@ -1578,36 +1585,30 @@ impl<'q> Exec<'q, '_> {
                 }
             }
         }
+        // A cursor lives from the first request of its query: later pages carry the
+        // query's issue time and epoch in a new token (monday's cursors encode the position).
+        let (issued, epoch) = match reuse.as_ref().and_then(|c| self.data.cursors.remove(c)) {
+            Some(c) => (c.issued, c.epoch),
+            None => (self.now, self.data.epoch),
+        };
         let cursor = if ids.is_empty() {
-            if let Some(c) = reuse {
-                self.data.cursors.remove(&c);
-            }
             None
         } else {
-            let token = match reuse {
-                Some(c) => c,
-                None => {
-                    self.data.cursor_seq += 1;
-                    let token = format!(
-                        "MSw{:x}{:016x}",
-                        self.data.cursor_seq,
-                        mix(self.cfg.seed, 0xc0, self.data.cursor_seq)
-                    );
-                    self.data.cursors.insert(
-                        token.clone(),
-                        Cursor {
-                            board_id: board_id.to_owned(),
-                            remaining: VecDeque::new(),
-                            issued: self.now,
-                            epoch: self.data.epoch,
-                        },
-                    );
-                    token
-                }
-            };
-            if let Some(c) = self.data.cursors.get_mut(&token) {
-                c.remaining = std::mem::take(ids);
-            }
+            self.data.cursor_seq += 1;
+            let token = format!(
+                "MSw{:x}{:016x}",
+                self.data.cursor_seq,
+                mix(self.cfg.seed, 0xc0, self.data.cursor_seq)
+            );
+            self.data.cursors.insert(
+                token.clone(),
+                Cursor {
+                    board_id: board_id.to_owned(),
+                    remaining: std::mem::take(ids),
+                    issued,
+                    epoch,
+                },
+            );
             Some(token)
         };
         Node::ItemsPage { cursor, items }
@@ -1864,7 +1865,7 @@ async fn answer(
     exec.vars = vars;
     // The complexity budget: a window of 60 s from the first call.
     let cost = exec.cost(set);
-    let window = Duration::from_secs(60);
+    let window = cfg.complexity_window;
     let start = match exec.data.window_start {
         Some(s) if now.duration_since(s) < window => s,
         _ => {
@@ -2127,7 +2128,7 @@ impl MondaySim {
     pub fn exhaust_complexity(&self, reset_in: Duration) {
         let now = Instant::now();
         let mut data = lock(&self.inner.data);
-        let window = Duration::from_secs(60);
+        let window = self.inner.cfg.complexity_window;
         let elapsed = window.saturating_sub(reset_in);
         data.window_start = Some(now.checked_sub(elapsed).unwrap_or(now));
         data.used = self.inner.cfg.complexity_per_minute;
