@@ -75,6 +75,12 @@ pub(crate) enum Mode {
     Incremental,
 }
 
+/// The next whole second at or after `t`.
+fn ceil_secs(t: DateTime<Utc>) -> DateTime<Utc> {
+    let whole = DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
+    if whole < t { whole + chrono::Duration::seconds(1) } else { whole }
+}
+
 fn fmt(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -446,7 +452,9 @@ async fn first_page(
 }",
         true,
     );
-    let (from, to) = logs.map_or((None, until), |(f, t)| (f, t));
+    // Log times are finer than a second: the upper bound is rounded up, so an item
+    // removed in the second the sync started is not left for the next run.
+    let (from, to) = logs.map_or((None, until), |(f, t)| (f, ceil_secs(t)));
     let data: FirstPageData = client
         .graphql(
             &query,
@@ -491,7 +499,7 @@ async fn logs_page(
         false,
     );
     let data: FirstPageData = client
-        .graphql(&query, json!({"board": [board], "from": from.map(fmt), "to": fmt(until), "limit": LOGS_PAGE, "page": page}), false)
+        .graphql(&query, json!({"board": [board], "from": from.map(fmt), "to": fmt(ceil_secs(until)), "limit": LOGS_PAGE, "page": page}), false)
         .await?;
     Ok(data
         .boards
