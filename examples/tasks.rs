@@ -47,7 +47,9 @@ struct Args {
 
 fn read_json(flag: &str, value: &str) -> Result<Value, String> {
     let text = match value.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{flag}: cannot read {path}: {e}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("{flag}: cannot read {path}: {e}"))?
+        }
         None => value.to_owned(),
     };
     serde_json::from_str(&text).map_err(|e| format!("{flag}: not JSON: {e}"))
@@ -79,7 +81,9 @@ fn parse_args(argv: impl Iterator<Item = String>) -> Result<Args, String> {
     }
     let credentials = read_json(
         "--credentials",
-        &flags.remove("--credentials").ok_or("--credentials is required")?,
+        &flags
+            .remove("--credentials")
+            .ok_or("--credentials is required")?,
     )?;
     let board = flags.remove("--board").ok_or("--board is required")?;
     if board.is_empty() || !board.bytes().all(|c| c.is_ascii_digit()) {
@@ -174,7 +178,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let connector = match MondayConnector::new(&args.base_url, credentials, MondayConfig::default()) {
+    let connector = match MondayConnector::new(&args.base_url, credentials, MondayConfig::default())
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");

@@ -53,13 +53,15 @@ use axum::http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use axum::routing::post;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use graphql_parser::query::{
-    Definition, Document, Field, FragmentDefinition, OperationDefinition, Selection,
-    SelectionSet, TypeCondition, VariableDefinition,
+    Definition, Document, Field, FragmentDefinition, OperationDefinition, Selection, SelectionSet,
+    TypeCondition, VariableDefinition,
 };
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
-use super::{Common, FaultConfig, Injected, RequestCounters, SimServer, decide, dropped_response, lock, mix};
+use super::{
+    Common, FaultConfig, Injected, RequestCounters, SimServer, decide, dropped_response, lock, mix,
+};
 
 /// The API version applied when a request sends no `API-Version` header.
 pub const MONDAY_CURRENT_API_VERSION: &str = "2025-10";
@@ -518,7 +520,7 @@ impl Inner {
             });
         }
         columns.push(MondaySimColumn {
-            id: if b % 2 == 0 {
+            id: if b.is_multiple_of(2) {
                 "status".into()
             } else {
                 format!("color_mk{b}st")
@@ -529,7 +531,7 @@ impl Inner {
             role: Role::Status,
         });
         columns.push(MondaySimColumn {
-            id: if b % 2 == 0 {
+            id: if b.is_multiple_of(2) {
                 "person".into()
             } else {
                 suffix("people")
@@ -540,7 +542,7 @@ impl Inner {
             role: Role::People,
         });
         columns.push(MondaySimColumn {
-            id: if b % 3 == 0 {
+            id: if b.is_multiple_of(3) {
                 "date4".into()
             } else {
                 suffix("date")
@@ -608,12 +610,23 @@ impl Inner {
         let people = match (users.len(), h(5) % 6) {
             (0, _) | (_, 0) => Vec::new(),
             (len, 1) => vec![
-                users[usize::try_from(h(6) % len as u64).unwrap_or(0)].id.clone(),
-                users[usize::try_from((h(6) + 1) % len as u64).unwrap_or(0)].id.clone(),
+                users[usize::try_from(h(6) % len as u64).unwrap_or(0)]
+                    .id
+                    .clone(),
+                users[usize::try_from((h(6) + 1) % len as u64).unwrap_or(0)]
+                    .id
+                    .clone(),
             ],
-            (len, _) => vec![users[usize::try_from(h(6) % len as u64).unwrap_or(0)].id.clone()],
+            (len, _) => vec![
+                users[usize::try_from(h(6) % len as u64).unwrap_or(0)]
+                    .id
+                    .clone(),
+            ],
         };
-        let due = (h(7) % 4 != 0).then(|| (created + chrono::Duration::days(7 + i64::try_from(h(8) % 30).unwrap_or(0))).date_naive());
+        let due = (h(7) % 4 != 0).then(|| {
+            (created + chrono::Duration::days(7 + i64::try_from(h(8) % 30).unwrap_or(0)))
+                .date_naive()
+        });
         let group = &board.groups[usize::try_from(h(9) % board.groups.len() as u64).unwrap_or(0)];
         MondaySimItem {
             id: (ITEM_BASE + n).to_string(),
@@ -631,9 +644,9 @@ impl Inner {
             people,
             due,
             notes: (h(13) % 3 == 0).then(|| format!("Notes on #{n}: {}", pick(&COMPANIES, h(14)))),
-            amount: board
-                .column(Role::Numbers)
-                .and_then(|_| (h(15) % 2 == 0).then(|| i64::try_from(h(16) % 100_000).unwrap_or(0))),
+            amount: board.column(Role::Numbers).and_then(|_| {
+                (h(15) % 2 == 0).then(|| i64::try_from(h(16) % 100_000).unwrap_or(0))
+            }),
         }
     }
 }
@@ -746,11 +759,9 @@ impl<'q> Exec<'q, '_> {
             G::Null => Value::Null,
             G::Enum(e) => Value::String(e.clone()),
             G::List(l) => Value::Array(l.iter().map(|x| self.value(x)).collect()),
-            G::Object(o) => Value::Object(
-                o.iter()
-                    .map(|(k, x)| (k.clone(), self.value(x)))
-                    .collect(),
-            ),
+            G::Object(o) => {
+                Value::Object(o.iter().map(|(k, x)| (k.clone(), self.value(x))).collect())
+            }
         }
     }
 
@@ -784,15 +795,14 @@ impl<'q> Exec<'q, '_> {
                 Selection::Field(f) if !self.kept(&f.directives) => {}
                 Selection::Field(f) => out.push(f),
                 Selection::FragmentSpread(sp) => {
-                    if let Some(fr) = self.fragments.get(sp.fragment_name.as_str()) {
-                        if cond_matches(&fr.type_condition, type_name) {
-                            self.fields(&fr.selection_set, type_name, out);
-                        }
+                    if let Some(fr) = self.fragments.get(sp.fragment_name.as_str())
+                        && cond_matches(&fr.type_condition, type_name)
+                    {
+                        self.fields(&fr.selection_set, type_name, out);
                     }
                 }
                 Selection::InlineFragment(i) => {
-                    if i
-                        .type_condition
+                    if i.type_condition
                         .as_ref()
                         .is_none_or(|c| cond_matches(c, type_name))
                     {
@@ -822,7 +832,10 @@ impl<'q> Exec<'q, '_> {
     }
 
     fn limit(args: &Map<String, Value>, default: u64, max: u64) -> u64 {
-        args.get("limit").and_then(as_u64).unwrap_or(default).clamp(1, max)
+        args.get("limit")
+            .and_then(as_u64)
+            .unwrap_or(default)
+            .clamp(1, max)
     }
 
     /// The estimated cost of a selection (see the module docs).
@@ -835,7 +848,9 @@ impl<'q> Exec<'q, '_> {
             let ids = |k: &str| id_list(args.get(k)).map(|v| v.len() as u64);
             let c = match f.name.as_str() {
                 "complexity" => 0,
-                "boards" => ids("ids").unwrap_or_else(|| Self::limit(&args, 25, MAX_BOARDS_PAGE)) * each,
+                "boards" => {
+                    ids("ids").unwrap_or_else(|| Self::limit(&args, 25, MAX_BOARDS_PAGE)) * each
+                }
                 "items_page" | "next_items_page" => Self::limit(&args, 25, MAX_ITEMS_PAGE) * each,
                 // Root `items(ids|limit)`; the `items` of a page are counted by the page.
                 "items" if args.contains_key("ids") || args.contains_key("limit") => {
@@ -881,7 +896,10 @@ impl<'q> Exec<'q, '_> {
     fn unknown(node: &Node, name: &str) -> GqlError {
         gerr(
             "undefinedField",
-            format!("Field '{name}' doesn't exist on type '{}'", node.type_name()),
+            format!(
+                "Field '{name}' doesn't exist on type '{}'",
+                node.type_name()
+            ),
         )
     }
 
@@ -957,7 +975,9 @@ impl<'q> Exec<'q, '_> {
                 "id" => Ok(json!(self.data.users.first().map(|u| u.id.clone()))),
                 "name" => Ok(json!(self.data.users.first().map(|u| u.name.clone()))),
                 "email" => Ok(json!(self.data.users.first().map(|u| u.email.clone()))),
-                "account" => Ok(json!({"id": self.cfg.account_id.to_string(), "slug": "pandora-demo"})),
+                "account" => {
+                    Ok(json!({"id": self.cfg.account_id.to_string(), "slug": "pandora-demo"}))
+                }
                 _ => Err(Self::unknown(node, name)),
             },
             Node::Log(b, l) => {
@@ -1037,7 +1057,12 @@ impl<'q> Exec<'q, '_> {
                 let cursor = args
                     .get("cursor")
                     .and_then(Value::as_str)
-                    .ok_or_else(|| gerr("argumentLiteralsIncompatible", "next_items_page needs a cursor"))?
+                    .ok_or_else(|| {
+                        gerr(
+                            "argumentLiteralsIncompatible",
+                            "next_items_page needs a cursor",
+                        )
+                    })?
                     .to_owned();
                 let limit = Self::limit(args, 25, MAX_ITEMS_PAGE);
                 let page = self.continue_cursor(&cursor, limit)?;
@@ -1046,7 +1071,10 @@ impl<'q> Exec<'q, '_> {
             (false, "items") => {
                 let ids = id_list(args.get("ids")).unwrap_or_default();
                 if ids.len() > 100 {
-                    return Err(gerr("InvalidArgumentException", "items(ids) takes at most 100 ids"));
+                    return Err(gerr(
+                        "InvalidArgumentException",
+                        "items(ids) takes at most 100 ids",
+                    ));
                 }
                 let nodes = ids
                     .iter()
@@ -1058,9 +1086,13 @@ impl<'q> Exec<'q, '_> {
             }
             (false, "users") => {
                 let ids = id_list(args.get("ids"));
-                let emails: Option<Vec<String>> = args.get("emails").and_then(Value::as_array).map(|a| {
-                    a.iter().filter_map(Value::as_str).map(|e| e.trim().to_lowercase()).collect()
-                });
+                let emails: Option<Vec<String>> =
+                    args.get("emails").and_then(Value::as_array).map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .map(|e| e.trim().to_lowercase())
+                            .collect()
+                    });
                 let limit = args.get("limit").and_then(as_u64);
                 let page = args.get("page").and_then(as_u64).unwrap_or(1).max(1);
                 let matching: Vec<usize> = self
@@ -1069,7 +1101,11 @@ impl<'q> Exec<'q, '_> {
                     .iter()
                     .enumerate()
                     .filter(|(_, u)| ids.as_ref().is_none_or(|ids| ids.contains(&u.id)))
-                    .filter(|(_, u)| emails.as_ref().is_none_or(|e| e.contains(&u.email.to_lowercase())))
+                    .filter(|(_, u)| {
+                        emails
+                            .as_ref()
+                            .is_none_or(|e| e.contains(&u.email.to_lowercase()))
+                    })
                     .map(|(i, _)| i)
                     .collect();
                 let nodes: Vec<Node> = match limit {
@@ -1097,11 +1133,18 @@ impl<'q> Exec<'q, '_> {
                 let group_id = match args.get("group_id").and_then(Value::as_str) {
                     Some(g) => {
                         if self.data.boards[board].group_title(g).is_none() {
-                            return Err(gerr("InvalidGroupIdException", format!("Group {g} not found")));
+                            return Err(gerr(
+                                "InvalidGroupIdException",
+                                format!("Group {g} not found"),
+                            ));
                         }
                         g.to_owned()
                     }
-                    None => self.data.boards[board].groups.first().map(|g| g.id.clone()).unwrap_or_default(),
+                    None => self.data.boards[board]
+                        .groups
+                        .first()
+                        .map(|g| g.id.clone())
+                        .unwrap_or_default(),
                 };
                 let now = whole_seconds(Utc::now());
                 let n = self.data.next_item;
@@ -1121,7 +1164,10 @@ impl<'q> Exec<'q, '_> {
                     notes: None,
                     amount: None,
                 };
-                let create_labels = args.get("create_labels_if_missing").and_then(Value::as_bool).unwrap_or(false);
+                let create_labels = args
+                    .get("create_labels_if_missing")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 if let Some(values) = args.get("column_values") {
                     let values = json_arg(values)?;
                     self.apply_values(board, &mut item, &values, create_labels)?;
@@ -1134,7 +1180,10 @@ impl<'q> Exec<'q, '_> {
                 let board = self.arg_board(args)?;
                 let key = self.arg_item(args, board)?;
                 let values = json_arg(args.get("column_values").unwrap_or(&Value::Null))?;
-                let create_labels = args.get("create_labels_if_missing").and_then(Value::as_bool).unwrap_or(false);
+                let create_labels = args
+                    .get("create_labels_if_missing")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 let mut item = self.data.items[&key].clone();
                 self.apply_values(board, &mut item, &values, create_labels)?;
                 item.updated_at = whole_seconds(Utc::now());
@@ -1155,7 +1204,10 @@ impl<'q> Exec<'q, '_> {
                 } else {
                     self.simple_value(board, &column, raw.as_str().unwrap_or(""))?
                 };
-                let create_labels = args.get("create_labels_if_missing").and_then(Value::as_bool).unwrap_or(false);
+                let create_labels = args
+                    .get("create_labels_if_missing")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
                 let mut item = self.data.items[&key].clone();
                 let mut values = Map::new();
                 values.insert(column, value);
@@ -1206,7 +1258,12 @@ impl<'q> Exec<'q, '_> {
             .columns
             .iter()
             .find(|c| c.id == column)
-            .ok_or_else(|| gerr("InvalidColumnIdException", format!("Column {column} not found")))?;
+            .ok_or_else(|| {
+                gerr(
+                    "InvalidColumnIdException",
+                    format!("Column {column} not found"),
+                )
+            })?;
         Ok(match col.role {
             Role::Status | Role::Priority => json!({"label": s}),
             Role::Date => json!({"date": s}),
@@ -1231,30 +1288,51 @@ impl<'q> Exec<'q, '_> {
         create_labels: bool,
     ) -> Result<(), GqlError> {
         let Some(map) = values.as_object() else {
-            return Err(gerr("ColumnValueException", "column_values must be a JSON object"));
+            return Err(gerr(
+                "ColumnValueException",
+                "column_values must be a JSON object",
+            ));
         };
         for (col_id, v) in map {
             if col_id == "name" {
-                let name = v.as_str().ok_or_else(|| gerr("ColumnValueException", "name must be a string"))?;
+                let name = v
+                    .as_str()
+                    .ok_or_else(|| gerr("ColumnValueException", "name must be a string"))?;
                 item.name = name.to_owned();
                 continue;
             }
-            let Some(ci) = self.data.boards[board].columns.iter().position(|c| c.id == *col_id) else {
-                return Err(gerr("InvalidColumnIdException", format!("This column ID doesn't exist for the board: {col_id}")));
+            let Some(ci) = self.data.boards[board]
+                .columns
+                .iter()
+                .position(|c| c.id == *col_id)
+            else {
+                return Err(gerr(
+                    "InvalidColumnIdException",
+                    format!("This column ID doesn't exist for the board: {col_id}"),
+                ));
             };
             let role = self.data.boards[board].columns[ci].role;
-            let clear = v.is_null() || v.as_str() == Some("") || v.as_object().is_some_and(Map::is_empty);
+            let clear =
+                v.is_null() || v.as_str() == Some("") || v.as_object().is_some_and(Map::is_empty);
             match role {
                 Role::Status | Role::Priority => {
                     let index = if clear {
                         None
-                    } else if let Some(label) = v.get("label").and_then(Value::as_str).or_else(|| v.as_str()) {
+                    } else if let Some(label) = v
+                        .get("label")
+                        .and_then(Value::as_str)
+                        .or_else(|| v.as_str())
+                    {
                         Some(self.label_index(board, ci, label, create_labels)?)
                     } else if let Some(ix) = v.get("index").and_then(as_u64) {
-                        let ix = u32::try_from(ix).map_err(|_| gerr("ColumnValueException", "bad index"))?;
+                        let ix = u32::try_from(ix)
+                            .map_err(|_| gerr("ColumnValueException", "bad index"))?;
                         Some(ix)
                     } else {
-                        return Err(gerr("ColumnValueException", format!("invalid value for status column {col_id}")));
+                        return Err(gerr(
+                            "ColumnValueException",
+                            format!("invalid value for status column {col_id}"),
+                        ));
                     };
                     if role == Role::Status {
                         if item.status_index != index {
@@ -1271,11 +1349,19 @@ impl<'q> Exec<'q, '_> {
                         let list = v
                             .get("personsAndTeams")
                             .and_then(Value::as_array)
-                            .ok_or_else(|| gerr("ColumnValueException", "people value needs personsAndTeams"))?;
+                            .ok_or_else(|| {
+                                gerr("ColumnValueException", "people value needs personsAndTeams")
+                            })?;
                         for p in list {
-                            let id = p.get("id").and_then(as_u64).ok_or_else(|| gerr("ColumnValueException", "person without id"))?;
+                            let id = p
+                                .get("id")
+                                .and_then(as_u64)
+                                .ok_or_else(|| gerr("ColumnValueException", "person without id"))?;
                             if !self.data.users.iter().any(|u| u.id == id.to_string()) {
-                                return Err(gerr("ColumnValueException", format!("User {id} not found")));
+                                return Err(gerr(
+                                    "ColumnValueException",
+                                    format!("User {id} not found"),
+                                ));
                             }
                             people.push(id.to_string());
                         }
@@ -1286,22 +1372,35 @@ impl<'q> Exec<'q, '_> {
                     item.due = if clear {
                         None
                     } else {
-                        let d = v.get("date").and_then(Value::as_str).or_else(|| v.as_str()).unwrap_or("");
+                        let d = v
+                            .get("date")
+                            .and_then(Value::as_str)
+                            .or_else(|| v.as_str())
+                            .unwrap_or("");
                         Some(NaiveDate::parse_from_str(d, "%Y-%m-%d").map_err(|_| {
                             gerr("ColumnValueException", format!("invalid date {d:?}"))
                         })?)
                     };
                 }
-                Role::Text => item.notes = (!clear).then(|| v.as_str().map_or_else(|| v.to_string(), str::to_owned)),
+                Role::Text => {
+                    item.notes =
+                        (!clear).then(|| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+                }
                 Role::Numbers => {
                     item.amount = if clear {
                         None
                     } else {
-                        Some(as_u64(v).and_then(|n| i64::try_from(n).ok()).ok_or_else(|| gerr("ColumnValueException", "invalid number"))?)
+                        Some(
+                            as_u64(v)
+                                .and_then(|n| i64::try_from(n).ok())
+                                .ok_or_else(|| gerr("ColumnValueException", "invalid number"))?,
+                        )
                     }
                 }
                 Role::Name => {
-                    let name = v.as_str().ok_or_else(|| gerr("ColumnValueException", "name must be a string"))?;
+                    let name = v
+                        .as_str()
+                        .ok_or_else(|| gerr("ColumnValueException", "name must be a string"))?;
                     item.name = name.to_owned();
                 }
             }
@@ -1309,7 +1408,13 @@ impl<'q> Exec<'q, '_> {
         Ok(())
     }
 
-    fn label_index(&mut self, board: usize, ci: usize, label: &str, create: bool) -> Result<u32, GqlError> {
+    fn label_index(
+        &mut self,
+        board: usize,
+        ci: usize,
+        label: &str,
+        create: bool,
+    ) -> Result<u32, GqlError> {
         let b = &mut self.data.boards[board];
         let labels: BTreeMap<u32, String> = b.columns[ci]
             .settings
@@ -1321,16 +1426,29 @@ impl<'q> Exec<'q, '_> {
                     .collect()
             })
             .unwrap_or_default();
-        if let Some((k, _)) = labels.iter().find(|(_, v)| v.as_str() == label && !label.is_empty()) {
+        if let Some((k, _)) = labels
+            .iter()
+            .find(|(_, v)| v.as_str() == label && !label.is_empty())
+        {
             return Ok(*k);
         }
         if !create {
-            let known: Vec<&str> = labels.values().map(String::as_str).filter(|l| !l.is_empty()).collect();
+            let known: Vec<&str> = labels
+                .values()
+                .map(String::as_str)
+                .filter(|l| !l.is_empty())
+                .collect();
             let mut e = gerr(
                 "ColumnValueException",
-                format!("This status label doesn't exist, possible statuses are: {}", known.join(", ")),
+                format!(
+                    "This status label doesn't exist, possible statuses are: {}",
+                    known.join(", ")
+                ),
             );
-            e.extra.insert("error_data".into(), json!({"column_value": label, "column_type": "StatusColumn"}));
+            e.extra.insert(
+                "error_data".into(),
+                json!({"column_value": label, "column_type": "StatusColumn"}),
+            );
             return Err(e);
         }
         let next = labels.keys().max().map_or(0, |k| k + 1);
@@ -1340,7 +1458,11 @@ impl<'q> Exec<'q, '_> {
             .settings
             .get("done_colors")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok())).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_u64().and_then(|n| u32::try_from(n).ok()))
+                    .collect()
+            })
             .unwrap_or_default();
         b.columns[ci].settings = status_settings(&all, &done);
         if b.columns[ci].role == Role::Status {
@@ -1365,7 +1487,10 @@ impl<'q> Exec<'q, '_> {
             "board_kind" => Ok(json!("public")),
             "type" => Ok(json!("board")),
             "updated_at" => Ok(json!(ts(board.updated_at))),
-            "url" => Ok(json!(format!("https://pandora-demo.monday.com/boards/{}", board.id))),
+            "url" => Ok(json!(format!(
+                "https://pandora-demo.monday.com/boards/{}",
+                board.id
+            ))),
             "items_count" => Ok(json!(
                 self.data
                     .items
@@ -1374,7 +1499,9 @@ impl<'q> Exec<'q, '_> {
                     .count()
             )),
             "columns" => {
-                let nodes = (0..board.columns.len()).map(|c| Node::Column(b, c)).collect();
+                let nodes = (0..board.columns.len())
+                    .map(|c| Node::Column(b, c))
+                    .collect();
                 self.list(nodes, set)
             }
             "groups" => {
@@ -1384,19 +1511,24 @@ impl<'q> Exec<'q, '_> {
             "items_page" => {
                 let limit = Self::limit(args, 25, MAX_ITEMS_PAGE);
                 let page = match args.get("cursor").and_then(Value::as_str) {
-                    Some(c) => self.continue_cursor(&c.to_owned(), limit)?,
+                    Some(c) => self.continue_cursor(c, limit)?,
                     None => self.first_page(b, args.get("query_params"), limit)?,
                 };
                 self.object(&page, set)
             }
             "activity_logs" => {
-                let from = args.get("from").and_then(Value::as_str).and_then(parse_time);
+                let from = args
+                    .get("from")
+                    .and_then(Value::as_str)
+                    .and_then(parse_time);
                 let to = args.get("to").and_then(Value::as_str).and_then(parse_time);
                 let limit = Self::limit(args, 25, 10_000);
                 let page = args.get("page").and_then(as_u64).unwrap_or(1).max(1);
                 let logs = self.data.logs.get(&board.id).cloned().unwrap_or_default();
                 let mut ix: Vec<usize> = (0..logs.len())
-                    .filter(|&i| from.is_none_or(|f| logs[i].at >= f) && to.is_none_or(|t| logs[i].at <= t))
+                    .filter(|&i| {
+                        from.is_none_or(|f| logs[i].at >= f) && to.is_none_or(|t| logs[i].at <= t)
+                    })
                     .collect();
                 ix.reverse(); // newest first
                 let nodes = ix
@@ -1411,15 +1543,23 @@ impl<'q> Exec<'q, '_> {
         }
     }
 
-    fn item_field(&mut self, key: u64, node: &Node, name: &str, set: &'q Sel<'q>) -> Result<Value, GqlError> {
+    fn item_field(
+        &mut self,
+        key: u64,
+        node: &Node,
+        name: &str,
+        set: &'q Sel<'q>,
+    ) -> Result<Value, GqlError> {
         let item = self
             .data
             .items
             .get(&key)
             .cloned()
             .ok_or_else(|| gerr("InvalidItemIdException", "Item not found"))?;
-        let b = self.board_ix(&item.board_id).ok_or_else(|| gerr("InvalidBoardIdException", "Board not found"))?;
-        let malformed = self.common.is_malformed(0x6d6f_6e, key);
+        let b = self
+            .board_ix(&item.board_id)
+            .ok_or_else(|| gerr("InvalidBoardIdException", "Board not found"))?;
+        let malformed = self.common.is_malformed(0x006d_6f6e, key);
         match name {
             "id" => Ok(json!(item.id)),
             "name" => Ok(json!(item.name)),
@@ -1452,13 +1592,21 @@ impl<'q> Exec<'q, '_> {
         }
     }
 
-    fn column_value_field(&self, key: u64, c: usize, node: &Node, name: &str) -> Result<Value, GqlError> {
+    fn column_value_field(
+        &self,
+        key: u64,
+        c: usize,
+        node: &Node,
+        name: &str,
+    ) -> Result<Value, GqlError> {
         let item = self
             .data
             .items
             .get(&key)
             .ok_or_else(|| gerr("InvalidItemIdException", "Item not found"))?;
-        let b = self.board_ix(&item.board_id).ok_or_else(|| gerr("InvalidBoardIdException", "Board not found"))?;
+        let b = self
+            .board_ix(&item.board_id)
+            .ok_or_else(|| gerr("InvalidBoardIdException", "Board not found"))?;
         let board = &self.data.boards[b];
         let col = &board.columns[c];
         let label_of = |ix: Option<u32>| -> Option<String> {
@@ -1531,16 +1679,26 @@ impl<'q> Exec<'q, '_> {
         let mut ordered = false;
         if let Some(qp) = qp.filter(|v| !v.is_null()) {
             let any = qp.get("operator").and_then(Value::as_str) == Some("or");
-            let mut preds: Vec<Box<dyn Fn(&MondaySimItem) -> bool>> = Vec::new();
-            for rule in qp.get("rules").and_then(Value::as_array).into_iter().flatten() {
+            let mut preds: Vec<Predicate> = Vec::new();
+            for rule in qp
+                .get("rules")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 preds.push(rule_predicate(rule)?);
             }
             if let Some(ids) = id_list(qp.get("ids")) {
                 preds.push(Box::new(move |i: &MondaySimItem| ids.contains(&i.id)));
             }
             if let Some(groups) = qp.get("groups").and_then(Value::as_array) {
-                let groups: Vec<String> = groups.iter().filter_map(|g| g.as_str().map(str::to_owned)).collect();
-                preds.push(Box::new(move |i: &MondaySimItem| groups.contains(&i.group_id)));
+                let groups: Vec<String> = groups
+                    .iter()
+                    .filter_map(|g| g.as_str().map(str::to_owned))
+                    .collect();
+                preds.push(Box::new(move |i: &MondaySimItem| {
+                    groups.contains(&i.group_id)
+                }));
             }
             if !preds.is_empty() {
                 matching.retain(|i| {
@@ -1551,13 +1709,22 @@ impl<'q> Exec<'q, '_> {
                     }
                 });
             }
-            if let Some(order) = qp.get("order_by").and_then(Value::as_array).and_then(|a| a.first()) {
+            if let Some(order) = qp
+                .get("order_by")
+                .and_then(Value::as_array)
+                .and_then(|a| a.first())
+            {
                 let col = order.get("column_id").and_then(Value::as_str).unwrap_or("");
                 let desc = order.get("direction").and_then(Value::as_str) == Some("desc");
                 match col {
                     "__last_updated__" => matching.sort_by_key(|i| (i.updated_at, i.id.clone())),
                     "__creation_log__" => matching.sort_by_key(|i| (i.created_at, i.id.clone())),
-                    other => return Err(gerr("InvalidColumnIdException", format!("cannot order by {other}"))),
+                    other => {
+                        return Err(gerr(
+                            "InvalidColumnIdException",
+                            format!("cannot order by {other}"),
+                        ));
+                    }
                 }
                 if desc {
                     matching.reverse();
@@ -1574,13 +1741,24 @@ impl<'q> Exec<'q, '_> {
         Ok(self.page_from(&board_id, &mut ids, limit, None))
     }
 
-    fn page_from(&mut self, board_id: &str, ids: &mut VecDeque<String>, limit: u64, reuse: Option<String>) -> Node {
+    fn page_from(
+        &mut self,
+        board_id: &str,
+        ids: &mut VecDeque<String>,
+        limit: u64,
+        reuse: Option<String>,
+    ) -> Node {
         let mut items = Vec::new();
         while (items.len() as u64) < limit {
             let Some(id) = ids.pop_front() else { break };
             if let Some(k) = Self::item_key(&id) {
                 // Items archived or deleted since the query are left out.
-                if self.data.items.get(&k).is_some_and(|i| i.state == MondayItemState::Active) {
+                if self
+                    .data
+                    .items
+                    .get(&k)
+                    .is_some_and(|i| i.state == MondayItemState::Active)
+                {
                     items.push(k);
                 }
             }
@@ -1653,19 +1831,38 @@ fn cursor_expired() -> GqlError {
     e
 }
 
+/// A filter over items.
+type Predicate = Box<dyn Fn(&MondaySimItem) -> bool>;
+
 /// A `query_params` rule as a predicate (only `__last_updated__` is filterable here).
-fn rule_predicate(rule: &Value) -> Result<Box<dyn Fn(&MondaySimItem) -> bool>, GqlError> {
+fn rule_predicate(rule: &Value) -> Result<Predicate, GqlError> {
     let column = rule.get("column_id").and_then(Value::as_str).unwrap_or("");
-    let operator = rule.get("operator").and_then(Value::as_str).unwrap_or("any_of");
+    let operator = rule
+        .get("operator")
+        .and_then(Value::as_str)
+        .unwrap_or("any_of");
     if column != "__last_updated__" {
-        return Err(gerr("InvalidColumnIdException", format!("the simulator filters on __last_updated__ only, not {column:?}")));
+        return Err(gerr(
+            "InvalidColumnIdException",
+            format!("the simulator filters on __last_updated__ only, not {column:?}"),
+        ));
     }
     let values: Vec<DateTime<Utc>> = match rule.get("compare_value") {
-        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).filter(|s| *s != "EXACT").filter_map(parse_time).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|s| *s != "EXACT")
+            .filter_map(parse_time)
+            .collect(),
         Some(Value::String(s)) => parse_time(s).into_iter().collect(),
         _ => Vec::new(),
     };
-    let bad = || gerr("InvalidArgumentException", format!("invalid compare_value for {operator} on __last_updated__"));
+    let bad = || {
+        gerr(
+            "InvalidArgumentException",
+            format!("invalid compare_value for {operator} on __last_updated__"),
+        )
+    };
     let first = *values.first().ok_or_else(bad)?;
     Ok(match operator {
         "greater_than_or_equals" => Box::new(move |i: &MondaySimItem| i.updated_at >= first),
@@ -1677,7 +1874,10 @@ fn rule_predicate(rule: &Value) -> Result<Box<dyn Fn(&MondaySimItem) -> bool>, G
             Box::new(move |i: &MondaySimItem| i.updated_at >= first && i.updated_at <= second)
         }
         other => {
-            return Err(gerr("no_operator_config", format!("operator {other} is not supported for __last_updated__")));
+            return Err(gerr(
+                "no_operator_config",
+                format!("operator {other} is not supported for __last_updated__"),
+            ));
         }
     })
 }
@@ -1685,14 +1885,21 @@ fn rule_predicate(rule: &Value) -> Result<Box<dyn Fn(&MondaySimItem) -> bool>, G
 /// A JSON argument: monday's `JSON` scalar arrives as a JSON-encoded string.
 fn json_arg(v: &Value) -> Result<Value, GqlError> {
     match v {
-        Value::String(s) => serde_json::from_str(s).map_err(|e| gerr("JsonParseException", format!("column_values is not valid JSON: {e}"))),
+        Value::String(s) => serde_json::from_str(s).map_err(|e| {
+            gerr(
+                "JsonParseException",
+                format!("column_values is not valid JSON: {e}"),
+            )
+        }),
         Value::Null => Ok(Value::Object(Map::new())),
         other => Ok(other.clone()),
     }
 }
 
 fn set_state(data: &mut Data, key: u64, state: MondayItemState) {
-    let Some(item) = data.items.get_mut(&key) else { return };
+    let Some(item) = data.items.get_mut(&key) else {
+        return;
+    };
     if item.state == state {
         return;
     }
@@ -1712,14 +1919,19 @@ fn set_state(data: &mut Data, key: u64, state: MondayItemState) {
         group_id: item.group_id.clone(),
         at: now,
     };
-    data.logs.entry(item.board_id.clone()).or_default().push(log);
+    data.logs
+        .entry(item.board_id.clone())
+        .or_default()
+        .push(log);
 }
 
 fn body_response(status: StatusCode, body: Value) -> Response<Body> {
     let mut resp = Response::new(Body::from(body.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -1731,7 +1943,11 @@ fn error_body(e: &GqlError, account_id: u64) -> Value {
     json!({"data": null, "errors": [{"message": e.message, "locations": [{"line": 1, "column": 1}], "extensions": ext}], "account_id": account_id})
 }
 
-async fn graphql(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Bytes) -> Response<Body> {
+async fn graphql(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response<Body> {
     let now = Instant::now();
     let cfg = &inner.cfg;
     let api_version = headers
@@ -1739,7 +1955,11 @@ async fn graphql(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let query = parsed.get("query").and_then(Value::as_str).unwrap_or("").to_owned();
+    let query = parsed
+        .get("query")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let variables = parsed.get("variables").cloned().unwrap_or(Value::Null);
     let mut entry = MondaySimRequest {
         query: query.clone(),
@@ -1750,7 +1970,8 @@ async fn graphql(State(inner): State<Arc<Inner>>, headers: HeaderMap, body: Byte
         outcome: "ok".into(),
     };
     inner.log_seq.fetch_add(1, Ordering::Relaxed);
-    let (resp, outcome, operation) = answer(&inner, &headers, &query, &variables, api_version, now).await;
+    let (resp, outcome, operation) =
+        answer(&inner, &headers, &query, &variables, api_version, now).await;
     entry.outcome = outcome;
     entry.operation = operation;
     lock(&inner.data).log.push(entry);
@@ -1773,7 +1994,11 @@ async fn answer(
         .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
     if token != Some(cfg.api_token.as_str()) {
         let body = json!({"errors": [{"message": "Not Authenticated", "extensions": {"code": "UNAUTHENTICATED", "status_code": 401}}], "account_id": null});
-        return (body_response(StatusCode::UNAUTHORIZED, body), "UNAUTHENTICATED".into(), String::new());
+        return (
+            body_response(StatusCode::UNAUTHORIZED, body),
+            "UNAUTHENTICATED".into(),
+            String::new(),
+        );
     }
     let (injected, latency) = decide(&inner.common);
     if !latency.is_zero() {
@@ -1782,13 +2007,19 @@ async fn answer(
     match injected {
         Injected::None => {}
         Injected::ServerError(code) => {
-            let body = json!({"error_message": "Internal server error", "status_code": code.as_u16()});
-            return (body_response(code, body), format!("HTTP {}", code.as_u16()), String::new());
+            let body =
+                json!({"error_message": "Internal server error", "status_code": code.as_u16()});
+            return (
+                body_response(code, body),
+                format!("HTTP {}", code.as_u16()),
+                String::new(),
+            );
         }
         Injected::RateLimited => {
             let body = json!({"errors": [{"message": "Rate Limit Exceeded", "extensions": {"code": "RATE_LIMIT_EXCEEDED", "retry_in_seconds": 1, "status_code": 429}}], "account_id": cfg.account_id});
             let mut resp = body_response(StatusCode::TOO_MANY_REQUESTS, body);
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             return (resp, "RATE_LIMIT_EXCEEDED".into(), String::new());
         }
         Injected::Drop => return (dropped_response(), "dropped".into(), String::new()),
@@ -1805,7 +2036,11 @@ async fn answer(
         }
         if data.day_count >= limit {
             let body = json!({"errors": [{"message": "Daily limit exceeded", "extensions": {"code": "DAILY_LIMIT_EXCEEDED", "status_code": 429}}], "account_id": cfg.account_id});
-            return (body_response(StatusCode::TOO_MANY_REQUESTS, body), "DAILY_LIMIT_EXCEEDED".into(), String::new());
+            return (
+                body_response(StatusCode::TOO_MANY_REQUESTS, body),
+                "DAILY_LIMIT_EXCEEDED".into(),
+                String::new(),
+            );
         }
         data.day_count += 1;
     }
@@ -1813,7 +2048,11 @@ async fn answer(
         Ok(d) => d,
         Err(e) => {
             let err = gerr("GRAPHQL_PARSE_FAILED", format!("Parse error: {e}"));
-            return (body_response(StatusCode::OK, error_body(&err, cfg.account_id)), "GRAPHQL_PARSE_FAILED".into(), String::new());
+            return (
+                body_response(StatusCode::OK, error_body(&err, cfg.account_id)),
+                "GRAPHQL_PARSE_FAILED".into(),
+                String::new(),
+            );
         }
     };
     let mut fragments = HashMap::new();
@@ -1832,18 +2071,36 @@ async fn answer(
     }
     let Some(op) = operation else {
         let err = gerr("GRAPHQL_PARSE_FAILED", "no operation in the document");
-        return (body_response(StatusCode::OK, error_body(&err, cfg.account_id)), "GRAPHQL_PARSE_FAILED".into(), String::new());
+        return (
+            body_response(StatusCode::OK, error_body(&err, cfg.account_id)),
+            "GRAPHQL_PARSE_FAILED".into(),
+            String::new(),
+        );
     };
     let (root, set, var_defs): (Node, &Sel<'_>, &[VariableDefinition<'_, String>]) = match op {
         OperationDefinition::SelectionSet(s) => (Node::Query, s, &[]),
         OperationDefinition::Query(q) => (Node::Query, &q.selection_set, &q.variable_definitions),
-        OperationDefinition::Mutation(m) => (Node::Mutation, &m.selection_set, &m.variable_definitions),
+        OperationDefinition::Mutation(m) => {
+            (Node::Mutation, &m.selection_set, &m.variable_definitions)
+        }
         OperationDefinition::Subscription(_) => {
-            let err = gerr("GRAPHQL_VALIDATION_FAILED", "subscriptions are not supported");
-            return (body_response(StatusCode::OK, error_body(&err, cfg.account_id)), "GRAPHQL_VALIDATION_FAILED".into(), String::new());
+            let err = gerr(
+                "GRAPHQL_VALIDATION_FAILED",
+                "subscriptions are not supported",
+            );
+            return (
+                body_response(StatusCode::OK, error_body(&err, cfg.account_id)),
+                "GRAPHQL_VALIDATION_FAILED".into(),
+                String::new(),
+            );
         }
     };
-    let op_name = if matches!(root, Node::Mutation) { "mutation" } else { "query" }.to_owned();
+    let op_name = if matches!(root, Node::Mutation) {
+        "mutation"
+    } else {
+        "query"
+    }
+    .to_owned();
     let mut vars = variables.as_object().cloned().unwrap_or_default();
     let mut exec = Exec {
         fragments,
@@ -1855,11 +2112,11 @@ async fn answer(
         api_version: version.clone(),
     };
     for def in var_defs {
-        if !vars.contains_key(def.name.as_str()) {
-            if let Some(default) = &def.default_value {
-                let v = exec.value(default);
-                vars.insert(def.name.clone(), v);
-            }
+        if !vars.contains_key(def.name.as_str())
+            && let Some(default) = &def.default_value
+        {
+            let v = exec.value(default);
+            vars.insert(def.name.clone(), v);
         }
     }
     exec.vars = vars;
@@ -1888,7 +2145,11 @@ async fn answer(
                 "complexity": cost, "complexity_budget_left": left, "complexity_budget_limit": cfg.complexity_per_minute,
                 "retry_in_seconds": reset_secs, "status_code": 429}}], "account_id": cfg.account_id})
         };
-        let code = if legacy_errors { "ComplexityException" } else { "COMPLEXITY_BUDGET_EXHAUSTED" };
+        let code = if legacy_errors {
+            "ComplexityException"
+        } else {
+            "COMPLEXITY_BUDGET_EXHAUSTED"
+        };
         return (body_response(StatusCode::OK, body), code.into(), op_name);
     }
     exec.data.used += cost;
@@ -1913,12 +2174,23 @@ async fn answer(
             }
             Err(e) => {
                 let code = e.code.to_owned();
-                return (body_response(StatusCode::OK, error_body(&e, cfg.account_id)), code, op_name);
+                return (
+                    body_response(StatusCode::OK, error_body(&e, cfg.account_id)),
+                    code,
+                    op_name,
+                );
             }
         }
     }
     let _ = &exec.api_version;
-    (body_response(StatusCode::OK, json!({"data": out, "account_id": cfg.account_id})), "ok".into(), op_name)
+    (
+        body_response(
+            StatusCode::OK,
+            json!({"data": out, "account_id": cfg.account_id}),
+        ),
+        "ok".into(),
+        op_name,
+    )
 }
 
 impl MondaySim {
@@ -1936,7 +2208,10 @@ impl MondaySim {
         let router = Router::new()
             .route("/v2", post(graphql))
             .with_state(inner.clone())
-            .route_layer(axum::middleware::from_fn_with_state(common, super::count_requests));
+            .route_layer(axum::middleware::from_fn_with_state(
+                common,
+                super::count_requests,
+            ));
         let server = SimServer::serve(router).await?;
         Ok(MondaySim { inner, server })
     }
@@ -1993,7 +2268,11 @@ impl MondaySim {
 
     /// One board.
     pub fn board(&self, id: &str) -> Option<MondaySimBoard> {
-        lock(&self.inner.data).boards.iter().find(|b| b.id == id).cloned()
+        lock(&self.inner.data)
+            .boards
+            .iter()
+            .find(|b| b.id == id)
+            .cloned()
     }
 
     /// Every item, archived and deleted ones included.
@@ -2009,11 +2288,14 @@ impl MondaySim {
 
     /// Whether the item is served malformed (its `updated_at` is not a timestamp).
     pub fn is_malformed(&self, id: &str) -> bool {
-        id.parse().is_ok_and(|k| self.inner.common.is_malformed(0x6d6f_6e, k))
+        id.parse()
+            .is_ok_and(|k| self.inner.common.is_malformed(0x006d_6f6e, k))
     }
 
     fn change(&self, id: &str, f: impl FnOnce(&mut MondaySimItem, &MondaySimBoard)) -> bool {
-        let Ok(key) = id.parse::<u64>() else { return false };
+        let Ok(key) = id.parse::<u64>() else {
+            return false;
+        };
         let mut data = lock(&self.inner.data);
         let Some(board) = data
             .items
@@ -2023,7 +2305,9 @@ impl MondaySim {
         else {
             return false;
         };
-        let Some(item) = data.items.get_mut(&key) else { return false };
+        let Some(item) = data.items.get_mut(&key) else {
+            return false;
+        };
         f(item, &board);
         item.updated_at = whole_seconds(Utc::now());
         true
@@ -2047,7 +2331,11 @@ impl MondaySim {
             status_index: board.status_labels.keys().next().copied(),
             status_changed_at: Some(now),
             priority_index: None,
-            people: data.users.first().map(|u| vec![u.id.clone()]).unwrap_or_default(),
+            people: data
+                .users
+                .first()
+                .map(|u| vec![u.id.clone()])
+                .unwrap_or_default(),
             due: None,
             notes: None,
             amount: None,
@@ -2137,7 +2425,9 @@ impl MondaySim {
     /// The status label of an item, from its board's status column.
     pub fn status_label(&self, item: &MondaySimItem) -> Option<String> {
         let board = self.board(&item.board_id)?;
-        item.status_index.and_then(|i| board.status_labels.get(&i).cloned()).filter(|l| !l.is_empty())
+        item.status_index
+            .and_then(|i| board.status_labels.get(&i).cloned())
+            .filter(|l| !l.is_empty())
     }
 
     /// Whether an item's status is one of its board's done labels.
@@ -2149,6 +2439,10 @@ impl MondaySim {
 
     /// The email of a user id.
     pub fn user_email(&self, id: &str) -> Option<String> {
-        lock(&self.inner.data).users.iter().find(|u| u.id == id).map(|u| u.email.clone())
+        lock(&self.inner.data)
+            .users
+            .iter()
+            .find(|u| u.id == id)
+            .map(|u| u.email.clone())
     }
 }

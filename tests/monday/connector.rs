@@ -33,7 +33,11 @@ fn tasks(sink: &MemorySink) -> BTreeMap<String, Task> {
 }
 
 fn assert_equals_truth(got: &BTreeMap<String, Task>, sim: &MondaySim) {
-    let live: Vec<_> = sim.items().into_iter().filter(|i| i.state == MondayItemState::Active).collect();
+    let live: Vec<_> = sim
+        .items()
+        .into_iter()
+        .filter(|i| i.state == MondayItemState::Active)
+        .collect();
     assert_eq!(got.len(), live.len(), "one task per active item");
     for item in &live {
         assert_task(&got[&item.id], item, sim);
@@ -49,20 +53,40 @@ async fn initial_and_no_change_incremental_costs() {
     let ctx = SyncContext::new(Uuid::new_v4(), SyncMode::Initial);
     let mut sink = MemorySink::new();
     let report = c.sync(&ctx, &mut sink).await.unwrap();
-    assert_eq!(report.details["boards_failed"], json!([]), "{}", report.details);
+    assert_eq!(
+        report.details["boards_failed"],
+        json!([]),
+        "{}",
+        report.details
+    );
     assert_equals_truth(&tasks(&sink), &sim);
     let requests = sim.requests();
     assert_eq!(requests.len() as u64, full_sync_requests(&sim));
-    assert_eq!(requests.len(), 28, "1 listing + 24 one-page boards + 3 pages of 1,250 items");
+    assert_eq!(
+        requests.len(),
+        28,
+        "1 listing + 24 one-page boards + 3 pages of 1,250 items"
+    );
     for r in &requests {
-        assert_eq!(r.api_version.as_deref(), Some("2025-10"), "API-Version on every request");
+        assert_eq!(
+            r.api_version.as_deref(),
+            Some("2025-10"),
+            "API-Version on every request"
+        );
         assert_eq!(r.outcome, "ok");
-        assert!(r.query.contains("complexity {"), "every query reads its complexity");
+        assert!(
+            r.query.contains("complexity {"),
+            "every query reads its complexity"
+        );
     }
     let spent = report.details["complexity"]["spent"].as_f64().unwrap();
     assert_eq!(report.details["complexity"]["queries"], 28);
     assert!(spent > 0.0);
-    eprintln!("initial: {} requests, complexity {spent}, {} items", requests.len(), report.records_fetched);
+    eprintln!(
+        "initial: {} requests, complexity {spent}, {} items",
+        requests.len(),
+        report.records_fetched
+    );
 
     sim.clear_requests();
     let cp = sink.last_checkpoint().unwrap().clone();
@@ -72,16 +96,30 @@ async fn initial_and_no_change_incremental_costs() {
     let n = sim.requests().len();
     assert_eq!(n, 26, "the listing and one page per board");
     let spent = report.details["complexity"]["spent"].as_f64().unwrap();
-    eprintln!("no-change incremental: {n} requests, complexity {spent}, {} items re-read (overlap)", report.records_fetched);
-    assert!(report.records_fetched < 100, "only the overlap is re-read: {}", report.records_fetched);
+    eprintln!(
+        "no-change incremental: {n} requests, complexity {spent}, {} items re-read (overlap)",
+        report.records_fetched
+    );
+    assert!(
+        report.records_fetched < 100,
+        "only the overlap is re-read: {}",
+        report.records_fetched
+    );
     // The incremental passes filter on __last_updated__ through variables, ascending.
-    let first_pages: Vec<_> = sim.requests().into_iter().filter(|r| r.query.contains("items_page(")).collect();
+    let first_pages: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.query.contains("items_page("))
+        .collect();
     for r in &first_pages {
         let rules = r.variables["qp"]["rules"].as_array().unwrap();
         assert_eq!(rules[0]["operator"], "greater_than_or_equals");
         assert_eq!(rules[0]["compare_value"][0], "EXACT");
         assert_eq!(r.variables["qp"]["order_by"][0]["direction"], "asc");
-        assert_eq!(r.variables["withLogs"], true, "removals read with the first page");
+        assert_eq!(
+            r.variables["withLogs"], true,
+            "removals read with the first page"
+        );
     }
 }
 
@@ -106,7 +144,13 @@ async fn expiring_cursors_lose_nothing() {
     assert_equals_truth(&tasks(&sink), &sim);
     assert_eq!(report.details["cursor_recoveries"], 1);
     let outcomes: Vec<_> = sim.requests().iter().map(|r| r.outcome.clone()).collect();
-    assert_eq!(outcomes.iter().filter(|o| *o == "CursorExpiredError").count(), 1);
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| *o == "CursorExpiredError")
+            .count(),
+        1
+    );
     // The recovery asks for items updated at or after the newest one stored (1,000 read).
     let big = sim.boards()[0].id.clone();
     let firsts: Vec<_> = sim
@@ -114,23 +158,48 @@ async fn expiring_cursors_lose_nothing() {
         .into_iter()
         .filter(|r| r.query.contains("items_page(") && r.variables["board"][0] == json!(big))
         .collect();
-    assert_eq!(firsts.len(), 2, "the first page and one recovery, not a restart");
-    assert_eq!(firsts[0].variables["qp"]["rules"].as_array().unwrap().len(), 1, "the initial pass: upper bound only");
+    assert_eq!(
+        firsts.len(),
+        2,
+        "the first page and one recovery, not a restart"
+    );
+    assert_eq!(
+        firsts[0].variables["qp"]["rules"].as_array().unwrap().len(),
+        1,
+        "the initial pass: upper bound only"
+    );
     let recovery = &firsts[1].variables["qp"]["rules"][0];
     assert_eq!(recovery["operator"], "greater_than_or_equals");
-    let mut items: Vec<_> = sim.items().into_iter().filter(|i| i.board_id == big).collect();
+    let mut items: Vec<_> = sim
+        .items()
+        .into_iter()
+        .filter(|i| i.board_id == big)
+        .collect();
     items.sort_by_key(|i| (i.updated_at, i.id.clone()));
-    let thousandth = items[999].updated_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let thousandth = items[999]
+        .updated_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     assert_eq!(recovery["compare_value"][1], json!(thousandth));
     // Far fewer than a restart: the recovery re-reads from the 1,000th item on.
-    assert!(report.records_fetched < 1_605 + 50, "{}", report.records_fetched);
+    assert!(
+        report.records_fetched < 1_605 + 50,
+        "{}",
+        report.records_fetched
+    );
 }
 
 /// A complexity budget spent before the sync starts: the first answer announces the reset,
 /// and nothing is sent before it; the sync completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exhausted_budget_waits_for_the_announced_reset() {
-    let sim = MondaySim::start(MondaySimConfig { boards: 2, items_per_board: 4, first_board_items: 4, ..Default::default() }).await.unwrap();
+    let sim = MondaySim::start(MondaySimConfig {
+        boards: 2,
+        items_per_board: 4,
+        first_board_items: 4,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let reset = Duration::from_secs(2);
     let exhausted_at = tokio::time::Instant::now();
     sim.exhaust_complexity(reset);
@@ -141,11 +210,23 @@ async fn an_exhausted_budget_waits_for_the_announced_reset() {
     assert_equals_truth(&tasks(&sink), &sim);
     let reqs = sim.requests();
     assert_eq!(reqs[0].outcome, "COMPLEXITY_BUDGET_EXHAUSTED");
-    assert_eq!(reqs.iter().filter(|r| r.outcome != "ok").count(), 1, "one refusal, no hammering");
+    assert_eq!(
+        reqs.iter().filter(|r| r.outcome != "ok").count(),
+        1,
+        "one refusal, no hammering"
+    );
     for r in &reqs[1..] {
-        assert!(r.at >= exhausted_at + reset, "a request {:?} before the reset", r.at - exhausted_at);
+        assert!(
+            r.at >= exhausted_at + reset,
+            "a request {:?} before the reset",
+            r.at - exhausted_at
+        );
     }
-    assert_eq!(reqs.len(), 4, "the refused listing, the listing again, two boards");
+    assert_eq!(
+        reqs.len(),
+        4,
+        "the refused listing, the listing again, two boards"
+    );
 }
 
 /// The complexity block paces queries: when the last answer left less than its cost, the
@@ -167,23 +248,58 @@ async fn queries_are_paced_to_the_budget() {
     let mut sink = MemorySink::new();
     // A page query costs ~31,000 points: one fits what a window of 60,000 has left after
     // another.
-    let report = tokio::time::timeout(Duration::from_secs(60), c.sync(&ctx, &mut sink)).await.unwrap().unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), c.sync(&ctx, &mut sink))
+        .await
+        .unwrap()
+        .unwrap();
     assert_equals_truth(&tasks(&sink), &sim);
-    assert!(report.details["complexity"]["paced_waits"].as_u64().unwrap() >= 1, "{}", report.details);
-    assert!(sim.requests().iter().all(|r| r.outcome == "ok"), "paced: never refused");
+    assert!(
+        report.details["complexity"]["paced_waits"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{}",
+        report.details
+    );
+    assert!(
+        sim.requests().iter().all(|r| r.outcome == "ok"),
+        "paced: never refused"
+    );
 }
 
 /// The daily call limit stops the sync cleanly with the checkpoint of the pages written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daily_limit_stops_with_the_checkpoint() {
-    let sim = MondaySim::start(MondaySimConfig { boards: 4, daily_limit: Some(3), ..Default::default() }).await.unwrap();
+    let sim = MondaySim::start(MondaySimConfig {
+        boards: 4,
+        daily_limit: Some(3),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let c = connector(&sim, fast());
     let ctx = SyncContext::new(Uuid::new_v4(), SyncMode::Initial);
     let mut sink = MemorySink::new();
     let err = c.sync(&ctx, &mut sink).await.unwrap_err();
-    assert!(matches!(err, Error::QuotaExhausted { resets_at: Some(_), .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            Error::QuotaExhausted {
+                resets_at: Some(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
     let cp = sink.last_checkpoint().unwrap();
-    assert_eq!(cp.streams.values().filter(|s| s.watermark.is_some()).count(), 2, "two boards committed");
+    assert_eq!(
+        cp.streams
+            .values()
+            .filter(|s| s.watermark.is_some())
+            .count(),
+        2,
+        "two boards committed"
+    );
     assert_eq!(sim.requests().len(), 4, "no retry of a daily limit");
 }
 
@@ -208,7 +324,12 @@ async fn a_bad_token_fails_cleanly() {
 /// variables; bad input is refused before any mutation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_through_the_trait() {
-    let sim = MondaySim::start(MondaySimConfig { boards: 3, ..Default::default() }).await.unwrap();
+    let sim = MondaySim::start(MondaySimConfig {
+        boards: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let c = connector(&sim, json!({}));
     let ws = Uuid::new_v4();
     // Board 2 (index 1) uses "Complete" as its done label and `color_mk…` column ids.
@@ -216,73 +337,123 @@ async fn writes_through_the_trait() {
     let user = sim.users()[2].clone();
     let title = "Call \"Acme\" } mutation { delete_item(item_id: 1) { id } }";
     let created = c
-        .create_task(ws, NewTask {
-            board_id: board.id.clone(),
-            group_id: Some(board.groups[1].id.clone()),
-            title: title.into(),
-            status: Some("In progress".into()),
-            assignee_email: Some(user.email.to_uppercase()),
-            due_date: chrono::NaiveDate::from_ymd_opt(2026, 3, 1),
-        })
+        .create_task(
+            ws,
+            NewTask {
+                board_id: board.id.clone(),
+                group_id: Some(board.groups[1].id.clone()),
+                title: title.into(),
+                status: Some("In progress".into()),
+                assignee_email: Some(user.email.to_uppercase()),
+                due_date: chrono::NaiveDate::from_ymd_opt(2026, 3, 1),
+            },
+        )
         .await
         .unwrap();
     let item = sim.item(&created.meta.source_id).unwrap();
     assert_eq!(item.name, title, "the name verbatim");
     assert_eq!(item.group_id, board.groups[1].id);
     assert_eq!(sim.status_label(&item).as_deref(), Some("In progress"));
-    assert_eq!(item.people, [user.id.clone()]);
+    assert_eq!(item.people, std::slice::from_ref(&user.id));
     assert_eq!(item.due, chrono::NaiveDate::from_ymd_opt(2026, 3, 1));
     assert_task(&created, &item, &sim);
 
     let updated = c
-        .update_task(ws, &item.id, TaskUpdate {
-            title: Some("Call Acme back".into()),
-            status: Some(Some("Blocked".into())),
-            due_date: Some(None),
-            ..Default::default()
-        })
+        .update_task(
+            ws,
+            &item.id,
+            TaskUpdate {
+                title: Some("Call Acme back".into()),
+                status: Some(Some("Blocked".into())),
+                due_date: Some(None),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let item = sim.item(&item.id).unwrap();
     assert_eq!((item.name.as_str(), item.due), ("Call Acme back", None));
     assert_eq!(sim.status_label(&item).as_deref(), Some("Blocked"));
-    assert_eq!(item.people, [user.id.clone()], "absent fields are left alone");
+    assert_eq!(
+        item.people,
+        std::slice::from_ref(&user.id),
+        "absent fields are left alone"
+    );
     assert_task(&updated, &item, &sim);
 
     let done = c.complete_task(ws, &item.id).await.unwrap();
     let item = sim.item(&item.id).unwrap();
-    assert_eq!(sim.status_label(&item).as_deref(), Some("Complete"), "the board's done label, not index 1");
+    assert_eq!(
+        sim.status_label(&item).as_deref(),
+        Some("Complete"),
+        "the board's done label, not index 1"
+    );
     assert!(done.completed_at.is_some());
     assert_task(&done, &item, &sim);
 
-    // Refused before any mutation: an unknown label, an unknown email; no retry storm on
-    // monday's own validation error (an unknown group).
+    // Refused before any mutation: an unknown label, an unknown email.
     let before = sim.requests().len();
     let err = c
-        .update_task(ws, &item.id, TaskUpdate { status: Some(Some("Shipped".into())), ..Default::default() })
+        .update_task(
+            ws,
+            &item.id,
+            TaskUpdate {
+                status: Some(Some("Shipped".into())),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unknown status label"), "{err}");
     let err = c
-        .update_task(ws, &item.id, TaskUpdate { assignee_email: Some(Some("nobody@x.com".into())), ..Default::default() })
+        .update_task(
+            ws,
+            &item.id,
+            TaskUpdate {
+                assignee_email: Some(Some("nobody@x.com".into())),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("nobody@x.com"), "{err}");
-    let mutations = sim.requests()[before..].iter().filter(|r| r.operation == "mutation").count();
+    let mutations = sim.requests()[before..]
+        .iter()
+        .filter(|r| r.operation == "mutation")
+        .count();
     assert_eq!(mutations, 0);
 
-    let muts: Vec<_> = sim.requests().into_iter().filter(|r| r.operation == "mutation").collect();
+    let muts: Vec<_> = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.operation == "mutation")
+        .collect();
     assert_eq!(muts.len(), 3);
     for m in &muts {
-        assert!(!m.query.contains("Acme") && !m.query.contains("Blocked") && !m.query.contains(&user.id), "values spliced: {}", m.query);
+        assert!(
+            !m.query.contains("Acme")
+                && !m.query.contains("Blocked")
+                && !m.query.contains(&user.id),
+            "values spliced: {}",
+            m.query
+        );
         assert!(!m.query.contains("create_labels_if_missing"));
     }
     assert_eq!(muts[0].variables["name"], json!(title));
-    let values: Value = serde_json::from_str(muts[0].variables["values"].as_str().unwrap()).unwrap();
+    let values: Value =
+        serde_json::from_str(muts[0].variables["values"].as_str().unwrap()).unwrap();
     let status_col = board.status_column_id().unwrap();
     assert_eq!(values[status_col], json!({"label": "In progress"}));
-    assert_eq!(values[board.people_column_id().unwrap()], json!({"personsAndTeams": [{"id": user.id.parse::<u64>().unwrap(), "kind": "person"}]}));
-    let values: Value = serde_json::from_str(muts[1].variables["values"].as_str().unwrap()).unwrap();
-    assert_eq!(values[board.date_column_id().unwrap()], Value::Null, "null clears");
+    assert_eq!(
+        values[board.people_column_id().unwrap()],
+        json!({"personsAndTeams": [{"id": user.id.parse::<u64>().unwrap(), "kind": "person"}]})
+    );
+    let values: Value =
+        serde_json::from_str(muts[1].variables["values"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        values[board.date_column_id().unwrap()],
+        Value::Null,
+        "null clears"
+    );
     assert_eq!(values["name"], "Call Acme back");
 }

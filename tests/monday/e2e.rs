@@ -4,7 +4,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 
-
 use pandora_sync::model::{RecordKind, Task};
 use pandora_sync::orchestrator::ConnectorResult;
 use pandora_sync::simulator::{FaultConfig, MondayItemState, MondaySim};
@@ -34,7 +33,10 @@ where
 {
     use pandora_sync::SqliteStore;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("monday.db").display());
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("monday.db").display()
+    );
     let store = SqliteStore::connect(&url)
         .await
         .unwrap()
@@ -116,13 +118,23 @@ async fn stored(store: &Arc<dyn SyncStore>, ws: Uuid) -> BTreeMap<String, Task> 
     let mut after = None;
     loop {
         let page = store
-            .list_records(ws, RecordKind::Task, &RecordQuery { after, limit: 1000, ..Default::default() })
+            .list_records(
+                ws,
+                RecordKind::Task,
+                &RecordQuery {
+                    after,
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
             .await
             .unwrap();
         let done = page.len() < 1000;
         after = page.last().and_then(|r| r.meta().map(|m| m.id));
         for r in page {
-            let Record::Task(t) = r else { panic!("not a task") };
+            let Record::Task(t) = r else {
+                panic!("not a task")
+            };
             out.insert(t.meta.source_id.clone(), t);
         }
         if done {
@@ -136,13 +148,31 @@ async fn stored(store: &Arc<dyn SyncStore>, ws: Uuid) -> BTreeMap<String, Task> 
 async fn assert_equals_truth(env: &Env, ws: Uuid, sim: &MondaySim, removed: &BTreeSet<String>) {
     let rows = stored(&env.store, ws).await;
     let items = sim.items();
-    let live: BTreeSet<String> = items.iter().filter(|i| i.state == MondayItemState::Active).map(|i| i.id.clone()).collect();
-    let stored_live: BTreeSet<String> = rows.values().filter(|t| t.meta.archived_at.is_none()).map(|t| t.meta.source_id.clone()).collect();
+    let live: BTreeSet<String> = items
+        .iter()
+        .filter(|i| i.state == MondayItemState::Active)
+        .map(|i| i.id.clone())
+        .collect();
+    let stored_live: BTreeSet<String> = rows
+        .values()
+        .filter(|t| t.meta.archived_at.is_none())
+        .map(|t| t.meta.source_id.clone())
+        .collect();
     let missing: Vec<_> = live.difference(&stored_live).collect();
     let extra: Vec<_> = stored_live.difference(&live).collect();
-    assert!(missing.is_empty() && extra.is_empty(), "live rows: missing {missing:?}, extra {extra:?}");
-    let stored_archived: BTreeSet<String> = rows.values().filter(|t| t.meta.archived_at.is_some()).map(|t| t.meta.source_id.clone()).collect();
-    assert_eq!(&stored_archived, removed, "exactly the archived and deleted items are soft-deleted");
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "live rows: missing {missing:?}, extra {extra:?}"
+    );
+    let stored_archived: BTreeSet<String> = rows
+        .values()
+        .filter(|t| t.meta.archived_at.is_some())
+        .map(|t| t.meta.source_id.clone())
+        .collect();
+    assert_eq!(
+        &stored_archived, removed,
+        "exactly the archived and deleted items are soft-deleted"
+    );
     for item in items.iter().filter(|i| i.state == MondayItemState::Active) {
         assert_task(&rows[&item.id], item, sim);
     }
@@ -152,18 +182,37 @@ pub async fn a_workspace_of_25_boards_equals_the_truth(env: Env) {
     let sim = MondaySim::start(workspace()).await.unwrap();
     let (ws, o) = setup(&env, &sim, fast()).await;
     let c = sync(&o, ws).await;
-    assert_eq!((c.mode, c.status), (SyncMode::Initial, SyncStatus::Completed), "{:?}", c.error);
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Initial, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
     assert_eq!(c.counts.inserted, 1_250 + 24 * 12);
     assert_eq!(c.requests, full_sync_requests(&sim));
     assert_equals_truth(&env, ws, &sim, &BTreeSet::new()).await;
-    let row = env.store.get_connection(ws, ConnectorKind::Monday).await.unwrap().unwrap();
+    let row = env
+        .store
+        .get_connection(ws, ConnectorKind::Monday)
+        .await
+        .unwrap()
+        .unwrap();
     let cp = row.checkpoint().unwrap();
     assert_eq!(cp.streams.len(), 25, "one stream per board");
-    assert!(cp.streams.values().all(|s| s.watermark.is_some() && s.cursor.is_none()));
+    assert!(
+        cp.streams
+            .values()
+            .all(|s| s.watermark.is_some() && s.cursor.is_none())
+    );
 
     // A second run is incremental, reads one page per board and writes nothing.
     let c = sync(&o, ws).await;
-    assert_eq!((c.mode, c.status), (SyncMode::Incremental, SyncStatus::Completed), "{:?}", c.error);
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Incremental, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
     assert_eq!(c.counts.written(), 0, "{:?}", c.counts);
     assert_eq!(c.requests, 26);
     assert_equals_truth(&env, ws, &sim, &BTreeSet::new()).await;
@@ -180,11 +229,17 @@ pub async fn incremental_writes_exactly_the_100_changes(env: Env) {
     let mut items = sim.items();
     items.sort_by_key(|i| i.id.clone());
     // Spread the changes over the boards: every 7th item.
-    let mut pick = items.iter().step_by(7).cloned().collect::<Vec<_>>().into_iter();
+    let mut pick = items
+        .iter()
+        .step_by(7)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into_iter();
     let mut next = || pick.next().unwrap();
     let mut removed = BTreeSet::new();
     for k in 0..20 {
-        sim.add_item(&boards[k % boards.len()].id, &format!("New task {k}")).unwrap();
+        sim.add_item(&boards[k % boards.len()].id, &format!("New task {k}"))
+            .unwrap();
     }
     for k in 0..20 {
         assert!(sim.rename_item(&next().id, &format!("Renamed {k}")));
@@ -192,14 +247,21 @@ pub async fn incremental_writes_exactly_the_100_changes(env: Env) {
     for k in 0..15 {
         let i = next();
         let other = users.iter().find(|u| !i.people.contains(&u.id)).unwrap();
-        assert!(sim.set_people(&i.id, &[other.id.clone(), users[k % users.len()].id.clone()][..1 + k % 2]));
+        assert!(sim.set_people(
+            &i.id,
+            &[other.id.clone(), users[k % users.len()].id.clone()][..1 + k % 2]
+        ));
     }
     let (mut to_done, mut from_done) = (0, 0);
     while to_done < 10 || from_done < 10 {
         let i = next();
         let b = sim.board(&i.board_id).unwrap();
         if sim.is_done(&i) && from_done < 10 {
-            let open = *b.status_labels.keys().find(|k| !b.done_indexes.contains(k)).unwrap();
+            let open = *b
+                .status_labels
+                .keys()
+                .find(|k| !b.done_indexes.contains(k))
+                .unwrap();
             assert!(sim.set_status_index(&i.id, Some(open)));
             from_done += 1;
         } else if !sim.is_done(&i) && to_done < 10 {
@@ -226,7 +288,12 @@ pub async fn incremental_writes_exactly_the_100_changes(env: Env) {
     sim.counters().reset();
 
     let c = sync(&o, ws).await;
-    assert_eq!((c.mode, c.status), (SyncMode::Incremental, SyncStatus::Completed), "{:?}", c.error);
+    assert_eq!(
+        (c.mode, c.status),
+        (SyncMode::Incremental, SyncStatus::Completed),
+        "{:?}",
+        c.error
+    );
     assert_eq!(c.counts.inserted, 20, "{:?}", c.counts);
     assert_eq!(c.counts.updated, 20 + 15 + 20 + 10, "{:?}", c.counts);
     assert_eq!(c.counts.archived, 14, "{:?}", c.counts);

@@ -72,10 +72,17 @@ pub mod truth {
         for b in sim.boards() {
             per_board.insert(b.id, 0);
         }
-        for i in sim.items().into_iter().filter(|i| i.state == pandora_sync::simulator::MondayItemState::Active) {
+        for i in sim
+            .items()
+            .into_iter()
+            .filter(|i| i.state == pandora_sync::simulator::MondayItemState::Active)
+        {
             *per_board.entry(i.board_id).or_default() += 1;
         }
-        1 + per_board.values().map(|n| n.div_ceil(500).max(1)).sum::<u64>()
+        1 + per_board
+            .values()
+            .map(|n| n.div_ceil(500).max(1))
+            .sum::<u64>()
     }
 
     /// Asserts a stored task is the simulator's item, field by field.
@@ -85,36 +92,86 @@ pub mod truth {
         assert_eq!(t.meta.source_id, *id);
         assert_eq!(t.title.as_deref(), Some(item.name.as_str()), "{id} title");
         assert_eq!(t.board_id.as_deref(), Some(board.id.as_str()), "{id} board");
-        assert_eq!(t.board_name.as_deref(), Some(board.name.as_str()), "{id} board name");
+        assert_eq!(
+            t.board_name.as_deref(),
+            Some(board.name.as_str()),
+            "{id} board name"
+        );
         let group = board.groups.iter().find(|g| g.id == item.group_id).unwrap();
-        assert_eq!(t.group_name.as_deref(), Some(group.title.as_str()), "{id} group");
+        assert_eq!(
+            t.group_name.as_deref(),
+            Some(group.title.as_str()),
+            "{id} group"
+        );
         assert_eq!(t.status, sim.status_label(item), "{id} status");
         let email = item.people.first().and_then(|p| sim.user_email(p));
         assert_eq!(t.assignee_email, email, "{id} assignee");
         assert_eq!(t.due_date, item.due, "{id} due");
         let done = sim.is_done(item);
-        assert_eq!(t.completed_at, done.then_some(item.status_changed_at).flatten(), "{id} completed_at");
-        assert_eq!(t.meta.source_updated_at, Some(item.updated_at), "{id} updated_at");
-        assert_eq!(t.meta.source_created_at, Some(item.created_at), "{id} created_at");
+        assert_eq!(
+            t.completed_at,
+            done.then_some(item.status_changed_at).flatten(),
+            "{id} completed_at"
+        );
+        assert_eq!(
+            t.meta.source_updated_at,
+            Some(item.updated_at),
+            "{id} updated_at"
+        );
+        assert_eq!(
+            t.meta.source_created_at,
+            Some(item.created_at),
+            "{id} created_at"
+        );
         assert_eq!(
             t.url.as_deref(),
-            Some(format!("https://pandora-demo.monday.com/boards/{}/pulses/{id}", board.id).as_str())
+            Some(
+                format!(
+                    "https://pandora-demo.monday.com/boards/{}/pulses/{id}",
+                    board.id
+                )
+                .as_str()
+            )
         );
         // Unmapped columns by id: the notes, the deal size, the priority; several people.
-        let col = |title: &str| board.columns.iter().find(|c| c.title == title).map(|c| c.id.clone());
+        let col = |title: &str| {
+            board
+                .columns
+                .iter()
+                .find(|c| c.title == title)
+                .map(|c| c.id.clone())
+        };
         let cf = &t.meta.custom_fields;
         if let Some(notes) = col("Notes") {
-            assert_eq!(cf.get(&notes), item.notes.as_ref().map(|n| json!(n)).as_ref(), "{id} notes");
+            assert_eq!(
+                cf.get(&notes),
+                item.notes.as_ref().map(|n| json!(n)).as_ref(),
+                "{id} notes"
+            );
         }
         if let Some(amount) = col("Deal size") {
-            assert_eq!(cf.get(&amount), item.amount.map(|n| json!(n.to_string())).as_ref(), "{id} amount");
+            assert_eq!(
+                cf.get(&amount),
+                item.amount.map(|n| json!(n.to_string())).as_ref(),
+                "{id} amount"
+            );
         }
         if let Some(p) = col("Priority") {
-            let label = item.priority_index.map(|i| json!(["High", "Medium", "Low"][i as usize]));
+            let label = item
+                .priority_index
+                .map(|i| json!(["High", "Medium", "Low"][i as usize]));
             assert_eq!(cf.get(&p), label.as_ref(), "{id} priority");
         }
-        let emails: Vec<String> = item.people.iter().filter_map(|p| sim.user_email(p)).collect();
-        assert_eq!(cf.get("assignee_emails"), (emails.len() > 1).then(|| json!(emails)).as_ref(), "{id} people");
+        let emails: Vec<String> = item
+            .people
+            .iter()
+            .filter_map(|p| sim.user_email(p))
+            .collect();
+        assert_eq!(
+            cf.get("assignee_emails"),
+            (emails.len() > 1).then(|| json!(emails)).as_ref(),
+            "{id} people"
+        );
         for key in ["status", "person", "date4"] {
             assert!(!cf.contains_key(key), "{id}: {key} is a typed column");
         }

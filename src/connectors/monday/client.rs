@@ -95,7 +95,10 @@ impl MondayClient {
             })
         };
         if let Some(wait) = wait {
-            tracing::debug!(wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX), "monday: waiting for the complexity budget to reset");
+            tracing::debug!(
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                "monday: waiting for the complexity budget to reset"
+            );
             lock(&self.budget).paced_waits += 1;
             lock(&self.budget).last = None;
             tokio::time::sleep(wait).await;
@@ -135,13 +138,13 @@ impl MondayClient {
         let data = parsed
             .data
             .ok_or_else(|| Error::decode(None, "monday answer without data"))?;
-        if let Some(c) = data.get("complexity").filter(|c| !c.is_null()) {
-            if let Ok(c) = serde_json::from_value::<Complexity>(c.clone()) {
-                let mut b = lock(&self.budget);
-                b.spent += c.query.unwrap_or(0.0);
-                b.queries += 1;
-                b.last = Some(c);
-            }
+        if let Some(c) = data.get("complexity").filter(|c| !c.is_null())
+            && let Ok(c) = serde_json::from_value::<Complexity>(c.clone())
+        {
+            let mut b = lock(&self.budget);
+            b.spent += c.query.unwrap_or(0.0);
+            b.queries += 1;
+            b.last = Some(c);
         }
         serde_json::from_value(data)
             .map_err(|e| Error::decode(None, format!("unreadable monday answer: {e}")))

@@ -21,19 +21,31 @@ fn arb_json() -> impl Strategy<Value = Value> {
         ".{0,24}".prop_map(Value::String),
         Just(json!("2024-05-01T09:30:15Z")),
         Just(json!("+262143-12-31T23:59:59Z")),
-        Just(json!("{\"labels\":{\"1\":\"Done\"},\"done_colors\":[1, -4, 1e300, \"x\"]}")),
-        Just(json!("{\"personsAndTeams\":[{\"id\":\"x\"},{\"id\":1e99}]}")),
+        Just(json!(
+            "{\"labels\":{\"1\":\"Done\"},\"done_colors\":[1, -4, 1e300, \"x\"]}"
+        )),
+        Just(json!(
+            "{\"personsAndTeams\":[{\"id\":\"x\"},{\"id\":1e99}]}"
+        )),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             prop::collection::hash_map(
                 prop_oneof![
-                    Just("id".to_owned()), Just("name".to_owned()), Just("updated_at".to_owned()),
-                    Just("created_at".to_owned()), Just("column_values".to_owned()),
-                    Just("value".to_owned()), Just("text".to_owned()), Just("type".to_owned()),
-                    Just("settings_str".to_owned()), Just("columns".to_owned()),
-                    Just("group".to_owned()), Just("groups".to_owned()), ".{0,8}"
+                    Just("id".to_owned()),
+                    Just("name".to_owned()),
+                    Just("updated_at".to_owned()),
+                    Just("created_at".to_owned()),
+                    Just("column_values".to_owned()),
+                    Just("value".to_owned()),
+                    Just("text".to_owned()),
+                    Just("type".to_owned()),
+                    Just("settings_str".to_owned()),
+                    Just("columns".to_owned()),
+                    Just("group".to_owned()),
+                    Just("groups".to_owned()),
+                    ".{0,8}"
                 ],
                 inner,
                 0..8

@@ -100,8 +100,12 @@ impl MondayCredentials {
     /// Reads `{"api_token"}` through a lookup of secret values by key.
     pub fn from_lookup(get: impl Fn(&str) -> Option<SecretString>) -> Result<Self> {
         match get("api_token") {
-            Some(t) if !t.expose_secret().trim().is_empty() => Ok(MondayCredentials { api_token: t }),
-            Some(_) => Err(Error::config("monday credentials: \"api_token\" must not be empty")),
+            Some(t) if !t.expose_secret().trim().is_empty() => {
+                Ok(MondayCredentials { api_token: t })
+            }
+            Some(_) => Err(Error::config(
+                "monday credentials: \"api_token\" must not be empty",
+            )),
             None => Err(Error::config("monday credentials need \"api_token\"")),
         }
     }
@@ -178,7 +182,11 @@ impl std::fmt::Debug for MondayConnector {
 impl MondayConnector {
     /// A connector for the monday.com API at `base_url` (`https://api.monday.com` or a
     /// simulator).
-    pub fn new(base_url: &str, credentials: MondayCredentials, config: MondayConfig) -> Result<Self> {
+    pub fn new(
+        base_url: &str,
+        credentials: MondayCredentials,
+        config: MondayConfig,
+    ) -> Result<Self> {
         config.validate()?;
         Ok(MondayConnector {
             client: MondayClient::new(base_url, &credentials.api_token, &config)?,
@@ -230,12 +238,22 @@ impl SyncCapable for MondayConnector {
         ConnectorKind::Monday
     }
 
-    async fn initial_sync(&self, ctx: &SyncContext, sink: &mut dyn RecordSink) -> Result<SyncReport> {
-        self.run(ctx, Checkpoint::default(), Mode::Initial, sink).await
+    async fn initial_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        self.run(ctx, Checkpoint::default(), Mode::Initial, sink)
+            .await
     }
 
-    async fn incremental_sync(&self, ctx: &SyncContext, sink: &mut dyn RecordSink) -> Result<SyncReport> {
-        self.run(ctx, ctx.previous().clone(), Mode::Incremental, sink).await
+    async fn incremental_sync(
+        &self,
+        ctx: &SyncContext,
+        sink: &mut dyn RecordSink,
+    ) -> Result<SyncReport> {
+        self.run(ctx, ctx.previous().clone(), Mode::Incremental, sink)
+            .await
     }
 }
 
@@ -247,13 +265,24 @@ mod tests {
     fn config_and_credentials() {
         let d = MondayConfig::from_json(&serde_json::Value::Null).unwrap();
         assert!(d.boards.is_empty() && d.rate_limit.is_none());
-        let c = MondayConfig::from_json(&json!({"boards": [" 123 "], "internal_domains": ["x.com"],
-            "rate_limit": {"max_requests": 5, "window_ms": 1000}})).unwrap();
+        let c =
+            MondayConfig::from_json(&json!({"boards": [" 123 "], "internal_domains": ["x.com"],
+            "rate_limit": {"max_requests": 5, "window_ms": 1000}}))
+            .unwrap();
         assert_eq!(c.boards, ["123"]);
-        for bad in [json!({"boards": "123"}), json!({"boards": [""]}), json!({"x": 1}), json!({"base_url": "ftp://x"})] {
-            assert!(matches!(MondayConfig::from_json(&bad), Err(Error::Config(m)) if m.contains("monday config")), "{bad}");
+        for bad in [
+            json!({"boards": "123"}),
+            json!({"boards": [""]}),
+            json!({"x": 1}),
+            json!({"base_url": "ftp://x"}),
+        ] {
+            assert!(
+                matches!(MondayConfig::from_json(&bad), Err(Error::Config(m)) if m.contains("monday config")),
+                "{bad}"
+            );
         }
-        let get = |v: &'static str| move |k: &str| (k == "api_token").then(|| SecretString::from(v));
+        let get =
+            |v: &'static str| move |k: &str| (k == "api_token").then(|| SecretString::from(v));
         let creds = MondayCredentials::from_lookup(get("tok-s3cret")).unwrap();
         assert!(!format!("{creds:?}").contains("s3cret"));
         assert!(MondayCredentials::from_lookup(get(" ")).is_err());

@@ -27,8 +27,8 @@ use super::MondayConfig;
 use super::client::{MondayClient, is_cursor_expired};
 use super::transform::{self, BoardPlan};
 use super::types::{
-    ActivityLog, BoardsData, FirstPageData, ItemState, ItemsData, ItemsPage, NextPageData,
-    UserDef, UsersData,
+    ActivityLog, BoardsData, FirstPageData, ItemState, ItemsData, ItemsPage, NextPageData, UserDef,
+    UsersData,
 };
 use crate::capture::RecordFailure;
 use crate::connector::{Checkpoint, Deletion, RecordBatch, RecordSink, SyncContext, SyncReport};
@@ -78,7 +78,11 @@ pub(crate) enum Mode {
 /// The next whole second at or after `t`.
 fn ceil_secs(t: DateTime<Utc>) -> DateTime<Utc> {
     let whole = DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
-    if whole < t { whole + chrono::Duration::seconds(1) } else { whole }
+    if whole < t {
+        whole + chrono::Duration::seconds(1)
+    } else {
+        whole
+    }
 }
 
 fn fmt(t: DateTime<Utc>) -> String {
@@ -114,7 +118,10 @@ fn log_time(v: Option<&Value>) -> Option<DateTime<Utc>> {
 /// The item a log entry names (`data.pulse_id`), for archive and delete events.
 fn removed_item(log: &ActivityLog) -> Option<(String, DateTime<Utc>)> {
     let event = log.event.as_deref()?;
-    if !matches!(event, "archive_pulse" | "delete_pulse" | "batch_delete_pulses" | "batch_archive_pulses") {
+    if !matches!(
+        event,
+        "archive_pulse" | "delete_pulse" | "batch_delete_pulses" | "batch_archive_pulses"
+    ) {
         return None;
     }
     let data: Value = serde_json::from_str(log.data.as_deref()?).ok()?;
@@ -167,9 +174,13 @@ impl<'a> Syncer<'a> {
                 Err(e) => {
                     failed += 1;
                     tracing::warn!(board = %plan.id, error = %e, "monday: board failed");
-                    self.boards_failed.push(json!({"board": plan.id, "error": e.to_string()}));
+                    self.boards_failed
+                        .push(json!({"board": plan.id, "error": e.to_string()}));
                     let batch = RecordBatch {
-                        failures: vec![RecordFailure::new(Some(format!("board:{}", plan.id)), e.to_string())],
+                        failures: vec![RecordFailure::new(
+                            Some(format!("board:{}", plan.id)),
+                            e.to_string(),
+                        )],
                         ..Default::default()
                     };
                     self.write(sink, batch).await?;
@@ -185,7 +196,15 @@ impl<'a> Syncer<'a> {
     }
 
     async fn write(&mut self, sink: &mut dyn RecordSink, batch: RecordBatch) -> Result<()> {
-        write_page(sink, batch, &self.checkpoint, &mut self.report, self.ctx, "monday: items written").await
+        write_page(
+            sink,
+            batch,
+            &self.checkpoint,
+            &mut self.report,
+            self.ctx,
+            "monday: items written",
+        )
+        .await
     }
 
     async fn board(
@@ -220,10 +239,17 @@ impl<'a> Syncer<'a> {
         let continuing = s.cursor.is_some();
         let until = s.begin_pass(self.ctx);
         let from = if continuing {
-            s.extra.get(EXTRA_FROM).and_then(Value::as_str).and_then(sanitize::datetime_str)
+            s.extra
+                .get(EXTRA_FROM)
+                .and_then(Value::as_str)
+                .and_then(sanitize::datetime_str)
         } else {
             let full = full_requested || s.watermark.is_none() || s.repair;
-            let from = if full { None } else { s.watermark.map(|w| w - OVERLAP) };
+            let from = if full {
+                None
+            } else {
+                s.watermark.map(|w| w - OVERLAP)
+            };
             match from {
                 Some(f) => s.extra.insert(EXTRA_FROM.into(), json!(fmt(f))),
                 None => s.extra.remove(EXTRA_FROM),
@@ -242,7 +268,14 @@ impl<'a> Syncer<'a> {
             let answer = match &cursor {
                 Some(c) => next_page(self.client, c).await.map(|p| (p, Vec::new())),
                 None => {
-                    first_page(self.client, &plan.id, lower, until, logs_due.then_some((from, until))).await
+                    first_page(
+                        self.client,
+                        &plan.id,
+                        lower,
+                        until,
+                        logs_due.then_some((from, until)),
+                    )
+                    .await
                 }
             };
             let (page, logs) = match answer {
@@ -267,7 +300,13 @@ impl<'a> Syncer<'a> {
             }
             let next = page.next_cursor().map(str::to_owned);
             if next.is_some() && next == cursor {
-                return Err(Error::decode(None, format!("monday returned the same cursor twice for board {}; stopping instead of looping", plan.id)));
+                return Err(Error::decode(
+                    None,
+                    format!(
+                        "monday returned the same cursor twice for board {}; stopping instead of looping",
+                        plan.id
+                    ),
+                ));
             }
             let ws = self.ctx.workspace_id();
             let mut batch = capture_page(page.items, transform::item_id, |raw| {
@@ -330,15 +369,15 @@ impl<'a> Syncer<'a> {
         for chunk in ids.chunks(IDS_PER_READ) {
             let states = item_states(self.client, chunk).await?;
             for id in chunk {
-                let gone = states.get(id).is_none_or(|s| matches!(s.as_deref(), Some("archived" | "deleted")));
-                if gone {
-                    if let Some(at) = removed.get(id) {
-                        out.push(Deletion {
-                            kind: RecordKind::Task,
-                            source_id: id.clone(),
-                            deleted_at: *at,
-                        });
-                    }
+                let gone = states
+                    .get(id)
+                    .is_none_or(|s| matches!(s.as_deref(), Some("archived" | "deleted")));
+                if gone && let Some(at) = removed.get(id) {
+                    out.push(Deletion {
+                        kind: RecordKind::Task,
+                        source_id: id.clone(),
+                        deleted_at: *at,
+                    });
                 }
             }
         }
@@ -391,10 +430,13 @@ pub(crate) async fn discover(
             let got = data.users.unwrap_or_default();
             more_users = got.len() as u64 >= USERS_PAGE;
             for u in got {
-                if let Ok(u) = serde_json::from_value::<UserDef>(u) {
-                    if let Some(email) = u.email.map(|e| e.trim().to_owned()).filter(|e| !e.is_empty()) {
-                        emails.insert(u.id, email);
-                    }
+                if let Ok(u) = serde_json::from_value::<UserDef>(u)
+                    && let Some(email) = u
+                        .email
+                        .map(|e| e.trim().to_owned())
+                        .filter(|e| !e.is_empty())
+                {
+                    emails.insert(u.id, email);
                 }
             }
         }
@@ -406,10 +448,20 @@ pub(crate) async fn discover(
 }
 
 /// Looks up users by email (the writer's people values).
-pub(crate) async fn user_ids(client: &MondayClient, emails: &[String]) -> Result<HashMap<String, String>> {
-    let query = q("query ($emails: [String], $limit: Int) { COMPLEXITY users(emails: $emails, limit: $limit) { id email } }", false);
+pub(crate) async fn user_ids(
+    client: &MondayClient,
+    emails: &[String],
+) -> Result<HashMap<String, String>> {
+    let query = q(
+        "query ($emails: [String], $limit: Int) { COMPLEXITY users(emails: $emails, limit: $limit) { id email } }",
+        false,
+    );
     let data: UsersData = client
-        .graphql(&query, json!({"emails": emails, "limit": emails.len().max(1)}), false)
+        .graphql(
+            &query,
+            json!({"emails": emails, "limit": emails.len().max(1)}),
+            false,
+        )
         .await?;
     Ok(data
         .users
@@ -425,11 +477,15 @@ pub(crate) async fn user_ids(client: &MondayClient, emails: &[String]) -> Result
 fn items_query(lower: Option<DateTime<Utc>>, until: DateTime<Utc>) -> Value {
     let mut rules = Vec::new();
     if let Some(l) = lower {
-        rules.push(json!({"column_id": "__last_updated__", "compare_value": ["EXACT", fmt(l)],
-                          "operator": "greater_than_or_equals", "compare_attribute": "UPDATED_AT"}));
+        rules.push(
+            json!({"column_id": "__last_updated__", "compare_value": ["EXACT", fmt(l)],
+                          "operator": "greater_than_or_equals", "compare_attribute": "UPDATED_AT"}),
+        );
     }
-    rules.push(json!({"column_id": "__last_updated__", "compare_value": ["EXACT", fmt(until)],
-                      "operator": "lower_than_or_equal", "compare_attribute": "UPDATED_AT"}));
+    rules.push(
+        json!({"column_id": "__last_updated__", "compare_value": ["EXACT", fmt(until)],
+                      "operator": "lower_than_or_equal", "compare_attribute": "UPDATED_AT"}),
+    );
     json!({"rules": rules, "operator": "and", "order_by": [{"column_id": "__last_updated__", "direction": "asc"}]})
 }
 
@@ -469,8 +525,17 @@ async fn first_page(
         .into_iter()
         .next()
         .flatten()
-        .ok_or_else(|| Error::api("monday", 404, &format!("board {board} is gone (deleted, or no longer visible to the token)")))?;
-    Ok((board.items_page.unwrap_or_default(), board.activity_logs.unwrap_or_default()))
+        .ok_or_else(|| {
+            Error::api(
+                "monday",
+                404,
+                &format!("board {board} is gone (deleted, or no longer visible to the token)"),
+            )
+        })?;
+    Ok((
+        board.items_page.unwrap_or_default(),
+        board.activity_logs.unwrap_or_default(),
+    ))
 }
 
 async fn next_page(client: &MondayClient, cursor: &str) -> Result<ItemsPage> {
@@ -512,8 +577,14 @@ async fn logs_page(
 }
 
 /// `items(ids)`: each item's `state` (`active`, `archived`, `deleted`).
-async fn item_states(client: &MondayClient, ids: &[String]) -> Result<HashMap<String, Option<String>>> {
-    let query = q("query ($ids: [ID!], $limit: Int) { COMPLEXITY items(ids: $ids, limit: $limit) { id state } }", false);
+async fn item_states(
+    client: &MondayClient,
+    ids: &[String],
+) -> Result<HashMap<String, Option<String>>> {
+    let query = q(
+        "query ($ids: [ID!], $limit: Int) { COMPLEXITY items(ids: $ids, limit: $limit) { id state } }",
+        false,
+    );
     let data: ItemsData = client
         .graphql(&query, json!({"ids": ids, "limit": ids.len()}), false)
         .await?;
@@ -550,7 +621,10 @@ mod tests {
             created_at: Some(json!("17171712000000000")),
         };
         assert_eq!(removed_item(&log), Some(("123".into(), t)));
-        let other = ActivityLog { event: Some("update_column_value".into()), ..log.clone() };
+        let other = ActivityLog {
+            event: Some("update_column_value".into()),
+            ..log.clone()
+        };
         assert_eq!(removed_item(&other), None);
         assert!(log_time(Some(&json!("x"))).is_none());
     }
@@ -559,10 +633,19 @@ mod tests {
     fn items_query_uses_the_sdk_rule_form_ascending() {
         let until = DateTime::from_timestamp(1_717_171_200, 0).unwrap();
         let qp = items_query(Some(until - OVERLAP), until);
-        assert_eq!(qp["rules"][0]["compare_value"], json!(["EXACT", "2024-05-31T15:50:00Z"]));
+        assert_eq!(
+            qp["rules"][0]["compare_value"],
+            json!(["EXACT", "2024-05-31T15:50:00Z"])
+        );
         assert_eq!(qp["rules"][0]["operator"], "greater_than_or_equals");
         assert_eq!(qp["rules"][1]["operator"], "lower_than_or_equal");
-        assert_eq!(qp["order_by"][0], json!({"column_id": "__last_updated__", "direction": "asc"}));
-        assert_eq!(items_query(None, until)["rules"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            qp["order_by"][0],
+            json!({"column_id": "__last_updated__", "direction": "asc"})
+        );
+        assert_eq!(
+            items_query(None, until)["rules"].as_array().unwrap().len(),
+            1
+        );
     }
 }

@@ -43,7 +43,11 @@ fn title_is(c: &ColumnDef, t: &str) -> bool {
 
 impl BoardPlan {
     pub(crate) fn of(board: &BoardDef) -> BoardPlan {
-        let statuses: Vec<&ColumnDef> = board.columns.iter().filter(|c| c.is("status") || c.is("color")).collect();
+        let statuses: Vec<&ColumnDef> = board
+            .columns
+            .iter()
+            .filter(|c| c.is("status") || c.is("color"))
+            .collect();
         let status = statuses
             .iter()
             .find(|c| title_is(c, "status"))
@@ -56,7 +60,9 @@ impl BoardPlan {
             .copied();
         let labels = status.map(ColumnDef::labels).unwrap_or_default();
         let done_labels = match status.and_then(ColumnDef::done_indexes) {
-            Some(ix) if !ix.is_empty() => ix.iter().filter_map(|i| labels.get(i).cloned()).collect(),
+            Some(ix) if !ix.is_empty() => {
+                ix.iter().filter_map(|i| labels.get(i).cloned()).collect()
+            }
             _ => labels
                 .values()
                 .filter(|l| l.eq_ignore_ascii_case("done"))
@@ -65,7 +71,12 @@ impl BoardPlan {
         };
         BoardPlan {
             id: board.id.clone(),
-            name: board.name.as_deref().map(str::trim).filter(|n| !n.is_empty()).map(str::to_owned),
+            name: board
+                .name
+                .as_deref()
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
             groups: board
                 .groups
                 .iter()
@@ -79,7 +90,11 @@ impl BoardPlan {
                 .iter()
                 .find(|c| c.is("people") || c.is("multiple-person"))
                 .map(|c| c.id.clone()),
-            date_column: board.columns.iter().find(|c| c.is("date")).map(|c| c.id.clone()),
+            date_column: board
+                .columns
+                .iter()
+                .find(|c| c.is("date"))
+                .map(|c| c.id.clone()),
         }
     }
 
@@ -119,7 +134,11 @@ pub(crate) fn people_ids(value: Option<&Value>) -> Vec<String> {
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
-                .filter(|p| p.get("kind").and_then(Value::as_str).is_none_or(|k| k == "person"))
+                .filter(|p| {
+                    p.get("kind")
+                        .and_then(Value::as_str)
+                        .is_none_or(|k| k == "person")
+                })
                 .filter_map(|p| id_string(p.get("id")))
                 .collect()
         })
@@ -157,7 +176,12 @@ pub(crate) fn task(
     let mut people = Vec::new();
     let mut due: Option<NaiveDate> = None;
     for cv in &item.column_values {
-        let text = cv.text.as_deref().map(sanitize::strip_nul).map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        let text = cv
+            .text
+            .as_deref()
+            .map(sanitize::strip_nul)
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
         let value = cv.decoded();
         if Some(&cv.id) == board.status_column.as_ref() {
             status = text;
@@ -168,18 +192,26 @@ pub(crate) fn task(
             due = value
                 .as_ref()
                 .and_then(|v| sanitize::date(v.get("date")))
-                .or_else(|| text.as_deref().and_then(|t| NaiveDate::parse_from_str(t, "%Y-%m-%d").ok()));
+                .or_else(|| {
+                    text.as_deref()
+                        .and_then(|t| NaiveDate::parse_from_str(t, "%Y-%m-%d").ok())
+                });
         } else if let Some(t) = text {
             custom.insert(cv.id.clone(), Value::String(t));
         } else if let Some(v) = value {
             custom.insert(cv.id.clone(), sanitize::sanitize_value(v));
         }
     }
-    let assignees: Vec<String> = people.iter().filter_map(|p| emails.get(p).cloned()).collect();
+    let assignees: Vec<String> = people
+        .iter()
+        .filter_map(|p| emails.get(p).cloned())
+        .collect();
     if assignees.len() > 1 {
         custom.insert("assignee_emails".into(), json!(assignees));
     }
-    let done = status.as_ref().is_some_and(|s| board.done_labels.contains(s));
+    let done = status
+        .as_ref()
+        .is_some_and(|s| board.done_labels.contains(s));
     meta.custom_fields = custom;
     let group_name = item.group.as_ref().and_then(|g| {
         g.id.as_ref()
@@ -223,7 +255,11 @@ mod tests {
     #[test]
     fn columns_are_found_by_type_and_settings() {
         let p = BoardPlan::of(&board());
-        assert_eq!(p.status_column.as_deref(), Some("color_mk1"), "the status column with done labels, not the first");
+        assert_eq!(
+            p.status_column.as_deref(),
+            Some("color_mk1"),
+            "the status column with done labels, not the first"
+        );
         assert_eq!(p.done_labels, BTreeSet::from(["Shipped".to_owned()]));
         assert_eq!(p.first_done_label(), Some("Shipped"));
         assert_eq!(p.people_column.as_deref(), Some("people_x"));
@@ -233,7 +269,10 @@ mod tests {
     #[test]
     fn an_item_becomes_a_task() {
         let p = BoardPlan::of(&board());
-        let emails = HashMap::from([("5".to_owned(), "ada@x.com".to_owned()), ("6".to_owned(), "bob@x.com".to_owned())]);
+        let emails = HashMap::from([
+            ("5".to_owned(), "ada@x.com".to_owned()),
+            ("6".to_owned(), "bob@x.com".to_owned()),
+        ]);
         let raw = json!({
             "id": "901", "name": "Call Acme", "state": "active",
             "created_at": "2024-05-01T08:00:00Z", "updated_at": "2024-06-01T10:00:00Z",
@@ -255,7 +294,10 @@ mod tests {
         assert_eq!(t.due_date, NaiveDate::from_ymd_opt(2024, 6, 10));
         assert_eq!(t.completed_at, time(Some(&json!("2024-05-30T09:00:00Z"))));
         assert_eq!(t.meta.custom_fields.get("color_pri"), Some(&json!("High")));
-        assert_eq!(t.meta.custom_fields.get("assignee_emails"), Some(&json!(["ada@x.com", "bob@x.com"])));
+        assert_eq!(
+            t.meta.custom_fields.get("assignee_emails"),
+            Some(&json!(["ada@x.com", "bob@x.com"]))
+        );
         assert!(!t.meta.custom_fields.contains_key("text_z"));
         assert_eq!(t.board_name.as_deref(), Some("Pipeline"));
 

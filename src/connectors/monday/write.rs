@@ -50,14 +50,21 @@ impl MondayConnector {
         let query = format!(
             "query ($ids: [ID!]) {{ {COMPLEXITY} boards(ids: $ids) {{ id name state type columns {{ id title type settings_str }} groups {{ id title }} }} }}"
         );
-        let data: BoardsData = self.client.graphql(&query, json!({"ids": [board]}), false).await?;
+        let data: BoardsData = self
+            .client
+            .graphql(&query, json!({"ids": [board]}), false)
+            .await?;
         let def = data
             .boards
             .unwrap_or_default()
             .into_iter()
             .flatten()
             .next()
-            .ok_or_else(|| invalid(format!("monday board {board} not found (or not visible to the token)")))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "monday board {board} not found (or not visible to the token)"
+                ))
+            })?;
         let plan = BoardPlan::of(&def);
         self.plans
             .lock()
@@ -68,7 +75,11 @@ impl MondayConnector {
 
     /// `column_values` for the changes, JSON-encoded per column type; unknown labels and
     /// emails are errors before anything is sent.
-    async fn column_values(&self, plan: &BoardPlan, c: &Changes) -> Result<(Map<String, Value>, HashMap<String, String>)> {
+    async fn column_values(
+        &self,
+        plan: &BoardPlan,
+        c: &Changes,
+    ) -> Result<(Map<String, Value>, HashMap<String, String>)> {
         let mut values = Map::new();
         let mut emails = HashMap::new();
         if let Some(status) = &c.status {
@@ -103,12 +114,12 @@ impl MondayConnector {
                 Some(email) => {
                     let email = email.trim().to_lowercase();
                     let found = user_ids(&self.client, std::slice::from_ref(&email)).await?;
-                    let id = found
-                        .get(&email)
-                        .ok_or_else(|| invalid(format!("no monday user has the email {email:?}")))?;
-                    let numeric: u64 = id
-                        .parse()
-                        .map_err(|_| Error::decode(None, format!("monday user id {id:?} is not numeric")))?;
+                    let id = found.get(&email).ok_or_else(|| {
+                        invalid(format!("no monday user has the email {email:?}"))
+                    })?;
+                    let numeric: u64 = id.parse().map_err(|_| {
+                        Error::decode(None, format!("monday user id {id:?} is not numeric"))
+                    })?;
                     emails.insert(id.clone(), email.clone());
                     json!({"personsAndTeams": [{"id": numeric, "kind": "person"}]})
                 }
@@ -130,7 +141,13 @@ impl MondayConnector {
     }
 
     /// The item as a task, with the emails of its people.
-    async fn task_of(&self, ws: Uuid, plan: &BoardPlan, raw: Value, mut emails: HashMap<String, String>) -> Result<Task> {
+    async fn task_of(
+        &self,
+        ws: Uuid,
+        plan: &BoardPlan,
+        raw: Value,
+        mut emails: HashMap<String, String>,
+    ) -> Result<Task> {
         let item = transform::decode(raw)?;
         let people: Vec<String> = item
             .column_values
@@ -140,13 +157,17 @@ impl MondayConnector {
             .filter(|id| !emails.contains_key(id))
             .collect();
         if !people.is_empty() {
-            let query = format!("query ($ids: [ID!]) {{ {COMPLEXITY} users(ids: $ids) {{ id email }} }}");
-            let data: super::types::UsersData = self.client.graphql(&query, json!({"ids": people}), false).await?;
+            let query =
+                format!("query ($ids: [ID!]) {{ {COMPLEXITY} users(ids: $ids) {{ id email }} }}");
+            let data: super::types::UsersData = self
+                .client
+                .graphql(&query, json!({"ids": people}), false)
+                .await?;
             for u in data.users.unwrap_or_default() {
-                if let Ok(u) = serde_json::from_value::<super::types::UserDef>(u) {
-                    if let Some(e) = u.email {
-                        emails.insert(u.id, e);
-                    }
+                if let Ok(u) = serde_json::from_value::<super::types::UserDef>(u)
+                    && let Some(e) = u.email
+                {
+                    emails.insert(u.id, e);
                 }
             }
         }
@@ -158,10 +179,18 @@ impl MondayConnector {
         if item.is_empty() || !item.bytes().all(|c| c.is_ascii_digit()) {
             return Err(invalid(format!("{item:?} is not a monday item id")));
         }
-        let query = format!("query ($ids: [ID!]) {{ {COMPLEXITY} items(ids: $ids) {{ id state board {{ id }} }} }}");
-        let data: ItemsData = self.client.graphql(&query, json!({"ids": [item]}), false).await?;
+        let query = format!(
+            "query ($ids: [ID!]) {{ {COMPLEXITY} items(ids: $ids) {{ id state board {{ id }} }} }}"
+        );
+        let data: ItemsData = self
+            .client
+            .graphql(&query, json!({"ids": [item]}), false)
+            .await?;
         let found = data.items.unwrap_or_default().into_iter().next();
-        let state = found.as_ref().and_then(|v| v.get("state")).and_then(Value::as_str);
+        let state = found
+            .as_ref()
+            .and_then(|v| v.get("state"))
+            .and_then(Value::as_str);
         if state == Some("deleted") {
             return Err(invalid(format!("monday item {item} is deleted")));
         }
@@ -172,7 +201,13 @@ impl MondayConnector {
             .ok_or_else(|| invalid(format!("monday item {item} not found")))
     }
 
-    async fn change(&self, ws: Uuid, item: &str, title: Option<String>, changes: Changes) -> Result<Task> {
+    async fn change(
+        &self,
+        ws: Uuid,
+        item: &str,
+        title: Option<String>,
+        changes: Changes,
+    ) -> Result<Task> {
         let _one_at_a_time = self.write_lock.lock().await;
         let board = self.board_of(item).await?;
         let plan = self.plan(&board).await?;
@@ -185,7 +220,10 @@ impl MondayConnector {
             values.insert("name".into(), Value::String(t));
         }
         let raw = if values.is_empty() {
-            items_by_id(&self.client, &[item.to_owned()]).await?.into_iter().next()
+            items_by_id(&self.client, &[item.to_owned()])
+                .await?
+                .into_iter()
+                .next()
         } else {
             let query = format!(
                 "mutation ($board: ID!, $item: ID!, $values: JSON!) {{ {COMPLEXITY} change_multiple_column_values(board_id: $board, item_id: $item, column_values: $values) {{ ...ItemFields }} }}\n{ITEM_FIELDS}"
@@ -196,7 +234,9 @@ impl MondayConnector {
                 .await?;
             data.get("change_multiple_column_values").cloned()
         };
-        let raw = raw.filter(|v| !v.is_null()).ok_or_else(|| invalid(format!("monday item {item} not found")))?;
+        let raw = raw
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| invalid(format!("monday item {item} not found")))?;
         self.task_of(ws, &plan, raw, emails).await
     }
 }
@@ -209,10 +249,13 @@ impl TaskAdapter for MondayConnector {
             return Err(invalid("a monday item name must not be empty".into()));
         }
         let plan = self.plan(task.board_id.trim()).await?;
-        if let Some(g) = &task.group_id {
-            if !plan.groups.contains_key(g) {
-                return Err(invalid(format!("monday board {} has no group {g:?}", plan.id)));
-            }
+        if let Some(g) = &task.group_id
+            && !plan.groups.contains_key(g)
+        {
+            return Err(invalid(format!(
+                "monday board {} has no group {g:?}",
+                plan.id
+            )));
         }
         let changes = Changes {
             status: task.status.clone().map(Some),
@@ -240,13 +283,19 @@ impl TaskAdapter for MondayConnector {
         self.task_of(workspace_id, &plan, raw, emails).await
     }
 
-    async fn update_task(&self, workspace_id: Uuid, source_id: &str, update: TaskUpdate) -> Result<Task> {
+    async fn update_task(
+        &self,
+        workspace_id: Uuid,
+        source_id: &str,
+        update: TaskUpdate,
+    ) -> Result<Task> {
         let changes = Changes {
             status: update.status,
             assignee_email: update.assignee_email,
             due_date: update.due_date,
         };
-        self.change(workspace_id, source_id.trim(), update.title, changes).await
+        self.change(workspace_id, source_id.trim(), update.title, changes)
+            .await
     }
 
     async fn complete_task(&self, workspace_id: Uuid, source_id: &str) -> Result<Task> {
@@ -260,6 +309,7 @@ impl TaskAdapter for MondayConnector {
             status: Some(Some(done)),
             ..Default::default()
         };
-        self.change(workspace_id, source_id.trim(), None, changes).await
+        self.change(workspace_id, source_id.trim(), None, changes)
+            .await
     }
 }
