@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod connector;
+mod sim;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod e2e;
