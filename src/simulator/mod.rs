@@ -26,7 +26,12 @@
 mod gong;
 mod hubspot;
 mod monday;
-#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+#[cfg(all(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "monday",
+    feature = "sqlite"
+))]
 mod quickstart;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -56,10 +61,20 @@ pub use monday::{
     MONDAY_CURRENT_API_VERSION, MondayItemState, MondaySim, MondaySimBoard, MondaySimColumn,
     MondaySimConfig, MondaySimGroup, MondaySimItem, MondaySimRequest, MondaySimUser,
 };
-#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+#[cfg(all(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "monday",
+    feature = "sqlite"
+))]
 #[cfg_attr(
     docsrs,
-    doc(cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite")))
+    doc(cfg(all(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "monday",
+        feature = "sqlite"
+    )))
 )]
 pub use quickstart::{QuickstartConfig, QuickstartReport, run_quickstart};
 

@@ -1,5 +1,5 @@
-//! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot and Gong
-//! simulators → orchestrator → an SQLite file, an initial and an incremental sync, and the
+//! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot, Gong and
+//! monday.com simulators → orchestrator → an SQLite file, an initial and an incremental sync, and the
 //! built-in post-sync hooks.
 
 use std::collections::BTreeMap;
@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{GongSim, GongSimConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig, NewGongCall};
+use super::{
+    GongSim, GongSimConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig, MondaySim,
+    MondaySimConfig, NewGongCall,
+};
 use crate::connector::ProgressReporter;
 use crate::error::{Error, Result};
 use crate::hooks::BuiltinHooksConfig;
@@ -36,13 +39,17 @@ pub struct QuickstartConfig {
     pub gong_users: u64,
     /// Gong calls over the last 90 days.
     pub gong_calls: u64,
+    /// monday.com boards.
+    pub monday_boards: u32,
+    /// Items on each monday.com board.
+    pub monday_items_per_board: u32,
     /// Where progress goes (records stored so far).
     pub progress: Option<ProgressReporter>,
 }
 
 impl QuickstartConfig {
     /// The quickstart's default size: 2,000 companies, 8,000 contacts, 4,000 deals, 25 Gong
-    /// users and 1,500 calls.
+    /// users and 1,500 calls, 6 monday.com boards of 150 items.
     pub fn new(database: impl Into<PathBuf>) -> Self {
         QuickstartConfig {
             database: database.into(),
@@ -51,6 +58,8 @@ impl QuickstartConfig {
             deals: 4_000,
             gong_users: 25,
             gong_calls: 1_500,
+            monday_boards: 6,
+            monday_items_per_board: 150,
             progress: None,
         }
     }
@@ -107,6 +116,15 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     .await
     .map_err(|e| Error::config(format!("starting the Gong simulator: {e}")))?;
 
+    let monday = MondaySim::start(MondaySimConfig {
+        boards: cfg.monday_boards,
+        first_board_items: cfg.monday_items_per_board,
+        items_per_board: cfg.monday_items_per_board,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the monday.com simulator: {e}")))?;
+
     for suffix in ["", "-wal", "-shm"] {
         let mut p = cfg.database.clone().into_os_string();
         p.push(suffix);
@@ -143,9 +161,24 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         )
         .await?;
 
+    // monday allows far more than the connector's cautious default of 50 requests a
+    // minute on paid plans; the connection uses 500.
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::Monday, "api_token")
+                .with_credentials(Credentials::from_json(serde_json::json!({
+                    "api_token": monday.config().api_token
+                }))?)
+                .with_config(serde_json::json!({
+                    "rate_limit": {"max_requests": 500, "window_ms": 60_000}
+                })),
+        )
+        .await?;
+
     let registry = ConnectorRegistry::builtin(&BTreeMap::from([
         (ConnectorKind::Hubspot, hubspot.base_url()),
         (ConnectorKind::Gong, gong.base_url()),
+        (ConnectorKind::Monday, monday.base_url()),
     ]));
     let orchestrator = Orchestrator::new(store.clone(), registry)
         .with_builtin_hooks(BuiltinHooksConfig::default());
@@ -177,6 +210,20 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
                     .title(format!("Quickstart follow-up {}", n + 1)),
             );
         }
+    }
+    // On the boards: a task done, one renamed, one archived, a new one.
+    let items = monday.items();
+    if let Some(first) = items.first()
+        && let Some(board) = monday.board(&first.board_id)
+    {
+        monday.set_status_index(&first.id, board.done_indexes.first().copied());
+        monday.add_item(&board.id, "Quickstart: send the order form");
+    }
+    if let Some(item) = items.get(1) {
+        monday.rename_item(&item.id, "Quickstart: renamed task");
+    }
+    if let Some(item) = items.get(2) {
+        monday.archive_item(&item.id);
     }
     let incremental = orchestrator.sync_workspace(workspace_id, options()).await?;
 
@@ -214,6 +261,7 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     store.close().await;
     hubspot.shutdown().await;
     gong.shutdown().await;
+    monday.shutdown().await;
     Ok(QuickstartReport {
         workspace_id,
         initial,

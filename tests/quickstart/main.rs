@@ -3,6 +3,7 @@
     feature = "simulator",
     feature = "hubspot",
     feature = "gong",
+    feature = "monday",
     feature = "sqlite"
 ))]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -20,9 +21,11 @@ async fn quickstart_runs_end_to_end() {
     cfg.deals = 80;
     cfg.gong_users = 3;
     cfg.gong_calls = 60;
+    cfg.monday_boards = 3;
+    cfg.monday_items_per_board = 20;
     let r = run_quickstart(cfg).await.unwrap();
     for run in [&r.initial, &r.incremental] {
-        assert_eq!(run.connectors.len(), 2);
+        assert_eq!(run.connectors.len(), 3);
         for c in &run.connectors {
             assert_eq!(
                 c.status,
@@ -72,6 +75,26 @@ async fn quickstart_runs_end_to_end() {
         gong.counts.inserted >= 3,
         "three new calls: {:?}",
         gong.counts
+    );
+    let monday = r
+        .incremental
+        .connectors
+        .iter()
+        .find(|c| c.connector == ConnectorKind::Monday)
+        .unwrap();
+    assert_eq!(
+        (
+            monday.counts.inserted,
+            monday.counts.updated,
+            monday.counts.archived
+        ),
+        (1, 2, 1),
+        "a new task, one done, one renamed, one archived: {:?}",
+        monday.counts
+    );
+    assert_eq!(
+        r.tables["tasks"], 61,
+        "60 items and the new one (the archived row kept)"
     );
     assert_eq!(r.tables["accounts"], 40);
     assert_eq!(r.tables["contacts"], 160);
