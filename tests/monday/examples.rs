@@ -66,6 +66,9 @@ fn example(name: &str) -> PathBuf {
                     cmd.env_remove(key.as_ref());
                 }
             }
+            if exe.components().any(|c| c.as_os_str() == "release") {
+                cmd.arg("--release");
+            }
             let out = cmd.stderr(Stdio::inherit()).output().unwrap();
             assert!(out.status.success(), "building the examples failed");
             String::from_utf8_lossy(&out.stdout)
