@@ -64,8 +64,8 @@ async fn initial_and_no_change_incremental_costs() {
     assert_eq!(requests.len() as u64, full_sync_requests(&sim));
     assert_eq!(
         requests.len(),
-        28,
-        "1 listing + 24 one-page boards + 3 pages of 1,250 items"
+        6,
+        "1 listing, 3 requests for the first pages of 25 boards, 2 more pages of 1,250 items"
     );
     for r in &requests {
         assert_eq!(
@@ -80,7 +80,7 @@ async fn initial_and_no_change_incremental_costs() {
         );
     }
     let spent = report.details["complexity"]["spent"].as_f64().unwrap();
-    assert_eq!(report.details["complexity"]["queries"], 28);
+    assert_eq!(report.details["complexity"]["queries"], 6);
     assert!(spent > 0.0);
     eprintln!(
         "initial: {} requests, complexity {spent}, {} items",
@@ -94,7 +94,10 @@ async fn initial_and_no_change_incremental_costs() {
     let mut sink2 = MemorySink::new();
     let report = c.sync(&ctx, &mut sink2).await.unwrap();
     let n = sim.requests().len();
-    assert_eq!(n, 26, "the listing and one page per board");
+    assert_eq!(
+        n, 4,
+        "the listing and the first pages of ten boards per request"
+    );
     let spent = report.details["complexity"]["spent"].as_f64().unwrap();
     eprintln!(
         "no-change incremental: {n} requests, complexity {spent}, {} items re-read (overlap)",
@@ -111,16 +114,31 @@ async fn initial_and_no_change_incremental_costs() {
         .into_iter()
         .filter(|r| r.query.contains("items_page("))
         .collect();
+    let mut boards_read = 0;
     for r in &first_pages {
-        let rules = r.variables["qp"]["rules"].as_array().unwrap();
-        assert_eq!(rules[0]["operator"], "greater_than_or_equals");
-        assert_eq!(rules[0]["compare_value"][0], "EXACT");
-        assert_eq!(r.variables["qp"]["order_by"][0]["direction"], "asc");
         assert_eq!(
             r.variables["withLogs"], true,
             "removals read with the first page"
         );
+        for (_, qp) in board_queries(r) {
+            boards_read += 1;
+            let rules = qp["rules"].as_array().unwrap();
+            assert_eq!(rules[0]["operator"], "greater_than_or_equals");
+            assert_eq!(rules[0]["compare_value"][0], "EXACT");
+            assert_eq!(qp["order_by"][0]["direction"], "asc");
+        }
     }
+    assert_eq!(boards_read, 25, "each board with its own lower bound");
+}
+
+/// The boards a first-page request reads, each with its `query_params` (`$b<n>`, `$qp<n>`).
+fn board_queries(r: &pandora_sync::simulator::MondaySimRequest) -> Vec<(String, Value)> {
+    (0..)
+        .map_while(|n| {
+            let id = r.variables.get(format!("b{n}"))?[0].as_str()?.to_owned();
+            Some((id, r.variables[format!("qp{n}")].clone()))
+        })
+        .collect()
 }
 
 /// Cursors that expire in the middle of the big board lose nothing, and the pass re-queries
@@ -153,10 +171,12 @@ async fn expiring_cursors_lose_nothing() {
     );
     // The recovery asks for items updated at or after the newest one stored (1,000 read).
     let big = sim.boards()[0].id.clone();
-    let firsts: Vec<_> = sim
+    let firsts: Vec<Value> = sim
         .requests()
-        .into_iter()
-        .filter(|r| r.query.contains("items_page(") && r.variables["board"][0] == json!(big))
+        .iter()
+        .flat_map(board_queries)
+        .filter(|(id, _)| *id == big)
+        .map(|(_, qp)| qp)
         .collect();
     assert_eq!(
         firsts.len(),
@@ -164,11 +184,11 @@ async fn expiring_cursors_lose_nothing() {
         "the first page and one recovery, not a restart"
     );
     assert_eq!(
-        firsts[0].variables["qp"]["rules"].as_array().unwrap().len(),
+        firsts[0]["rules"].as_array().unwrap().len(),
         1,
         "the initial pass: upper bound only"
     );
-    let recovery = &firsts[1].variables["qp"]["rules"][0];
+    let recovery = &firsts[1]["rules"][0];
     assert_eq!(recovery["operator"], "greater_than_or_equals");
     let mut items: Vec<_> = sim
         .items()
@@ -224,8 +244,8 @@ async fn an_exhausted_budget_waits_for_the_announced_reset() {
     }
     assert_eq!(
         reqs.len(),
-        4,
-        "the refused listing, the listing again, two boards"
+        3,
+        "the refused listing, the listing again, the first pages of both boards"
     );
 }
 
@@ -236,8 +256,8 @@ async fn queries_are_paced_to_the_budget() {
     let sim = MondaySim::start(MondaySimConfig {
         boards: 3,
         items_per_board: 3,
-        first_board_items: 3,
-        complexity_per_minute: 60_000,
+        first_board_items: 1_200,
+        complexity_per_minute: 150_000,
         complexity_window: Duration::from_secs(3),
         ..Default::default()
     })
@@ -246,8 +266,9 @@ async fn queries_are_paced_to_the_budget() {
     let c = connector(&sim, fast());
     let ctx = SyncContext::new(Uuid::new_v4(), SyncMode::Initial);
     let mut sink = MemorySink::new();
-    // A page query costs ~31,000 points: one fits what a window of 60,000 has left after
-    // another.
+    // The listing costs ~8,500 points, the shared first pages of three boards ~93,000: what
+    // is left of 150,000 after them would not cover another such query, so the next waits
+    // for the window to reset.
     let report = tokio::time::timeout(Duration::from_secs(60), c.sync(&ctx, &mut sink))
         .await
         .unwrap()
@@ -272,6 +293,7 @@ async fn queries_are_paced_to_the_budget() {
 async fn the_daily_limit_stops_with_the_checkpoint() {
     let sim = MondaySim::start(MondaySimConfig {
         boards: 4,
+        first_board_items: 1_200,
         daily_limit: Some(3),
         ..Default::default()
     })
@@ -291,15 +313,12 @@ async fn the_daily_limit_stops_with_the_checkpoint() {
         ),
         "{err}"
     );
+    // The listing, the shared first pages, the big board's second page; the fourth request
+    // is refused. The big board's two pages are committed with its cursor.
     let cp = sink.last_checkpoint().unwrap();
-    assert_eq!(
-        cp.streams
-            .values()
-            .filter(|s| s.watermark.is_some())
-            .count(),
-        2,
-        "two boards committed"
-    );
+    let big = &cp.streams[&format!("board:{}", sim.boards()[0].id)];
+    assert!(big.cursor.is_some() && big.pass_max_updated_at.is_some());
+    assert_eq!(sink.records().count(), 1_000);
     assert_eq!(sim.requests().len(), 4, "no retry of a daily limit");
 }
 

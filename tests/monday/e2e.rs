@@ -214,7 +214,10 @@ pub async fn a_workspace_of_25_boards_equals_the_truth(env: Env) {
         c.error
     );
     assert_eq!(c.counts.written(), 0, "{:?}", c.counts);
-    assert_eq!(c.requests, 26);
+    assert_eq!(
+        c.requests, 4,
+        "the listing and three shared first-page requests"
+    );
     assert_equals_truth(&env, ws, &sim, &BTreeSet::new()).await;
 }
 

@@ -67,7 +67,8 @@ pub mod truth {
         json!({"rate_limit": {"max_requests": 100_000, "window_ms": 1_000}})
     }
 
-    /// Requests of a full sync: the boards-and-users listing, then per board its pages.
+    /// Requests of a full sync: the boards-and-users listing, the first pages of ten boards
+    /// per request, then every further page of each board.
     pub fn full_sync_requests(sim: &MondaySim) -> u64 {
         let mut per_board = std::collections::BTreeMap::<String, u64>::new();
         for b in sim.boards() {
@@ -80,10 +81,12 @@ pub mod truth {
         {
             *per_board.entry(i.board_id).or_default() += 1;
         }
-        1 + per_board
-            .values()
-            .map(|n| n.div_ceil(500).max(1))
-            .sum::<u64>()
+        let boards = per_board.len() as u64;
+        1 + boards.div_ceil(10)
+            + per_board
+                .values()
+                .map(|n| n.div_ceil(500).max(1) - 1)
+                .sum::<u64>()
     }
 
     /// Asserts a stored task is the simulator's item, field by field.

@@ -27,8 +27,8 @@ use super::MondayConfig;
 use super::client::{MondayClient, is_cursor_expired};
 use super::transform::{self, BoardPlan};
 use super::types::{
-    ActivityLog, BoardsData, FirstPageData, ItemState, ItemsData, ItemsPage, NextPageData, UserDef,
-    UsersData,
+    ActivityLog, BoardPage, BoardsData, FirstPageData, ItemState, ItemsData, ItemsPage,
+    NextPageData, UserDef, UsersData,
 };
 use crate::capture::RecordFailure;
 use crate::connector::{Checkpoint, Deletion, RecordBatch, RecordSink, SyncContext, SyncReport};
@@ -43,6 +43,9 @@ pub(crate) const PAGE_SIZE: u64 = 500;
 pub(crate) const BOARDS_PAGE: u64 = 100;
 /// Users per listing page.
 pub(crate) const USERS_PAGE: u64 = 500;
+/// Boards whose first pages share one request (10 pages of 500 items: ~310,000
+/// complexity points in the simulator's model, far below monday's 5,000,000 per query).
+pub(crate) const BATCH_BOARDS: usize = 10;
 /// Activity log entries per page.
 const LOGS_PAGE: u64 = 100;
 /// `items(ids)` takes at most 100 ids.
@@ -129,6 +132,14 @@ fn removed_item(log: &ActivityLog) -> Option<(String, DateTime<Utc>)> {
     Some((id, log_time(log.created_at.as_ref())?))
 }
 
+/// A board's first page, read in a request shared with other boards.
+struct Prefetched {
+    /// The lower bound that request filtered on (`None`: a full pass).
+    lower: Option<DateTime<Utc>>,
+    page: ItemsPage,
+    logs: Vec<ActivityLog>,
+}
+
 pub(crate) struct Syncer<'a> {
     client: &'a MondayClient,
     config: &'a MondayConfig,
@@ -166,28 +177,53 @@ impl<'a> Syncer<'a> {
     pub(crate) async fn run(&mut self, mode: Mode, sink: &mut dyn RecordSink) -> Result<()> {
         let (boards, emails) = discover(self.client, &self.config.boards).await?;
         self.boards = boards.len() as u64;
-        let mut failed = 0;
+        // Boards starting a new pass share one request for their first pages, up to
+        // `BATCH_BOARDS` at a time (full passes together, incremental ones together, each
+        // board under its own alias with its own lower bound); a pass in progress goes on
+        // alone.
+        let (mut singles, mut full, mut incremental) = (Vec::new(), Vec::new(), Vec::new());
         for plan in &boards {
-            match self.board(plan, &emails, mode, sink).await {
-                Ok(()) => {}
-                Err(e) if stops_the_sync(&e) => return Err(e),
-                Err(e) => {
-                    failed += 1;
-                    tracing::warn!(board = %plan.id, error = %e, "monday: board failed");
-                    self.boards_failed
-                        .push(json!({"board": plan.id, "error": e.to_string()}));
-                    let batch = RecordBatch {
-                        failures: vec![RecordFailure::new(
-                            Some(format!("board:{}", plan.id)),
-                            e.to_string(),
-                        )],
-                        ..Default::default()
-                    };
-                    self.write(sink, batch).await?;
-                }
+            let s = self.checkpoint.stream(&stream_name(&plan.id));
+            if s.is_some_and(|s| s.cursor.is_some()) {
+                singles.push(plan);
+            } else if mode == Mode::Initial || s.is_none_or(|s| s.watermark.is_none() || s.repair) {
+                full.push((plan, None));
+            } else {
+                let from = s.and_then(|s| s.watermark).map(|w| w - OVERLAP);
+                incremental.push((plan, from));
             }
         }
-        if failed > 0 && failed == boards.len() {
+        let mut failed = 0;
+        for plan in singles {
+            failed += u64::from(!self.run_board(plan, &emails, mode, None, sink).await?);
+        }
+        let until = self.ctx.started_at();
+        for (group, with_logs) in full
+            .chunks(BATCH_BOARDS)
+            .map(|g| (g, false))
+            .chain(incremental.chunks(BATCH_BOARDS).map(|g| (g, true)))
+        {
+            let wanted: Vec<(String, Option<DateTime<Utc>>)> =
+                group.iter().map(|(p, f)| (p.id.clone(), *f)).collect();
+            let mut pages = match first_pages(self.client, &wanted, until, with_logs).await {
+                Ok(pages) => pages,
+                Err(e) if stops_the_sync(&e) => return Err(e),
+                Err(e) => {
+                    // Each board of the group is read on its own (and fails on its own).
+                    tracing::warn!(error = %e, "monday: a shared first-page request failed");
+                    HashMap::new()
+                }
+            };
+            for (plan, lower) in group {
+                let first = pages.remove(&plan.id).map(|(page, logs)| Prefetched {
+                    lower: *lower,
+                    page,
+                    logs,
+                });
+                failed += u64::from(!self.run_board(plan, &emails, mode, first, sink).await?);
+            }
+        }
+        if failed > 0 && failed == boards.len() as u64 {
             return Err(Error::SyncFailed {
                 message: format!("every monday board failed ({failed})"),
             });
@@ -207,16 +243,48 @@ impl<'a> Syncer<'a> {
         .await
     }
 
+    /// Syncs one board; a failure that does not stop the sync is recorded (`Ok(false)`).
+    async fn run_board(
+        &mut self,
+        plan: &BoardPlan,
+        emails: &HashMap<String, String>,
+        mode: Mode,
+        first: Option<Prefetched>,
+        sink: &mut dyn RecordSink,
+    ) -> Result<bool> {
+        match self.board(plan, emails, mode, first, sink).await {
+            Ok(()) => Ok(true),
+            Err(e) if stops_the_sync(&e) => Err(e),
+            Err(e) => {
+                tracing::warn!(board = %plan.id, error = %e, "monday: board failed");
+                self.boards_failed
+                    .push(json!({"board": plan.id, "error": e.to_string()}));
+                let batch = RecordBatch {
+                    failures: vec![RecordFailure::new(
+                        Some(format!("board:{}", plan.id)),
+                        e.to_string(),
+                    )],
+                    ..Default::default()
+                };
+                self.write(sink, batch).await?;
+                Ok(false)
+            }
+        }
+    }
+
     async fn board(
         &mut self,
         plan: &BoardPlan,
         emails: &HashMap<String, String>,
         mode: Mode,
+        mut first: Option<Prefetched>,
         sink: &mut dyn RecordSink,
     ) -> Result<()> {
         let mut full_requested = mode == Mode::Initial;
         loop {
-            let resumed = self.pass(plan, emails, full_requested, sink).await?;
+            let resumed = self
+                .pass(plan, emails, full_requested, first.take(), sink)
+                .await?;
             if !resumed {
                 return Ok(());
             }
@@ -232,13 +300,24 @@ impl<'a> Syncer<'a> {
         plan: &BoardPlan,
         emails: &HashMap<String, String>,
         full_requested: bool,
+        mut first: Option<Prefetched>,
         sink: &mut dyn RecordSink,
     ) -> Result<bool> {
         let stream = stream_name(&plan.id);
         let s = self.checkpoint.stream_mut(&stream);
         let continuing = s.cursor.is_some();
+        if continuing {
+            first = None;
+        }
         let until = s.begin_pass(self.ctx);
-        let from = if continuing {
+        let from = if let Some(f) = &first {
+            // The shared first page was read from the group's lower bound.
+            match f.lower {
+                Some(l) => s.extra.insert(EXTRA_FROM.into(), json!(fmt(l))),
+                None => s.extra.remove(EXTRA_FROM),
+            };
+            f.lower
+        } else if continuing {
             s.extra
                 .get(EXTRA_FROM)
                 .and_then(Value::as_str)
@@ -265,17 +344,12 @@ impl<'a> Syncer<'a> {
         let mut recoveries = 0;
         loop {
             self.ctx.check_cancelled()?;
-            let answer = match &cursor {
-                Some(c) => next_page(self.client, c).await.map(|p| (p, Vec::new())),
-                None => {
-                    first_page(
-                        self.client,
-                        &plan.id,
-                        lower,
-                        until,
-                        logs_due.then_some((from, until)),
-                    )
-                    .await
+            let answer = match (&cursor, first.take()) {
+                (None, Some(f)) => Ok((f.page, f.logs)),
+                (Some(c), _) => next_page(self.client, c).await.map(|p| (p, Vec::new())),
+                (None, None) => {
+                    // Logs are due only on a pass's first request, where `lower` is `from`.
+                    first_page(self.client, &plan.id, lower, until, logs_due).await
                 }
             };
             let (page, logs) = match answer {
@@ -489,53 +563,82 @@ fn items_query(lower: Option<DateTime<Utc>>, until: DateTime<Utc>) -> Value {
     json!({"rules": rules, "operator": "and", "order_by": [{"column_id": "__last_updated__", "direction": "asc"}]})
 }
 
-/// A board's first `items_page`, with its activity logs of `logs` (`[from, until]`) when
-/// asked.
+/// A board's first `items_page` from `lower`, with its activity logs from `lower` when
+/// `with_logs`.
 async fn first_page(
     client: &MondayClient,
     board: &str,
     lower: Option<DateTime<Utc>>,
     until: DateTime<Utc>,
-    logs: Option<(Option<DateTime<Utc>>, DateTime<Utc>)>,
+    with_logs: bool,
 ) -> Result<(ItemsPage, Vec<ActivityLog>)> {
-    let query = q(
-        "query ($board: [ID!], $limit: Int!, $qp: ItemsQuery, $withLogs: Boolean!, $from: ISO8601DateTime, $to: ISO8601DateTime, $logLimit: Int) {
-  COMPLEXITY
-  boards(ids: $board) {
-    items_page(limit: $limit, query_params: $qp) { cursor items { ...ItemFields } }
-    activity_logs(from: $from, to: $to, limit: $logLimit) @include(if: $withLogs) { event data created_at }
-  }
-}",
-        true,
-    );
-    // Log times are finer than a second: the upper bound is rounded up, so an item
-    // removed in the second the sync started is not left for the next run.
-    let (from, to) = logs.map_or((None, until), |(f, t)| (f, ceil_secs(t)));
-    let data: FirstPageData = client
-        .graphql(
-            &query,
-            json!({"board": [board], "limit": PAGE_SIZE, "qp": items_query(lower, until),
-                   "withLogs": logs.is_some(), "from": from.map(fmt), "to": fmt(to), "logLimit": LOGS_PAGE}),
-            false,
-        )
-        .await?;
-    let board = data
-        .boards
-        .unwrap_or_default()
-        .into_iter()
-        .next()
-        .flatten()
+    first_pages(client, &[(board.to_owned(), lower)], until, with_logs)
+        .await?
+        .remove(board)
         .ok_or_else(|| {
             Error::api(
                 "monday",
                 404,
                 &format!("board {board} is gone (deleted, or no longer visible to the token)"),
             )
-        })?;
-    Ok((
-        board.items_page.unwrap_or_default(),
-        board.activity_logs.unwrap_or_default(),
-    ))
+        })
+}
+
+/// The first `items_page` of several boards in one request, each board under its own alias
+/// with its own lower bound (`b<n>: boards(ids: $b<n>) { items_page(query_params: $qp<n>) }`:
+/// the query text holds only generated names, every value is a variable), each with its own
+/// cursor, and the activity logs from the same bound when `with_logs`. A board that comes
+/// back `null` (deleted since the listing) is missing from the map.
+async fn first_pages(
+    client: &MondayClient,
+    boards: &[(String, Option<DateTime<Utc>>)],
+    until: DateTime<Utc>,
+    with_logs: bool,
+) -> Result<HashMap<String, (ItemsPage, Vec<ActivityLog>)>> {
+    let mut defs =
+        String::from("$limit: Int!, $withLogs: Boolean!, $to: ISO8601DateTime, $logLimit: Int");
+    let mut body = String::new();
+    let mut vars = serde_json::Map::new();
+    vars.insert("limit".into(), json!(PAGE_SIZE));
+    vars.insert("withLogs".into(), json!(with_logs));
+    // Log times are finer than a second: the upper bound is rounded up, so an item
+    // removed in the second the sync started is not left for the next run.
+    vars.insert("to".into(), json!(fmt(ceil_secs(until))));
+    vars.insert("logLimit".into(), json!(LOGS_PAGE));
+    for (n, (id, lower)) in boards.iter().enumerate() {
+        defs.push_str(&format!(
+            ", $b{n}: [ID!], $qp{n}: ItemsQuery, $from{n}: ISO8601DateTime"
+        ));
+        body.push_str(&format!(
+            "  b{n}: boards(ids: $b{n}) {{ id items_page(limit: $limit, query_params: $qp{n}) {{ cursor items {{ ...ItemFields }} }} activity_logs(from: $from{n}, to: $to, limit: $logLimit) @include(if: $withLogs) {{ event data created_at }} }}\n"
+        ));
+        vars.insert(format!("b{n}"), json!([id]));
+        vars.insert(format!("qp{n}"), items_query(*lower, until));
+        vars.insert(format!("from{n}"), json!(lower.map(fmt)));
+    }
+    let query = q(&format!("query ({defs}) {{\n  COMPLEXITY\n{body}}}"), true);
+    let data: serde_json::Map<String, Value> =
+        client.graphql(&query, Value::Object(vars), false).await?;
+    let mut out = HashMap::new();
+    for n in 0..boards.len() {
+        let Some(v) = data.get(&format!("b{n}")).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let list: Vec<Option<BoardPage>> = serde_json::from_value(v.clone())
+            .map_err(|e| Error::decode(None, format!("unreadable monday board page: {e}")))?;
+        for b in list.into_iter().flatten() {
+            if let Some(id) = b.id.clone() {
+                out.insert(
+                    id,
+                    (
+                        b.items_page.unwrap_or_default(),
+                        b.activity_logs.unwrap_or_default(),
+                    ),
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn next_page(client: &MondayClient, cursor: &str) -> Result<ItemsPage> {

@@ -19,6 +19,11 @@ fn de_id<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     id_string(Some(&v)).ok_or_else(|| serde::de::Error::custom(format!("invalid id {v}")))
 }
 
+fn de_opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = Value::deserialize(d)?;
+    Ok(id_string(Some(&v)))
+}
+
 /// `complexity { before after query reset_in_x_seconds }`, read leniently.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 pub(crate) struct Complexity {
@@ -170,6 +175,8 @@ pub(crate) struct ActivityLog {
 /// A board as read by a page query: its items page and activity logs.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub(crate) struct BoardPage {
+    #[serde(default, deserialize_with = "de_opt_id")]
+    pub id: Option<String>,
     #[serde(default)]
     pub items_page: Option<ItemsPage>,
     #[serde(default)]
