@@ -14,7 +14,10 @@
 //!   `changed_at`), url, created and updated times; every other column as `{column id:
 //!   text (or value)}` in `custom_fields`.
 //! - **Initial sync**: `items_page(limit: 500)` then `next_items_page`, ordered by
-//!   `__last_updated__` ascending, one checkpoint per page (stream `board:<id>`).
+//!   `__last_updated__` ascending, one checkpoint per page (stream `board:<id>`). The first
+//!   pages of up to 10 boards share one request (each board under its own alias with its
+//!   own filter); further pages go board by board. 25 boards with 1,538 items: 6 requests;
+//!   a no-change incremental sync of them: 4 (the listing and three first-page requests).
 //! - **Incremental sync**: `query_params` rules on `__last_updated__ >= watermark − 10 min`
 //!   and `<= the sync's start` (the official SDK's `["EXACT", ts]` form), ascending.
 //! - **Expired cursors** (`CursorExpiredError`, 60 minutes): the pass re-queries from the

@@ -11,6 +11,10 @@
 //!   live 60 minutes) the pass re-queries from that instant (`>=`, never from the start:
 //!   the official SDK's recovery) and loses nothing.
 //!
+//! Passes that start in this run read their first pages together, up to [`BATCH_BOARDS`]
+//! boards per request, each board aliased (`b<n>: boards(ids: $b<n>)`) with its own
+//! `query_params`; a pass in progress, a recovery and a follow-up pass read alone.
+//!
 //! A full pass (initial sync, or no watermark yet, or `repair`) filters on
 //! `__last_updated__ <= pass start`; an incremental pass on `[watermark − overlap, pass
 //! start]`, and reads the board's `activity_logs` for the same window in the same request:
