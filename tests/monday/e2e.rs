@@ -344,3 +344,36 @@ pub async fn faults_lose_nothing(env: Env) {
     assert!(faulted > 0, "faults were injected");
     assert_equals_truth(&env, ws, &sim, &BTreeSet::from([items[7].id.clone()])).await;
 }
+
+pub async fn expiring_cursors_and_a_spent_budget_lose_nothing(env: Env) {
+    let mut cfg = workspace();
+    cfg.boards = 4;
+    cfg.first_board_items = 1_300;
+    let sim = MondaySim::start(cfg).await.unwrap();
+    let (ws, o) = setup(&env, &sim, fast()).await;
+    // The budget is spent when the sync starts, and every cursor dies after one page.
+    let reset = std::time::Duration::from_secs(2);
+    let spent_at = tokio::time::Instant::now();
+    sim.exhaust_complexity(reset);
+    sim.expire_cursors_after(1);
+    let c = sync(&o, ws).await;
+    assert_eq!(c.status, SyncStatus::Completed, "{:?}", c.error);
+    let reqs = sim.requests();
+    assert_eq!(reqs[0].outcome, "COMPLEXITY_BUDGET_EXHAUSTED");
+    assert!(
+        reqs[1..].iter().all(|r| r.at >= spent_at + reset),
+        "a request before the reset"
+    );
+    assert_eq!(
+        reqs.iter()
+            .filter(|r| r.outcome == "CursorExpiredError")
+            .count(),
+        1
+    );
+    assert_eq!(
+        reqs.iter().filter(|r| r.outcome != "ok").count(),
+        2,
+        "no hammering"
+    );
+    assert_equals_truth(&env, ws, &sim, &BTreeSet::new()).await;
+}

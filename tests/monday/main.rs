@@ -42,6 +42,7 @@ e2e_suite!(
     a_workspace_of_25_boards_equals_the_truth,
     incremental_writes_exactly_the_100_changes,
     faults_lose_nothing,
+    expiring_cursors_and_a_spent_budget_lose_nothing,
 );
 
 pub mod truth {
