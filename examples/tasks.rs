@@ -130,7 +130,42 @@ fn id_of(v: &Value) -> Result<String, String> {
     }
 }
 
+/// The keys each action takes (serde cannot deny unknown fields next to a flattened one).
+fn check_keys(raw: &Value) -> Result<(), String> {
+    let obj = raw.as_object().ok_or("an action is a JSON object")?;
+    let allowed: &[&str] = match obj.get("action").and_then(Value::as_str) {
+        Some("create") => &[
+            "action",
+            "title",
+            "group_id",
+            "status",
+            "assignee_email",
+            "due_date",
+        ],
+        Some("update") => &[
+            "action",
+            "id",
+            "title",
+            "status",
+            "assignee_email",
+            "due_date",
+        ],
+        Some("complete") => &["action", "id"],
+        Some(other) => {
+            return Err(format!(
+                "unknown action {other:?} (create, update, complete)"
+            ));
+        }
+        None => return Err("an action needs \"action\": create, update or complete".into()),
+    };
+    match obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(format!("unknown field {k:?}; expected one of {allowed:?}")),
+        None => Ok(()),
+    }
+}
+
 async fn run(connector: &MondayConnector, board: &str, raw: Value) -> Result<String, String> {
+    check_keys(&raw)?;
     let action: Action = serde_json::from_value(raw).map_err(|e| format!("invalid action: {e}"))?;
     let ws = Uuid::nil();
     let task = match action {

@@ -252,7 +252,8 @@ async fn the_tasks_example_writes_back() {
         {"action": "update", "id": existing.id, "title": "Renamed by the example", "due_date": null, "status": "Stuck"},
         {"action": "complete", "id": existing.id},
         {"action": "update", "id": existing.id, "status": "No such label"},
-        {"action": "archive", "id": existing.id}
+        {"action": "archive", "id": existing.id},
+        {"action": "update", "id": existing.id, "titel": "typo"}
     ]);
     let exe = example("tasks");
     let base = sim.base_url();
@@ -282,10 +283,10 @@ async fn the_tasks_example_writes_back() {
         String::from_utf8_lossy(&out.stderr)
     );
     let results: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(results.len(), 5);
+    assert_eq!(results.len(), 6);
     assert_eq!(
         results.iter().map(|r| r["ok"] == true).collect::<Vec<_>>(),
-        [true, true, true, false, false]
+        [true, true, true, false, false, false]
     );
     assert!(
         results[3]["error"]
