@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Build it with one storage backend (`sqlite` or `postgres`) and the connectors you sync
-//! (`hubspot`, `gong`, `fireflies`, `salesforce`), e.g. `--features sqlite,gong`; asking for a connector this build
+//! (`hubspot`, `gong`, `fireflies`, `salesforce`, `monday`), e.g. `--features sqlite,gong`; asking for a connector this build
 //! does not have exits 2 saying which feature to add.
 //!
 //! `--database sqlite://path` creates the file when it does not exist, as the sqlite CLI
@@ -25,7 +25,8 @@
 //! "refresh_token"}` (`--base-url` is the login host; the API is on the `instance_url` the
 //! token endpoint names). A Salesforce org with refresh-token rotation answers each run
 //! with a new refresh token, which the run stores with the connection: set
-//! `PANDORA_SYNC_KEY` and pass the credentials once, or pass the new token next time.
+//! `PANDORA_SYNC_KEY` and pass the credentials once, or pass the new token next time;
+//! monday `{"api_token"}`.
 //! `--config` holds the connector's non-secret settings; unknown keys exit 2. Every
 //! connector accepts `"rate_limit": {"max_requests": N, "window_ms": M}` to replace its main
 //! request budget, and `"base_url"` as an alternative to `--base-url` (every endpoint of the
@@ -213,10 +214,11 @@ fn compiled_in(kind: ConnectorKind) -> Result<(), String> {
         ConnectorKind::Gong => ("gong", cfg!(feature = "gong")),
         ConnectorKind::Fireflies => ("fireflies", cfg!(feature = "fireflies")),
         ConnectorKind::Salesforce => ("salesforce", cfg!(feature = "salesforce")),
+        ConnectorKind::Monday => ("monday", cfg!(feature = "monday")),
         other => {
             return Err(format!(
                 "this build has no {other} connector: pandora_sync does not implement it yet \
-                 (built in: hubspot, gong, fireflies, salesforce)"
+                 (built in: hubspot, gong, fireflies, salesforce, monday)"
             ));
         }
     };

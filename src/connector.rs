@@ -793,17 +793,41 @@ pub struct NewTask {
     pub due_date: Option<NaiveDate>,
 }
 
-/// Changes for [`TaskAdapter::update_task`]; `None` leaves a field as it is.
+/// Changes for [`TaskAdapter::update_task`]: an absent field (`None`) is left as it is; for
+/// the clearable fields `Some(None)` (JSON `null`) clears it.
+///
+/// ```
+/// use pandora_sync::connector::TaskUpdate;
+///
+/// let u: TaskUpdate = serde_json::from_str(r#"{"status": "Done", "due_date": null}"#)?;
+/// assert_eq!(u.status, Some(Some("Done".to_owned())));
+/// assert_eq!(u.due_date, Some(None), "null clears");
+/// assert_eq!(u.assignee_email, None, "absent leaves it");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskUpdate {
-    /// New title.
+    /// New title (a title cannot be cleared).
+    #[serde(default)]
     pub title: Option<String>,
-    /// New status label.
-    pub status: Option<String>,
-    /// New assignee's email.
-    pub assignee_email: Option<String>,
-    /// New due date.
-    pub due_date: Option<NaiveDate>,
+    /// New status label; `Some(None)` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub status: Option<Option<String>>,
+    /// New assignee's email; `Some(None)` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub assignee_email: Option<Option<String>>,
+    /// New due date; `Some(None)` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub due_date: Option<Option<NaiveDate>>,
+}
+
+/// A field that is present: `null` is `Some(None)` (absent fields are `None` by default).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A task connector that can also write tasks back to the provider.
@@ -854,12 +878,12 @@ pub struct TaskUpdate {
 ///         let mut tasks = self.0.lock().unwrap();
 ///         let t = tasks.iter_mut().find(|t| t.meta.source_id == id)
 ///             .ok_or_else(|| Error::config(format!("no task {id}")))?;
-///         if let Some(s) = u.status { t.status = Some(s); }
+///         if let Some(s) = u.status { t.status = s; }
 ///         if let Some(title) = u.title { t.title = Some(title); }
 ///         Ok(t.clone())
 ///     }
 ///     async fn complete_task(&self, ws: Uuid, id: &str) -> Result<Task> {
-///         let update = TaskUpdate { status: Some("Done".into()), ..Default::default() };
+///         let update = TaskUpdate { status: Some(Some("Done".into())), ..Default::default() };
 ///         self.update_task(ws, id, update).await
 ///     }
 /// }

@@ -32,17 +32,23 @@ pub mod salesforce;
     feature = "hubspot",
     feature = "gong",
     feature = "fireflies",
-    feature = "salesforce"
+    feature = "salesforce",
+    feature = "monday"
 ))]
-pub(crate) mod page;
-#[cfg(feature = "gong")]
-pub(crate) mod quota;
+#[cfg(feature = "monday")]
+#[cfg_attr(docsrs, doc(cfg(feature = "monday")))]
+pub mod monday;
 #[cfg(any(
     feature = "hubspot",
     feature = "gong",
     feature = "fireflies",
-    feature = "salesforce"
+    feature = "salesforce",
+    feature = "monday"
 ))]
+pub(crate) mod page;
+#[cfg(feature = "gong")]
+pub(crate) mod quota;
+
 pub(crate) mod rest;
 
 use serde::de::DeserializeOwned;
@@ -57,7 +63,8 @@ use crate::error::{Error, Result};
         feature = "hubspot",
         feature = "gong",
         feature = "fireflies",
-        feature = "salesforce"
+        feature = "salesforce",
+        feature = "monday"
     )),
     allow(dead_code)
 )]
@@ -84,7 +91,8 @@ pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
         feature = "hubspot",
         feature = "gong",
         feature = "fireflies",
-        feature = "salesforce"
+        feature = "salesforce",
+        feature = "monday"
     )),
     allow(dead_code)
 )]

@@ -137,6 +137,23 @@ impl ConnectorRegistry {
                 )?))
             });
         }
+        #[cfg(feature = "monday")]
+        {
+            use crate::connectors::monday::{MondayConfig, MondayConnector, MondayCredentials};
+
+            let base = base_urls
+                .get(&ConnectorKind::Monday)
+                .cloned()
+                .unwrap_or_else(|| "https://api.monday.com".to_owned());
+            registry = registry.register(ConnectorKind::Monday, move |row, creds| {
+                let creds = creds
+                    .ok_or_else(|| Error::config("the monday connection has no credentials"))?;
+                let credentials = MondayCredentials::from_lookup(|k| creds.get(k))?;
+                let config = MondayConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
+                Ok(Box::new(MondayConnector::new(&base, credentials, config)?))
+            });
+        }
         registry
     }
 

@@ -27,10 +27,12 @@ mod fireflies;
 mod fireflies_gql;
 mod gong;
 mod hubspot;
+mod monday;
 #[cfg(all(
     feature = "hubspot",
     feature = "gong",
     feature = "salesforce",
+    feature = "monday",
     feature = "sqlite"
 ))]
 mod quickstart;
@@ -64,10 +66,15 @@ pub use hubspot::{
     HubSpotEndpoint, HubSpotOAuthApp, HubSpotObject, HubSpotPortal, HubSpotSim, HubSpotSimConfig,
     SimRecord,
 };
+pub use monday::{
+    MONDAY_CURRENT_API_VERSION, MondayItemState, MondaySim, MondaySimBoard, MondaySimColumn,
+    MondaySimConfig, MondaySimGroup, MondaySimItem, MondaySimRequest, MondaySimUser,
+};
 #[cfg(all(
     feature = "hubspot",
     feature = "gong",
     feature = "salesforce",
+    feature = "monday",
     feature = "sqlite"
 ))]
 #[cfg_attr(
@@ -76,6 +83,7 @@ pub use hubspot::{
         feature = "hubspot",
         feature = "gong",
         feature = "salesforce",
+        feature = "monday",
         feature = "sqlite"
     )))
 )]

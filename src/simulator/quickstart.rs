@@ -1,6 +1,7 @@
 //! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot, Gong and
-//! Salesforce simulators (and Fireflies' with the `fireflies` feature) → orchestrator → an
-//! SQLite file, an initial and an incremental sync, and the built-in post-sync hooks.
+//! Salesforce and monday.com simulators (and Fireflies' with the `fireflies` feature) →
+//! orchestrator → an SQLite file, an initial and an incremental sync, and the built-in
+//! post-sync hooks.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -11,8 +12,8 @@ use chrono::Utc;
 use uuid::Uuid;
 
 use super::{
-    GongSim, GongSimConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig, NewGongCall,
-    SalesforceObject, SalesforceSim, SalesforceSimConfig,
+    GongSim, GongSimConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig, MondaySim,
+    MondaySimConfig, NewGongCall, SalesforceObject, SalesforceSim, SalesforceSimConfig,
 };
 use crate::connector::ProgressReporter;
 use crate::error::{Error, Result};
@@ -47,6 +48,10 @@ pub struct QuickstartConfig {
     pub salesforce_contacts: u64,
     /// Salesforce opportunities (each with up to two contact roles).
     pub salesforce_opportunities: u64,
+    /// monday.com boards.
+    pub monday_boards: u32,
+    /// Items on each monday.com board.
+    pub monday_items_per_board: u32,
     /// Where progress goes (records stored so far).
     pub progress: Option<ProgressReporter>,
 }
@@ -54,7 +59,7 @@ pub struct QuickstartConfig {
 impl QuickstartConfig {
     /// The quickstart's default size: 2,000 companies, 8,000 contacts, 4,000 deals, 25 Gong
     /// users and 1,500 calls; 1,000 Salesforce accounts, 4,000 contacts and 2,000
-    /// opportunities; 400 Fireflies transcripts.
+    /// opportunities; 6 monday.com boards of 150 items; 400 Fireflies transcripts.
     pub fn new(database: impl Into<PathBuf>) -> Self {
         QuickstartConfig {
             database: database.into(),
@@ -67,6 +72,8 @@ impl QuickstartConfig {
             salesforce_accounts: 1_000,
             salesforce_contacts: 4_000,
             salesforce_opportunities: 2_000,
+            monday_boards: 6,
+            monday_items_per_board: 150,
             progress: None,
         }
     }
@@ -141,6 +148,15 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     .await
     .map_err(|e| Error::config(format!("starting the Salesforce simulator: {e}")))?;
 
+    let monday = MondaySim::start(MondaySimConfig {
+        boards: cfg.monday_boards,
+        first_board_items: cfg.monday_items_per_board,
+        items_per_board: cfg.monday_items_per_board,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the monday.com simulator: {e}")))?;
+
     for suffix in ["", "-wal", "-shm"] {
         let mut p = cfg.database.clone().into_os_string();
         p.push(suffix);
@@ -202,9 +218,24 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         (ConnectorKind::Hubspot, hubspot.base_url()),
         (ConnectorKind::Gong, gong.base_url()),
         (ConnectorKind::Salesforce, salesforce.base_url()),
+        (ConnectorKind::Monday, monday.base_url()),
     ]);
     #[cfg(feature = "fireflies")]
     origins.insert(ConnectorKind::Fireflies, fireflies.base_url());
+    // monday allows far more than the connector's cautious default of 50 requests a
+    // minute on paid plans; the connection uses 500.
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::Monday, "api_token")
+                .with_credentials(Credentials::from_json(serde_json::json!({
+                    "api_token": monday.config().api_token
+                }))?)
+                .with_config(serde_json::json!({
+                    "rate_limit": {"max_requests": 500, "window_ms": 60_000}
+                })),
+        )
+        .await?;
+
     let registry = ConnectorRegistry::builtin(&origins);
     let orchestrator = Orchestrator::new(store.clone(), registry)
         .with_builtin_hooks(BuiltinHooksConfig::default());
@@ -277,6 +308,20 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         ],
     );
     salesforce.delete(SalesforceObject::Account, &doomed);
+    // On the boards: a task done, one renamed, one archived, a new one.
+    let items = monday.items();
+    if let Some(first) = items.first()
+        && let Some(board) = monday.board(&first.board_id)
+    {
+        monday.set_status_index(&first.id, board.done_indexes.first().copied());
+        monday.add_item(&board.id, "Quickstart: send the order form");
+    }
+    if let Some(item) = items.get(1) {
+        monday.rename_item(&item.id, "Quickstart: renamed task");
+    }
+    if let Some(item) = items.get(2) {
+        monday.archive_item(&item.id);
+    }
     let incremental = orchestrator.sync_workspace(workspace_id, options()).await?;
 
     let mut tables = BTreeMap::new();
@@ -316,6 +361,7 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     #[cfg(feature = "fireflies")]
     fireflies.shutdown().await;
     salesforce.shutdown().await;
+    monday.shutdown().await;
     Ok(QuickstartReport {
         workspace_id,
         initial,

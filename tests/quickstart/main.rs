@@ -4,6 +4,7 @@
     feature = "hubspot",
     feature = "gong",
     feature = "salesforce",
+    feature = "monday",
     feature = "sqlite"
 ))]
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -25,8 +26,10 @@ async fn quickstart_runs_end_to_end() {
     cfg.salesforce_accounts = 30;
     cfg.salesforce_contacts = 120;
     cfg.salesforce_opportunities = 50;
+    cfg.monday_boards = 3;
+    cfg.monday_items_per_board = 20;
     let r = run_quickstart(cfg).await.unwrap();
-    let connectors = 3 + usize::from(cfg!(feature = "fireflies"));
+    let connectors = 4 + usize::from(cfg!(feature = "fireflies"));
     for run in [&r.initial, &r.incremental] {
         assert_eq!(run.connectors.len(), connectors);
         for c in &run.connectors {
@@ -119,6 +122,26 @@ async fn quickstart_runs_end_to_end() {
     assert_eq!(r.tables["accounts"], 40 + 30);
     assert_eq!(r.tables["contacts"], 160 + 120 + 1);
     assert_eq!(r.tables["deals"], 80 + 50);
+    let monday = r
+        .incremental
+        .connectors
+        .iter()
+        .find(|c| c.connector == ConnectorKind::Monday)
+        .unwrap();
+    assert_eq!(
+        (
+            monday.counts.inserted,
+            monday.counts.updated,
+            monday.counts.archived
+        ),
+        (1, 2, 1),
+        "a new task, one done, one renamed, one archived: {:?}",
+        monday.counts
+    );
+    assert_eq!(
+        r.tables["tasks"], 61,
+        "60 items and the new one (the archived row kept)"
+    );
     assert!(r.tables["conversations"] >= 63);
     assert!(
         r.linked_conversations > 0,
