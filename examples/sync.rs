@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Build it with one storage backend (`sqlite` or `postgres`) and the connectors you sync
-//! (`hubspot`, `gong`, `fireflies`), e.g. `--features sqlite,gong`; asking for a connector this build
+//! (`hubspot`, `gong`, `fireflies`, `google-drive`), e.g. `--features sqlite,gong`; asking for a connector this build
 //! does not have exits 2 saying which feature to add.
 //!
 //! `--database sqlite://path` creates the file when it does not exist, as the sqlite CLI
@@ -21,7 +21,8 @@
 //! command line lands in your shell history and is visible to every user of the machine in
 //! `ps`. The credential keys: hubspot `{"access_token"}` (or `{"client_id",
 //! "client_secret", "refresh_token"}`), gong `{"access_key", "access_key_secret"}`, fireflies
-//! `{"api_key"}`.
+//! `{"api_key"}`, google-drive `{"client_id", "client_secret", "refresh_token"}` (or
+//! `{"access_token"}`).
 //! `--config` holds the connector's non-secret settings; unknown keys exit 2. Every
 //! connector accepts `"rate_limit": {"max_requests": N, "window_ms": M}` to replace its main
 //! request budget, and `"base_url"` as an alternative to `--base-url` (every endpoint of the
@@ -208,10 +209,11 @@ fn compiled_in(kind: ConnectorKind) -> Result<(), String> {
         ConnectorKind::Hubspot => ("hubspot", cfg!(feature = "hubspot")),
         ConnectorKind::Gong => ("gong", cfg!(feature = "gong")),
         ConnectorKind::Fireflies => ("fireflies", cfg!(feature = "fireflies")),
+        ConnectorKind::GoogleDrive => ("google-drive", cfg!(feature = "google-drive")),
         other => {
             return Err(format!(
                 "this build has no {other} connector: pandora_sync does not implement it yet \
-                 (built in: hubspot, gong, fireflies)"
+                 (built in: hubspot, gong, fireflies, google-drive)"
             ));
         }
     };

@@ -18,6 +18,9 @@
 #[cfg(feature = "fireflies")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fireflies")))]
 pub mod fireflies;
+#[cfg(feature = "google-drive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "google-drive")))]
+pub mod gdrive;
 #[cfg(feature = "gong")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gong")))]
 pub mod gong;
@@ -25,11 +28,21 @@ pub mod gong;
 #[cfg_attr(docsrs, doc(cfg(feature = "hubspot")))]
 pub mod hubspot;
 
-#[cfg(any(feature = "hubspot", feature = "gong", feature = "fireflies"))]
+#[cfg(any(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "fireflies",
+        feature = "google-drive"
+    ))]
 pub(crate) mod page;
 #[cfg(feature = "gong")]
 pub(crate) mod quota;
-#[cfg(any(feature = "hubspot", feature = "gong", feature = "fireflies"))]
+#[cfg(any(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "fireflies",
+        feature = "google-drive"
+    ))]
 pub(crate) mod rest;
 
 use serde::de::DeserializeOwned;
@@ -40,7 +53,12 @@ use crate::error::{Error, Result};
 /// connection-level `internal_domains` key is left out, anything else must deserialize (unknown keys are an error when the config type says
 /// `deny_unknown_fields`); a failure is an [`Error::Config`] naming the provider.
 #[cfg_attr(
-    not(any(feature = "hubspot", feature = "gong", feature = "fireflies")),
+    not(any(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "fireflies",
+        feature = "google-drive"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
@@ -62,7 +80,12 @@ pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
 /// Checks a config's `base_url` (DESIGN 3.4: every connector accepts one): an `http(s)`
 /// origin, trailing slashes dropped.
 #[cfg_attr(
-    not(any(feature = "hubspot", feature = "gong", feature = "fireflies")),
+    not(any(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "fireflies",
+        feature = "google-drive"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn check_base_url(base_url: &mut Option<String>, provider: &str) -> Result<()> {
