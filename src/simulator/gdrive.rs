@@ -262,8 +262,10 @@ struct Data {
 }
 
 impl Data {
+    /// The next instant, at Drive's millisecond precision, strictly after the last.
     fn tick(&mut self) -> DateTime<Utc> {
-        let real = Utc::now();
+        let now = Utc::now();
+        let real = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
         self.clock = if real > self.clock {
             real
         } else {

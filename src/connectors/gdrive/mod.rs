@@ -22,7 +22,9 @@
 //!   or above the 95 % threshold.
 //! - **Incremental sync** reads the changes feed only (no re-listing), from the token the
 //!   last run committed; each page's records commit with the next token. Edits, renames
-//!   and moves update the row; trashed and removed files are archived (`archived_at`);
+//!   and moves update the row; trashed and removed files are archived (`archived_at`; a
+//!   trashed file's row keeps its metadata, its text is cleared and read again if it comes
+//!   back);
 //!   untrashed files come back; a trashed folder archives its subtree (see the `sync`
 //!   module). A changed file's text is read again with it (the store replaces
 //!   `content_text` with what a record carries, so a record without text would clear it).

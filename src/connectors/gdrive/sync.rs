@@ -15,9 +15,10 @@
 //! records commit with the token of the next page (`nextPageToken`, or on the last page
 //! `newStartPageToken`). Per change:
 //! - `removed` → the document is archived (`archived_at` = the change's time);
-//! - a trashed file → archived at just before its `modifiedTime` (Drive reports no trash
-//!   time for My Drive files; the same version coming back untrashed must be newer than the
-//!   archive time for the store to restore it);
+//! - a trashed file → stored as an archived document (its metadata, no text) with
+//!   `archived_at` just before its `modifiedTime`: Drive reports no trash time for My Drive
+//!   files, and the store restores an archived row only with a version newer than its
+//!   archive time, which the same version coming back untrashed then is;
 //! - a trashed folder → every file of its subtree archived (listed with `'<id>' in
 //!   parents`, trashed included: Drive need not report a trashed folder's contents); an
 //!   untrashed folder lists its subtree again and stores it;
@@ -517,23 +518,27 @@ impl<'a> Syncer<'a> {
                 }
                 let out_of_scope = folder_mode && !f.parents.iter().any(|p| scope.contains(p));
                 if f.trashed || out_of_scope {
-                    Self::archive(&mut batch, id, archive_time(&f, at));
+                    self.archived_record(&mut batch, &f, at);
                 } else {
                     live.push(raw);
                 }
             }
             let docs = self.documents(live).await?;
-            // A file both archived and stored in one page (moved out, then in again): the
-            // record decides.
-            let stored: BTreeSet<&str> = docs
+            // A file archived and stored live in one page (a trashed folder listed, then
+            // one of its files restored): the live record, written last, decides.
+            let stored: BTreeSet<String> = docs
                 .records
                 .iter()
-                .filter_map(|r| r.meta().map(|m| m.source_id.as_str()))
+                .filter_map(|r| r.meta().map(|m| m.source_id.clone()))
                 .collect();
             batch
                 .deletions
                 .retain(|d| !stored.contains(d.source_id.as_str()));
-            batch.records = docs.records;
+            batch.records.retain(|r| {
+                r.meta()
+                    .is_none_or(|m| !stored.contains(m.source_id.as_str()))
+            });
+            batch.records.extend(docs.records);
             batch.failures.extend(docs.failures);
             let s = self.checkpoint.stream_mut(STREAM);
             s.observe_records(&batch.records);
@@ -555,15 +560,29 @@ impl<'a> Syncer<'a> {
 
     fn archive_files(&mut self, batch: &mut RecordBatch, files: Vec<Value>, at: DateTime<Utc>) {
         for raw in files {
+            let id = transform::file_id(&raw);
             match transform::decode(raw) {
-                Ok(f) => {
-                    let when = archive_time(&f, at);
-                    Self::archive(batch, f.id, when);
-                }
-                Err(e) => batch
-                    .failures
-                    .push(RecordFailure::new(None, e.to_string())),
+                Ok(f) => self.archived_record(batch, &f, at),
+                Err(e) => batch.failures.push(RecordFailure::new(id, e.to_string())),
             }
+        }
+    }
+
+    /// A trashed (or out-of-scope) file as an archived document: its metadata as Drive
+    /// reports it, no text, `archived_at` just before its `modifiedTime` (see
+    /// [`archive_time`]). A record rather than a [`Deletion`]: the store archives by id only
+    /// rows not newer than the deletion time, and restores an archived row only with a
+    /// version newer than its archive time; the same version coming back untrashed is.
+    fn archived_record(&mut self, batch: &mut RecordBatch, f: &DriveFile, at: DateTime<Utc>) {
+        match transform::document(self.ctx.workspace_id(), f, None) {
+            Ok(mut d) => {
+                d.meta.archived_at = Some(archive_time(f, at));
+                self.archived += 1;
+                batch.records.push(Record::Document(d));
+            }
+            Err(e) => batch
+                .failures
+                .push(RecordFailure::new(Some(f.id.clone()), e.to_string())),
         }
     }
 }
