@@ -336,8 +336,11 @@ pub async fn incremental_reads_the_changes_feed_and_fetches_only_changed_content
         .filter(|f| f.mime_type == DOC_MIME && !f.trashed && f.drive_id.is_none() && f.parents.first().map(String::as_str) == Some(ROOT_ID))
         .collect();
     let folders: Vec<&GDriveSimFile> = files.iter().filter(|f| f.is_folder()).collect();
-    let trashed_before = files.iter().find(|f| f.trashed && !f.is_folder()).unwrap();
     let leaf_folder = folders.last().unwrap();
+    let trashed_before = files
+        .iter()
+        .find(|f| f.trashed && !f.is_folder() && !f.parents.contains(&leaf_folder.id))
+        .unwrap();
     sim.counters().reset();
     assert!(sim.edit_content(&docs[0].id, "new text ✓"));
     assert!(sim.rename(&docs[1].id, "renamed"));
