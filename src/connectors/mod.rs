@@ -29,20 +29,20 @@ pub mod gong;
 pub mod hubspot;
 
 #[cfg(any(
-        feature = "hubspot",
-        feature = "gong",
-        feature = "fireflies",
-        feature = "google-drive"
-    ))]
+    feature = "hubspot",
+    feature = "gong",
+    feature = "fireflies",
+    feature = "google-drive"
+))]
 pub(crate) mod page;
 #[cfg(feature = "gong")]
 pub(crate) mod quota;
 #[cfg(any(
-        feature = "hubspot",
-        feature = "gong",
-        feature = "fireflies",
-        feature = "google-drive"
-    ))]
+    feature = "hubspot",
+    feature = "gong",
+    feature = "fireflies",
+    feature = "google-drive"
+))]
 pub(crate) mod rest;
 
 use serde::de::DeserializeOwned;

@@ -38,8 +38,7 @@ use chrono::{DateTime, Duration as ChronoDuration, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use super::{
-    Common, FaultConfig, Injected, RequestCounters, SimServer, decide, dropped_response, lock,
-    mix,
+    Common, FaultConfig, Injected, RequestCounters, SimServer, decide, dropped_response, lock, mix,
 };
 
 /// Drive's export cap: 10 MB.
@@ -209,10 +208,10 @@ impl GDriveSimFile {
             "explicitlyTrashed": self.explicitly_trashed,
             "webViewLink": self.web_view_link(),
         });
-        if self.parents.is_empty() {
-            if let Some(m) = v.as_object_mut() {
-                m.remove("parents");
-            }
+        if self.parents.is_empty()
+            && let Some(m) = v.as_object_mut()
+        {
+            m.remove("parents");
         }
         if let Some(m) = v.as_object_mut() {
             if let Some(d) = &self.drive_id {
@@ -284,7 +283,7 @@ impl Data {
         let mut queue = vec![folder.to_owned()];
         while let Some(f) = queue.pop() {
             for file in self.files.values() {
-                if file.parents.iter().any(|p| *p == f) {
+                if file.parents.contains(&f) {
                     out.push(file.id.clone());
                     if file.is_folder() {
                         queue.push(file.id.clone());
@@ -337,8 +336,8 @@ impl std::fmt::Debug for GDriveSimHandle {
 
 fn lorem(seed: u64, i: u64, words: u64) -> String {
     const W: [&str; 12] = [
-        "pipeline", "revenue", "quarter", "renewal", "Zürich", "naïve", "plan", "forecast",
-        "€uro", "meeting", "résumé", "東京",
+        "pipeline", "revenue", "quarter", "renewal", "Zürich", "naïve", "plan", "forecast", "€uro",
+        "meeting", "résumé", "東京",
     ];
     (0..words)
         .map(|k| W[usize::try_from(mix(seed, i, k) % 12).unwrap_or(0)])
@@ -367,7 +366,8 @@ fn build_corpus(cfg: &GDriveSimConfig) -> Data {
             drive_id: None,
             owner_email: Some(cfg.owner_email.clone()),
             created_time: created,
-            modified_time: created + ChronoDuration::minutes(i64::try_from(mix(cfg.seed, n, 2) % 600).unwrap_or(0)),
+            modified_time: created
+                + ChronoDuration::minutes(i64::try_from(mix(cfg.seed, n, 2) % 600).unwrap_or(0)),
             trashed: false,
             explicitly_trashed: false,
             content,
@@ -379,15 +379,14 @@ fn build_corpus(cfg: &GDriveSimConfig) -> Data {
         let parent = if i == 0 {
             ROOT_ID.to_owned()
         } else {
-            folders[usize::try_from((i - 1) / 2).unwrap_or(0)]
-                .clone()
+            folders[usize::try_from((i - 1) / 2).unwrap_or(0)].clone()
         };
         let f = file("Folder", FOLDER_MIME, Some(parent), Vec::new());
         folders.push(f.id.clone());
         add(&mut d, f);
     }
     let parent_of = |i: u64| {
-        if folders.is_empty() || i % 4 == 0 {
+        if folders.is_empty() || i.is_multiple_of(4) {
             ROOT_ID.to_owned()
         } else {
             folders[usize::try_from(i % folders.len() as u64).unwrap_or(0)].clone()
@@ -399,21 +398,45 @@ fn build_corpus(cfg: &GDriveSimConfig) -> Data {
         owned.push(file("Doc", DOC_MIME, Some(parent_of(i)), text.into_bytes()));
     }
     for i in 0..cfg.sheets {
-        let text = format!("a,b,c\r\n{i},{},\"{}\"\r\n", i * 2, lorem(cfg.seed, 100 + i, 3));
-        owned.push(file("Sheet", SHEET_MIME, Some(parent_of(i + 1)), text.into_bytes()));
+        let text = format!(
+            "a,b,c\r\n{i},{},\"{}\"\r\n",
+            i * 2,
+            lorem(cfg.seed, 100 + i, 3)
+        );
+        owned.push(file(
+            "Sheet",
+            SHEET_MIME,
+            Some(parent_of(i + 1)),
+            text.into_bytes(),
+        ));
     }
     for i in 0..cfg.slides {
         let text = format!("Slide deck {i}\n\n{}", lorem(cfg.seed, 200 + i, 12));
-        owned.push(file("Slides", SLIDES_MIME, Some(parent_of(i + 2)), text.into_bytes()));
+        owned.push(file(
+            "Slides",
+            SLIDES_MIME,
+            Some(parent_of(i + 2)),
+            text.into_bytes(),
+        ));
     }
     for i in 0..cfg.pdfs {
         let mut bytes = b"%PDF-1.7\n".to_vec();
         bytes.extend((0..200 + i).map(|k| u8::try_from(mix(cfg.seed, i, k) % 256).unwrap_or(0)));
-        owned.push(file("Pdf", "application/pdf", Some(parent_of(i + 3)), bytes));
+        owned.push(file(
+            "Pdf",
+            "application/pdf",
+            Some(parent_of(i + 3)),
+            bytes,
+        ));
     }
     for i in 0..cfg.texts {
         let text = format!("notes {i}: {}\n", lorem(cfg.seed, 300 + i, 20 + i * 3));
-        owned.push(file("Text", "text/plain", Some(parent_of(i)), text.into_bytes()));
+        owned.push(file(
+            "Text",
+            "text/plain",
+            Some(parent_of(i)),
+            text.into_bytes(),
+        ));
     }
     let trashed = usize::try_from(cfg.trashed).unwrap_or(0).min(owned.len());
     let first_trashed = owned.len() - trashed;
@@ -604,6 +627,7 @@ fn param_true(p: &HashMap<String, String>, k: &str) -> bool {
     p.get(k).is_some_and(|v| v == "true")
 }
 
+#[allow(clippy::result_large_err)] // the answer itself, as the handlers return it
 fn page_size(p: &HashMap<String, String>) -> Result<usize, Response<Body>> {
     match p.get("pageSize") {
         None => Ok(100),
@@ -666,7 +690,11 @@ impl Inner {
                 "global",
             )),
             Injected::RateLimited => {
-                if self.rate_flip.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+                if self
+                    .rate_flip
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(2)
+                {
                     Err(json_response(
                         StatusCode::FORBIDDEN,
                         &json!({"error": {"code": 403, "message": "User Rate Limit Exceeded. Rate of requests for user exceed configured project quota.",
@@ -758,8 +786,7 @@ async fn list_files(
         other => return invalid_param("corpora", &format!("Invalid Value: {other}")),
     };
     let keep = file_fields(p.get("fields").map(String::as_str), "files").or_else(|| {
-        p.get("fields")
-            .is_none()
+        (!p.contains_key("fields"))
             .then(|| ["kind", "id", "name", "mimeType"].map(String::from).into())
     });
     // `fl~<last id>`; `~e` marks the token an empty page gave (no empty page again).
@@ -814,8 +841,7 @@ async fn list_files(
             .map(|f| f.id.clone())
             .or(after.clone())
             .unwrap_or_default();
-        let empty_before_end =
-            take == 0 && has_any(&d, &inner, all_drives, &q, after.as_deref());
+        let empty_before_end = take == 0 && has_any(&d, &inner, all_drives, &q, after.as_deref());
         if let Some(m) = body.as_object_mut() {
             if more {
                 m.insert("nextPageToken".into(), json!(format!("fl~{last_id}")));
@@ -827,7 +853,12 @@ async fn list_files(
     };
     let hook = lock(&inner.after_list_page).clone();
     if let Some(h) = hook {
-        h(&GDriveSimHandle { inner: inner.clone() }, page_no);
+        h(
+            &GDriveSimHandle {
+                inner: inner.clone(),
+            },
+            page_no,
+        );
     }
     json_response(StatusCode::OK, &body)
 }
@@ -848,7 +879,8 @@ async fn get_file(
         return r;
     }
     let file = lock(&inner.data).files.get(&id).cloned();
-    let Some(f) = file.filter(|f| f.drive_id.is_none() || param_true(&p, "supportsAllDrives")) else {
+    let Some(f) = file.filter(|f| f.drive_id.is_none() || param_true(&p, "supportsAllDrives"))
+    else {
         return google_error(
             StatusCode::NOT_FOUND,
             "notFound",
@@ -871,8 +903,7 @@ async fn get_file(
         return bytes_response(&f.mime_type, f.content);
     }
     let keep = file_fields(p.get("fields").map(String::as_str), "files").or_else(|| {
-        p.get("fields")
-            .is_none()
+        (!p.contains_key("fields"))
             .then(|| ["kind", "id", "name", "mimeType"].map(String::from).into())
     });
     json_response(StatusCode::OK, &project(&f.json(), keep.as_ref()))
@@ -891,7 +922,8 @@ async fn export_file(
         return invalid_param("mimeType", "Required parameter: mimeType");
     };
     let file = lock(&inner.data).files.get(&id).cloned();
-    let Some(f) = file.filter(|f| f.drive_id.is_none() || param_true(&p, "supportsAllDrives")) else {
+    let Some(f) = file.filter(|f| f.drive_id.is_none() || param_true(&p, "supportsAllDrives"))
+    else {
         return google_error(
             StatusCode::NOT_FOUND,
             "notFound",
@@ -934,10 +966,7 @@ async fn export_file(
     bytes_response(&format!("{mime}; charset=utf-8"), body)
 }
 
-async fn start_page_token(
-    State(inner): State<Arc<Inner>>,
-    headers: HeaderMap,
-) -> Response<Body> {
+async fn start_page_token(State(inner): State<Arc<Inner>>, headers: HeaderMap) -> Response<Body> {
     if let Err(r) = inner.admit(&headers).await {
         return r;
     }
@@ -969,7 +998,8 @@ async fn changes(
         size = size.min(50);
     }
     let keep = file_fields(p.get("fields").map(String::as_str), "file");
-    let all_drives = param_true(&p, "includeItemsFromAllDrives") && param_true(&p, "supportsAllDrives");
+    let all_drives =
+        param_true(&p, "includeItemsFromAllDrives") && param_true(&p, "supportsAllDrives");
     let include_removed = p.get("includeRemoved").is_none_or(|v| v != "false");
     let d = lock(&inner.data);
     let len = d.journal.len();
@@ -1005,8 +1035,10 @@ async fn changes(
         }
         if *removed || file.is_none() {
             if include_removed {
-                out.push(json!({"kind": "drive#change", "changeType": "file", "time": ts(*time),
-                                "removed": true, "fileId": id}));
+                out.push(
+                    json!({"kind": "drive#change", "changeType": "file", "time": ts(*time),
+                                "removed": true, "fileId": id}),
+                );
             }
             continue;
         }
@@ -1016,12 +1048,18 @@ async fn changes(
             } else {
                 project(&f.json(), keep.as_ref())
             };
-            out.push(json!({"kind": "drive#change", "changeType": "file", "time": ts(*time),
-                            "removed": false, "fileId": id, "file": fj}));
+            out.push(
+                json!({"kind": "drive#change", "changeType": "file", "time": ts(*time),
+                            "removed": false, "fileId": id, "file": fj}),
+            );
         }
     }
     // Skip superseded entries at the end so the last page is recognised.
-    while pos < len && d.journal[pos + 1..].iter().any(|(j, _, _)| *j == d.journal[pos].0) {
+    while pos < len
+        && d.journal[pos + 1..]
+            .iter()
+            .any(|(j, _, _)| *j == d.journal[pos].0)
+    {
         pos += 1;
     }
     let mut body = json!({"kind": "drive#changeList", "changes": out});
@@ -1296,8 +1334,11 @@ mod tests {
 
     #[test]
     fn fields_select_members() {
-        let k = file_fields(Some("nextPageToken,files(id,name,owners(emailAddress))"), "files")
-            .unwrap();
+        let k = file_fields(
+            Some("nextPageToken,files(id,name,owners(emailAddress))"),
+            "files",
+        )
+        .unwrap();
         assert!(k.contains("owners") && k.contains("id") && !k.contains("nextPageToken"));
         let c = file_fields(
             Some("nextPageToken,newStartPageToken,changes(fileId,removed,time,file(id,trashed))"),
@@ -1315,8 +1356,15 @@ mod tests {
         let n = |m: &str| d.files.values().filter(|f| f.mime_type == m).count() as u64;
         assert_eq!(n(FOLDER_MIME), cfg.folders);
         assert_eq!(n(SHEET_MIME), cfg.sheets);
-        assert_eq!(d.files.values().filter(|f| f.trashed).count() as u64, cfg.trashed);
+        assert_eq!(
+            d.files.values().filter(|f| f.trashed).count() as u64,
+            cfg.trashed
+        );
         assert!(d.files.values().any(|f| f.parents.is_empty()));
-        assert!(d.files.values().any(|f| f.drive_id.is_some() && f.owner_email.is_none()));
+        assert!(
+            d.files
+                .values()
+                .any(|f| f.drive_id.is_some() && f.owner_email.is_none())
+        );
     }
 }

@@ -163,7 +163,13 @@ async fn stored(store: &Arc<dyn SyncStore>, ws: Uuid) -> BTreeMap<String, Docume
 }
 
 fn assert_completed(c: &ConnectorResult) {
-    assert_eq!(c.status, SyncStatus::Completed, "{:?} {:?}", c.error, c.errors);
+    assert_eq!(
+        c.status,
+        SyncStatus::Completed,
+        "{:?} {:?}",
+        c.error,
+        c.errors
+    );
 }
 
 /// The files a sync must hold live: not folders, not trashed, inside `roots`' subtrees
@@ -205,8 +211,18 @@ async fn assert_equals_truth(env: &Env, ws: Uuid, sim: &GDriveSim, roots: &[Stri
     for f in &truth {
         let d = &rows[&f.id];
         assert_eq!(d.title.as_deref(), Some(f.name.as_str()), "{}", f.id);
-        assert_eq!(d.mime_type.as_deref(), Some(f.mime_type.as_str()), "{}", f.id);
-        assert_eq!(d.url.as_deref(), Some(f.web_view_link().as_str()), "{}", f.id);
+        assert_eq!(
+            d.mime_type.as_deref(),
+            Some(f.mime_type.as_str()),
+            "{}",
+            f.id
+        );
+        assert_eq!(
+            d.url.as_deref(),
+            Some(f.web_view_link().as_str()),
+            "{}",
+            f.id
+        );
         assert_eq!(d.owner_email, f.owner_email, "{}", f.id);
         assert_eq!(d.size_bytes, f.size(), "{}", f.id);
         assert_eq!(d.parent_id, f.parents.first().cloned(), "{}", f.id);
@@ -214,7 +230,10 @@ async fn assert_equals_truth(env: &Env, ws: Uuid, sim: &GDriveSim, roots: &[Stri
         assert_eq!(d.meta.source_updated_at, Some(f.modified_time), "{}", f.id);
         assert_eq!(d.content_text, f.text(), "{} content", f.id);
         assert_eq!(
-            d.meta.custom_fields.get("drive_id").and_then(|v| v.as_str()),
+            d.meta
+                .custom_fields
+                .get("drive_id")
+                .and_then(|v| v.as_str()),
             f.drive_id.as_deref(),
             "{}",
             f.id
@@ -223,7 +242,10 @@ async fn assert_equals_truth(env: &Env, ws: Uuid, sim: &GDriveSim, roots: &[Stri
 }
 
 fn text_files(sim: &GDriveSim) -> usize {
-    expected(sim, &[]).iter().filter(|f| f.text().is_some()).count()
+    expected(sim, &[])
+        .iter()
+        .filter(|f| f.text().is_some())
+        .count()
 }
 
 /// A corpus with folders, Docs, Sheets, Slides, PDFs, text files, trashed, shared-with-me
@@ -242,7 +264,12 @@ pub async fn initial_sync_equals_truth_and_no_change_incremental_is_cheap(env: E
     assert_completed(&initial);
     assert_eq!(initial.mode, SyncMode::Initial);
     let want = expected(&sim, &[]);
-    assert_eq!(initial.counts.inserted, want.len() as u64, "{:?}", initial.counts);
+    assert_eq!(
+        initial.counts.inserted,
+        want.len() as u64,
+        "{:?}",
+        initial.counts
+    );
     assert_equals_truth(&env, ws, &sim, &[]).await;
     let counters = sim.counters();
     // One token, one start token, the listing, the trashed folders, one request per text.
@@ -254,12 +281,16 @@ pub async fn initial_sync_equals_truth_and_no_change_incremental_is_cheap(env: E
         counters.snapshot()
     );
     let texts = text_files(&sim) as u64;
-    let content = counters.get("GET /drive/v3/files/{id}/export")
-        + counters.get("GET /drive/v3/files/{id}");
+    let content =
+        counters.get("GET /drive/v3/files/{id}/export") + counters.get("GET /drive/v3/files/{id}");
     assert_eq!(content, texts, "one content request per text file");
     let initial_requests = counters.total();
     let bytes = sim.content_bytes_served();
-    assert_eq!(initial.requests + 1, initial_requests, "the stack counts all but the token");
+    assert_eq!(
+        initial.requests + 1,
+        initial_requests,
+        "the stack counts all but the token"
+    );
 
     counters.reset();
     let again = sync(&o, ws).await;
@@ -296,21 +327,23 @@ pub async fn changes_during_the_scan_arrive_in_the_next_incremental(env: Env) {
     // The first and the last doc by id: one was read before the change, one after.
     let (first, last) = (docs[0].id.clone(), docs[docs.len() - 1].id.clone());
     let h = sim.handle().clone();
-    sim.set_after_list_page(Some(move |_: &pandora_sync::simulator::GDriveSimHandle, page: u64| {
-        if page == 1 {
-            h.edit_content(&first, "edited during the scan é");
-            h.rename(&last, "renamed during the scan");
-            h.create(NewGDriveFile {
-                name: "created during the scan".into(),
-                mime_type: "text/plain".into(),
-                parent: Some(ROOT_ID.into()),
-                content: b"new".to_vec(),
-            });
-        }
-        if page == 2 {
-            h.trash(&first);
-        }
-    }));
+    sim.set_after_list_page(Some(
+        move |_: &pandora_sync::simulator::GDriveSimHandle, page: u64| {
+            if page == 1 {
+                h.edit_content(&first, "edited during the scan é");
+                h.rename(&last, "renamed during the scan");
+                h.create(NewGDriveFile {
+                    name: "created during the scan".into(),
+                    mime_type: "text/plain".into(),
+                    parent: Some(ROOT_ID.into()),
+                    content: b"new".to_vec(),
+                });
+            }
+            if page == 2 {
+                h.trash(&first);
+            }
+        },
+    ));
     let (ws, o) = setup(&env, &sim, oauth(&sim), json!({})).await;
     assert_completed(&sync(&o, ws).await);
     sim.set_after_list_page(None::<fn(&pandora_sync::simulator::GDriveSimHandle, u64)>);
@@ -318,7 +351,11 @@ pub async fn changes_during_the_scan_arrive_in_the_next_incremental(env: Env) {
     let c = sync(&o, ws).await;
     assert_completed(&c);
     assert_equals_truth(&env, ws, &sim, &[]).await;
-    assert_eq!(sim.counters().get("GET /drive/v3/files"), 0, "no re-listing");
+    assert_eq!(
+        sim.counters().get("GET /drive/v3/files"),
+        0,
+        "no re-listing"
+    );
 }
 
 /// Edits, renames, moves, trash (a folder too), untrash and deletes: the incremental sync
@@ -333,7 +370,12 @@ pub async fn incremental_reads_the_changes_feed_and_fetches_only_changed_content
     let files = sim.files();
     let docs: Vec<&GDriveSimFile> = files
         .iter()
-        .filter(|f| f.mime_type == DOC_MIME && !f.trashed && f.drive_id.is_none() && f.parents.first().map(String::as_str) == Some(ROOT_ID))
+        .filter(|f| {
+            f.mime_type == DOC_MIME
+                && !f.trashed
+                && f.drive_id.is_none()
+                && f.parents.first().map(String::as_str) == Some(ROOT_ID)
+        })
         .collect();
     let folders: Vec<&GDriveSimFile> = files.iter().filter(|f| f.is_folder()).collect();
     let leaf_folder = folders.last().unwrap();
@@ -359,14 +401,24 @@ pub async fn incremental_reads_the_changes_feed_and_fetches_only_changed_content
     assert_completed(&c);
     assert_equals_truth(&env, ws, &sim, &[]).await;
     let rows = stored(&env.store, ws).await;
-    assert!(rows[&docs[4].id].meta.archived_at.is_some(), "deleted → archived");
-    assert!(rows[&docs[3].id].meta.archived_at.is_some(), "trashed → archived");
+    assert!(
+        rows[&docs[4].id].meta.archived_at.is_some(),
+        "deleted → archived"
+    );
+    assert!(
+        rows[&docs[3].id].meta.archived_at.is_some(),
+        "trashed → archived"
+    );
     assert!(rows[&trashed_before.id].meta.archived_at.is_none());
     let counters = sim.counters();
     assert_eq!(counters.get("GET /drive/v3/changes"), 1);
-    assert_eq!(counters.get("GET /drive/v3/files"), 1, "only the trashed folder's subtree");
-    let content = counters.get("GET /drive/v3/files/{id}/export")
-        + counters.get("GET /drive/v3/files/{id}");
+    assert_eq!(
+        counters.get("GET /drive/v3/files"),
+        1,
+        "only the trashed folder's subtree"
+    );
+    let content =
+        counters.get("GET /drive/v3/files/{id}/export") + counters.get("GET /drive/v3/files/{id}");
     // Edited, renamed, moved and untrashed files are read with their change; the trashed,
     // deleted and the trashed folder's files are not.
     assert!(content <= 4, "{content} content requests");
@@ -403,7 +455,10 @@ pub async fn expiring_tokens_cost_one_refresh_each(env: Env) {
         "{refreshes} refreshes for {api} requests"
     );
     // Concurrent content requests that meet one expiry share one refresh.
-    assert!(refreshes >= api / 36, "{refreshes} refreshes for {api} requests");
+    assert!(
+        refreshes >= api / 36,
+        "{refreshes} refreshes for {api} requests"
+    );
 }
 
 /// 403 userRateLimitExceeded / 429 rateLimitExceeded storms and 5xx: nothing is lost; a
@@ -424,11 +479,18 @@ pub async fn rate_limit_storms_lose_nothing(env: Env) {
             done = true;
             break;
         }
-        assert!(c.rate_limited, "only rate limits may stop it: {:?}", c.error);
+        assert!(
+            c.rate_limited,
+            "only rate limits may stop it: {:?}",
+            c.error
+        );
     }
     assert!(done, "completed within six runs");
     // Changes during the storm are read too.
-    let doc = expected(&sim, &[]).into_iter().find(|f| f.mime_type == DOC_MIME).unwrap();
+    let doc = expected(&sim, &[])
+        .into_iter()
+        .find(|f| f.mime_type == DOC_MIME)
+        .unwrap();
     sim.edit_content(&doc.id, "after the storm");
     sim.burst_429(3);
     let mut done = false;

@@ -11,10 +11,16 @@ mod example;
 #[path = "../support/example.rs"]
 mod support_example;
 
-#[cfg(all(feature = "google-drive", any(feature = "sqlite", feature = "postgres")))]
+#[cfg(all(
+    feature = "google-drive",
+    any(feature = "sqlite", feature = "postgres")
+))]
 mod e2e;
 
-#[cfg(all(feature = "google-drive", any(feature = "sqlite", feature = "postgres")))]
+#[cfg(all(
+    feature = "google-drive",
+    any(feature = "sqlite", feature = "postgres")
+))]
 macro_rules! e2e_suite {
     ($($name:ident),* $(,)?) => {
         #[cfg(feature = "sqlite")]
@@ -38,7 +44,10 @@ macro_rules! e2e_suite {
     };
 }
 
-#[cfg(all(feature = "google-drive", any(feature = "sqlite", feature = "postgres")))]
+#[cfg(all(
+    feature = "google-drive",
+    any(feature = "sqlite", feature = "postgres")
+))]
 e2e_suite!(
     initial_sync_equals_truth_and_no_change_incremental_is_cheap,
     changes_during_the_scan_arrive_in_the_next_incremental,

@@ -72,7 +72,10 @@ async fn access_tokens_expire_after_their_requests() {
     let (_, b) = refresh(&sim, &cfg.client_secret, &cfg.refresh_token).await;
     let t = b["access_token"].as_str().unwrap().to_owned();
     for expected in [200, 200, 401] {
-        assert_eq!(get(&sim, &t, "/drive/v3/changes/startPageToken").await.0, expected);
+        assert_eq!(
+            get(&sim, &t, "/drive/v3/changes/startPageToken").await.0,
+            expected
+        );
     }
 }
 
@@ -89,11 +92,24 @@ async fn list_pages_fields_and_trash() {
     let (s, b) = get(&sim, &t, "/drive/v3/files?pageSize=1000").await;
     assert_eq!(s, 200);
     let files = json(&b)["files"].as_array().unwrap().clone();
-    let keys: BTreeSet<&str> = files[0].as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: BTreeSet<&str> = files[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(keys, BTreeSet::from(["kind", "id", "name", "mimeType"]));
     assert_eq!(get(&sim, &t, "/drive/v3/files?pageSize=1001").await.0, 400);
-    assert_eq!(get(&sim, &t, "/drive/v3/files?q=name%20contains%20'x'").await.0, 400);
-    assert_eq!(get(&sim, &t, "/drive/v3/files?pageToken=bogus").await.0, 400);
+    assert_eq!(
+        get(&sim, &t, "/drive/v3/files?q=name%20contains%20'x'")
+            .await
+            .0,
+        400
+    );
+    assert_eq!(
+        get(&sim, &t, "/drive/v3/files?pageToken=bogus").await.0,
+        400
+    );
     assert_eq!(
         get(&sim, &t, "/drive/v3/files?corpora=allDrives").await.0,
         400,
@@ -133,7 +149,10 @@ async fn list_pages_fields_and_trash() {
         .filter(|f| !f.trashed && f.drive_id.is_none())
         .count();
     assert_eq!(seen.len(), live);
-    assert!(empty >= 1 && pages > live / 5, "{pages} pages, {empty} empty");
+    assert!(
+        empty >= 1 && pages > live / 5,
+        "{pages} pages, {empty} empty"
+    );
 }
 
 #[tokio::test]
@@ -146,25 +165,56 @@ async fn export_download_and_their_errors() {
     .unwrap();
     let t = sim.config().static_access_token.clone();
     let files = sim.files();
-    let doc = files.iter().find(|f| f.mime_type == DOC_MIME && !f.oversize).unwrap();
-    let (s, b) = get(&sim, &t, &format!("/drive/v3/files/{}/export?mimeType=text/plain", doc.id)).await;
+    let doc = files
+        .iter()
+        .find(|f| f.mime_type == DOC_MIME && !f.oversize)
+        .unwrap();
+    let (s, b) = get(
+        &sim,
+        &t,
+        &format!("/drive/v3/files/{}/export?mimeType=text/plain", doc.id),
+    )
+    .await;
     assert_eq!(s, 200);
     assert!(b.starts_with(b"\xEF\xBB\xBF"), "Docs exports carry a BOM");
     assert_eq!(&b[3..], doc.content.as_slice());
     let (s, b) = get(&sim, &t, &format!("/drive/v3/files/{}?alt=media", doc.id)).await;
     assert_eq!(s, 403);
-    assert_eq!(json(&b)["error"]["errors"][0]["reason"], "fileNotDownloadable");
+    assert_eq!(
+        json(&b)["error"]["errors"][0]["reason"],
+        "fileNotDownloadable"
+    );
     let huge = files.iter().find(|f| f.oversize).unwrap();
-    let (s, b) = get(&sim, &t, &format!("/drive/v3/files/{}/export?mimeType=text/plain", huge.id)).await;
+    let (s, b) = get(
+        &sim,
+        &t,
+        &format!("/drive/v3/files/{}/export?mimeType=text/plain", huge.id),
+    )
+    .await;
     assert_eq!(s, 403);
-    assert_eq!(json(&b)["error"]["errors"][0]["reason"], "exportSizeLimitExceeded");
-    assert_eq!(json(&b)["error"]["message"], "This file is too large to be exported.");
+    assert_eq!(
+        json(&b)["error"]["errors"][0]["reason"],
+        "exportSizeLimitExceeded"
+    );
+    assert_eq!(
+        json(&b)["error"]["message"],
+        "This file is too large to be exported."
+    );
     let sheet = files.iter().find(|f| f.mime_type == SHEET_MIME).unwrap();
     assert_eq!(
-        get(&sim, &t, &format!("/drive/v3/files/{}/export?mimeType=text/plain", sheet.id)).await.0,
+        get(
+            &sim,
+            &t,
+            &format!("/drive/v3/files/{}/export?mimeType=text/plain", sheet.id)
+        )
+        .await
+        .0,
         400
     );
-    let pdf = files.iter().find(|f| f.mime_type == "application/pdf").unwrap();
+    let pdf = files
+        .iter()
+        .find(|f| f.mime_type == "application/pdf")
+        .unwrap();
     let (s, b) = get(&sim, &t, &format!("/drive/v3/files/{}?alt=media", pdf.id)).await;
     assert_eq!((s, b), (200, pdf.content.clone()));
 }
@@ -173,15 +223,28 @@ async fn export_download_and_their_errors() {
 async fn changes_feed_pages_and_mutations() {
     let sim = GDriveSim::start(GDriveSimConfig::default()).await.unwrap();
     let t = sim.config().static_access_token.clone();
-    let (_, b) = get(&sim, &t, "/drive/v3/changes/startPageToken?supportsAllDrives=true").await;
+    let (_, b) = get(
+        &sim,
+        &t,
+        "/drive/v3/changes/startPageToken?supportsAllDrives=true",
+    )
+    .await;
     let start = json(&b)["startPageToken"].as_str().unwrap().to_owned();
-    assert_eq!(get(&sim, &t, "/drive/v3/changes").await.0, 400, "pageToken is required");
+    assert_eq!(
+        get(&sim, &t, "/drive/v3/changes").await.0,
+        400,
+        "pageToken is required"
+    );
     let (_, b) = get(&sim, &t, &format!("/drive/v3/changes?pageToken={start}")).await;
     let v = json(&b);
     assert_eq!(v["changes"].as_array().unwrap().len(), 0);
     assert_eq!(v["newStartPageToken"], start.as_str());
 
-    let doc = sim.files().into_iter().find(|f| f.mime_type == DOC_MIME).unwrap();
+    let doc = sim
+        .files()
+        .into_iter()
+        .find(|f| f.mime_type == DOC_MIME)
+        .unwrap();
     let folder = sim.files().into_iter().find(|f| f.is_folder()).unwrap();
     let mut ids = Vec::new();
     for i in 0..60 {
@@ -197,24 +260,50 @@ async fn changes_feed_pages_and_mutations() {
     assert!(sim.trash(&folder.id));
     assert!(sim.delete(&ids[0]));
     // `fields=*` caps pages at 50; the last page alone has newStartPageToken.
-    let (_, b) = get(&sim, &t, &format!("/drive/v3/changes?pageToken={start}&pageSize=1000&fields=*")).await;
+    let (_, b) = get(
+        &sim,
+        &t,
+        &format!("/drive/v3/changes?pageToken={start}&pageSize=1000&fields=*"),
+    )
+    .await;
     let v = json(&b);
     assert_eq!(v["changes"].as_array().unwrap().len(), 50);
     assert!(v.get("newStartPageToken").is_none());
     let next = v["nextPageToken"].as_str().unwrap().to_owned();
-    let (_, b) = get(&sim, &t, &format!("/drive/v3/changes?pageToken={next}&pageSize=1000")).await;
+    let (_, b) = get(
+        &sim,
+        &t,
+        &format!("/drive/v3/changes?pageToken={next}&pageSize=1000"),
+    )
+    .await;
     let v = json(&b);
     assert!(v["newStartPageToken"].is_string() && v.get("nextPageToken").is_none());
     let changes = v["changes"].as_array().unwrap();
-    let removed = changes.iter().find(|c| c["fileId"] == ids[0].as_str()).unwrap();
+    let removed = changes
+        .iter()
+        .find(|c| c["fileId"] == ids[0].as_str())
+        .unwrap();
     assert_eq!(removed["removed"], true);
     assert!(removed.get("file").is_none());
-    let trashed = changes.iter().find(|c| c["fileId"] == folder.id.as_str()).unwrap();
+    let trashed = changes
+        .iter()
+        .find(|c| c["fileId"] == folder.id.as_str())
+        .unwrap();
     assert_eq!(trashed["file"]["trashed"], true);
     // The folder's contents are trashed with it.
-    assert!(sim.files().iter().filter(|f| f.parents.contains(&folder.id)).all(|f| f.trashed));
+    assert!(
+        sim.files()
+            .iter()
+            .filter(|f| f.parents.contains(&folder.id))
+            .all(|f| f.trashed)
+    );
     assert!(sim.untrash(&folder.id));
-    assert!(sim.files().iter().filter(|f| f.parents.contains(&folder.id)).any(|f| !f.trashed));
+    assert!(
+        sim.files()
+            .iter()
+            .filter(|f| f.parents.contains(&folder.id))
+            .any(|f| !f.trashed)
+    );
 }
 
 #[tokio::test]
@@ -225,8 +314,14 @@ async fn rate_limit_faults_use_googles_bodies() {
     let (s1, b1) = get(&sim, &t, "/drive/v3/files").await;
     let (s2, b2) = get(&sim, &t, "/drive/v3/files").await;
     assert_eq!((s1, s2), (403, 429));
-    assert_eq!(json(&b1)["error"]["errors"][0]["reason"], "userRateLimitExceeded");
+    assert_eq!(
+        json(&b1)["error"]["errors"][0]["reason"],
+        "userRateLimitExceeded"
+    );
     assert_eq!(json(&b1)["error"]["errors"][0]["domain"], "usageLimits");
-    assert_eq!(json(&b2)["error"]["errors"][0]["reason"], "rateLimitExceeded");
+    assert_eq!(
+        json(&b2)["error"]["errors"][0]["reason"],
+        "rateLimitExceeded"
+    );
     assert_eq!(get(&sim, &t, "/drive/v3/files").await.0, 200);
 }

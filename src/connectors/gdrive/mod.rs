@@ -338,7 +338,11 @@ mod tests {
     fn config_defaults_and_validation() {
         let d = GoogleDriveConfig::from_json(&serde_json::Value::Null).unwrap();
         assert_eq!(
-            (d.max_content_bytes, d.include_shared_drives, d.folders.len()),
+            (
+                d.max_content_bytes,
+                d.include_shared_drives,
+                d.folders.len()
+            ),
             (1_048_576, true, 0)
         );
         let c = GoogleDriveConfig::from_json(&json!({
@@ -380,12 +384,11 @@ mod tests {
         .unwrap();
         assert!(matches!(c, GoogleDriveCredentials::OAuth { .. }));
         assert!(!format!("{c:?}").contains("s3cret"));
-        let conn =
-            GoogleDriveConnector::new("http://127.0.0.1:9", c, GoogleDriveConfig::default())
-                .unwrap();
-        assert!(!format!("{conn:?}").contains("s3cret"));
-        let t = GoogleDriveCredentials::from_lookup(creds(&[("access_token", "ya29.s3cret")]))
+        let conn = GoogleDriveConnector::new("http://127.0.0.1:9", c, GoogleDriveConfig::default())
             .unwrap();
+        assert!(!format!("{conn:?}").contains("s3cret"));
+        let t =
+            GoogleDriveCredentials::from_lookup(creds(&[("access_token", "ya29.s3cret")])).unwrap();
         assert!(!format!("{t:?}").contains("s3cret"));
         let err = GoogleDriveCredentials::from_lookup(creds(&[("client_id", "x")])).unwrap_err();
         assert!(err.to_string().contains("refresh_token"), "{err}");

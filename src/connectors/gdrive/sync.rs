@@ -83,7 +83,12 @@ pub(crate) fn stops_the_sync(e: &Error) -> bool {
 
 fn string_set(v: Option<&Value>) -> BTreeSet<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -197,7 +202,12 @@ impl<'a> Syncer<'a> {
             .extra
             .get(QUEUE)
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         let mut scope = string_set(s.extra.get(SCOPE));
         if folder_mode && cursor.folder.is_none() {
@@ -464,7 +474,9 @@ impl<'a> Syncer<'a> {
                     .clone()
                     .or_else(|| change.file.as_ref().and_then(transform::file_id));
                 let Some(id) = id else {
-                    batch.failures.push(RecordFailure::new(None, "Drive change without a file id"));
+                    batch
+                        .failures
+                        .push(RecordFailure::new(None, "Drive change without a file id"));
                     continue;
                 };
                 let raw = match change.file {
@@ -494,8 +506,8 @@ impl<'a> Syncer<'a> {
                     }
                     let was_trashed = trashed_folders.remove(&id);
                     if folder_mode {
-                        let parent_in = roots.contains(&id)
-                            || f.parents.iter().any(|p| scope.contains(p));
+                        let parent_in =
+                            roots.contains(&id) || f.parents.iter().any(|p| scope.contains(p));
                         let in_scope = scope.contains(&id);
                         if parent_in && (!in_scope || was_trashed) {
                             scope.insert(id.clone());
@@ -546,7 +558,8 @@ impl<'a> Syncer<'a> {
             if folder_mode {
                 s.extra.insert(SCOPE.into(), json!(scope));
             }
-            s.extra.insert(TRASHED_FOLDERS.into(), json!(trashed_folders));
+            s.extra
+                .insert(TRASHED_FOLDERS.into(), json!(trashed_folders));
             if last {
                 s.finish_pass_in(self.ctx);
             }
@@ -596,7 +609,11 @@ mod tests {
         assert_eq!(q_literal("a'b\\c"), "'a\\'b\\\\c'");
         assert!(stops_the_sync(&Error::api("google-drive", 401, "x")));
         assert!(stops_the_sync(&Error::api("google-drive", 503, "x")));
-        assert!(!stops_the_sync(&Error::api("google-drive", 403, "exportSizeLimitExceeded")));
+        assert!(!stops_the_sync(&Error::api(
+            "google-drive",
+            403,
+            "exportSizeLimitExceeded"
+        )));
         assert!(stops_the_sync(&Error::Cancelled));
         let c = ScanCursor {
             folder: Some("f".into()),

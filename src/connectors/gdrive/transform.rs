@@ -33,9 +33,8 @@ pub(crate) fn text_source(mime: Option<&str>) -> Option<TextSource> {
 /// A file's raw JSON as a [`DriveFile`]; the error names the id when it can be read.
 pub(crate) fn decode(raw: Value) -> Result<DriveFile> {
     let id = file_id(&raw);
-    let f: DriveFile = serde_json::from_value(raw).map_err(|e| {
-        Error::decode(id.as_deref(), format!("unreadable Drive file: {e}"))
-    })?;
+    let f: DriveFile = serde_json::from_value(raw)
+        .map_err(|e| Error::decode(id.as_deref(), format!("unreadable Drive file: {e}")))?;
     if f.id.trim().is_empty() {
         return Err(Error::decode(None, "Drive file without an id"));
     }
@@ -139,7 +138,10 @@ mod tests {
         let f = decode(raw).unwrap();
         let d = document(Uuid::nil(), &f, Some("x".into())).unwrap();
         assert_eq!(d.owner_email.as_deref(), Some("a@x.example"));
-        assert_eq!((d.size_bytes, d.parent_id.as_deref()), (Some(12), Some("p")));
+        assert_eq!(
+            (d.size_bytes, d.parent_id.as_deref()),
+            (Some(12), Some("p"))
+        );
         assert_eq!(d.meta.custom_fields["drive_id"], "d");
         assert!(decode(json!({"id": "f2", "name": 4})).is_err());
         let e = decode(json!({"id": "f3", "modifiedTime": "nope"})).unwrap_err();
