@@ -5,6 +5,9 @@
 
 mod sim;
 
+#[cfg(feature = "google-drive")]
+mod connector;
+
 #[cfg(all(feature = "google-drive", feature = "sqlite"))]
 mod example;
 #[cfg(all(feature = "google-drive", feature = "sqlite"))]
