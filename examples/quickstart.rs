@@ -1,11 +1,11 @@
 //! The quickstart: no setup beyond `cargo run`.
 //!
 //! ```text
-//! cargo run --release --example quickstart --features simulator,hubspot,gong,fireflies [-- path/to/file.db]
+//! cargo run --release --example quickstart --features simulator,hubspot,gong,fireflies,google-drive [-- path/to/file.db]
 //! ```
 //!
-//! It starts the built-in HubSpot, Gong and Fireflies simulators on loopback (Fireflies
-//! with the `fireflies` feature), creates a workspace with their connections in an SQLite
+//! It starts the built-in HubSpot, Gong, Fireflies and Google Drive simulators on loopback
+//! (Fireflies and Drive with their features), creates a workspace with their connections in an SQLite
 //! file (`pandora-quickstart.db` unless a path is given), runs an initial sync with a live progress display, changes a few records in the
 //! simulators, runs an incremental sync, runs the post-sync hooks (entity linker, internal
 //! filter, computed fields), and prints a summary and a query to run next.

@@ -1,5 +1,5 @@
 //! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot and Gong
-//! simulators (and Fireflies' with the `fireflies` feature) → orchestrator → an SQLite file,
+//! simulators (and Fireflies' and Google Drive's with their features) → orchestrator → an SQLite file,
 //! an initial and an incremental sync, and the built-in post-sync hooks.
 
 use std::collections::BTreeMap;
@@ -38,6 +38,9 @@ pub struct QuickstartConfig {
     pub gong_calls: u64,
     /// Fireflies transcripts over the last 90 days (with the `fireflies` feature).
     pub fireflies_transcripts: u64,
+    /// Google Docs in the simulated Drive (with the `google-drive` feature), besides its
+    /// folders, Sheets, Slides, PDFs, text, shared-with-me and shared-drive files.
+    pub drive_docs: u64,
     /// Where progress goes (records stored so far).
     pub progress: Option<ProgressReporter>,
 }
@@ -54,6 +57,7 @@ impl QuickstartConfig {
             gong_users: 25,
             gong_calls: 1_500,
             fireflies_transcripts: 400,
+            drive_docs: 20,
             progress: None,
         }
     }
@@ -118,6 +122,13 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     })
     .await
     .map_err(|e| Error::config(format!("starting the Fireflies simulator: {e}")))?;
+    #[cfg(feature = "google-drive")]
+    let drive = super::GDriveSim::start(super::GDriveSimConfig {
+        docs: cfg.drive_docs,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the Google Drive simulator: {e}")))?;
 
     for suffix in ["", "-wal", "-shm"] {
         let mut p = cfg.database.clone().into_os_string();
@@ -164,6 +175,19 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         )
         .await?;
 
+    #[cfg(feature = "google-drive")]
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::GoogleDrive, "oauth").with_credentials(
+                Credentials::from_json(serde_json::json!({
+                    "client_id": drive.config().client_id,
+                    "client_secret": drive.config().client_secret,
+                    "refresh_token": drive.config().refresh_token,
+                }))?,
+            ),
+        )
+        .await?;
+
     #[allow(unused_mut)]
     let mut origins = BTreeMap::from([
         (ConnectorKind::Hubspot, hubspot.base_url()),
@@ -171,6 +195,8 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     ]);
     #[cfg(feature = "fireflies")]
     origins.insert(ConnectorKind::Fireflies, fireflies.base_url());
+    #[cfg(feature = "google-drive")]
+    origins.insert(ConnectorKind::GoogleDrive, drive.base_url());
     let registry = ConnectorRegistry::builtin(&origins);
     let orchestrator = Orchestrator::new(store.clone(), registry)
         .with_builtin_hooks(BuiltinHooksConfig::default());
@@ -217,6 +243,23 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
             ));
         }
     }
+    #[cfg(feature = "google-drive")]
+    {
+        // A Doc edited and a note written since the first sync.
+        if let Some(doc) = drive
+            .files()
+            .into_iter()
+            .find(|f| f.mime_type == super::DOC_MIME && !f.trashed)
+        {
+            drive.edit_content(&doc.id, "Q3 plan, revised after the pipeline review.");
+        }
+        drive.create(super::NewGDriveFile {
+            name: "Meeting notes".into(),
+            mime_type: "text/plain".into(),
+            parent: Some(super::ROOT_ID.into()),
+            content: b"Renewal call: next steps agreed.".to_vec(),
+        });
+    }
     let incremental = orchestrator.sync_workspace(workspace_id, options()).await?;
 
     let mut tables = BTreeMap::new();
@@ -255,6 +298,8 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     gong.shutdown().await;
     #[cfg(feature = "fireflies")]
     fireflies.shutdown().await;
+    #[cfg(feature = "google-drive")]
+    drive.shutdown().await;
     Ok(QuickstartReport {
         workspace_id,
         initial,

@@ -21,8 +21,10 @@ async fn quickstart_runs_end_to_end() {
     cfg.gong_users = 3;
     cfg.gong_calls = 60;
     cfg.fireflies_transcripts = 80;
+    cfg.drive_docs = 10;
     let r = run_quickstart(cfg).await.unwrap();
-    let connectors = 2 + usize::from(cfg!(feature = "fireflies"));
+    let connectors =
+        2 + usize::from(cfg!(feature = "fireflies")) + usize::from(cfg!(feature = "google-drive"));
     for run in [&r.initial, &r.incremental] {
         assert_eq!(run.connectors.len(), connectors);
         for c in &run.connectors {
@@ -93,6 +95,28 @@ async fn quickstart_runs_end_to_end() {
             inc.counts
         );
         assert!(r.tables["conversations"] >= 63 + 82);
+    }
+    #[cfg(feature = "google-drive")]
+    {
+        let drive = |run: &pandora_sync::WorkspaceSyncResult| {
+            run.connectors
+                .iter()
+                .find(|c| c.connector == ConnectorKind::GoogleDrive)
+                .cloned()
+                .unwrap()
+        };
+        // 10 Docs, 5 Sheets, 3 Slides, 5 PDFs, 8 text files (3 of them trashed), 3 shared
+        // with the user, 3 in a shared drive.
+        let docs = 10 + 5 + 3 + 5 + 8 - 3 + 3 + 3;
+        assert_eq!(drive(&r.initial).counts.inserted, docs);
+        let inc = drive(&r.incremental);
+        assert_eq!(
+            (inc.counts.inserted, inc.counts.updated),
+            (1, 1),
+            "a new note, an edited Doc: {:?}",
+            inc.counts
+        );
+        assert_eq!(r.tables["documents"], docs + 1);
     }
     assert_eq!(r.tables["accounts"], 40);
     assert_eq!(r.tables["contacts"], 160);
