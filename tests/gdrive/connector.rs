@@ -210,3 +210,34 @@ async fn a_crash_between_pages_resumes_from_the_page_cursor() {
     let last = sink.last_checkpoint().unwrap().stream("files").unwrap();
     assert!(last.cursor.is_none() && last.extra.contains_key("start_token"));
 }
+
+#[tokio::test]
+async fn a_rejected_changes_token_scans_again() {
+    let sim = GDriveSim::start(GDriveSimConfig::default()).await.unwrap();
+    let c = connector(&sim, json!({}));
+    let ws = Uuid::new_v4();
+    let mut sink = MemorySink::new();
+    c.sync(&SyncContext::new(ws, SyncMode::Initial), &mut sink)
+        .await
+        .unwrap();
+    let mut cp = sink.last_checkpoint().unwrap().clone();
+    cp.stream_mut("files")
+        .extra
+        .insert("start_token".into(), json!("999999"));
+    let mut again = MemorySink::new();
+    let ctx = SyncContext::new(ws, SyncMode::Incremental).with_previous(cp);
+    c.sync(&ctx, &mut again).await.unwrap();
+    assert_eq!(
+        docs(&again).len(),
+        docs(&sink).len(),
+        "the corpus read again"
+    );
+    let token = again
+        .last_checkpoint()
+        .unwrap()
+        .stream("files")
+        .unwrap()
+        .extra["start_token"]
+        .clone();
+    assert_ne!(token, json!("999999"));
+}

@@ -11,7 +11,8 @@
 //! (`extra.trashed_folders`, so an untrashed folder brings its contents back) and the scan
 //! token becomes `extra.start_token`.
 //!
-//! **Incremental sync** reads the changes feed only, from `extra.start_token`; each page's
+//! **Incremental sync** reads the changes feed only, from `extra.start_token` (a token Drive
+//! rejects on the first page, 400/404/410, is dropped and the corpus scanned again); each page's
 //! records commit with the token of the next page (`nextPageToken`, or on the last page
 //! `newStartPageToken`). Per change:
 //! - `removed` → the document is archived (`archived_at` = the change's time);
@@ -145,7 +146,20 @@ impl<'a> Syncer<'a> {
                 if scanning || !has_token {
                     self.scan(sink).await?;
                 }
-                self.changes(sink).await
+                match self.changes(sink).await {
+                    // A stored token Drive no longer accepts: scan again (idempotent
+                    // upserts) from a new token rather than fail every run from now on.
+                    Err(Error::Api {
+                        status: 400 | 404 | 410,
+                        ..
+                    }) if self.change_pages == 0 => {
+                        tracing::warn!("Drive rejected the stored changes token; scanning again");
+                        self.checkpoint.stream_mut(STREAM).extra.remove(START_TOKEN);
+                        self.scan(sink).await?;
+                        self.changes(sink).await
+                    }
+                    r => r,
+                }
             }
         }
     }
