@@ -1188,7 +1188,7 @@ impl GDriveSimHandle {
         lock(&self.inner.data).files.get(id).cloned()
     }
 
-    /// The ids of every file ever removed for good.
+    /// Entries in the changes journal (every mutation appends one per file it touches).
     pub fn journal_len(&self) -> usize {
         lock(&self.inner.data).journal.len()
     }
