@@ -18,12 +18,18 @@
 #[cfg(feature = "fireflies")]
 #[cfg_attr(docsrs, doc(cfg(feature = "fireflies")))]
 pub mod fireflies;
+#[cfg(feature = "google-drive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "google-drive")))]
+pub mod gdrive;
 #[cfg(feature = "gong")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gong")))]
 pub mod gong;
 #[cfg(feature = "hubspot")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hubspot")))]
 pub mod hubspot;
+#[cfg(feature = "monday")]
+#[cfg_attr(docsrs, doc(cfg(feature = "monday")))]
+pub mod monday;
 #[cfg(feature = "salesforce")]
 #[cfg_attr(docsrs, doc(cfg(feature = "salesforce")))]
 pub mod salesforce;
@@ -33,22 +39,20 @@ pub mod salesforce;
     feature = "gong",
     feature = "fireflies",
     feature = "salesforce",
-    feature = "monday"
+    feature = "monday",
+    feature = "google-drive"
 ))]
-#[cfg(feature = "monday")]
-#[cfg_attr(docsrs, doc(cfg(feature = "monday")))]
-pub mod monday;
+pub(crate) mod page;
+#[cfg(feature = "gong")]
+pub(crate) mod quota;
 #[cfg(any(
     feature = "hubspot",
     feature = "gong",
     feature = "fireflies",
     feature = "salesforce",
-    feature = "monday"
+    feature = "monday",
+    feature = "google-drive"
 ))]
-pub(crate) mod page;
-#[cfg(feature = "gong")]
-pub(crate) mod quota;
-
 pub(crate) mod rest;
 
 use serde::de::DeserializeOwned;
@@ -64,7 +68,8 @@ use crate::error::{Error, Result};
         feature = "gong",
         feature = "fireflies",
         feature = "salesforce",
-        feature = "monday"
+        feature = "monday",
+        feature = "google-drive"
     )),
     allow(dead_code)
 )]
@@ -92,7 +97,8 @@ pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
         feature = "gong",
         feature = "fireflies",
         feature = "salesforce",
-        feature = "monday"
+        feature = "monday",
+        feature = "google-drive"
     )),
     allow(dead_code)
 )]

@@ -137,6 +137,30 @@ impl ConnectorRegistry {
                 )?))
             });
         }
+        #[cfg(feature = "google-drive")]
+        {
+            use crate::connectors::gdrive::{
+                GoogleDriveConfig, GoogleDriveConnector, GoogleDriveCredentials, PUBLIC_ORIGIN,
+            };
+
+            let base = base_urls
+                .get(&ConnectorKind::GoogleDrive)
+                .cloned()
+                .unwrap_or_else(|| PUBLIC_ORIGIN.to_owned());
+            registry = registry.register(ConnectorKind::GoogleDrive, move |row, creds| {
+                let creds = creds.ok_or_else(|| {
+                    Error::config("the google-drive connection has no credentials")
+                })?;
+                let credentials = GoogleDriveCredentials::from_lookup(|k| creds.get(k))?;
+                let config = GoogleDriveConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
+                Ok(Box::new(GoogleDriveConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
+            });
+        }
         #[cfg(feature = "monday")]
         {
             use crate::connectors::monday::{MondayConfig, MondayConnector, MondayCredentials};

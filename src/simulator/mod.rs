@@ -25,6 +25,7 @@
 
 mod fireflies;
 mod fireflies_gql;
+mod gdrive;
 mod gong;
 mod hubspot;
 mod monday;
@@ -57,6 +58,10 @@ pub use fireflies::{
     FIREFLIES_MAX_LIMIT, FirefliesErrorForm, FirefliesSim, FirefliesSimAttendee,
     FirefliesSimConfig, FirefliesSimHandle, FirefliesSimSentence, FirefliesSimSummary,
     FirefliesSimTranscript, FirefliesSimUser, NewFirefliesTranscript, TranscriptsArgs,
+};
+pub use gdrive::{
+    DOC_MIME, FOLDER_MIME, GDRIVE_EXPORT_LIMIT, GDriveSim, GDriveSimConfig, GDriveSimFile,
+    GDriveSimHandle, NewGDriveFile, ROOT_ID, SHARED_DRIVE_ID, SHEET_MIME, SLIDES_MIME,
 };
 pub use gong::{
     GongAffiliation, GongSim, GongSimCall, GongSimConfig, GongSimParty, GongSimUser,

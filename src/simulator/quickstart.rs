@@ -1,5 +1,6 @@
 //! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot, Gong and
-//! Salesforce and monday.com simulators (and Fireflies' with the `fireflies` feature) →
+//! Salesforce and monday.com simulators (and Fireflies' and Google Drive's with their
+//! features) →
 //! orchestrator → an SQLite file, an initial and an incremental sync, and the built-in
 //! post-sync hooks.
 
@@ -52,6 +53,9 @@ pub struct QuickstartConfig {
     pub monday_boards: u32,
     /// Items on each monday.com board.
     pub monday_items_per_board: u32,
+    /// Google Docs in the simulated Drive (with the `google-drive` feature), besides its
+    /// folders, Sheets, Slides, PDFs, text, shared-with-me and shared-drive files.
+    pub drive_docs: u64,
     /// Where progress goes (records stored so far).
     pub progress: Option<ProgressReporter>,
 }
@@ -74,6 +78,7 @@ impl QuickstartConfig {
             salesforce_opportunities: 2_000,
             monday_boards: 6,
             monday_items_per_board: 150,
+            drive_docs: 20,
             progress: None,
         }
     }
@@ -156,6 +161,13 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     })
     .await
     .map_err(|e| Error::config(format!("starting the monday.com simulator: {e}")))?;
+    #[cfg(feature = "google-drive")]
+    let drive = super::GDriveSim::start(super::GDriveSimConfig {
+        docs: cfg.drive_docs,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the Google Drive simulator: {e}")))?;
 
     for suffix in ["", "-wal", "-shm"] {
         let mut p = cfg.database.clone().into_os_string();
@@ -213,6 +225,19 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         )
         .await?;
 
+    #[cfg(feature = "google-drive")]
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::GoogleDrive, "oauth").with_credentials(
+                Credentials::from_json(serde_json::json!({
+                    "client_id": drive.config().client_id,
+                    "client_secret": drive.config().client_secret,
+                    "refresh_token": drive.config().refresh_token,
+                }))?,
+            ),
+        )
+        .await?;
+
     #[allow(unused_mut)]
     let mut origins = BTreeMap::from([
         (ConnectorKind::Hubspot, hubspot.base_url()),
@@ -236,6 +261,8 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         )
         .await?;
 
+    #[cfg(feature = "google-drive")]
+    origins.insert(ConnectorKind::GoogleDrive, drive.base_url());
     let registry = ConnectorRegistry::builtin(&origins);
     let orchestrator = Orchestrator::new(store.clone(), registry)
         .with_builtin_hooks(BuiltinHooksConfig::default());
@@ -322,6 +349,23 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     if let Some(item) = items.get(2) {
         monday.archive_item(&item.id);
     }
+    #[cfg(feature = "google-drive")]
+    {
+        // A Doc edited and a note written since the first sync.
+        if let Some(doc) = drive
+            .files()
+            .into_iter()
+            .find(|f| f.mime_type == super::DOC_MIME && !f.trashed)
+        {
+            drive.edit_content(&doc.id, "Q3 plan, revised after the pipeline review.");
+        }
+        drive.create(super::NewGDriveFile {
+            name: "Meeting notes".into(),
+            mime_type: "text/plain".into(),
+            parent: Some(super::ROOT_ID.into()),
+            content: b"Renewal call: next steps agreed.".to_vec(),
+        });
+    }
     let incremental = orchestrator.sync_workspace(workspace_id, options()).await?;
 
     let mut tables = BTreeMap::new();
@@ -362,6 +406,8 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     fireflies.shutdown().await;
     salesforce.shutdown().await;
     monday.shutdown().await;
+    #[cfg(feature = "google-drive")]
+    drive.shutdown().await;
     Ok(QuickstartReport {
         workspace_id,
         initial,

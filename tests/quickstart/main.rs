@@ -28,8 +28,10 @@ async fn quickstart_runs_end_to_end() {
     cfg.salesforce_opportunities = 50;
     cfg.monday_boards = 3;
     cfg.monday_items_per_board = 20;
+    cfg.drive_docs = 10;
     let r = run_quickstart(cfg).await.unwrap();
-    let connectors = 4 + usize::from(cfg!(feature = "fireflies"));
+    let connectors =
+        4 + usize::from(cfg!(feature = "fireflies")) + usize::from(cfg!(feature = "google-drive"));
     for run in [&r.initial, &r.incremental] {
         assert_eq!(run.connectors.len(), connectors);
         for c in &run.connectors {
@@ -142,6 +144,31 @@ async fn quickstart_runs_end_to_end() {
         r.tables["tasks"], 61,
         "60 items and the new one (the archived row kept)"
     );
+    #[cfg(feature = "google-drive")]
+    {
+        let drive = |run: &pandora_sync::WorkspaceSyncResult| {
+            run.connectors
+                .iter()
+                .find(|c| c.connector == ConnectorKind::GoogleDrive)
+                .cloned()
+                .unwrap()
+        };
+        // 10 Docs, 5 Sheets, 3 Slides, 5 PDFs, 8 text files (3 of them trashed), 3 shared
+        // with the user, 3 in a shared drive.
+        let docs = 10 + 5 + 3 + 5 + 8 - 3 + 3 + 3;
+        assert_eq!(drive(&r.initial).counts.inserted, docs);
+        let inc = drive(&r.incremental);
+        assert_eq!(
+            (inc.counts.inserted, inc.counts.updated),
+            (1, 1),
+            "a new note, an edited Doc: {:?}",
+            inc.counts
+        );
+        assert_eq!(r.tables["documents"], docs + 1);
+    }
+    assert_eq!(r.tables["accounts"], 40);
+    assert_eq!(r.tables["contacts"], 160);
+    assert_eq!(r.tables["deals"], 80);
     assert!(r.tables["conversations"] >= 63);
     assert!(
         r.linked_conversations > 0,
