@@ -1,12 +1,13 @@
 //! The quickstart: no setup beyond `cargo run`.
 //!
 //! ```text
-//! cargo run --release --example quickstart --features simulator,hubspot,gong [-- path/to/file.db]
+//! cargo run --release --example quickstart --features simulator,hubspot,gong,salesforce,monday,fireflies,google-drive [-- path/to/file.db]
 //! ```
 //!
-//! It starts the built-in HubSpot and Gong simulators on loopback, creates a workspace with
-//! both connections in an SQLite file (`pandora-quickstart.db` unless a path is given),
-//! runs an initial sync with a live progress display, changes a few records in the
+//! It starts the built-in HubSpot, Gong, Salesforce and monday.com simulators on loopback (and
+//! Fireflies' and Google Drive's with their features), creates a workspace with their connections in an SQLite
+//! file (`pandora-quickstart.db` unless a path is given), runs an initial sync with a live
+//! progress display, changes a few records in the
 //! simulators, runs an incremental sync, runs the post-sync hooks (entity linker, internal
 //! filter, computed fields), and prints a summary and a query to run next.
 #![allow(clippy::print_stdout, clippy::print_stderr)]

@@ -9,7 +9,7 @@
 //! ```
 //!
 //! Build it with one storage backend (`sqlite` or `postgres`) and the connectors you sync
-//! (`hubspot`, `gong`), e.g. `--features sqlite,gong`; asking for a connector this build
+//! (`hubspot`, `gong`, `fireflies`, `salesforce`, `monday`, `google-drive`), e.g. `--features sqlite,gong`; asking for a connector this build
 //! does not have exits 2 saying which feature to add.
 //!
 //! `--database sqlite://path` creates the file when it does not exist, as the sqlite CLI
@@ -20,7 +20,14 @@
 //! file (`--credentials @hubspot.json`, readable by you alone): a token written on the
 //! command line lands in your shell history and is visible to every user of the machine in
 //! `ps`. The credential keys: hubspot `{"access_token"}` (or `{"client_id",
-//! "client_secret", "refresh_token"}`), gong `{"access_key", "access_key_secret"}`.
+//! "client_secret", "refresh_token"}`), gong `{"access_key", "access_key_secret"}`, fireflies
+//! `{"api_key"}`, salesforce `{"client_id", "client_secret",
+//! "refresh_token"}` (`--base-url` is the login host; the API is on the `instance_url` the
+//! token endpoint names). A Salesforce org with refresh-token rotation answers each run
+//! with a new refresh token, which the run stores with the connection: set
+//! `PANDORA_SYNC_KEY` and pass the credentials once, or pass the new token next time;
+//! monday `{"api_token"}`, google-drive `{"client_id", "client_secret", "refresh_token"}`
+//! (or `{"access_token"}`).
 //! `--config` holds the connector's non-secret settings; unknown keys exit 2. Every
 //! connector accepts `"rate_limit": {"max_requests": N, "window_ms": M}` to replace its main
 //! request budget, and `"base_url"` as an alternative to `--base-url` (every endpoint of the
@@ -206,12 +213,10 @@ fn compiled_in(kind: ConnectorKind) -> Result<(), String> {
     let (feature, built) = match kind {
         ConnectorKind::Hubspot => ("hubspot", cfg!(feature = "hubspot")),
         ConnectorKind::Gong => ("gong", cfg!(feature = "gong")),
-        other => {
-            return Err(format!(
-                "this build has no {other} connector: pandora_sync does not implement it yet \
-                 (built in: hubspot, gong)"
-            ));
-        }
+        ConnectorKind::Fireflies => ("fireflies", cfg!(feature = "fireflies")),
+        ConnectorKind::Salesforce => ("salesforce", cfg!(feature = "salesforce")),
+        ConnectorKind::Monday => ("monday", cfg!(feature = "monday")),
+        ConnectorKind::GoogleDrive => ("google-drive", cfg!(feature = "google-drive")),
     };
     if built {
         Ok(())

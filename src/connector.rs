@@ -31,6 +31,7 @@
 //! gives the cap.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -241,6 +242,43 @@ impl ProgressReporter {
     }
 }
 
+/// Stores credential values a provider replaced during a run (a rotated OAuth refresh
+/// token) with the connection, as soon as the connector sees them: a run killed later
+/// still leaves the connection with credentials the provider accepts. The orchestrator
+/// sets one on every context; without one, [`SyncContext::update_credentials`] does
+/// nothing (the values still reach [`SyncCapable::credential_updates`]).
+#[derive(Clone)]
+pub struct CredentialUpdater(
+    #[allow(clippy::type_complexity)]
+    Arc<
+        dyn Fn(
+                Vec<(String, secrecy::SecretString)>,
+            ) -> futures_util::future::BoxFuture<'static, Result<()>>
+            + Send
+            + Sync,
+    >,
+);
+
+impl CredentialUpdater {
+    /// An updater calling `f` with the `(key, value)` pairs that changed.
+    pub fn new(
+        f: impl Fn(
+            Vec<(String, secrecy::SecretString)>,
+        ) -> futures_util::future::BoxFuture<'static, Result<()>>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        CredentialUpdater(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for CredentialUpdater {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialUpdater")
+    }
+}
+
 /// What a connector gets to know about the sync it runs.
 #[derive(Debug, Clone)]
 pub struct SyncContext {
@@ -251,6 +289,7 @@ pub struct SyncContext {
     lag: Duration,
     cancel: CancellationToken,
     progress: ProgressReporter,
+    credentials: Option<CredentialUpdater>,
 }
 
 impl SyncContext {
@@ -265,6 +304,25 @@ impl SyncContext {
             lag: DEFAULT_WATERMARK_LAG,
             cancel: CancellationToken::new(),
             progress: ProgressReporter::new(),
+            credentials: None,
+        }
+    }
+
+    /// Sets where credential values the provider replaced during the run are stored.
+    pub fn with_credential_updater(mut self, updater: CredentialUpdater) -> Self {
+        self.credentials = Some(updater);
+        self
+    }
+
+    /// Stores credential values the provider replaced (a rotated refresh token) with the
+    /// connection now; does nothing without a [`CredentialUpdater`].
+    pub async fn update_credentials(
+        &self,
+        updates: Vec<(String, secrecy::SecretString)>,
+    ) -> Result<()> {
+        match &self.credentials {
+            Some(u) if !updates.is_empty() => (u.0)(updates).await,
+            _ => Ok(()),
         }
     }
 
@@ -700,6 +758,14 @@ pub trait SyncCapable: Send + Sync {
         Err(Error::unsupported("backfill_sync", self.kind().as_str()))
     }
 
+    /// Credential values the provider replaced while this connector ran (a rotated OAuth
+    /// refresh token), as `(key, value)` pairs of the connection's credentials JSON. The
+    /// orchestrator stores them with the connection after every run, finished or not, so
+    /// the next run uses them. Empty unless overridden.
+    fn credential_updates(&self) -> Vec<(String, secrecy::SecretString)> {
+        Vec::new()
+    }
+
     /// Runs the sync that `ctx.mode()` names.
     async fn sync(&self, ctx: &SyncContext, sink: &mut dyn RecordSink) -> Result<SyncReport> {
         match ctx.mode() {
@@ -727,17 +793,41 @@ pub struct NewTask {
     pub due_date: Option<NaiveDate>,
 }
 
-/// Changes for [`TaskAdapter::update_task`]; `None` leaves a field as it is.
+/// Changes for [`TaskAdapter::update_task`]: an absent field (`None`) is left as it is; for
+/// the clearable fields `Some(None)` (JSON `null`) clears it.
+///
+/// ```
+/// use pandora_sync::connector::TaskUpdate;
+///
+/// let u: TaskUpdate = serde_json::from_str(r#"{"status": "Done", "due_date": null}"#)?;
+/// assert_eq!(u.status, Some(Some("Done".to_owned())));
+/// assert_eq!(u.due_date, Some(None), "null clears");
+/// assert_eq!(u.assignee_email, None, "absent leaves it");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskUpdate {
-    /// New title.
+    /// New title (a title cannot be cleared).
+    #[serde(default)]
     pub title: Option<String>,
-    /// New status label.
-    pub status: Option<String>,
-    /// New assignee's email.
-    pub assignee_email: Option<String>,
-    /// New due date.
-    pub due_date: Option<NaiveDate>,
+    /// New status label; `Some(None)` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub status: Option<Option<String>>,
+    /// New assignee's email; `Some(None)` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub assignee_email: Option<Option<String>>,
+    /// New due date; `Some(None)` clears it.
+    #[serde(default, deserialize_with = "present")]
+    pub due_date: Option<Option<NaiveDate>>,
+}
+
+/// A field that is present: `null` is `Some(None)` (absent fields are `None` by default).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// A task connector that can also write tasks back to the provider.
@@ -788,12 +878,12 @@ pub struct TaskUpdate {
 ///         let mut tasks = self.0.lock().unwrap();
 ///         let t = tasks.iter_mut().find(|t| t.meta.source_id == id)
 ///             .ok_or_else(|| Error::config(format!("no task {id}")))?;
-///         if let Some(s) = u.status { t.status = Some(s); }
+///         if let Some(s) = u.status { t.status = s; }
 ///         if let Some(title) = u.title { t.title = Some(title); }
 ///         Ok(t.clone())
 ///     }
 ///     async fn complete_task(&self, ws: Uuid, id: &str) -> Result<Task> {
-///         let update = TaskUpdate { status: Some("Done".into()), ..Default::default() };
+///         let update = TaskUpdate { status: Some(Some("Done".into())), ..Default::default() };
 ///         self.update_task(ws, id, update).await
 ///     }
 /// }

@@ -15,18 +15,44 @@
 //!
 #![doc = include_str!("../../docs/connectors.md")]
 
+#[cfg(feature = "fireflies")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fireflies")))]
+pub mod fireflies;
+#[cfg(feature = "google-drive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "google-drive")))]
+pub mod gdrive;
 #[cfg(feature = "gong")]
 #[cfg_attr(docsrs, doc(cfg(feature = "gong")))]
 pub mod gong;
 #[cfg(feature = "hubspot")]
 #[cfg_attr(docsrs, doc(cfg(feature = "hubspot")))]
 pub mod hubspot;
+#[cfg(feature = "monday")]
+#[cfg_attr(docsrs, doc(cfg(feature = "monday")))]
+pub mod monday;
+#[cfg(feature = "salesforce")]
+#[cfg_attr(docsrs, doc(cfg(feature = "salesforce")))]
+pub mod salesforce;
 
-#[cfg(any(feature = "hubspot", feature = "gong"))]
+#[cfg(any(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "fireflies",
+    feature = "salesforce",
+    feature = "monday",
+    feature = "google-drive"
+))]
 pub(crate) mod page;
 #[cfg(feature = "gong")]
 pub(crate) mod quota;
-#[cfg(any(feature = "hubspot", feature = "gong"))]
+#[cfg(any(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "fireflies",
+    feature = "salesforce",
+    feature = "monday",
+    feature = "google-drive"
+))]
 pub(crate) mod rest;
 
 use serde::de::DeserializeOwned;
@@ -36,7 +62,17 @@ use crate::error::{Error, Result};
 /// Reads a connector's non-secret config from JSON: `null` gives the defaults, the
 /// connection-level `internal_domains` key is left out, anything else must deserialize (unknown keys are an error when the config type says
 /// `deny_unknown_fields`); a failure is an [`Error::Config`] naming the provider.
-#[cfg_attr(not(any(feature = "hubspot", feature = "gong")), allow(dead_code))]
+#[cfg_attr(
+    not(any(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "fireflies",
+        feature = "salesforce",
+        feature = "monday",
+        feature = "google-drive"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
     value: &serde_json::Value,
     provider: &str,
@@ -55,7 +91,17 @@ pub(crate) fn config_from_json<T: DeserializeOwned + Default>(
 
 /// Checks a config's `base_url` (DESIGN 3.4: every connector accepts one): an `http(s)`
 /// origin, trailing slashes dropped.
-#[cfg_attr(not(any(feature = "hubspot", feature = "gong")), allow(dead_code))]
+#[cfg_attr(
+    not(any(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "fireflies",
+        feature = "salesforce",
+        feature = "monday",
+        feature = "google-drive"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn check_base_url(base_url: &mut Option<String>, provider: &str) -> Result<()> {
     if let Some(url) = base_url {
         let trimmed = url.trim().trim_end_matches('/');

@@ -67,6 +67,7 @@ impl JsonApi {
             .map_err(|e| Error::decode(None, format!("unreadable {} response: {e}", self.name)))
     }
 
+    #[cfg_attr(not(any(feature = "hubspot", feature = "gong")), allow(dead_code))]
     /// Sends a request through `stack`; the answer is whatever the stack's classifier let
     /// through (read it with [`JsonApi::read`]).
     pub(crate) async fn send_raw(
@@ -81,6 +82,7 @@ impl JsonApi {
             .await
     }
 
+    #[cfg_attr(not(any(feature = "hubspot", feature = "gong")), allow(dead_code))]
     /// Sends a request through `stack` and reads its answer (see [`JsonApi::read`]).
     pub(crate) async fn send<T: DeserializeOwned>(
         &self,

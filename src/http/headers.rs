@@ -116,21 +116,56 @@ pub(crate) fn read(policy: &HeaderPolicy, status: StatusCode, headers: &HeaderMa
         longer(d);
     }
 
-    if let Some(percent) = policy.salesforce_stop_percent
-        && let Some((used, max)) = headers
+    let usage = || {
+        headers
             .get(&SFORCE_LIMIT_INFO)
             .and_then(|v| v.to_str().ok())
             .and_then(salesforce_usage)
-        && max > 0
+            .filter(|(_, max)| *max > 0)
+    };
+    if let Some(percent) = policy.salesforce_stop_percent
+        && let Some((used, max)) = usage()
         && u128::from(used) * 100 >= u128::from(max) * u128::from(percent)
     {
         quota_stop = true;
+    }
+    if let Some(pace) = policy.salesforce_pace_percent
+        && let Some((used, max)) = usage()
+        && let Some(d) = salesforce_pace(
+            used,
+            max,
+            pace,
+            policy.salesforce_stop_percent.unwrap_or(100),
+            policy.salesforce_pace_max_hold,
+        )
+    {
+        longer(d);
     }
 
     Signals {
         hold: hold.map(|h| h.min(policy.max_hold)),
         quota_stop,
     }
+}
+
+/// The hold after an answer reporting `used` of `max` daily requests: none below `pace`
+/// percent, growing linearly to `max_hold` at `stop` percent.
+pub(crate) fn salesforce_pace(
+    used: u64,
+    max: u64,
+    pace: u8,
+    stop: u8,
+    max_hold: Duration,
+) -> Option<Duration> {
+    let (used, max) = (u128::from(used) * 100, u128::from(max));
+    let from = max * u128::from(pace);
+    if max == 0 || used < from {
+        return None;
+    }
+    let span = max * u128::from(stop.saturating_sub(pace).max(1));
+    let hold_ms = max_hold.as_millis();
+    let ms = (hold_ms * (used - from) / span).min(hold_ms);
+    Some(Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX)))
 }
 
 /// `api-usage=N/M` out of a `Sforce-Limit-Info` value (other entries such as
@@ -354,6 +389,29 @@ mod tests {
         ]);
         let s = read(&policy(), StatusCode::OK, &h);
         assert_eq!(s.hold, Some(policy().max_hold));
+    }
+
+    #[test]
+    fn salesforce_pacing_grows_towards_the_stop_share() {
+        let hold = Duration::from_secs(1);
+        assert_eq!(salesforce_pace(49, 100, 50, 80, hold), None);
+        assert_eq!(salesforce_pace(50, 100, 50, 80, hold), Some(Duration::ZERO));
+        assert_eq!(
+            salesforce_pace(65, 100, 50, 80, hold),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(salesforce_pace(99, 100, 50, 80, hold), Some(hold));
+        assert_eq!(salesforce_pace(5, 0, 50, 80, hold), None);
+        let mut p = policy();
+        p.salesforce_pace_percent = Some(50);
+        p.salesforce_stop_percent = Some(90);
+        let s = read(
+            &p,
+            StatusCode::OK,
+            &map(&[("sforce-limit-info", "api-usage=70/100")]),
+        );
+        assert_eq!(s.hold, Some(Duration::from_millis(500)));
+        assert!(!s.quota_stop);
     }
 
     #[test]

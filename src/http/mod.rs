@@ -69,10 +69,10 @@ pub use auth::{
 };
 pub use presets::{HttpStack, Preset};
 pub use retry::{
-    Classify, DefaultClassifier, FirefliesClassifier, FullJitter, GoogleClassifier,
-    HubSpotClassifier, Jitter, MondayClassifier, NoJitter, NonIdempotent, Retry, RetryConfig,
-    RetryFuture, RetryLayer, SalesforceClassifier, SeededJitter, Verdict, api_error, rate_limited,
-    response_retry_after,
+    Classify, DefaultClassifier, FIREFLIES_QUOTA_AFTER, FirefliesClassifier, FullJitter,
+    GoogleClassifier, HubSpotClassifier, Jitter, MondayClassifier, NoJitter, NonIdempotent, Retry,
+    RetryConfig, RetryFuture, RetryLayer, SalesforceClassifier, SeededJitter, Verdict, api_error,
+    rate_limited, response_retry_after,
 };
 pub use stats::{HttpStats, HttpStatsSnapshot};
 pub use throttle::{

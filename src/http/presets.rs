@@ -28,7 +28,7 @@
 //! | [`hubspot_search`] | 4 per second, 250 ms apart | as `hubspot` |
 //! | [`gong`] | 3 per second + 10,000 per day (quota) | |
 //! | [`fireflies`] | 60 per minute ([`Preset::with_daily_limit`]`(Some(50))` on free plans) | GraphQL `too_many_requests` |
-//! | [`salesforce`] | 100 per 60 s | stops at 80 % of the daily quota (`Sforce-Limit-Info`), `REQUEST_LIMIT_EXCEEDED`, `INVALID_SESSION_ID` refresh |
+//! | [`salesforce`] | 100 per 60 s | slows from 50 % and stops at 80 % of the daily quota (`Sforce-Limit-Info`), `REQUEST_LIMIT_EXCEEDED`, `INVALID_SESSION_ID` refresh |
 //! | [`monday`] | 50 per 60 s | complexity budget, `retry_in_seconds`, daily limit |
 //! | [`google_drive`] | 10 per second | `userRateLimitExceeded` / `rateLimitExceeded` retried |
 
@@ -170,6 +170,13 @@ impl Preset {
     /// Sets the Salesforce daily-quota stop share, in percent (`None` disables the guard).
     pub fn with_salesforce_stop_percent(mut self, percent: Option<u8>) -> Self {
         self.throttle.headers.salesforce_stop_percent = percent;
+        self
+    }
+
+    /// Sets the share of Salesforce's daily quota from which requests are slowed down, in
+    /// percent (`None` never slows down; see [`HeaderPolicy::salesforce_pace_percent`]).
+    pub fn with_salesforce_pace_percent(mut self, percent: Option<u8>) -> Self {
+        self.throttle.headers.salesforce_pace_percent = percent;
         self
     }
 
@@ -348,13 +355,15 @@ pub fn fireflies() -> Preset {
     Preset::new("fireflies", Budget::per_minute(60)).with_classifier(FirefliesClassifier)
 }
 
-/// Salesforce REST: 100 requests per 60 s; stops with [`Error::QuotaExhausted`] once
-/// `Sforce-Limit-Info` reports 80 % of the daily org quota used
+/// Salesforce REST: 100 requests per 60 s; slows down once `Sforce-Limit-Info` reports
+/// half of the daily org quota used (a hold after each answer growing to 1 s at the stop
+/// share), and stops with [`Error::QuotaExhausted`] once it reports 80 % used
 /// ([`Preset::with_salesforce_stop_percent`]); `REQUEST_LIMIT_EXCEEDED` stops too;
 /// `INVALID_SESSION_ID` refreshes the OAuth token.
 pub fn salesforce() -> Preset {
     Preset::new("salesforce", Budget::per_minute(100))
         .with_salesforce_stop_percent(Some(80))
+        .with_salesforce_pace_percent(Some(50))
         .with_classifier(SalesforceClassifier)
 }
 
@@ -412,6 +421,7 @@ mod tests {
         let sf = salesforce();
         assert_eq!(main(&sf), (100, Duration::from_secs(60)));
         assert_eq!(sf.throttle.headers.salesforce_stop_percent, Some(80));
+        assert_eq!(sf.throttle.headers.salesforce_pace_percent, Some(50));
         assert_eq!(main(&monday()), (50, Duration::from_secs(60)));
         assert_eq!(main(&google_drive()), (10, Duration::from_secs(1)));
         for kind in ConnectorKind::ALL {

@@ -212,12 +212,26 @@ impl Orchestrator {
         let checkpoint = checkpoint?;
         let credentials = self.store.credentials(row)?;
         let connector = self.registry.build(row, credentials.as_ref())?;
+        let updater = {
+            let (store, ws, kind) = (self.store.clone(), row.workspace_id, row.connector);
+            let base = credentials.clone();
+            crate::connector::CredentialUpdater::new(move |updates| {
+                let (store, base) = (store.clone(), base.clone());
+                Box::pin(async move {
+                    persist_credentials(store.as_ref(), ws, kind, base.as_ref(), &updates).await
+                })
+            })
+        };
         let ctx = SyncContext::new(row.workspace_id, mode)
             .with_previous(checkpoint)
             .with_lag(self.config.watermark_lag)
             .with_cancel(cancel.clone())
-            .with_progress(options.progress.clone().unwrap_or_default());
-        let report = connector.sync(&ctx, sink).await?;
+            .with_progress(options.progress.clone().unwrap_or_default())
+            .with_credential_updater(updater);
+        let outcome = connector.sync(&ctx, sink).await;
+        self.store_credential_updates(row, connector.as_ref(), credentials.as_ref())
+            .await;
+        let report = outcome?;
         let needs_backfill = mode != SyncMode::Backfill
             && report
                 .details
@@ -239,6 +253,40 @@ impl Orchestrator {
             }
         }
         Ok((report, false))
+    }
+
+    /// Stores the credential values the connector replaced (a rotated refresh token) with
+    /// the connection. A failure is logged (without the values): the run's data is safe,
+    /// and the next run may have to be re-authorized.
+    async fn store_credential_updates(
+        &self,
+        row: &ConnectionRow,
+        connector: &dyn crate::connector::SyncCapable,
+        credentials: Option<&crate::store::Credentials>,
+    ) {
+        let updates = connector.credential_updates();
+        if updates.is_empty() {
+            return;
+        }
+        let stored = persist_credentials(
+            self.store.as_ref(),
+            row.workspace_id,
+            row.connector,
+            credentials,
+            &updates,
+        );
+        match stored.await {
+            Ok(()) => tracing::info!(
+                connector = %row.connector,
+                keys = ?updates.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+                "stored credentials the provider rotated"
+            ),
+            Err(e) => tracing::error!(
+                connector = %row.connector,
+                error = %e,
+                "storing rotated credentials failed; the connection may need re-authorization"
+            ),
+        }
     }
 
     async fn close_log(
@@ -288,4 +336,30 @@ impl Orchestrator {
             tracing::error!(error = %e, "recording the sync's outcome failed");
         }
     }
+}
+
+/// Stores `updates` over the connection's credentials `base` (sealed with the store's key).
+async fn persist_credentials(
+    store: &dyn crate::store::SyncStore,
+    workspace_id: uuid::Uuid,
+    connector: crate::model::ConnectorKind,
+    base: Option<&crate::store::Credentials>,
+    updates: &[(String, secrecy::SecretString)],
+) -> Result<()> {
+    let mut json = match base {
+        Some(c) => c.expose_json()?,
+        None => serde_json::json!({}),
+    };
+    if let Some(map) = json.as_object_mut() {
+        for (key, value) in updates {
+            map.insert(
+                key.clone(),
+                serde_json::Value::String(secrecy::ExposeSecret::expose_secret(value).to_owned()),
+            );
+        }
+    }
+    let sealed = crate::store::Credentials::from_json(json)?;
+    store
+        .set_credentials(workspace_id, connector, Some(&sealed))
+        .await
 }

@@ -91,6 +91,93 @@ impl ConnectorRegistry {
                 Ok(Box::new(GongConnector::new(&base, credentials, config)?))
             });
         }
+        #[cfg(feature = "fireflies")]
+        {
+            use crate::connectors::fireflies::{
+                FirefliesConfig, FirefliesConnector, FirefliesCredentials,
+            };
+
+            let base = base_urls
+                .get(&ConnectorKind::Fireflies)
+                .cloned()
+                .unwrap_or_else(|| "https://api.fireflies.ai".to_owned());
+            registry = registry.register(ConnectorKind::Fireflies, move |row, creds| {
+                let creds = creds
+                    .ok_or_else(|| Error::config("the fireflies connection has no credentials"))?;
+                let credentials = FirefliesCredentials::from_lookup(|k| creds.get(k))?;
+                let config = FirefliesConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
+                Ok(Box::new(FirefliesConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
+            });
+        }
+        #[cfg(feature = "salesforce")]
+        {
+            use crate::connectors::salesforce::{
+                SalesforceConfig, SalesforceConnector, SalesforceCredentials,
+            };
+
+            let base = base_urls
+                .get(&ConnectorKind::Salesforce)
+                .cloned()
+                .unwrap_or_else(|| "https://login.salesforce.com".to_owned());
+            registry = registry.register(ConnectorKind::Salesforce, move |row, creds| {
+                let creds = creds
+                    .ok_or_else(|| Error::config("the salesforce connection has no credentials"))?;
+                let credentials = SalesforceCredentials::from_lookup(|k| creds.get(k))?;
+                let config = SalesforceConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
+                Ok(Box::new(SalesforceConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
+            });
+        }
+        #[cfg(feature = "google-drive")]
+        {
+            use crate::connectors::gdrive::{
+                GoogleDriveConfig, GoogleDriveConnector, GoogleDriveCredentials, PUBLIC_ORIGIN,
+            };
+
+            let base = base_urls
+                .get(&ConnectorKind::GoogleDrive)
+                .cloned()
+                .unwrap_or_else(|| PUBLIC_ORIGIN.to_owned());
+            registry = registry.register(ConnectorKind::GoogleDrive, move |row, creds| {
+                let creds = creds.ok_or_else(|| {
+                    Error::config("the google-drive connection has no credentials")
+                })?;
+                let credentials = GoogleDriveCredentials::from_lookup(|k| creds.get(k))?;
+                let config = GoogleDriveConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
+                Ok(Box::new(GoogleDriveConnector::new(
+                    &base,
+                    credentials,
+                    config,
+                )?))
+            });
+        }
+        #[cfg(feature = "monday")]
+        {
+            use crate::connectors::monday::{MondayConfig, MondayConnector, MondayCredentials};
+
+            let base = base_urls
+                .get(&ConnectorKind::Monday)
+                .cloned()
+                .unwrap_or_else(|| "https://api.monday.com".to_owned());
+            registry = registry.register(ConnectorKind::Monday, move |row, creds| {
+                let creds = creds
+                    .ok_or_else(|| Error::config("the monday connection has no credentials"))?;
+                let credentials = MondayCredentials::from_lookup(|k| creds.get(k))?;
+                let config = MondayConfig::from_json(&row.config)?;
+                let base = config.base_url.clone().unwrap_or_else(|| base.clone());
+                Ok(Box::new(MondayConnector::new(&base, credentials, config)?))
+            });
+        }
         registry
     }
 

@@ -23,10 +23,21 @@
 //! # Ok(()) }
 //! ```
 
+mod fireflies;
+mod fireflies_gql;
+mod gdrive;
 mod gong;
 mod hubspot;
-#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+mod monday;
+#[cfg(all(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "salesforce",
+    feature = "monday",
+    feature = "sqlite"
+))]
 mod quickstart;
+mod salesforce;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -43,6 +54,15 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use fireflies::{
+    FIREFLIES_MAX_LIMIT, FirefliesErrorForm, FirefliesSim, FirefliesSimAttendee,
+    FirefliesSimConfig, FirefliesSimHandle, FirefliesSimSentence, FirefliesSimSummary,
+    FirefliesSimTranscript, FirefliesSimUser, NewFirefliesTranscript, TranscriptsArgs,
+};
+pub use gdrive::{
+    DOC_MIME, FOLDER_MIME, GDRIVE_EXPORT_LIMIT, GDriveSim, GDriveSimConfig, GDriveSimFile,
+    GDriveSimHandle, NewGDriveFile, ROOT_ID, SHARED_DRIVE_ID, SHEET_MIME, SLIDES_MIME,
+};
 pub use gong::{
     GongAffiliation, GongSim, GongSimCall, GongSimConfig, GongSimParty, GongSimUser,
     NO_CALLS_FOUND, NewGongCall,
@@ -51,12 +71,32 @@ pub use hubspot::{
     HubSpotEndpoint, HubSpotOAuthApp, HubSpotObject, HubSpotPortal, HubSpotSim, HubSpotSimConfig,
     SimRecord,
 };
-#[cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite"))]
+pub use monday::{
+    MONDAY_CURRENT_API_VERSION, MondayItemState, MondaySim, MondaySimBoard, MondaySimColumn,
+    MondaySimConfig, MondaySimGroup, MondaySimItem, MondaySimRequest, MondaySimUser,
+};
+#[cfg(all(
+    feature = "hubspot",
+    feature = "gong",
+    feature = "salesforce",
+    feature = "monday",
+    feature = "sqlite"
+))]
 #[cfg_attr(
     docsrs,
-    doc(cfg(all(feature = "hubspot", feature = "gong", feature = "sqlite")))
+    doc(cfg(all(
+        feature = "hubspot",
+        feature = "gong",
+        feature = "salesforce",
+        feature = "monday",
+        feature = "sqlite"
+    )))
 )]
 pub use quickstart::{QuickstartConfig, QuickstartReport, run_quickstart};
+pub use salesforce::{
+    LocatorDeath, SIM_API_VERSIONS, SalesforceObject, SalesforceRecord, SalesforceSim,
+    SalesforceSimConfig, custom_field_name,
+};
 
 /// Faults a simulator injects into its answers. Decisions are deterministic: they depend on
 /// the simulator's seed and the request's sequence number (or the record's id), so a failing

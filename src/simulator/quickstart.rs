@@ -1,6 +1,8 @@
-//! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot and Gong
-//! simulators → orchestrator → an SQLite file, an initial and an incremental sync, and the
-//! built-in post-sync hooks.
+//! The quickstart's logic, shared by `examples/quickstart.rs` and its test: HubSpot, Gong and
+//! Salesforce and monday.com simulators (and Fireflies' and Google Drive's with their
+//! features) →
+//! orchestrator → an SQLite file, an initial and an incremental sync, and the built-in
+//! post-sync hooks.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -10,7 +12,10 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::{GongSim, GongSimConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig, NewGongCall};
+use super::{
+    GongSim, GongSimConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig, MondaySim,
+    MondaySimConfig, NewGongCall, SalesforceObject, SalesforceSim, SalesforceSimConfig,
+};
 use crate::connector::ProgressReporter;
 use crate::error::{Error, Result};
 use crate::hooks::BuiltinHooksConfig;
@@ -36,13 +41,29 @@ pub struct QuickstartConfig {
     pub gong_users: u64,
     /// Gong calls over the last 90 days.
     pub gong_calls: u64,
+    /// Fireflies transcripts over the last 90 days (with the `fireflies` feature).
+    pub fireflies_transcripts: u64,
+    /// Salesforce accounts.
+    pub salesforce_accounts: u64,
+    /// Salesforce contacts.
+    pub salesforce_contacts: u64,
+    /// Salesforce opportunities (each with up to two contact roles).
+    pub salesforce_opportunities: u64,
+    /// monday.com boards.
+    pub monday_boards: u32,
+    /// Items on each monday.com board.
+    pub monday_items_per_board: u32,
+    /// Google Docs in the simulated Drive (with the `google-drive` feature), besides its
+    /// folders, Sheets, Slides, PDFs, text, shared-with-me and shared-drive files.
+    pub drive_docs: u64,
     /// Where progress goes (records stored so far).
     pub progress: Option<ProgressReporter>,
 }
 
 impl QuickstartConfig {
     /// The quickstart's default size: 2,000 companies, 8,000 contacts, 4,000 deals, 25 Gong
-    /// users and 1,500 calls.
+    /// users and 1,500 calls; 1,000 Salesforce accounts, 4,000 contacts and 2,000
+    /// opportunities; 6 monday.com boards of 150 items; 400 Fireflies transcripts.
     pub fn new(database: impl Into<PathBuf>) -> Self {
         QuickstartConfig {
             database: database.into(),
@@ -51,6 +72,13 @@ impl QuickstartConfig {
             deals: 4_000,
             gong_users: 25,
             gong_calls: 1_500,
+            fireflies_transcripts: 400,
+            salesforce_accounts: 1_000,
+            salesforce_contacts: 4_000,
+            salesforce_opportunities: 2_000,
+            monday_boards: 6,
+            monday_items_per_board: 150,
+            drive_docs: 20,
             progress: None,
         }
     }
@@ -101,11 +129,45 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         users: cfg.gong_users,
         calls: cfg.gong_calls,
         days: 90,
-        external_domains: domains,
+        external_domains: domains.clone(),
         ..Default::default()
     })
     .await
     .map_err(|e| Error::config(format!("starting the Gong simulator: {e}")))?;
+    #[cfg(feature = "fireflies")]
+    let fireflies = super::FirefliesSim::start(super::FirefliesSimConfig {
+        transcripts: cfg.fireflies_transcripts,
+        days: 90,
+        external_domains: domains.clone(),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the Fireflies simulator: {e}")))?;
+    let salesforce = SalesforceSim::start(SalesforceSimConfig {
+        accounts: cfg.salesforce_accounts,
+        contacts: cfg.salesforce_contacts,
+        opportunities: cfg.salesforce_opportunities,
+        roles_per_opportunity: 2,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the Salesforce simulator: {e}")))?;
+
+    let monday = MondaySim::start(MondaySimConfig {
+        boards: cfg.monday_boards,
+        first_board_items: cfg.monday_items_per_board,
+        items_per_board: cfg.monday_items_per_board,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the monday.com simulator: {e}")))?;
+    #[cfg(feature = "google-drive")]
+    let drive = super::GDriveSim::start(super::GDriveSimConfig {
+        docs: cfg.drive_docs,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| Error::config(format!("starting the Google Drive simulator: {e}")))?;
 
     for suffix in ["", "-wal", "-shm"] {
         let mut p = cfg.database.clone().into_os_string();
@@ -143,10 +205,65 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
         )
         .await?;
 
-    let registry = ConnectorRegistry::builtin(&BTreeMap::from([
+    #[cfg(feature = "fireflies")]
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::Fireflies, "api_key").with_credentials(
+                Credentials::from_json(serde_json::json!({"api_key": fireflies.config().api_key}))?,
+            ),
+        )
+        .await?;
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::Salesforce, "oauth").with_credentials(
+                Credentials::from_json(serde_json::json!({
+                    "client_id": salesforce.config().client_id,
+                    "client_secret": salesforce.config().client_secret,
+                    "refresh_token": salesforce.config().refresh_token,
+                }))?,
+            ),
+        )
+        .await?;
+
+    #[cfg(feature = "google-drive")]
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::GoogleDrive, "oauth").with_credentials(
+                Credentials::from_json(serde_json::json!({
+                    "client_id": drive.config().client_id,
+                    "client_secret": drive.config().client_secret,
+                    "refresh_token": drive.config().refresh_token,
+                }))?,
+            ),
+        )
+        .await?;
+
+    #[allow(unused_mut)]
+    let mut origins = BTreeMap::from([
         (ConnectorKind::Hubspot, hubspot.base_url()),
         (ConnectorKind::Gong, gong.base_url()),
-    ]));
+        (ConnectorKind::Salesforce, salesforce.base_url()),
+        (ConnectorKind::Monday, monday.base_url()),
+    ]);
+    #[cfg(feature = "fireflies")]
+    origins.insert(ConnectorKind::Fireflies, fireflies.base_url());
+    // monday allows far more than the connector's cautious default of 50 requests a
+    // minute on paid plans; the connection uses 500.
+    store
+        .create_connection(
+            NewConnection::new(workspace_id, ConnectorKind::Monday, "api_token")
+                .with_credentials(Credentials::from_json(serde_json::json!({
+                    "api_token": monday.config().api_token
+                }))?)
+                .with_config(serde_json::json!({
+                    "rate_limit": {"max_requests": 500, "window_ms": 60_000}
+                })),
+        )
+        .await?;
+
+    #[cfg(feature = "google-drive")]
+    origins.insert(ConnectorKind::GoogleDrive, drive.base_url());
+    let registry = ConnectorRegistry::builtin(&origins);
     let orchestrator = Orchestrator::new(store.clone(), registry)
         .with_builtin_hooks(BuiltinHooksConfig::default());
     let options = || SyncOptions {
@@ -177,6 +294,77 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
                     .title(format!("Quickstart follow-up {}", n + 1)),
             );
         }
+    }
+    #[cfg(feature = "fireflies")]
+    {
+        // The latest meeting renamed after the call, and two meetings recorded since.
+        if let Some(t) = fireflies.transcripts().first() {
+            fireflies.modify_transcript(&t.id.clone(), |t| {
+                t.title = format!("{} (renamed)", t.title);
+            });
+        }
+        for n in 0..2 {
+            fireflies.add_transcript(super::NewFirefliesTranscript::at(
+                Utc::now() - chrono::Duration::minutes(30 + 20 * n),
+            ));
+        }
+    }
+    // In Salesforce: a deal won, a new contact, an account deleted with what it holds.
+    let doomed = SalesforceObject::Account.id(2);
+    let won = salesforce
+        .records(SalesforceObject::Opportunity)
+        .into_iter()
+        .find(|o| o.get("AccountId").as_str() != Some(doomed.as_str()))
+        .map(|o| o.id)
+        .unwrap_or_default();
+    salesforce.modify(
+        SalesforceObject::Opportunity,
+        &won,
+        [
+            ("StageName", serde_json::json!("Closed Won")),
+            ("IsClosed", serde_json::json!(true)),
+            ("IsWon", serde_json::json!(true)),
+        ],
+    );
+    salesforce.create(
+        SalesforceObject::Contact,
+        [
+            ("FirstName", serde_json::json!("Quinn")),
+            ("LastName", serde_json::json!("Quickstart")),
+            ("Email", serde_json::json!("quinn@example.com")),
+        ],
+    );
+    salesforce.delete(SalesforceObject::Account, &doomed);
+    // On the boards: a task done, one renamed, one archived, a new one.
+    let items = monday.items();
+    if let Some(first) = items.first()
+        && let Some(board) = monday.board(&first.board_id)
+    {
+        monday.set_status_index(&first.id, board.done_indexes.first().copied());
+        monday.add_item(&board.id, "Quickstart: send the order form");
+    }
+    if let Some(item) = items.get(1) {
+        monday.rename_item(&item.id, "Quickstart: renamed task");
+    }
+    if let Some(item) = items.get(2) {
+        monday.archive_item(&item.id);
+    }
+    #[cfg(feature = "google-drive")]
+    {
+        // A Doc edited and a note written since the first sync.
+        if let Some(doc) = drive
+            .files()
+            .into_iter()
+            .find(|f| f.mime_type == super::DOC_MIME && !f.trashed)
+        {
+            drive.edit_content(&doc.id, "Q3 plan, revised after the pipeline review.");
+        }
+        drive.create(super::NewGDriveFile {
+            name: "Meeting notes".into(),
+            mime_type: "text/plain".into(),
+            parent: Some(super::ROOT_ID.into()),
+            content: b"Renewal call: next steps agreed.".to_vec(),
+        });
     }
     let incremental = orchestrator.sync_workspace(workspace_id, options()).await?;
 
@@ -214,6 +402,12 @@ pub async fn run_quickstart(cfg: QuickstartConfig) -> Result<QuickstartReport> {
     store.close().await;
     hubspot.shutdown().await;
     gong.shutdown().await;
+    #[cfg(feature = "fireflies")]
+    fireflies.shutdown().await;
+    salesforce.shutdown().await;
+    monday.shutdown().await;
+    #[cfg(feature = "google-drive")]
+    drive.shutdown().await;
     Ok(QuickstartReport {
         workspace_id,
         initial,

@@ -16,6 +16,7 @@ pub(crate) fn sync_example() -> &'static Path {
             ("postgres", cfg!(feature = "postgres")),
             ("hubspot", cfg!(feature = "hubspot")),
             ("gong", cfg!(feature = "gong")),
+            ("google-drive", cfg!(feature = "google-drive")),
             ("simulator", cfg!(feature = "simulator")),
         ]
         .into_iter()

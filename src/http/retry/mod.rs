@@ -22,8 +22,8 @@ pub use config::{FullJitter, Jitter, NoJitter, RetryConfig, SeededJitter};
 pub use future::RetryFuture;
 pub use layer::RetryLayer;
 pub use providers::{
-    FirefliesClassifier, GoogleClassifier, HubSpotClassifier, MondayClassifier,
-    SalesforceClassifier,
+    FIREFLIES_QUOTA_AFTER, FirefliesClassifier, GoogleClassifier, HubSpotClassifier,
+    MondayClassifier, SalesforceClassifier,
 };
 pub use service::{NonIdempotent, Retry};
 

@@ -272,12 +272,49 @@ impl Classify for MondayClassifier {
 }
 
 /// Fireflies (GraphQL): `too_many_requests` in `errors[].code` or
-/// `errors[].extensions.code` is a rate limit (retried, then [`Error::RateLimited`]);
-/// `auth_failed` is [`Error::AuthFailed`]. GraphQL errors may come with HTTP 200.
+/// `errors[].extensions.code` is a rate limit, retried after
+/// `errors[].extensions.metadata.retryAfter` (epoch milliseconds; else `Retry-After`),
+/// then [`Error::RateLimited`]; a `retryAfter` more than [`FIREFLIES_QUOTA_AFTER`] away is
+/// the daily quota (Free and Pro plans: 50 requests a day): [`Error::QuotaExhausted`] at
+/// once, resetting at `retryAfter`, so a sync never sleeps for hours. `auth_failed` is
+/// [`Error::AuthFailed`]. GraphQL errors come with HTTP 200 as well as with 429 and 401.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FirefliesClassifier;
 
+/// A Fireflies `retryAfter` further away than this is the daily quota, not a per-minute
+/// limit (the official SDK waits at most about 65 s before failing).
+pub const FIREFLIES_QUOTA_AFTER: Duration = Duration::from_secs(65);
+
 impl FirefliesClassifier {
+    /// `errors[].extensions.metadata.retryAfter`: epoch milliseconds (a number or a numeric
+    /// string) or an RFC 3339 date-time.
+    fn retry_at(body: &Bytes) -> Option<DateTime<Utc>> {
+        if !contains(body, "retryAfter") {
+            return None;
+        }
+        let v = json(body)?;
+        v.get("errors")?.as_array()?.iter().find_map(|e| {
+            let r = e.pointer("/extensions/metadata/retryAfter")?;
+            match r {
+                Value::Number(n) => n
+                    .as_i64()
+                    .or_else(|| crate::sanitize::integer(Some(&Value::from(n.as_f64()?.trunc()))))
+                    .and_then(DateTime::from_timestamp_millis),
+                Value::String(s) => s
+                    .trim()
+                    .parse::<i64>()
+                    .ok()
+                    .and_then(DateTime::from_timestamp_millis)
+                    .or_else(|| {
+                        DateTime::parse_from_rfc3339(s.trim())
+                            .ok()
+                            .map(|d| d.with_timezone(&Utc))
+                    }),
+                _ => None,
+            }
+        })
+    }
+
     fn codes(body: &Bytes) -> Vec<String> {
         if !contains(body, "\"errors\"") {
             return Vec::new();
@@ -304,7 +341,19 @@ impl Classify for FirefliesClassifier {
     fn classify(&self, provider: &Cow<'static, str>, response: &Response<Bytes>) -> Verdict {
         let codes = Self::codes(response.body());
         if codes.iter().any(|c| c == "too_many_requests") {
-            let after = response_retry_after(response);
+            let now = Utc::now();
+            let after = match Self::retry_at(response.body()) {
+                Some(at) => Some((at - now).to_std().unwrap_or(Duration::ZERO)),
+                None => response_retry_after(response),
+            };
+            if let Some(wait) = after
+                && wait > FIREFLIES_QUOTA_AFTER
+            {
+                let resets_at = chrono::Duration::from_std(wait)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d));
+                return Verdict::Fail(quota(provider, resets_at));
+            }
             return Verdict::Retry {
                 after,
                 error: rate_limited(provider, after),
@@ -511,6 +560,41 @@ mod tests {
         assert!(matches!(
             MondayClassifier.classify(&p(), &resp(200, &[], r#"{"data":{"boards":[]}}"#)),
             Verdict::Success
+        ));
+    }
+
+    #[test]
+    fn fireflies_retry_after_near_is_a_wait_far_is_the_daily_quota() {
+        let body = |at: i64| {
+            format!(
+                r#"{{"data":null,"errors":[{{"message":"Too many requests","code":"too_many_requests","friendly":true,"extensions":{{"code":"too_many_requests","status":429,"metadata":{{"retryAfter":{at}}}}}}}]}}"#
+            )
+        };
+        let now = Utc::now().timestamp_millis();
+        for status in [200, 429] {
+            let near = FirefliesClassifier.classify(&p(), &resp(status, &[], &body(now + 5_000)));
+            let wait = retry_after_of(near).unwrap();
+            assert!(
+                wait <= Duration::from_secs(5) && wait >= Duration::from_secs(3),
+                "{wait:?}"
+            );
+            let far = now + 6 * 3_600_000;
+            match FirefliesClassifier.classify(&p(), &resp(status, &[], &body(far))) {
+                Verdict::Fail(Error::QuotaExhausted {
+                    resets_at: Some(r), ..
+                }) => {
+                    assert!((r.timestamp_millis() - far).abs() < 2_000, "{r}");
+                }
+                other => panic!("expected the daily quota, got {other:?}"),
+            }
+        }
+        // A retryAfter in the past retries at once; an RFC 3339 one is read too.
+        let past = FirefliesClassifier.classify(&p(), &resp(200, &[], &body(now - 10_000)));
+        assert_eq!(retry_after_of(past), Some(Duration::ZERO));
+        let iso = r#"{"errors":[{"code":"too_many_requests","extensions":{"metadata":{"retryAfter":"2999-01-01T00:00:00Z"}}}]}"#;
+        assert!(matches!(
+            FirefliesClassifier.classify(&p(), &resp(429, &[], iso)),
+            Verdict::Fail(Error::QuotaExhausted { .. })
         ));
     }
 

@@ -160,6 +160,15 @@ pub struct HeaderPolicy {
     /// api-usage=N/M` reports at least this percentage of the daily quota used. `None`
     /// ignores the header.
     pub salesforce_stop_percent: Option<u8>,
+    /// Slow down once `Sforce-Limit-Info` reports at least this percentage of the daily
+    /// quota used: every answer then holds the next request for a share of
+    /// [`HeaderPolicy::salesforce_pace_max_hold`] that grows linearly from nothing at this
+    /// percentage to all of it at the stop percentage (100 without one). `None` never
+    /// slows down.
+    pub salesforce_pace_percent: Option<u8>,
+    /// The hold between two requests when usage reaches the stop percentage (see
+    /// [`HeaderPolicy::salesforce_pace_percent`]).
+    pub salesforce_pace_max_hold: Duration,
     /// How long a quota stop lasts before one request may probe the provider again.
     pub quota_recheck: Duration,
     /// The longest hold any header can impose (protects against absurd values).
@@ -173,6 +182,8 @@ impl Default for HeaderPolicy {
             ietf: true,
             retry_after: true,
             salesforce_stop_percent: None,
+            salesforce_pace_percent: None,
+            salesforce_pace_max_hold: Duration::from_secs(1),
             quota_recheck: Duration::from_secs(15 * 60),
             max_hold: Duration::from_secs(24 * 3600),
         }
@@ -187,6 +198,7 @@ impl HeaderPolicy {
             ietf: false,
             retry_after: false,
             salesforce_stop_percent: None,
+            salesforce_pace_percent: None,
             ..Self::default()
         }
     }
@@ -270,6 +282,13 @@ impl ThrottleConfig {
         {
             return Err(Error::config(format!(
                 "salesforce_stop_percent must be between 1 and 100, got {p}"
+            )));
+        }
+        if let Some(p) = self.headers.salesforce_pace_percent
+            && !(1..=100).contains(&p)
+        {
+            return Err(Error::config(format!(
+                "salesforce_pace_percent must be between 1 and 100, got {p}"
             )));
         }
         Ok(())
