@@ -2,58 +2,13 @@
 //! incremental one, and a bad key (HTTP 401 and HTTP 200 forms) that exits 1 with a clear
 //! message and the key nowhere in the output or the database.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use pandora_sync::simulator::{FirefliesErrorForm, FirefliesSim, FirefliesSimConfig};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// The `sync` example built with `sqlite,fireflies` in this test's target directory.
-fn sync_example() -> &'static Path {
-    static EXAMPLE: OnceLock<PathBuf> = OnceLock::new();
-    EXAMPLE.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--example", "sync", "--message-format=json"])
-            .args(["--no-default-features", "--features", "sqlite,fireflies"]);
-        if let Some(target) = exe
-            .ancestors()
-            .find(|dir| dir.join("CACHEDIR.TAG").is_file())
-        {
-            cmd.arg("--target-dir").arg(target);
-        }
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("CARGO_PKG_")
-                || [
-                    "CARGO_MANIFEST_DIR",
-                    "CARGO_MANIFEST_PATH",
-                    "CARGO_CRATE_NAME",
-                    "CARGO_BIN_NAME",
-                    "CARGO_PRIMARY_PACKAGE",
-                    "CARGO_TARGET_TMPDIR",
-                    "CARGO_RUSTC_CURRENT_DIR",
-                    "OUT_DIR",
-                ]
-                .contains(&key.as_ref())
-            {
-                cmd.env_remove(key.as_ref());
-            }
-        }
-        let out = cmd.stderr(Stdio::inherit()).output().unwrap();
-        assert!(out.status.success(), "building the sync example failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "sync")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reports the sync example's executable")
-    })
-}
+use crate::support_example::sync_example;
 
 async fn run(args: Vec<String>) -> Output {
     let exe = sync_example().to_owned();

@@ -7,6 +7,9 @@ mod sim;
 
 #[cfg(all(feature = "fireflies", feature = "sqlite"))]
 mod example;
+#[cfg(all(feature = "fireflies", feature = "sqlite"))]
+#[path = "../support/example.rs"]
+mod support_example;
 
 #[cfg(all(feature = "fireflies", any(feature = "sqlite", feature = "postgres")))]
 mod e2e;

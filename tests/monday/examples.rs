@@ -1,92 +1,16 @@
 //! The `sync` and `tasks` examples as a user runs them, in subprocesses against the
 //! simulator.
 
-use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use pandora_sync::simulator::{MondaySim, MondaySimConfig};
 use serde_json::{Value, json};
 use sqlx::{Connection, SqliteConnection};
 use uuid::Uuid;
 
-/// The examples, built once for this test binary with its features, in the same target
-/// directory and profile.
-fn example(name: &str) -> PathBuf {
-    static BUILT: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let features: Vec<&str> = [
-                ("sqlite", cfg!(feature = "sqlite")),
-                ("postgres", cfg!(feature = "postgres")),
-                ("hubspot", cfg!(feature = "hubspot")),
-                ("gong", cfg!(feature = "gong")),
-                ("monday", cfg!(feature = "monday")),
-                ("simulator", cfg!(feature = "simulator")),
-            ]
-            .into_iter()
-            .filter_map(|(name, on)| on.then_some(name))
-            .collect();
-            let exe = std::env::current_exe().unwrap();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-            let mut cmd = Command::new(cargo);
-            cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args([
-                    "build",
-                    "--example",
-                    "sync",
-                    "--example",
-                    "tasks",
-                    "--message-format=json",
-                ])
-                .args(["--no-default-features", "--features", &features.join(",")]);
-            if let Some(target) = exe
-                .ancestors()
-                .find(|dir| dir.join("CACHEDIR.TAG").is_file())
-            {
-                cmd.arg("--target-dir").arg(target);
-            }
-            for (key, _) in std::env::vars_os() {
-                let key = key.to_string_lossy();
-                if key.starts_with("CARGO_PKG_")
-                    || [
-                        "CARGO_MANIFEST_DIR",
-                        "CARGO_MANIFEST_PATH",
-                        "CARGO_CRATE_NAME",
-                        "CARGO_BIN_NAME",
-                        "CARGO_PRIMARY_PACKAGE",
-                        "CARGO_TARGET_TMPDIR",
-                        "CARGO_RUSTC_CURRENT_DIR",
-                        "OUT_DIR",
-                    ]
-                    .contains(&key.as_ref())
-                {
-                    cmd.env_remove(key.as_ref());
-                }
-            }
-            if exe.components().any(|c| c.as_os_str() == "release") {
-                cmd.arg("--release");
-            }
-            let out = cmd.stderr(Stdio::inherit()).output().unwrap();
-            assert!(out.status.success(), "building the examples failed");
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                .filter(|m| m["reason"] == "compiler-artifact")
-                .filter_map(|m| {
-                    Some((
-                        m["target"]["name"].as_str()?.to_owned(),
-                        PathBuf::from(m["executable"].as_str()?),
-                    ))
-                })
-                .collect()
-        })
-        .get(name)
-        .cloned()
-        .unwrap_or_else(|| panic!("cargo built no {name} example"))
-}
+use crate::support_example::example;
 
 fn run(exe: &Path, args: &[&str], stdin: &str) -> Output {
     let mut child = Command::new(exe)

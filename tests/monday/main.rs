@@ -12,6 +12,9 @@ mod e2e;
 
 #[cfg(feature = "sqlite")]
 mod examples;
+#[cfg(feature = "sqlite")]
+#[path = "../support/example.rs"]
+mod support_example;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 macro_rules! e2e_suite {
