@@ -11,7 +11,7 @@
 //! size therefore yields at most one sync more than the one already under way. Polling by
 //! the scheduler stays the safety net: a lost webhook costs latency, never data.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,8 +56,10 @@ pub struct WebhookConfig {
     /// The origin providers call (`https://sync.example.com`): the URI in the HubSpot v3
     /// signature. Default: `http://<Host header>`.
     pub public_url: Option<String>,
-    /// How long events for one connection are gathered before the trigger.
+    /// Events for one connection are gathered until none came for this long.
     pub debounce: Duration,
+    /// The longest a trigger waits for a quiet period after the first event of a stream.
+    pub max_delay: Duration,
     /// How often a follow-up waiting for a running sync checks whether it ended.
     pub follow_up_poll: Duration,
 }
@@ -69,6 +71,7 @@ impl Default for WebhookConfig {
             monday_secret: None,
             public_url: None,
             debounce: Duration::from_secs(2),
+            max_delay: Duration::from_secs(60),
             follow_up_poll: Duration::from_secs(1),
         }
     }
@@ -231,7 +234,7 @@ struct Shared {
     scheduler: Arc<Scheduler>,
     config: WebhookConfig,
     /// Connections with a trigger scheduled (debouncing, or waiting for a running sync).
-    scheduled: Mutex<HashSet<(Uuid, ConnectorKind)>>,
+    scheduled: Mutex<HashMap<(Uuid, ConnectorKind), tokio::time::Instant>>,
 }
 
 /// The webhook receivers.
@@ -265,7 +268,7 @@ impl Webhooks {
                 store,
                 scheduler,
                 config,
-                scheduled: Mutex::new(HashSet::new()),
+                scheduled: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -518,22 +521,45 @@ async fn route_accounts(
     Ok(matched)
 }
 
-fn lock_scheduled(shared: &Shared) -> std::sync::MutexGuard<'_, HashSet<(Uuid, ConnectorKind)>> {
+fn lock_scheduled(
+    shared: &Shared,
+) -> std::sync::MutexGuard<'_, HashMap<(Uuid, ConnectorKind), tokio::time::Instant>> {
     shared
         .scheduled
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Coalesces: a connection already scheduled merges the event; otherwise a task waits out
-/// the debounce, then triggers (or leaves it to a pending sync, or follows a running one).
+/// Coalesces: a connection already scheduled only moves its last-event time; otherwise a
+/// task waits until no event came for [`WebhookConfig::debounce`] (at most
+/// [`WebhookConfig::max_delay`] after the first), then triggers, or leaves it to a pending
+/// sync, or waits for a running one to end and follows it.
 fn schedule(shared: &Arc<Shared>, ws: Uuid, kind: ConnectorKind) -> WebhookEvent {
-    if !lock_scheduled(shared).insert((ws, kind)) {
-        return WebhookEvent::Coalesced;
+    let now = tokio::time::Instant::now();
+    {
+        let mut scheduled = lock_scheduled(shared);
+        if let Some(last) = scheduled.get_mut(&(ws, kind)) {
+            *last = now;
+            return WebhookEvent::Coalesced;
+        }
+        scheduled.insert((ws, kind), now);
     }
     let shared = shared.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(shared.config.debounce).await;
+        let first = now;
+        let deadline = first + shared.config.max_delay;
+        // Trailing debounce: wait for a quiet period.
+        loop {
+            let last = lock_scheduled(&shared)
+                .get(&(ws, kind))
+                .copied()
+                .unwrap_or(first);
+            let quiet_at = (last + shared.config.debounce).min(deadline);
+            if tokio::time::Instant::now() >= quiet_at {
+                break;
+            }
+            tokio::time::sleep_until(quiet_at).await;
+        }
         loop {
             let active = match shared.store.active_syncs(ws).await {
                 Ok(a) => a,
@@ -551,7 +577,7 @@ fn schedule(shared: &Arc<Shared>, ws: Uuid, kind: ConnectorKind) -> WebhookEvent
                 break;
             }
             if !overlapping.is_empty() {
-                // Running: it may have read before the event; follow it with one more.
+                // Running: it may have read before the events; follow it with one more.
                 tokio::time::sleep(shared.config.follow_up_poll).await;
                 continue;
             }

@@ -20,7 +20,6 @@ use uuid::Uuid;
 pub(crate) struct Served {
     pub(crate) base: String,
     pub(crate) store: Arc<dyn SyncStore>,
-    pub(crate) webhooks: Webhooks,
     pub(crate) http: reqwest::Client,
     task: tokio::task::JoinHandle<()>,
 }
@@ -72,7 +71,6 @@ pub(crate) async fn serve(
     Served {
         base: format!("http://{addr}"),
         store,
-        webhooks,
         http: reqwest::Client::new(),
         task,
     }
