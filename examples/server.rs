@@ -53,9 +53,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use pandora_sync::api::{
-    Access, BearerTokens, SyncApi, WebhookConfig, Webhooks, bearer_token,
-};
+use pandora_sync::api::{Access, BearerTokens, SyncApi, WebhookConfig, Webhooks, bearer_token};
 use pandora_sync::hooks::BuiltinHooksConfig;
 use pandora_sync::model::RecordKind;
 use pandora_sync::queue::{JobStatus, SYNC_JOB, Worker, WorkerConfig};
@@ -185,7 +183,9 @@ async fn main() -> ExitCode {
 
 fn keyring(demo: bool) -> Result<Keyring, String> {
     match std::env::var("PANDORA_SYNC_KEY") {
-        Ok(k) => Keyring::from_base64("env", k.trim()).map_err(|e| format!("PANDORA_SYNC_KEY: {e}")),
+        Ok(k) => {
+            Keyring::from_base64("env", k.trim()).map_err(|e| format!("PANDORA_SYNC_KEY: {e}"))
+        }
         Err(_) if demo => {
             eprintln!(
                 "warning: PANDORA_SYNC_KEY is not set: the demo's credentials are sealed with a key of this process alone"
@@ -226,7 +226,9 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
 
     // The demo's simulators live as long as this process.
     let demo = if args.demo {
-        let d = demo::start(&store).await.map_err(|e| (1, format!("--demo: {e}")))?;
+        let d = demo::start(&store)
+            .await
+            .map_err(|e| (1, format!("--demo: {e}")))?;
         tokens = tokens.allow(&d.token, Access::Only([d.workspace].into()));
         Some(d)
     } else {
@@ -235,8 +237,9 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
     let tokens = Arc::new(tokens);
 
     let shutdown = CancellationToken::new();
-    let orchestrator = Orchestrator::new(store.clone(), ConnectorRegistry::builtin(&BTreeMap::new()))
-        .with_builtin_hooks(BuiltinHooksConfig::default());
+    let orchestrator =
+        Orchestrator::new(store.clone(), ConnectorRegistry::builtin(&BTreeMap::new()))
+            .with_builtin_hooks(BuiltinHooksConfig::default());
     let worker = Worker::new(store.clone())
         .listen()
         .config(WorkerConfig {
@@ -275,7 +278,11 @@ async fn run(args: Args) -> Result<(), (u8, String)> {
         let _ = writeln!(out, "listening: http://{addr}");
         if let Some(d) = &demo {
             let _ = writeln!(out, "workspace: {}", d.workspace);
-            let _ = writeln!(out, "token: {}", secrecy::ExposeSecret::expose_secret(&d.token));
+            let _ = writeln!(
+                out,
+                "token: {}",
+                secrecy::ExposeSecret::expose_secret(&d.token)
+            );
         }
         let _ = out.flush();
     }
@@ -355,7 +362,11 @@ async fn status_page(
         Ok(html) => Html(html).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "rendering the status page failed");
-            (StatusCode::INTERNAL_SERVER_ERROR, Html("<p>internal error</p>".to_owned())).into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Html("<p>internal error</p>".to_owned()),
+            )
+                .into_response()
         }
     }
 }
@@ -407,7 +418,8 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;tex
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{records}</td><td>{}</td></tr>",
                 c.connector,
                 status,
-                c.last_sync_at.map_or_else(|| "never".to_owned(), |t| t.to_rfc3339()),
+                c.last_sync_at
+                    .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339()),
                 escape(c.error_message.as_deref().unwrap_or("")),
             );
         }
@@ -474,13 +486,23 @@ mod demo {
             .await
             .map_err(|e| format!("starting the HubSpot simulator: {e}"))?;
             let token = sim.config().access_token.clone();
-            connect(store, workspace, ConnectorKind::Hubspot, "access_token",
-                serde_json::json!({ "access_token": token }), sim.base_url()).await?;
+            connect(
+                store,
+                workspace,
+                ConnectorKind::Hubspot,
+                "access_token",
+                serde_json::json!({ "access_token": token }),
+                sim.base_url(),
+            )
+            .await?;
             // Its webhooks (signed with the app secret of `--webhook-secrets`) find the
             // connection by the portal id the simulator reports.
             let portal = 1000 + sim.config().seed % 1_000_000;
             pandora_sync::api::register_webhook_account(
-                store.as_ref(), workspace, ConnectorKind::Hubspot, &portal.to_string(),
+                store.as_ref(),
+                workspace,
+                ConnectorKind::Hubspot,
+                &portal.to_string(),
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -514,12 +536,21 @@ mod demo {
             .await
             .map_err(|e| format!("starting the Fireflies simulator: {e}"))?;
             let key = sim.config().api_key.clone();
-            connect(store, workspace, ConnectorKind::Fireflies, "api_key",
-                serde_json::json!({ "api_key": key }), sim.base_url()).await?;
+            connect(
+                store,
+                workspace,
+                ConnectorKind::Fireflies,
+                "api_key",
+                serde_json::json!({ "api_key": key }),
+                sim.base_url(),
+            )
+            .await?;
             sim
         };
         let token: String = (0..32)
-            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::random_range(0..36usize)]))
+            .map(|_| {
+                char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rand::random_range(0..36usize)])
+            })
             .collect();
         Ok(Demo {
             workspace,

@@ -95,9 +95,9 @@ impl BearerTokens {
     /// [`Error::Config`] for another shape or a value that is not a UUID (the message
     /// never contains a token).
     pub fn from_json(value: &serde_json::Value) -> Result<Self> {
-        let map = value
-            .as_object()
-            .ok_or_else(|| Error::config("tokens: expected an object {\"<token>\": [ids] | \"*\"}"))?;
+        let map = value.as_object().ok_or_else(|| {
+            Error::config("tokens: expected an object {\"<token>\": [ids] | \"*\"}")
+        })?;
         let mut out = BearerTokens::new();
         for (token, access) in map {
             let access = match access {
@@ -105,9 +105,11 @@ impl BearerTokens {
                 serde_json::Value::Array(ids) => Access::Only(
                     ids.iter()
                         .map(|id| {
-                            id.as_str().and_then(|s| Uuid::parse_str(s).ok()).ok_or_else(|| {
-                                Error::config(format!("tokens: {id} is not a workspace id"))
-                            })
+                            id.as_str()
+                                .and_then(|s| Uuid::parse_str(s).ok())
+                                .ok_or_else(|| {
+                                    Error::config(format!("tokens: {id} is not a workspace id"))
+                                })
                         })
                         .collect::<Result<_>>()?,
                 ),
@@ -187,11 +189,29 @@ mod tests {
             "t-admin": "*",
         }))
         .unwrap();
-        assert!(tokens.authorize(&parts(Some("Bearer t-one")), a).await.is_ok());
-        let e = tokens.authorize(&parts(Some("Bearer t-one")), b).await.unwrap_err();
+        assert!(
+            tokens
+                .authorize(&parts(Some("Bearer t-one")), a)
+                .await
+                .is_ok()
+        );
+        let e = tokens
+            .authorize(&parts(Some("Bearer t-one")), b)
+            .await
+            .unwrap_err();
         assert_eq!(e.status().as_u16(), 404);
-        assert!(tokens.authorize(&parts(Some("bearer t-admin")), b).await.is_ok());
-        for bad in [None, Some("Bearer t-on"), Some("Basic t-one"), Some("Bearer ")] {
+        assert!(
+            tokens
+                .authorize(&parts(Some("bearer t-admin")), b)
+                .await
+                .is_ok()
+        );
+        for bad in [
+            None,
+            Some("Bearer t-on"),
+            Some("Basic t-one"),
+            Some("Bearer "),
+        ] {
             let e = tokens.authorize(&parts(bad), a).await.unwrap_err();
             assert_eq!(e.status().as_u16(), 401, "{bad:?}");
         }

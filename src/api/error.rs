@@ -107,7 +107,13 @@ pub(crate) fn code_for(status: StatusCode) -> &'static str {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
     }
 }
 
@@ -194,7 +200,10 @@ mod tests {
     #[test]
     fn library_errors_map_to_statuses_without_leaking_causes() {
         let e: ApiError = Error::config("unknown field `foo`").into();
-        assert_eq!((e.status(), e.code()), (StatusCode::BAD_REQUEST, "bad_request"));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::BAD_REQUEST, "bad_request")
+        );
         assert!(e.message().contains("foo"));
         let e: ApiError = Error::Conflict {
             message: "busy".into(),

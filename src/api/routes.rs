@@ -54,7 +54,11 @@ pub(crate) async fn trigger(
     ApiJson(body): ApiJson<Option<TriggerBody>>,
 ) -> ApiResult<Response> {
     let body = body.unwrap_or_default();
-    let connector = body.connector_type.as_deref().map(parse_connector).transpose()?;
+    let connector = body
+        .connector_type
+        .as_deref()
+        .map(parse_connector)
+        .transpose()?;
     let mode = match body.mode.as_deref() {
         None | Some("auto") => None,
         Some(m) => Some(m.parse::<SyncMode>().map_err(|_| {
@@ -152,17 +156,18 @@ pub(crate) async fn list_jobs(
     let cursor = match q.before {
         None => None,
         Some(id) => {
-            let job = inner
-                .store
-                .get_job(ws, id)
-                .await?
-                .ok_or_else(|| ApiError::bad_request("before: no such job in this workspace"))?;
+            let job =
+                inner.store.get_job(ws, id).await?.ok_or_else(|| {
+                    ApiError::bad_request("before: no such job in this workspace")
+                })?;
             Some((job.created_at, job.id))
         }
     };
     // The queue pages by offset in (created_at DESC, id DESC) order: walk it from the top
     // and keep what lies strictly after the cursor, so the page is a keyset page.
-    let want = usize::try_from(limit).unwrap_or(usize::MAX).saturating_add(1);
+    let want = usize::try_from(limit)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1);
     let mut page: Vec<Job> = Vec::with_capacity(want);
     let mut offset = 0u32;
     loop {
@@ -200,7 +205,10 @@ pub(crate) async fn status(
         let mut records = 0u64;
         for kind in RecordKind::ALL {
             if kind != RecordKind::DealContact {
-                records += inner.store.count_records(ws, kind, Some(c.connector)).await?;
+                records += inner
+                    .store
+                    .count_records(ws, kind, Some(c.connector))
+                    .await?;
             }
         }
         connectors.push(json!({
@@ -218,7 +226,12 @@ pub(crate) async fn status(
         .await?
         .into_iter()
         .filter(|j| matches!(j.status, JobStatus::Pending | JobStatus::Running))
-        .min_by_key(|j| (j.status != JobStatus::Running, std::cmp::Reverse(j.created_at)))
+        .min_by_key(|j| {
+            (
+                j.status != JobStatus::Running,
+                std::cmp::Reverse(j.created_at),
+            )
+        })
         .map(job_view);
     Ok(axum::Json(json!({
         "workspaceId": ws,
@@ -314,7 +327,8 @@ pub(crate) async fn put_connection(
     ApiJson(body): ApiJson<Option<PutBody>>,
 ) -> ApiResult<Response> {
     let kind = parse_connector(&connector)?;
-    let body = body.ok_or_else(|| ApiError::bad_request("a body with `credentials` is required"))?;
+    let body =
+        body.ok_or_else(|| ApiError::bad_request("a body with `credentials` is required"))?;
     let credentials = Credentials::from_json(body.credentials)?;
     let config = match body.config {
         None | Some(Value::Null) => Value::Object(serde_json::Map::new()),

@@ -80,8 +80,14 @@ impl Default for WebhookConfig {
 impl std::fmt::Debug for WebhookConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookConfig")
-            .field("hubspot_secret", &self.hubspot_secret.as_ref().map(|_| "[REDACTED]"))
-            .field("monday_secret", &self.monday_secret.as_ref().map(|_| "[REDACTED]"))
+            .field(
+                "hubspot_secret",
+                &self.hubspot_secret.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field(
+                "monday_secret",
+                &self.monday_secret.as_ref().map(|_| "[REDACTED]"),
+            )
             .field("public_url", &self.public_url)
             .field("debounce", &self.debounce)
             .finish_non_exhaustive()
@@ -218,7 +224,9 @@ fn hubspot_decode_uri(uri: &str) -> String {
     ];
     let mut out = uri.to_owned();
     for (enc, dec) in DECODE {
-        out = out.replace(enc, dec).replace(&enc.to_ascii_lowercase(), dec);
+        out = out
+            .replace(enc, dec)
+            .replace(&enc.to_ascii_lowercase(), dec);
     }
     out
 }
@@ -262,7 +270,11 @@ pub enum WebhookEvent {
 
 impl Webhooks {
     /// Receivers over `store`, triggering through `scheduler`.
-    pub fn new(store: Arc<dyn SyncStore>, scheduler: Arc<Scheduler>, config: WebhookConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn SyncStore>,
+        scheduler: Arc<Scheduler>,
+        config: WebhookConfig,
+    ) -> Self {
         Webhooks {
             shared: Arc::new(Shared {
                 store,
@@ -352,7 +364,13 @@ async fn hubspot(
         None => format!("http://{}", header(headers, "host").unwrap_or("localhost")),
     };
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let expected = hubspot_signature(secret, method.as_str(), &format!("{origin}{path}"), body, timestamp);
+    let expected = hubspot_signature(
+        secret,
+        method.as_str(),
+        &format!("{origin}{path}"),
+        body,
+        timestamp,
+    );
     if !ct_eq(expected.as_bytes(), signature.trim().as_bytes()) {
         return Err(ApiError::unauthorized("bad HubSpot signature"));
     }
@@ -408,7 +426,8 @@ fn verify_jwt_hs256(
     now_secs: i64,
 ) -> std::result::Result<serde_json::Map<String, Value>, &'static str> {
     let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err("malformed JWT");
     };
@@ -420,7 +439,9 @@ fn verify_jwt_hs256(
     if header.get("alg").and_then(Value::as_str) != Some("HS256") {
         return Err("unsupported JWT algorithm");
     }
-    let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| "malformed JWT signature")?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| "malformed JWT signature")?;
     let mut mac = hmac_sha256(secret);
     mac.update(h.as_bytes());
     mac.update(b".");
@@ -460,7 +481,9 @@ async fn drive(shared: &Arc<Shared>, headers: &HeaderMap) -> std::result::Result
         .map(|(ws, _)| ws)
         .collect();
     if verified.is_empty() {
-        return Err(ApiError::unauthorized("unknown channel or bad channel token"));
+        return Err(ApiError::unauthorized(
+            "unknown channel or bad channel token",
+        ));
     }
     // `sync` only confirms the channel; changes come as `change`, `update`, … .
     if header(headers, "x-goog-resource-state") == Some("sync") {
@@ -618,30 +641,57 @@ mod tests {
     fn jwt_signature_and_expiry_are_checked() {
         let secret = SecretString::from("sign".to_owned());
         let good = jwt("sign", json!({"accountId": 7, "exp": 2_000}));
-        assert_eq!(verify_jwt_hs256(&good, &secret, 1_000).unwrap()["accountId"], 7);
+        assert_eq!(
+            verify_jwt_hs256(&good, &secret, 1_000).unwrap()["accountId"],
+            7
+        );
         assert_eq!(verify_jwt_hs256(&good, &secret, 2_000), Err("expired JWT"));
         let wrong = jwt("other", json!({"accountId": 7, "exp": 2_000}));
-        assert_eq!(verify_jwt_hs256(&wrong, &secret, 1_000), Err("bad JWT signature"));
+        assert_eq!(
+            verify_jwt_hs256(&wrong, &secret, 1_000),
+            Err("bad JWT signature")
+        );
         let (h, rest) = good.split_once('.').unwrap();
         let (_, s) = rest.split_once('.').unwrap();
         let forged = format!(
             "{h}.{}.{s}",
             URL_SAFE_NO_PAD.encode(json!({"accountId": 8, "exp": 2_000}).to_string())
         );
-        assert_eq!(verify_jwt_hs256(&forged, &secret, 1_000), Err("bad JWT signature"));
+        assert_eq!(
+            verify_jwt_hs256(&forged, &secret, 1_000),
+            Err("bad JWT signature")
+        );
         assert!(verify_jwt_hs256("a.b", &secret, 0).is_err());
     }
 
     #[test]
     fn hubspot_signature_matches_the_documented_construction() {
         let secret = SecretString::from("client-secret".to_owned());
-        let sig = hubspot_signature(&secret, "POST", "https://h.example/webhooks/hubspot", b"[]", "1700000000000");
+        let sig = hubspot_signature(
+            &secret,
+            "POST",
+            "https://h.example/webhooks/hubspot",
+            b"[]",
+            "1700000000000",
+        );
         let mut mac = HmacSha256::new_from_slice(b"client-secret").unwrap();
         mac.update(b"POSThttps://h.example/webhooks/hubspot[]1700000000000");
         assert_eq!(sig, STANDARD.encode(mac.finalize().into_bytes()));
         // Percent-encoded reserved characters are decoded before hashing.
-        let enc = hubspot_signature(&secret, "POST", "https://h.example/webhooks/hubspot%3Fa%3Ab", b"[]", "1");
-        let dec = hubspot_signature(&secret, "POST", "https://h.example/webhooks/hubspot?a:b", b"[]", "1");
+        let enc = hubspot_signature(
+            &secret,
+            "POST",
+            "https://h.example/webhooks/hubspot%3Fa%3Ab",
+            b"[]",
+            "1",
+        );
+        let dec = hubspot_signature(
+            &secret,
+            "POST",
+            "https://h.example/webhooks/hubspot?a:b",
+            b"[]",
+            "1",
+        );
         assert_eq!(enc, dec);
     }
 }

@@ -49,7 +49,11 @@ async fn routes_codes_and_shapes() {
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let s = serve(
         sqlite_store().await,
-        &[("tok-a", only(a)), ("tok-b", only(b)), ("tok-admin", Access::All)],
+        &[
+            ("tok-a", only(a)),
+            ("tok-b", only(b)),
+            ("tok-admin", Access::All),
+        ],
         WebhookConfig::default(),
     )
     .await;
@@ -60,7 +64,10 @@ async fn routes_codes_and_shapes() {
         (Method::POST, ws(a, "/sync")),
         (Method::GET, ws(a, "/sync/status")),
         (Method::GET, ws(a, "/sync/jobs")),
-        (Method::GET, ws(a, &format!("/sync/jobs/{}", Uuid::new_v4()))),
+        (
+            Method::GET,
+            ws(a, &format!("/sync/jobs/{}", Uuid::new_v4())),
+        ),
         (Method::GET, ws(a, "/sync/history")),
         (Method::GET, ws(a, "/connections")),
         (Method::PUT, ws(a, "/connections/hubspot")),
@@ -79,42 +86,101 @@ async fn routes_codes_and_shapes() {
     let unseen = body.clone();
 
     // PUT creates (201), then replaces (200); credentials never come back.
-    let (st, body, text) =
-        call(&s, Method::PUT, &ws(a, "/connections/hubspot"), Some("tok-a"), Some(hubspot_put())).await;
+    let (st, body, text) = call(
+        &s,
+        Method::PUT,
+        &ws(a, "/connections/hubspot"),
+        Some("tok-a"),
+        Some(hubspot_put()),
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED, "{body}");
     assert_eq!(body["connector"], "hubspot");
     assert_eq!(body["enabled"], true);
     assert_eq!(body["config"]["base_url"], "http://127.0.0.1:9");
-    assert!(!text.contains(SECRET_TOKEN) && !text.contains("credentials"), "{text}");
-    let (st, _, text) =
-        call(&s, Method::PUT, &ws(a, "/connections/hubspot"), Some("tok-a"), Some(hubspot_put())).await;
+    assert!(
+        !text.contains(SECRET_TOKEN) && !text.contains("credentials"),
+        "{text}"
+    );
+    let (st, _, text) = call(
+        &s,
+        Method::PUT,
+        &ws(a, "/connections/hubspot"),
+        Some("tok-a"),
+        Some(hubspot_put()),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     assert!(!text.contains(SECRET_TOKEN));
     // Sealed at rest.
-    let row = s.store.get_connection(a, pandora_sync::ConnectorKind::Hubspot).await.unwrap().unwrap();
-    assert!(!row.credentials.as_ref().unwrap().as_stored().contains(SECRET_TOKEN));
+    let row = s
+        .store
+        .get_connection(a, pandora_sync::ConnectorKind::Hubspot)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !row.credentials
+            .as_ref()
+            .unwrap()
+            .as_stored()
+            .contains(SECRET_TOKEN)
+    );
     let creds = s.store.credentials(&row).unwrap().unwrap();
     assert!(creds.get("access_token").is_some());
 
     // Bad bodies: 400 naming the problem.
     for (body, needle) in [
-        (json!({"credentials": {"access_token": "x"}, "config": {"colour": "red"}}).to_string(), "colour"),
-        (json!({"credentials": {"access_token": "x"}, "extra": 1}).to_string(), "extra"),
+        (
+            json!({"credentials": {"access_token": "x"}, "config": {"colour": "red"}}).to_string(),
+            "colour",
+        ),
+        (
+            json!({"credentials": {"access_token": "x"}, "extra": 1}).to_string(),
+            "extra",
+        ),
         (json!({"credentials": {"nope": "x"}}).to_string(), "hubspot"),
         (json!({"credentials": "x"}).to_string(), "object"),
-        (json!({"credentials": {"access_token": "x"}, "enabled": "yes"}).to_string(), "boolean"),
+        (
+            json!({"credentials": {"access_token": "x"}, "enabled": "yes"}).to_string(),
+            "boolean",
+        ),
         ("{not json".to_owned(), "JSON"),
         (String::new(), "credentials"),
     ] {
-        let (st, v, _) = call(&s, Method::PUT, &ws(a, "/connections/hubspot"), Some("tok-a"), Some(body.clone())).await;
+        let (st, v, _) = call(
+            &s,
+            Method::PUT,
+            &ws(a, "/connections/hubspot"),
+            Some("tok-a"),
+            Some(body.clone()),
+        )
+        .await;
         assert_error(st, &v, StatusCode::BAD_REQUEST);
-        assert!(v["message"].as_str().unwrap().contains(needle), "{body}: {v}");
+        assert!(
+            v["message"].as_str().unwrap().contains(needle),
+            "{body}: {v}"
+        );
     }
-    let (st, v, _) = call(&s, Method::PUT, &ws(a, "/connections/nosuch"), Some("tok-a"), Some(hubspot_put())).await;
+    let (st, v, _) = call(
+        &s,
+        Method::PUT,
+        &ws(a, "/connections/nosuch"),
+        Some("tok-a"),
+        Some(hubspot_put()),
+    )
+    .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
     // Over 1 MiB: 413, in the same shape.
     let big = json!({"credentials": {"access_token": "x".repeat((1 << 20) + 10)}}).to_string();
-    let (st, v, _) = call(&s, Method::PUT, &ws(a, "/connections/hubspot"), Some("tok-a"), Some(big)).await;
+    let (st, v, _) = call(
+        &s,
+        Method::PUT,
+        &ws(a, "/connections/hubspot"),
+        Some("tok-a"),
+        Some(big),
+    )
+    .await;
     assert_error(st, &v, StatusCode::PAYLOAD_TOO_LARGE);
 
     // GET connections: status, never credentials.
@@ -122,19 +188,42 @@ async fn routes_codes_and_shapes() {
     assert_eq!(st, StatusCode::OK);
     let conns = v["connections"].as_array().unwrap();
     assert_eq!(conns.len(), 1);
-    for key in ["connector", "enabled", "status", "authMethod", "config", "lastSyncAt", "error", "createdAt", "updatedAt"] {
+    for key in [
+        "connector",
+        "enabled",
+        "status",
+        "authMethod",
+        "config",
+        "lastSyncAt",
+        "error",
+        "createdAt",
+        "updatedAt",
+    ] {
         assert!(conns[0].get(key).is_some(), "{key} in {v}");
     }
     assert!(!text.contains(SECRET_TOKEN));
 
     // Workspace b exists too; each token sees only its own, as 404 exactly like a missing one.
-    let (st, _, _) =
-        call(&s, Method::PUT, &ws(b, "/connections/hubspot"), Some("tok-b"), Some(hubspot_put())).await;
+    let (st, _, _) = call(
+        &s,
+        Method::PUT,
+        &ws(b, "/connections/hubspot"),
+        Some("tok-b"),
+        Some(hubspot_put()),
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED);
     let (st, v, _) = call(&s, Method::GET, &ws(a, "/connections"), Some("tok-b"), None).await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
     assert_eq!(v, unseen, "not allowed looks exactly like not existing");
-    let (st, v, _) = call(&s, Method::PUT, &ws(a, "/connections/hubspot"), Some("tok-b"), Some(hubspot_put())).await;
+    let (st, v, _) = call(
+        &s,
+        Method::PUT,
+        &ws(a, "/connections/hubspot"),
+        Some("tok-b"),
+        Some(hubspot_put()),
+    )
+    .await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
 
     // POST /sync: 202 with statusUrl, then 409 while pending.
@@ -145,7 +234,14 @@ async fn routes_codes_and_shapes() {
     assert!(Uuid::parse_str(v["syncId"].as_str().unwrap()).is_ok());
     let status_url = v["statusUrl"].as_str().unwrap();
     assert_eq!(status_url, ws(a, &format!("/sync/jobs/{job_id}")));
-    let (st, v, _) = call(&s, Method::POST, &ws(a, "/sync"), Some("tok-a"), Some(json!({"connectorType": "hubspot"}).to_string())).await;
+    let (st, v, _) = call(
+        &s,
+        Method::POST,
+        &ws(a, "/sync"),
+        Some("tok-a"),
+        Some(json!({"connectorType": "hubspot"}).to_string()),
+    )
+    .await;
     assert_error(st, &v, StatusCode::CONFLICT);
     for body in [
         json!({"mode": "sideways"}),
@@ -153,11 +249,25 @@ async fn routes_codes_and_shapes() {
         json!({"connectorType": 3}),
         json!({"other": true}),
     ] {
-        let (st, v, _) = call(&s, Method::POST, &ws(a, "/sync"), Some("tok-a"), Some(body.to_string())).await;
+        let (st, v, _) = call(
+            &s,
+            Method::POST,
+            &ws(a, "/sync"),
+            Some("tok-a"),
+            Some(body.to_string()),
+        )
+        .await;
         assert_error(st, &v, StatusCode::BAD_REQUEST);
     }
     // No gong connection: 400.
-    let (st, v, _) = call(&s, Method::POST, &ws(b, "/sync"), Some("tok-b"), Some(json!({"connectorType": "gong", "mode": "initial"}).to_string())).await;
+    let (st, v, _) = call(
+        &s,
+        Method::POST,
+        &ws(b, "/sync"),
+        Some("tok-b"),
+        Some(json!({"connectorType": "gong", "mode": "initial"}).to_string()),
+    )
+    .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 
     // The job: 200 in its workspace, 404 from another one (even for an admin asking there).
@@ -165,19 +275,51 @@ async fn routes_codes_and_shapes() {
     assert_eq!(st, StatusCode::OK);
     assert_eq!(v["jobId"], job_id.as_str());
     assert_eq!(v["status"], "pending");
-    for key in ["progress", "result", "error", "attempts", "createdAt", "startedAt", "completedAt"] {
+    for key in [
+        "progress",
+        "result",
+        "error",
+        "attempts",
+        "createdAt",
+        "startedAt",
+        "completedAt",
+    ] {
         assert!(v.get(key).is_some(), "{key} in {v}");
     }
-    let (st, v, _) = call(&s, Method::GET, &ws(b, &format!("/sync/jobs/{job_id}")), Some("tok-b"), None).await;
+    let (st, v, _) = call(
+        &s,
+        Method::GET,
+        &ws(b, &format!("/sync/jobs/{job_id}")),
+        Some("tok-b"),
+        None,
+    )
+    .await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
-    let (st, v, _) = call(&s, Method::GET, &ws(b, &format!("/sync/jobs/{job_id}")), Some("tok-admin"), None).await;
+    let (st, v, _) = call(
+        &s,
+        Method::GET,
+        &ws(b, &format!("/sync/jobs/{job_id}")),
+        Some("tok-admin"),
+        None,
+    )
+    .await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
-    let (st, v, _) = call(&s, Method::GET, &ws(a, "/sync/jobs/not-a-uuid"), Some("tok-a"), None).await;
+    let (st, v, _) = call(
+        &s,
+        Method::GET,
+        &ws(a, "/sync/jobs/not-a-uuid"),
+        Some("tok-a"),
+        None,
+    )
+    .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 
     // Job history: keyset pages with `before`, newest first.
     for n in 0..4 {
-        s.store.enqueue(NewJob::new(a, "other", json!({"n": n}))).await.unwrap();
+        s.store
+            .enqueue(NewJob::new(a, "other", json!({"n": n})))
+            .await
+            .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     let mut seen = Vec::new();
@@ -198,18 +340,41 @@ async fn routes_codes_and_shapes() {
         }
         // A job enqueued meanwhile does not shift the next page.
         if seen.len() == 2 {
-            s.store.enqueue(NewJob::new(a, "other", json!({"late": true}))).await.unwrap();
+            s.store
+                .enqueue(NewJob::new(a, "other", json!({"late": true})))
+                .await
+                .unwrap();
         }
     }
     assert_eq!(seen.len(), 5, "{seen:?}");
     assert_eq!(seen.last().unwrap(), &job_id, "the oldest job comes last");
     let unique: std::collections::BTreeSet<_> = seen.iter().collect();
     assert_eq!(unique.len(), 5);
-    for q in ["limit=0", "limit=101", "limit=x", "limit=2&sort=asc", "before=nope"] {
-        let (st, v, _) = call(&s, Method::GET, &ws(a, &format!("/sync/jobs?{q}")), Some("tok-a"), None).await;
+    for q in [
+        "limit=0",
+        "limit=101",
+        "limit=x",
+        "limit=2&sort=asc",
+        "before=nope",
+    ] {
+        let (st, v, _) = call(
+            &s,
+            Method::GET,
+            &ws(a, &format!("/sync/jobs?{q}")),
+            Some("tok-a"),
+            None,
+        )
+        .await;
         assert_error(st, &v, StatusCode::BAD_REQUEST);
     }
-    let (st, v, _) = call(&s, Method::GET, &ws(a, &format!("/sync/jobs?before={}", Uuid::new_v4())), Some("tok-a"), None).await;
+    let (st, v, _) = call(
+        &s,
+        Method::GET,
+        &ws(a, &format!("/sync/jobs?before={}", Uuid::new_v4())),
+        Some("tok-a"),
+        None,
+    )
+    .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 
     // Status and history.
@@ -219,39 +384,118 @@ async fn routes_codes_and_shapes() {
     assert_eq!(v["connectors"][0]["connector"], "hubspot");
     assert_eq!(v["connectors"][0]["records"], 0);
     assert!(v["currentJob"]["jobId"].is_string(), "{v}");
-    let (st, v, _) = call(&s, Method::GET, &ws(a, "/sync/history?connector=hubspot"), Some("tok-a"), None).await;
+    let (st, v, _) = call(
+        &s,
+        Method::GET,
+        &ws(a, "/sync/history?connector=hubspot"),
+        Some("tok-a"),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
-    assert!(v["entries"].as_array().unwrap().is_empty(), "the trigger's run covers every connector: {v}");
-    let (st, v, _) = call(&s, Method::GET, &ws(a, "/sync/history"), Some("tok-a"), None).await;
+    assert!(
+        v["entries"].as_array().unwrap().is_empty(),
+        "the trigger's run covers every connector: {v}"
+    );
+    let (st, v, _) = call(
+        &s,
+        Method::GET,
+        &ws(a, "/sync/history"),
+        Some("tok-a"),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     let entries = v["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["status"], "pending");
-    for key in ["id", "connector", "syncType", "status", "recordsSynced", "errors", "durationMs", "startedAt", "completedAt"] {
+    for key in [
+        "id",
+        "connector",
+        "syncType",
+        "status",
+        "recordsSynced",
+        "errors",
+        "durationMs",
+        "startedAt",
+        "completedAt",
+    ] {
         assert!(entries[0].get(key).is_some(), "{key} in {v}");
     }
-    let (st, v, _) = call(&s, Method::GET, &ws(a, "/sync/history?connector=nosuch"), Some("tok-a"), None).await;
+    let (st, v, _) = call(
+        &s,
+        Method::GET,
+        &ws(a, "/sync/history?connector=nosuch"),
+        Some("tok-a"),
+        None,
+    )
+    .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 
     // DELETE disables (data stays); a missing connection is a 404; a disabled one cannot sync.
-    let (st, v, _) = call(&s, Method::DELETE, &ws(b, "/connections/hubspot"), Some("tok-b"), None).await;
+    let (st, v, _) = call(
+        &s,
+        Method::DELETE,
+        &ws(b, "/connections/hubspot"),
+        Some("tok-b"),
+        None,
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{v}");
-    assert_eq!((v["enabled"].clone(), v["status"].clone()), (json!(false), json!("disabled")));
-    let (st, v, _) = call(&s, Method::DELETE, &ws(b, "/connections/gong"), Some("tok-b"), None).await;
+    assert_eq!(
+        (v["enabled"].clone(), v["status"].clone()),
+        (json!(false), json!("disabled"))
+    );
+    let (st, v, _) = call(
+        &s,
+        Method::DELETE,
+        &ws(b, "/connections/gong"),
+        Some("tok-b"),
+        None,
+    )
+    .await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
-    let (st, v, _) = call(&s, Method::POST, &ws(b, "/sync"), Some("tok-b"), Some(json!({"connectorType": "hubspot"}).to_string())).await;
+    let (st, v, _) = call(
+        &s,
+        Method::POST,
+        &ws(b, "/sync"),
+        Some("tok-b"),
+        Some(json!({"connectorType": "hubspot"}).to_string()),
+    )
+    .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
     let (st, v, _) = call(&s, Method::POST, &ws(b, "/sync"), Some("tok-b"), None).await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
     // PUT with enabled=true re-enables it.
-    let (st, v, _) = call(&s, Method::PUT, &ws(b, "/connections/hubspot"), Some("tok-b"), Some(hubspot_put())).await;
+    let (st, v, _) = call(
+        &s,
+        Method::PUT,
+        &ws(b, "/connections/hubspot"),
+        Some("tok-b"),
+        Some(hubspot_put()),
+    )
+    .await;
     assert_eq!((st, v["enabled"].clone()), (StatusCode::OK, json!(true)));
 
     // The framework's own answers are JSON too.
-    let (st, v, _) = call(&s, Method::PATCH, &ws(a, "/connections/hubspot"), Some("tok-a"), None).await;
+    let (st, v, _) = call(
+        &s,
+        Method::PATCH,
+        &ws(a, "/connections/hubspot"),
+        Some("tok-a"),
+        None,
+    )
+    .await;
     assert_error(st, &v, StatusCode::METHOD_NOT_ALLOWED);
     let (st, v, _) = call(&s, Method::GET, &ws(a, "/nowhere"), Some("tok-a"), None).await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
-    let (st, v, _) = call(&s, Method::GET, "/api/workspaces/not-a-uuid/connections", Some("tok-admin"), None).await;
+    let (st, v, _) = call(
+        &s,
+        Method::GET,
+        "/api/workspaces/not-a-uuid/connections",
+        Some("tok-admin"),
+        None,
+    )
+    .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 }

@@ -48,9 +48,17 @@ fn server_example() -> &'static Path {
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
             if key.starts_with("CARGO_PKG_")
-                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_BIN_NAME",
-                    "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "CARGO_RUSTC_CURRENT_DIR", "OUT_DIR"]
-                    .contains(&key.as_ref())
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&key.as_ref())
             {
                 cmd.env_remove(key.as_ref());
             }
@@ -91,9 +99,15 @@ impl Server {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let (mut url, mut workspace, mut token) = (None, None, None);
         for _ in 0..want {
-            let line = lines.next().unwrap_or_else(|| {
-                panic!("{name} exited: {}", std::fs::read_to_string(&log).unwrap_or_default())
-            }).unwrap();
+            let line = lines
+                .next()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{name} exited: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                })
+                .unwrap();
             if let Some(u) = line.strip_prefix("listening: ") {
                 url = Some(u.to_owned());
             } else if let Some(w) = line.strip_prefix("workspace: ") {
@@ -104,13 +118,25 @@ impl Server {
                 panic!("unexpected line {line:?}");
             }
         }
-        Server { child, url: url.unwrap(), workspace, token, _stderr: log }
+        Server {
+            child,
+            url: url.unwrap(),
+            workspace,
+            token,
+            _stderr: log,
+        }
     }
 
     /// SIGTERM, then the exit status within 60 s.
     fn stop(mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
-        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -134,7 +160,15 @@ impl Drop for Server {
 async fn wait_job(http: &reqwest::Client, url: &str, token: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let v: Value = http.get(url).bearer_auth(token).send().await.unwrap().json().await.unwrap();
+        let v: Value = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         match v["status"].as_str() {
             Some("completed") => return v,
             Some("pending" | "running") => {}
@@ -147,10 +181,14 @@ async fn wait_job(http: &reqwest::Client, url: &str, token: &str) -> Value {
 
 async fn nothing_running(store: &dyn SyncStore, ws: Uuid) {
     let jobs = store.list_jobs(ws, 100, 0).await.unwrap();
-    assert!(jobs.iter().all(|j| j.status != JobStatus::Running), "{jobs:?}");
+    assert!(
+        jobs.iter().all(|j| j.status != JobStatus::Running),
+        "{jobs:?}"
+    );
     let runs = store.active_syncs(ws).await.unwrap();
     assert!(
-        runs.iter().all(|r| r.status != pandora_sync::store::SyncStatus::Running),
+        runs.iter()
+            .all(|r| r.status != pandora_sync::store::SyncStatus::Running),
         "{runs:?}"
     );
 }
@@ -159,55 +197,115 @@ async fn nothing_running(store: &dyn SyncStore, ws: Uuid) {
 async fn demo_serves_the_api_and_status_page_and_stops_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("server.db").display());
-    let server = Server::start(dir.path(), "demo", &["--database", &db, "--demo", "--workers", "2"]);
+    let server = Server::start(
+        dir.path(),
+        "demo",
+        &["--database", &db, "--demo", "--workers", "2"],
+    );
     let (ws, token) = (server.workspace.unwrap(), server.token.clone().unwrap());
     let http = reqwest::Client::new();
 
     // The status page needs the token, and shows the demo workspace.
     let page = http.get(format!("{}/", server.url)).send().await.unwrap();
     assert_eq!(page.status(), 401);
-    let page = http.get(format!("{}/?token={token}", server.url)).send().await.unwrap();
+    let page = http
+        .get(format!("{}/?token={token}", server.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
-    assert!(html.contains(&ws.to_string()) && html.contains("hubspot"), "{html}");
+    assert!(
+        html.contains(&ws.to_string()) && html.contains("hubspot"),
+        "{html}"
+    );
     // The demo token sees only the demo workspace.
-    let other = http.get(format!("{}/api/workspaces/{}/connections", server.url, Uuid::new_v4()))
-        .bearer_auth(&token).send().await.unwrap();
+    let other = http
+        .get(format!(
+            "{}/api/workspaces/{}/connections",
+            server.url,
+            Uuid::new_v4()
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status(), 404);
 
     // Trigger over HTTP, poll the job to completion, read the records.
-    let resp = http.post(format!("{}/api/workspaces/{ws}/sync", server.url))
-        .bearer_auth(&token).send().await.unwrap();
+    let resp = http
+        .post(format!("{}/api/workspaces/{ws}/sync", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
     let v: Value = resp.json().await.unwrap();
-    let job = wait_job(&http, &format!("{}{}", server.url, v["statusUrl"].as_str().unwrap()), &token).await;
+    let job = wait_job(
+        &http,
+        &format!("{}{}", server.url, v["statusUrl"].as_str().unwrap()),
+        &token,
+    )
+    .await;
     assert_eq!(job["attempts"], 1);
-    let created: chrono::DateTime<chrono::Utc> = serde_json::from_value(job["createdAt"].clone()).unwrap();
-    let started: chrono::DateTime<chrono::Utc> = serde_json::from_value(job["startedAt"].clone()).unwrap();
+    let created: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(job["createdAt"].clone()).unwrap();
+    let started: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(job["startedAt"].clone()).unwrap();
     #[allow(clippy::print_stderr)]
     {
-        eprintln!("SQLite (polling, 1 s): trigger to job start {} ms", (started - created).num_milliseconds());
+        eprintln!(
+            "SQLite (polling, 1 s): trigger to job start {} ms",
+            (started - created).num_milliseconds()
+        );
     }
-    let status: Value = http.get(format!("{}/api/workspaces/{ws}/sync/status", server.url))
-        .bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let status: Value = http
+        .get(format!("{}/api/workspaces/{ws}/sync/status", server.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let connectors = status["connectors"].as_array().unwrap();
     assert!(!connectors.is_empty());
     for c in connectors {
         assert_eq!(c["status"], "synced", "{status}");
         assert!(c["records"].as_u64().unwrap() > 0, "{status}");
     }
-    let html = http.get(format!("{}/?token={token}", server.url)).send().await.unwrap().text().await.unwrap();
+    let html = http
+        .get(format!("{}/?token={token}", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains("synced"), "{html}");
 
     // A second sync is running when SIGTERM comes: it finishes or goes back to pending.
-    let resp = http.post(format!("{}/api/workspaces/{ws}/sync", server.url))
-        .bearer_auth(&token).json(&serde_json::json!({"mode": "initial"})).send().await.unwrap();
+    let resp = http
+        .post(format!("{}/api/workspaces/{ws}/sync", server.url))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"mode": "initial"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
     let v: Value = resp.json().await.unwrap();
     let url = format!("{}{}", server.url, v["statusUrl"].as_str().unwrap());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let j: Value = http.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+        let j: Value = http
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if j["status"] != "pending" {
             break;
         }
@@ -216,7 +314,12 @@ async fn demo_serves_the_api_and_status_page_and_stops_cleanly() {
     }
     let st = server.stop();
     assert!(st.success(), "{st:?}");
-    let store = connect_store(&format!("{db}?mode=rw"), Some(Keyring::new("env", KEY).unwrap())).await.unwrap();
+    let store = connect_store(
+        &format!("{db}?mode=rw"),
+        Some(Keyring::new("env", KEY).unwrap()),
+    )
+    .await
+    .unwrap();
     nothing_running(store.as_ref(), ws).await;
 }
 
@@ -224,30 +327,45 @@ async fn demo_serves_the_api_and_status_page_and_stops_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_on_one_postgres_run_each_sync_once() {
     use pandora_sync::ConnectorKind;
+    use pandora_sync::Credentials;
     use pandora_sync::simulator::{HubSpotSim, HubSpotSimConfig};
     use pandora_sync::store::{NewConnection, SyncStatus};
-    use pandora_sync::Credentials;
 
     // A database of its own: these workers claim every job they find.
     let admin_url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let name = format!("api_server_{}", Uuid::new_v4().simple());
     let admin = sqlx::PgPool::connect(&admin_url).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await
+        .unwrap();
     let (base, _) = admin_url.rsplit_once('/').unwrap();
     let url = format!("{base}/{name}");
 
-    let sim = HubSpotSim::start(HubSpotSimConfig { companies: 10, contacts: 30, deals: 5, ..Default::default() })
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 10,
+        contacts: 30,
+        deals: 5,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let store = connect_store(&url, Some(Keyring::new("env", KEY).unwrap()))
         .await
         .unwrap();
-    let store = connect_store(&url, Some(Keyring::new("env", KEY).unwrap())).await.unwrap();
     store.migrate().await.unwrap();
     let workspaces: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
     for ws in &workspaces {
         store
             .create_connection(
                 NewConnection::new(*ws, ConnectorKind::Hubspot, "access_token")
-                    .with_credentials(Credentials::from_json(serde_json::json!({"access_token": sim.config().access_token})).unwrap())
+                    .with_credentials(
+                        Credentials::from_json(
+                            serde_json::json!({"access_token": sim.config().access_token}),
+                        )
+                        .unwrap(),
+                    )
                     .with_config(serde_json::json!({"base_url": sim.base_url()})),
             )
             .await
@@ -255,14 +373,26 @@ async fn two_processes_on_one_postgres_run_each_sync_once() {
     }
     let dir = tempfile::tempdir().unwrap();
     let tokens = r#"{"admin-token": "*"}"#;
-    let a = Server::start(dir.path(), "a", &["--database", &url, "--tokens", tokens, "--workers", "2"]);
-    let b = Server::start(dir.path(), "b", &["--database", &url, "--tokens", tokens, "--workers", "2"]);
+    let a = Server::start(
+        dir.path(),
+        "a",
+        &["--database", &url, "--tokens", tokens, "--workers", "2"],
+    );
+    let b = Server::start(
+        dir.path(),
+        "b",
+        &["--database", &url, "--tokens", tokens, "--workers", "2"],
+    );
     let http = reqwest::Client::new();
     let mut status_urls = Vec::new();
     for (i, ws) in workspaces.iter().enumerate() {
         let server = if i % 2 == 0 { &a } else { &b };
-        let resp = http.post(format!("{}/api/workspaces/{ws}/sync", server.url))
-            .bearer_auth("admin-token").send().await.unwrap();
+        let resp = http
+            .post(format!("{}/api/workspaces/{ws}/sync", server.url))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 202);
         let v: Value = resp.json().await.unwrap();
         // Either process answers for any job: they share the database.
@@ -273,8 +403,10 @@ async fn two_processes_on_one_postgres_run_each_sync_once() {
     for u in &status_urls {
         let job = wait_job(&http, u, "admin-token").await;
         assert_eq!(job["attempts"], 1, "{job}");
-        let created: chrono::DateTime<chrono::Utc> = serde_json::from_value(job["createdAt"].clone()).unwrap();
-        let started: chrono::DateTime<chrono::Utc> = serde_json::from_value(job["startedAt"].clone()).unwrap();
+        let created: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(job["createdAt"].clone()).unwrap();
+        let started: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(job["startedAt"].clone()).unwrap();
         latencies.push((started - created).num_milliseconds());
     }
     for ws in &workspaces {
@@ -283,19 +415,33 @@ async fn two_processes_on_one_postgres_run_each_sync_once() {
         assert_eq!(runs[0].status, SyncStatus::Completed);
         let jobs = store.list_jobs(*ws, 100, 0).await.unwrap();
         assert_eq!(jobs.len(), 1);
-        assert_eq!((jobs[0].status, jobs[0].attempts), (JobStatus::Completed, 1));
+        assert_eq!(
+            (jobs[0].status, jobs[0].attempts),
+            (JobStatus::Completed, 1)
+        );
     }
     latencies.sort_unstable();
     // On idle workers: trigger to job start is the NOTIFY wake-up plus one claim.
     let mut idle = Vec::new();
     for ws in workspaces.iter().take(5) {
-        let resp = http.post(format!("{}/api/workspaces/{ws}/sync", a.url))
-            .bearer_auth("admin-token").send().await.unwrap();
+        let resp = http
+            .post(format!("{}/api/workspaces/{ws}/sync", a.url))
+            .bearer_auth("admin-token")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 202);
         let v: Value = resp.json().await.unwrap();
-        let job = wait_job(&http, &format!("{}{}", a.url, v["statusUrl"].as_str().unwrap()), "admin-token").await;
-        let created: chrono::DateTime<chrono::Utc> = serde_json::from_value(job["createdAt"].clone()).unwrap();
-        let started: chrono::DateTime<chrono::Utc> = serde_json::from_value(job["startedAt"].clone()).unwrap();
+        let job = wait_job(
+            &http,
+            &format!("{}{}", a.url, v["statusUrl"].as_str().unwrap()),
+            "admin-token",
+        )
+        .await;
+        let created: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(job["createdAt"].clone()).unwrap();
+        let started: chrono::DateTime<chrono::Utc> =
+            serde_json::from_value(job["startedAt"].clone()).unwrap();
         idle.push((started - created).num_milliseconds());
     }
     idle.sort_unstable();
@@ -314,5 +460,8 @@ async fn two_processes_on_one_postgres_run_each_sync_once() {
         nothing_running(store.as_ref(), *ws).await;
     }
     store.close().await;
-    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await.unwrap();
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
 }

@@ -49,8 +49,18 @@ async fn post_hubspot(
     let url = s.url("/webhooks/hubspot");
     let body = events.to_string();
     let ts = timestamp_ms.to_string();
-    let sig = hubspot_signature(&SecretString::from(secret.to_owned()), "POST", &url, body.as_bytes(), &ts);
-    let body = if tamper { body.replace("62515", "62516") } else { body };
+    let sig = hubspot_signature(
+        &SecretString::from(secret.to_owned()),
+        "POST",
+        &url,
+        body.as_bytes(),
+        &ts,
+    );
+    let body = if tamper {
+        body.replace("62515", "62516")
+    } else {
+        body
+    };
     s.http
         .post(&url)
         .header("x-hubspot-signature-v3", sig)
@@ -112,45 +122,98 @@ async fn hubspot_events_are_verified_coalesced_and_bring_the_change() {
         "credentials": {"access_token": sim.config().access_token},
         "config": {"base_url": sim.base_url()},
     });
-    let resp = s.http.put(s.url(&format!("/api/workspaces/{ws}/connections/hubspot")))
-        .bearer_auth("tok").json(&put).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::CREATED);
-    register_webhook_account(s.store.as_ref(), ws, ConnectorKind::Hubspot, &PORTAL.to_string())
+    let resp = s
+        .http
+        .put(s.url(&format!("/api/workspaces/{ws}/connections/hubspot")))
+        .bearer_auth("tok")
+        .json(&put)
+        .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    register_webhook_account(
+        s.store.as_ref(),
+        ws,
+        ConnectorKind::Hubspot,
+        &PORTAL.to_string(),
+    )
+    .await
+    .unwrap();
 
     let shutdown = CancellationToken::new();
-    let orchestrator = Orchestrator::new(s.store.clone(), ConnectorRegistry::builtin(&BTreeMap::new()));
+    let orchestrator = Orchestrator::new(
+        s.store.clone(),
+        ConnectorRegistry::builtin(&BTreeMap::new()),
+    );
     let worker = Worker::new(s.store.clone())
         .listen()
-        .config(WorkerConfig { poll_interval: Duration::from_millis(50), ..Default::default() })
+        .config(WorkerConfig {
+            poll_interval: Duration::from_millis(50),
+            ..Default::default()
+        })
         .register(SYNC_JOB, Arc::new(SyncJobHandler::new(orchestrator)));
     let worker = tokio::spawn(worker.run(shutdown.clone()));
 
     // The first sync, triggered over HTTP.
-    let resp = s.http.post(s.url(&format!("/api/workspaces/{ws}/sync")))
-        .bearer_auth("tok").send().await.unwrap();
+    let resp = s
+        .http
+        .post(s.url(&format!("/api/workspaces/{ws}/sync")))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     wait_idle(&s, ws).await;
     assert_eq!(sync_jobs(&s, ws).await.len(), 1);
 
     // Unverified requests are 401 and change nothing.
     let now = Utc::now().timestamp_millis();
-    assert_eq!(post_hubspot(&s, &event(1), HS_SECRET, now, true).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(post_hubspot(&s, &event(1), "wrong-secret", now, false).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(post_hubspot(&s, &event(1), HS_SECRET, now - 301_000, false).await, StatusCode::UNAUTHORIZED);
-    assert_eq!(post_hubspot(&s, &event(1), HS_SECRET, now + 301_000, false).await, StatusCode::UNAUTHORIZED);
-    let unsigned = s.http.post(s.url("/webhooks/hubspot")).body(event(1).to_string()).send().await.unwrap();
+    assert_eq!(
+        post_hubspot(&s, &event(1), HS_SECRET, now, true).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post_hubspot(&s, &event(1), "wrong-secret", now, false).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post_hubspot(&s, &event(1), HS_SECRET, now - 301_000, false).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        post_hubspot(&s, &event(1), HS_SECRET, now + 301_000, false).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let unsigned = s
+        .http
+        .post(s.url("/webhooks/hubspot"))
+        .body(event(1).to_string())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unsigned.status(), StatusCode::UNAUTHORIZED);
     let body: Value = unsigned.json().await.unwrap();
     assert_eq!(body["error"], "unauthorized");
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(sync_jobs(&s, ws).await.len(), 1, "rejected events triggered nothing");
+    assert_eq!(
+        sync_jobs(&s, ws).await.len(),
+        1,
+        "rejected events triggered nothing"
+    );
 
     // The portal changes; a sync is already under way when 1,000 events arrive.
-    assert!(sim.modify(HubSpotObject::Contacts, 3, [("jobtitle", "Chief Webhook Officer")]));
-    let resp = s.http.post(s.url(&format!("/api/workspaces/{ws}/sync")))
-        .bearer_auth("tok").send().await.unwrap();
+    assert!(sim.modify(
+        HubSpotObject::Contacts,
+        3,
+        [("jobtitle", "Chief Webhook Officer")]
+    ));
+    let resp = s
+        .http
+        .post(s.url(&format!("/api/workspaces/{ws}/sync")))
+        .bearer_auth("tok")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let burst_start = Utc::now();
     let s = Arc::new(s);
@@ -172,18 +235,34 @@ async fn hubspot_events_are_verified_coalesced_and_bring_the_change() {
     wait_idle(&s, ws).await;
     let jobs = sync_jobs(&s, ws).await;
     // The first sync, the manual one, and at most one follow-up for the whole burst.
-    assert!((2..=3).contains(&jobs.len()), "{} sync jobs: {jobs:?}", jobs.len());
-    let after_burst: Vec<_> = jobs.iter().filter(|j| j.created_at >= burst_start).collect();
+    assert!(
+        (2..=3).contains(&jobs.len()),
+        "{} sync jobs: {jobs:?}",
+        jobs.len()
+    );
+    let after_burst: Vec<_> = jobs
+        .iter()
+        .filter(|j| j.created_at >= burst_start)
+        .collect();
     assert!(after_burst.len() <= 1, "{after_burst:?}");
 
-    let stored = s.store.get_record(ws, RecordKind::Contact, ConnectorKind::Hubspot, "3").await.unwrap();
-    let Some(Record::Contact(c)) = stored else { panic!("contact 3: {stored:?}") };
+    let stored = s
+        .store
+        .get_record(ws, RecordKind::Contact, ConnectorKind::Hubspot, "3")
+        .await
+        .unwrap();
+    let Some(Record::Contact(c)) = stored else {
+        panic!("contact 3: {stored:?}")
+    };
     assert_eq!(c.title.as_deref(), Some("Chief Webhook Officer"));
 
     // With no sync under way, one event becomes one sync; its latency from the event.
     assert!(sim.modify(HubSpotObject::Contacts, 4, [("jobtitle", "Head of Hooks")]));
     let sent = Utc::now();
-    assert_eq!(post_hubspot(&s, &event(4), HS_SECRET, sent.timestamp_millis(), false).await, StatusCode::OK);
+    assert_eq!(
+        post_hubspot(&s, &event(4), HS_SECRET, sent.timestamp_millis(), false).await,
+        StatusCode::OK
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     wait_idle(&s, ws).await;
     let jobs = sync_jobs(&s, ws).await;
@@ -197,8 +276,14 @@ async fn hubspot_events_are_verified_coalesced_and_bring_the_change() {
             (started - sent).num_milliseconds()
         );
     }
-    let stored = s.store.get_record(ws, RecordKind::Contact, ConnectorKind::Hubspot, "4").await.unwrap();
-    let Some(Record::Contact(c)) = stored else { panic!("contact 4: {stored:?}") };
+    let stored = s
+        .store
+        .get_record(ws, RecordKind::Contact, ConnectorKind::Hubspot, "4")
+        .await
+        .unwrap();
+    let Some(Record::Contact(c)) = stored else {
+        panic!("contact 4: {stored:?}")
+    };
     assert_eq!(c.title.as_deref(), Some("Head of Hooks"));
 
     shutdown.cancel();
@@ -219,28 +304,73 @@ fn monday_jwt(secret: &str, claims: &Value) -> String {
 async fn monday_and_drive_are_verified() {
     let store = sqlite_store().await;
     let (ws_m, ws_d) = (Uuid::new_v4(), Uuid::new_v4());
-    store.create_connection(NewConnection::new(ws_m, ConnectorKind::Monday, "api_key")).await.unwrap();
-    register_webhook_account(store.as_ref(), ws_m, ConnectorKind::Monday, "777").await.unwrap();
-    store.create_connection(NewConnection::new(ws_d, ConnectorKind::GoogleDrive, "oauth2")).await.unwrap();
-    let channel = DriveChannel { id: "chan-1".into(), token: SecretString::from("chan-token".to_owned()) };
-    register_drive_channel(store.as_ref(), ws_d, &channel).await.unwrap();
+    store
+        .create_connection(NewConnection::new(ws_m, ConnectorKind::Monday, "api_key"))
+        .await
+        .unwrap();
+    register_webhook_account(store.as_ref(), ws_m, ConnectorKind::Monday, "777")
+        .await
+        .unwrap();
+    store
+        .create_connection(NewConnection::new(
+            ws_d,
+            ConnectorKind::GoogleDrive,
+            "oauth2",
+        ))
+        .await
+        .unwrap();
+    let channel = DriveChannel {
+        id: "chan-1".into(),
+        token: SecretString::from("chan-token".to_owned()),
+    };
+    register_drive_channel(store.as_ref(), ws_d, &channel)
+        .await
+        .unwrap();
     let s = serve(store, &[], config()).await;
     let url = s.url("/webhooks/monday");
 
     // The URL challenge is echoed.
-    let resp = s.http.post(&url).json(&json!({"challenge": "abc123"})).send().await.unwrap();
+    let resp = s
+        .http
+        .post(&url)
+        .json(&json!({"challenge": "abc123"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"challenge": "abc123"}));
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"challenge": "abc123"})
+    );
 
     let exp = Utc::now().timestamp() + 60;
     let event = json!({"event": {"type": "update_column_value", "boardId": 1, "pulseId": 2}});
     for (token, want) in [
-        (monday_jwt("monday-signing", &json!({"accountId": 777, "exp": exp})), StatusCode::OK),
-        (monday_jwt("wrong", &json!({"accountId": 777, "exp": exp})), StatusCode::UNAUTHORIZED),
-        (monday_jwt("monday-signing", &json!({"accountId": 777, "exp": exp - 120})), StatusCode::UNAUTHORIZED),
+        (
+            monday_jwt("monday-signing", &json!({"accountId": 777, "exp": exp})),
+            StatusCode::OK,
+        ),
+        (
+            monday_jwt("wrong", &json!({"accountId": 777, "exp": exp})),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            monday_jwt(
+                "monday-signing",
+                &json!({"accountId": 777, "exp": exp - 120}),
+            ),
+            StatusCode::UNAUTHORIZED,
+        ),
         ("garbage".to_owned(), StatusCode::UNAUTHORIZED),
     ] {
-        let resp = s.http.post(&url).header("authorization", token).json(&event).send().await.unwrap();
+        let resp = s
+            .http
+            .post(&url)
+            .header("authorization", token)
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), want);
     }
     let resp = s.http.post(&url).json(&event).send().await.unwrap();
@@ -255,10 +385,31 @@ async fn monday_and_drive_are_verified() {
             .header("x-goog-message-number", "1")
             .send()
     };
-    assert_eq!(drive("chan-1", "chan-token", "sync").await.unwrap().status(), StatusCode::OK);
-    assert_eq!(drive("chan-1", "wrong", "change").await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(drive("chan-2", "chan-token", "change").await.unwrap().status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(drive("chan-1", "chan-token", "change").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        drive("chan-1", "chan-token", "sync")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        drive("chan-1", "wrong", "change").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        drive("chan-2", "chan-token", "change")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        drive("chan-1", "chan-token", "change")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
 
     // Verified events asked for one sync each of their connection, after the debounce.
     tokio::time::sleep(Duration::from_millis(600)).await;
@@ -267,6 +418,12 @@ async fn monday_and_drive_are_verified() {
         assert_eq!(jobs.len(), 1, "{kind}: {jobs:?}");
         assert_eq!(jobs[0].payload["connector"], kind);
     }
-    let resp = s.http.post(s.url("/webhooks/myspace")).body("{}").send().await.unwrap();
+    let resp = s
+        .http
+        .post(s.url("/webhooks/myspace"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
