@@ -499,3 +499,39 @@ async fn routes_codes_and_shapes() {
     .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 }
+
+/// A pending run over an hour old is failed (and its job cancelled) before a new trigger, so
+/// it does not block the workspace with a 409 forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_sync_is_failed_before_a_new_trigger() {
+    use std::sync::Arc;
+
+    use pandora_sync::store::ManualClock;
+    use pandora_sync::{Keyring, SqliteStore, Store};
+
+    let clock = ManualClock::new(chrono::Utc::now());
+    let store = SqliteStore::connect("sqlite::memory:")
+        .await
+        .unwrap()
+        .with_keyring(Keyring::new("test", [7u8; 32]).unwrap())
+        .with_clock(Arc::new(clock.clone()));
+    store.migrate().await.unwrap();
+    let a = Uuid::new_v4();
+    let s = serve(Arc::new(store), &[("tok", only(a))], WebhookConfig::default()).await;
+    let ws = |rest: &str| format!("/api/workspaces/{a}{rest}");
+    let (st, _, _) = call(&s, Method::PUT, &ws("/connections/hubspot"), Some("tok"), Some(hubspot_put())).await;
+    assert_eq!(st, StatusCode::CREATED);
+    let (st, first, _) = call(&s, Method::POST, &ws("/sync"), Some("tok"), None).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    clock.advance(chrono::Duration::minutes(30));
+    let (st, v, _) = call(&s, Method::POST, &ws("/sync"), Some("tok"), None).await;
+    assert_error(st, &v, StatusCode::CONFLICT);
+    clock.advance(chrono::Duration::minutes(31));
+    let (st, second, _) = call(&s, Method::POST, &ws("/sync"), Some("tok"), None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{second}");
+    let (_, old, _) = call(&s, Method::GET, first["statusUrl"].as_str().unwrap(), Some("tok"), None).await;
+    assert_eq!(old["status"], "cancelled", "{old}");
+    let (_, history, _) = call(&s, Method::GET, &ws("/sync/history"), Some("tok"), None).await;
+    let statuses: Vec<&str> = history["entries"].as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["pending", "failed"]);
+}
