@@ -236,6 +236,8 @@ struct Shared {
     config: WebhookConfig,
     /// Connections with a trigger scheduled (debouncing, or waiting for a running sync).
     scheduled: Mutex<HashMap<(Uuid, ConnectorKind), tokio::time::Instant>>,
+    /// Which connection a provider account belongs to.
+    accounts: Mutex<AccountIndex>,
 }
 
 /// The webhook receivers.
@@ -274,6 +276,7 @@ impl Webhooks {
                 scheduler,
                 config,
                 scheduled: Mutex::new(HashMap::new()),
+                accounts: Mutex::new(AccountIndex::default()),
             }),
         }
     }
@@ -461,18 +464,25 @@ async fn drive(shared: &Arc<Shared>, headers: &HeaderMap) -> std::result::Result
     ) else {
         return Err(ApiError::unauthorized("missing channel id or token"));
     };
-    let found = find_connections(shared, ConnectorKind::GoogleDrive, channel).await?;
     let presented = hex(&Sha256::digest(token.as_bytes()));
-    // Every candidate is checked (constant time each); an unknown channel is a 401 too.
-    let verified: Vec<Uuid> = found
-        .into_iter()
-        .filter(|(_, stored)| {
-            stored
-                .as_deref()
-                .is_some_and(|s| ct_eq(s.as_bytes(), presented.as_bytes()))
-        })
-        .map(|(ws, _)| ws)
-        .collect();
+    // Every candidate is checked (constant time each); an unknown channel is a 401 too. A
+    // failure is checked again on a fresh read: the channel may have been created just now.
+    let mut verified = Vec::new();
+    for refresh in [false, true] {
+        let found = find_connections(shared, ConnectorKind::GoogleDrive, channel, refresh).await?;
+        verified = found
+            .into_iter()
+            .filter(|(_, stored)| {
+                stored
+                    .as_deref()
+                    .is_some_and(|s| ct_eq(s.as_bytes(), presented.as_bytes()))
+            })
+            .map(|(ws, _)| ws)
+            .collect();
+        if !verified.is_empty() {
+            break;
+        }
+    }
     if verified.is_empty() {
         return Err(ApiError::unauthorized(
             "unknown channel or bad channel token",
@@ -488,33 +498,81 @@ async fn drive(shared: &Arc<Shared>, headers: &HeaderMap) -> std::result::Result
     Ok(json!({ "events": 1, "connections": verified.len() }))
 }
 
-/// Connections of `kind` whose webhook account is `account`: (workspace, stored token digest).
-async fn find_connections(
-    shared: &Shared,
-    kind: ConnectorKind,
-    account: &str,
-) -> std::result::Result<Vec<(Uuid, Option<String>)>, ApiError> {
-    let mut found = Vec::new();
-    for ws in shared.store.workspaces().await? {
-        let Some(conn) = shared.store.get_connection(ws, kind).await? else {
-            continue;
-        };
-        let Some(hook) = conn
-            .sync_cursor
-            .as_ref()
-            .and_then(|c| c.get(WEBHOOK_ACCOUNT_KEY))
-        else {
-            continue;
-        };
-        if hook.get("account").and_then(Value::as_str) == Some(account) {
+/// (connector, account) → the connections (workspace, stored token digest) it belongs to.
+type AccountMap = HashMap<(ConnectorKind, String), Vec<(Uuid, Option<String>)>>;
+
+/// The webhook accounts of every connection, read from the store: rebuilt when older than
+/// [`INDEX_TTL`], or on a miss (at most once per [`INDEX_MIN_REFRESH`], so a stream of
+/// events for unknown accounts costs one scan a second, not one per event).
+#[derive(Default)]
+struct AccountIndex {
+    map: AccountMap,
+    built: Option<tokio::time::Instant>,
+}
+
+const INDEX_TTL: Duration = Duration::from_secs(30);
+const INDEX_MIN_REFRESH: Duration = Duration::from_secs(1);
+
+async fn build_index(store: &dyn SyncStore) -> Result<AccountMap> {
+    let mut map: AccountMap = HashMap::new();
+    for ws in store.workspaces().await? {
+        for conn in store.list_connections(ws).await? {
+            let Some(hook) = conn
+                .sync_cursor
+                .as_ref()
+                .and_then(|c| c.get(WEBHOOK_ACCOUNT_KEY))
+            else {
+                continue;
+            };
+            let Some(account) = hook.get("account").and_then(Value::as_str) else {
+                continue;
+            };
             let digest = hook
                 .get("tokenSha256")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            found.push((ws, digest));
+            map.entry((conn.connector, account.to_owned()))
+                .or_default()
+                .push((ws, digest));
         }
     }
+    Ok(map)
+}
+
+/// Connections of `kind` whose webhook account is `account`: (workspace, stored token
+/// digest). `refresh` asks for a fresh read (rate-limited) even when the index has an answer.
+async fn find_connections(
+    shared: &Shared,
+    kind: ConnectorKind,
+    account: &str,
+    refresh: bool,
+) -> std::result::Result<Vec<(Uuid, Option<String>)>, ApiError> {
+    let key = (kind, account.to_owned());
+    let now = tokio::time::Instant::now();
+    {
+        let index = lock_index(shared);
+        let age = index.built.map(|b| now.duration_since(b));
+        let fresh = age.is_some_and(|a| a < INDEX_TTL);
+        let recent = age.is_some_and(|a| a < INDEX_MIN_REFRESH);
+        match index.map.get(&key) {
+            Some(found) if fresh && !refresh => return Ok(found.clone()),
+            found if recent => return Ok(found.cloned().unwrap_or_default()),
+            _ => {}
+        }
+    }
+    let map = build_index(shared.store.as_ref()).await?;
+    let found = map.get(&key).cloned().unwrap_or_default();
+    let mut index = lock_index(shared);
+    index.map = map;
+    index.built = Some(now);
     Ok(found)
+}
+
+fn lock_index(shared: &Shared) -> std::sync::MutexGuard<'_, AccountIndex> {
+    shared
+        .accounts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Schedules a sync for each connection of the given accounts; returns how many matched.
@@ -525,7 +583,7 @@ async fn route_accounts(
 ) -> std::result::Result<usize, ApiError> {
     let mut matched = 0;
     for account in accounts {
-        let found = find_connections(shared, kind, account).await?;
+        let found = find_connections(shared, kind, account, false).await?;
         if found.is_empty() {
             tracing::info!(connector = %kind, "webhook for an account with no connection; ignored");
         }
