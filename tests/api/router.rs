@@ -517,9 +517,21 @@ async fn a_stale_sync_is_failed_before_a_new_trigger() {
         .with_clock(Arc::new(clock.clone()));
     store.migrate().await.unwrap();
     let a = Uuid::new_v4();
-    let s = serve(Arc::new(store), &[("tok", only(a))], WebhookConfig::default()).await;
+    let s = serve(
+        Arc::new(store),
+        &[("tok", only(a))],
+        WebhookConfig::default(),
+    )
+    .await;
     let ws = |rest: &str| format!("/api/workspaces/{a}{rest}");
-    let (st, _, _) = call(&s, Method::PUT, &ws("/connections/hubspot"), Some("tok"), Some(hubspot_put())).await;
+    let (st, _, _) = call(
+        &s,
+        Method::PUT,
+        &ws("/connections/hubspot"),
+        Some("tok"),
+        Some(hubspot_put()),
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED);
     let (st, first, _) = call(&s, Method::POST, &ws("/sync"), Some("tok"), None).await;
     assert_eq!(st, StatusCode::ACCEPTED);
@@ -529,9 +541,21 @@ async fn a_stale_sync_is_failed_before_a_new_trigger() {
     clock.advance(chrono::Duration::minutes(31));
     let (st, second, _) = call(&s, Method::POST, &ws("/sync"), Some("tok"), None).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{second}");
-    let (_, old, _) = call(&s, Method::GET, first["statusUrl"].as_str().unwrap(), Some("tok"), None).await;
+    let (_, old, _) = call(
+        &s,
+        Method::GET,
+        first["statusUrl"].as_str().unwrap(),
+        Some("tok"),
+        None,
+    )
+    .await;
     assert_eq!(old["status"], "cancelled", "{old}");
     let (_, history, _) = call(&s, Method::GET, &ws("/sync/history"), Some("tok"), None).await;
-    let statuses: Vec<&str> = history["entries"].as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, ["pending", "failed"]);
 }

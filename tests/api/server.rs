@@ -347,6 +347,9 @@ async fn two_processes_on_one_postgres_run_each_sync_once() {
         companies: 10,
         contacts: 30,
         deals: 5,
+        // One portal behind 20 workspaces: lift its limits, or 429s dominate the timings.
+        rest_max: 100_000,
+        search_max: 100_000,
         ..Default::default()
     })
     .await
@@ -373,16 +376,27 @@ async fn two_processes_on_one_postgres_run_each_sync_once() {
     }
     let dir = tempfile::tempdir().unwrap();
     let tokens = r#"{"admin-token": "*"}"#;
-    let a = Server::start(
-        dir.path(),
-        "a",
-        &["--database", &url, "--tokens", tokens, "--workers", "2"],
-    );
-    let b = Server::start(
-        dir.path(),
-        "b",
-        &["--database", &url, "--tokens", tokens, "--workers", "2"],
-    );
+    let secrets = r#"{"hubspot": "hs-app-secret"}"#;
+    pandora_sync::api::register_webhook_account(
+        store.as_ref(),
+        workspaces[7],
+        ConnectorKind::Hubspot,
+        "4711",
+    )
+    .await
+    .unwrap();
+    let args = [
+        "--database",
+        &url,
+        "--tokens",
+        tokens,
+        "--workers",
+        "2",
+        "--webhook-secrets",
+        secrets,
+    ];
+    let a = Server::start(dir.path(), "a", &args);
+    let b = Server::start(dir.path(), "b", &args);
     let http = reqwest::Client::new();
     let mut status_urls = Vec::new();
     for (i, ws) in workspaces.iter().enumerate() {
@@ -445,11 +459,49 @@ async fn two_processes_on_one_postgres_run_each_sync_once() {
         idle.push((started - created).num_milliseconds());
     }
     idle.sort_unstable();
+
+    // A signed HubSpot event for workspace 7 starts a sync there (after the 2 s debounce).
+    let hook_url = format!("{}/webhooks/hubspot", b.url);
+    let body = serde_json::json!([{"portalId": 4711, "objectId": 1, "subscriptionType": "contact.propertyChange"}]).to_string();
+    let sent = chrono::Utc::now();
+    let ts = sent.timestamp_millis().to_string();
+    let sig = pandora_sync::api::hubspot_signature(
+        &secrecy::SecretString::from("hs-app-secret".to_owned()),
+        "POST",
+        &hook_url,
+        body.as_bytes(),
+        &ts,
+    );
+    let resp = http
+        .post(&hook_url)
+        .header("x-hubspot-signature-v3", sig)
+        .header("x-hubspot-request-timestamp", ts)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let hook_job = loop {
+        let jobs = store.list_jobs(workspaces[7], 100, 0).await.unwrap();
+        if let Some(j) = jobs
+            .iter()
+            .find(|j| j.created_at >= sent && j.started_at.is_some())
+        {
+            break j.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the webhook started no sync: {jobs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let hook_ms = (hook_job.started_at.unwrap() - sent).num_milliseconds();
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
             "Postgres: 20 syncs on 2 processes (4 slots): trigger to start median {} ms, max {} ms (queueing included); \
-             idle workers (NOTIFY): {idle:?} ms",
+             idle workers (NOTIFY): {idle:?} ms; webhook to sync start {hook_ms} ms (2 s debounce)",
             latencies[latencies.len() / 2],
             latencies[latencies.len() - 1]
         );
