@@ -79,7 +79,7 @@ struct Server {
     url: String,
     workspace: Option<Uuid>,
     token: Option<String>,
-    _stderr: PathBuf,
+    log: PathBuf,
 }
 
 impl Server {
@@ -89,7 +89,7 @@ impl Server {
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("PANDORA_SYNC_KEY", key_b64())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,pandora_sync::orchestrator=info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
@@ -123,7 +123,7 @@ impl Server {
             url: url.unwrap(),
             workspace,
             token,
-            _stderr: log,
+            log,
         }
     }
 
@@ -497,6 +497,21 @@ async fn two_processes_on_one_postgres_run_each_sync_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let hook_ms = (hook_job.started_at.unwrap() - sent).num_milliseconds();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store
+        .get_job(workspaces[7], hook_job.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        != JobStatus::Completed
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the webhook's sync did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     #[allow(clippy::print_stderr)]
     {
         eprintln!(
@@ -506,6 +521,16 @@ async fn two_processes_on_one_postgres_run_each_sync_once() {
             latencies[latencies.len() - 1]
         );
     }
+    // Both processes ran some of them (the queue shared the work).
+    let ran = |srv: &Server| {
+        std::fs::read_to_string(&srv.log)
+            .unwrap()
+            .matches("connector sync finished")
+            .count()
+    };
+    let (ran_a, ran_b) = (ran(&a), ran(&b));
+    assert_eq!(ran_a + ran_b, 26, "20 triggers, 5 idle ones, 1 webhook");
+    assert!(ran_a > 0 && ran_b > 0, "a ran {ran_a}, b ran {ran_b}");
     assert!(a.stop().success());
     assert!(b.stop().success());
     for ws in &workspaces {
