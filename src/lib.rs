@@ -7,6 +7,12 @@
 // is reached through its module (`pandora_sync::store::NewConnection`,
 // `pandora_sync::hooks::builtin_hooks`, `pandora_sync::connectors::hubspot::HubSpotConfig`, …).
 
+#[cfg(all(feature = "http-api", any(feature = "sqlite", feature = "postgres")))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(feature = "http-api", any(feature = "sqlite", feature = "postgres"))))
+)]
+pub mod api;
 pub mod capture;
 pub mod connector;
 pub mod connectors;
