@@ -166,9 +166,6 @@ async fn quickstart_runs_end_to_end() {
         );
         assert_eq!(r.tables["documents"], docs + 1);
     }
-    assert_eq!(r.tables["accounts"], 40);
-    assert_eq!(r.tables["contacts"], 160);
-    assert_eq!(r.tables["deals"], 80);
     assert!(r.tables["conversations"] >= 63);
     assert!(
         r.linked_conversations > 0,

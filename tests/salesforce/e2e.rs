@@ -819,17 +819,8 @@ pub async fn sync_example_syncs_salesforce(env: Env) {
     let sim = SalesforceSim::start(SalesforceSimConfig::default())
         .await
         .unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let examples = exe.parent().unwrap().parent().unwrap().join("examples");
-    let example = std::fs::read_dir(&examples)
-        .unwrap_or_else(|e| panic!("no examples folder at {}: {e}", examples.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            (name == "sync" || (name.starts_with("sync-") && !name.contains('.'))) && p.is_file()
-        })
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .unwrap_or_else(|| panic!("build the sync example into {}", examples.display()));
+    // Built with this test binary's features (every connector with --all-features).
+    let example = crate::support_example::sync_example().to_owned();
     let ws = Uuid::new_v4();
     let run = |refresh: String| {
         let creds = json!({

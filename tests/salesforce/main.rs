@@ -6,6 +6,9 @@
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod e2e;
 mod sim;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[path = "../support/example.rs"]
+mod support_example;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 macro_rules! e2e_suite {
