@@ -414,6 +414,11 @@ impl SyncContext {
     }
 }
 
+/// The member of a connection's `sync_cursor` that holds what its webhooks are matched by:
+/// `{"account": "<provider account id>"}` (see [`SyncCapable::webhook_account`]), or a
+/// Google Drive push channel.
+pub const WEBHOOK_ACCOUNT_KEY: &str = "webhook";
+
 /// The key of a connection's config that lists the workspace's internal email domains
 /// (`{"internal_domains": ["example.com"]}`). It belongs to the connection, not to its
 /// connector: the internal-filter hook (`hooks::InternalFilter`) reads it, and every
@@ -764,6 +769,16 @@ pub trait SyncCapable: Send + Sync {
     /// the next run uses them. Empty unless overridden.
     fn credential_updates(&self) -> Vec<(String, secrecy::SecretString)> {
         Vec::new()
+    }
+
+    /// The provider account this connection belongs to, as the provider's webhooks name it
+    /// (HubSpot's portal id, monday.com's account id), so that a verified webhook event finds
+    /// its connection. The orchestrator asks once per connection, after a sync that
+    /// finished, and stores the answer in the connection's `sync_cursor` under
+    /// [`WEBHOOK_ACCOUNT_KEY`] (`{"account": id}`). `Ok(None)` (the default) for providers
+    /// whose webhooks name no account.
+    async fn webhook_account(&self) -> Result<Option<String>> {
+        Ok(None)
     }
 
     /// Runs the sync that `ctx.mode()` names.

@@ -36,9 +36,7 @@ use crate::error::{Error, Result};
 use crate::model::ConnectorKind;
 use crate::store::{SyncStatus, SyncStore};
 
-/// The `sync_cursor` member holding a connection's webhook identity:
-/// `{"account": "<provider account id or Drive channel id>", "tokenSha256": "<hex>"}`.
-pub const WEBHOOK_ACCOUNT_KEY: &str = "webhook";
+pub use crate::connector::WEBHOOK_ACCOUNT_KEY;
 
 /// HubSpot's window for `X-HubSpot-Request-Timestamp`: 5 minutes.
 const HUBSPOT_MAX_SKEW_MS: i64 = 300_000;

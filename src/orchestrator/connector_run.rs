@@ -232,6 +232,7 @@ impl Orchestrator {
         self.store_credential_updates(row, connector.as_ref(), credentials.as_ref())
             .await;
         let report = outcome?;
+        self.record_webhook_account(row, connector.as_ref()).await;
         let needs_backfill = mode != SyncMode::Backfill
             && report
                 .details
@@ -253,6 +254,46 @@ impl Orchestrator {
             }
         }
         Ok((report, false))
+    }
+
+    /// Records the provider account the connection's webhooks name
+    /// ([`SyncCapable::webhook_account`](crate::connector::SyncCapable::webhook_account)),
+    /// once: when the connection has none stored yet. A failure is logged: webhooks are an
+    /// optimisation over polling, never the only way changes arrive.
+    async fn record_webhook_account(
+        &self,
+        row: &ConnectionRow,
+        connector: &dyn crate::connector::SyncCapable,
+    ) {
+        use crate::connector::WEBHOOK_ACCOUNT_KEY;
+        let known = row
+            .sync_cursor
+            .as_ref()
+            .and_then(|c| c.get(WEBHOOK_ACCOUNT_KEY))
+            .is_some_and(serde_json::Value::is_object);
+        if known {
+            return;
+        }
+        let account = match connector.webhook_account().await {
+            Ok(Some(account)) => account,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(connector = %row.connector, error = %e, "reading the webhook account failed; the next sync tries again");
+                return;
+            }
+        };
+        let mut members = serde_json::Map::new();
+        members.insert(
+            WEBHOOK_ACCOUNT_KEY.into(),
+            serde_json::json!({ "account": account }),
+        );
+        if let Err(e) = self
+            .store
+            .merge_sync_cursor(row.workspace_id, row.connector, &members)
+            .await
+        {
+            tracing::warn!(connector = %row.connector, error = %e, "storing the webhook account failed");
+        }
     }
 
     /// Stores the credential values the connector replaced (a rotated refresh token) with

@@ -1216,3 +1216,39 @@ pub async fn removed_association_is_unlinked(env: Env) {
     assert_eq!(stored_contacts(&env, ws, cut).await, contacts(cut));
     assert_equals_truth(&env.store, ws, &sim).await;
 }
+
+/// After a first finished sync the connection knows its portal id, which HubSpot's webhook
+/// events carry (`portalId`): asked once, not on every sync.
+pub async fn the_portal_id_is_recorded_for_webhooks(env: Env) {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 5,
+        contacts: 10,
+        deals: 5,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (ws, o) = setup(&env, &sim, fast_config()).await;
+    let r = o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(r.connectors[0].status, SyncStatus::Completed);
+    let row = env
+        .store
+        .get_connection(ws, ConnectorKind::Hubspot)
+        .await
+        .unwrap()
+        .unwrap();
+    let portal = (1000 + sim.config().seed % 1_000_000).to_string();
+    assert_eq!(
+        row.sync_cursor.as_ref().unwrap()[pandora_sync::connector::WEBHOOK_ACCOUNT_KEY]["account"],
+        serde_json::json!(portal)
+    );
+    let details = sim.counters().get("GET /account-info/v3/details");
+    assert_eq!(details, 1);
+    o.sync_workspace(ws, SyncOptions::default()).await.unwrap();
+    assert_eq!(
+        sim.counters().get("GET /account-info/v3/details"),
+        details,
+        "the portal id is read once per connection"
+    );
+}

@@ -45,6 +45,7 @@ e2e_suite!(
     custom_properties_land_in_custom_fields,
     archived_record_keeps_its_association_columns,
     removed_association_is_unlinked,
+    the_portal_id_is_recorded_for_webhooks,
 );
 
 use std::collections::{BTreeMap, BTreeSet};

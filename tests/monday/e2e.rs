@@ -197,6 +197,11 @@ pub async fn a_workspace_of_25_boards_equals_the_truth(env: Env) {
         .await
         .unwrap()
         .unwrap();
+    // The account id its webhooks carry (`accountId`), recorded after the first sync.
+    assert_eq!(
+        row.sync_cursor.as_ref().unwrap()[pandora_sync::connector::WEBHOOK_ACCOUNT_KEY]["account"],
+        json!(sim.config().account_id.to_string())
+    );
     let cp = row.checkpoint().unwrap();
     assert_eq!(cp.streams.len(), 25, "one stream per board");
     assert!(

@@ -165,6 +165,19 @@ impl HubSpotClient {
         }
     }
 
+    /// The portal id from `GET /account-info/v3/details` (a number, or its text).
+    pub(crate) async fn portal_id(&self) -> Result<Option<String>> {
+        let details: serde_json::Value = self
+            .api
+            .send(&self.account, Method::GET, "/account-info/v3/details", None)
+            .await?;
+        Ok(match details.get("portalId") {
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            _ => None,
+        })
+    }
+
     async fn fetch_utc_offset(&self) -> Option<FixedOffset> {
         match self
             .api

@@ -263,6 +263,12 @@ impl SyncCapable for HubSpotConnector {
         ConnectorKind::Hubspot
     }
 
+    /// The portal id (`GET /account-info/v3/details`), which HubSpot's webhook events carry
+    /// as `portalId`.
+    async fn webhook_account(&self) -> Result<Option<String>> {
+        self.client.portal_id().await
+    }
+
     async fn initial_sync(
         &self,
         ctx: &SyncContext,

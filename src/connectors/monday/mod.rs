@@ -241,6 +241,36 @@ impl SyncCapable for MondayConnector {
         ConnectorKind::Monday
     }
 
+    /// The account id (`me { account { id } }`), which monday.com's webhook JWTs carry as
+    /// `accountId`.
+    async fn webhook_account(&self) -> Result<Option<String>> {
+        #[derive(serde::Deserialize)]
+        struct Me {
+            me: Option<MeAccount>,
+        }
+        #[derive(serde::Deserialize)]
+        struct MeAccount {
+            account: Option<Account>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Account {
+            id: serde_json::Value,
+        }
+        let me: Me = self
+            .client
+            .graphql(
+                "query { me { account { id } } }",
+                serde_json::json!({}),
+                false,
+            )
+            .await?;
+        Ok(me.me.and_then(|m| m.account).and_then(|a| match a.id {
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::String(s) if !s.trim().is_empty() => Some(s),
+            _ => None,
+        }))
+    }
+
     async fn initial_sync(
         &self,
         ctx: &SyncContext,
