@@ -36,7 +36,9 @@ pub(crate) enum Merge {
     Replace,
     /// The incoming value replaces the stored one unless it is NULL. For columns that
     /// post-sync hooks fill in (`linked_account_id`, `linked_deal_id`, `is_internal`), so a
-    /// connector that does not know them does not wipe them.
+    /// connector that does not know them does not wipe them; and for `documents.content_text`,
+    /// so a record sent without its text (a rename, a move, a trashed file) keeps the stored
+    /// text (a document whose text became empty carries `""`, not NULL).
     KeepIfNull,
     /// The incoming value replaces the stored one unless it is NULL in an archived row. For
     /// association columns (`account_source_id`): a provider's archived records may carry
@@ -214,7 +216,7 @@ table!(
         col!("mime_type", Text),
         col!("url", Text),
         col!("owner_email", Text),
-        col!("content_text", Text),
+        col!("content_text", Text, keep),
         col!("size_bytes", Int),
         col!("parent_id", Text),
     ]
