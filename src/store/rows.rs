@@ -1139,6 +1139,16 @@ mod tests {
 
     #[cfg(feature = "sqlite")]
     #[test]
+    fn document_text_is_kept_when_a_record_carries_none() {
+        let col = DOCUMENTS
+            .columns
+            .iter()
+            .find(|c| c.name == "content_text")
+            .unwrap();
+        assert_eq!(col.merge, Merge::KeepIfNull);
+    }
+
+    #[test]
     fn sqlite_timestamps_sort_as_text() {
         let a = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();
         let b = a + chrono::Duration::microseconds(1);
