@@ -36,7 +36,9 @@ pub(crate) enum Merge {
     Replace,
     /// The incoming value replaces the stored one unless it is NULL. For columns that
     /// post-sync hooks fill in (`linked_account_id`, `linked_deal_id`, `is_internal`), so a
-    /// connector that does not know them does not wipe them.
+    /// connector that does not know them does not wipe them; and for `documents.content_text`,
+    /// so a record sent without its text (a rename, a move, a trashed file) keeps the stored
+    /// text (a document whose text became empty carries `""`, not NULL).
     KeepIfNull,
     /// The incoming value replaces the stored one unless it is NULL in an archived row. For
     /// association columns (`account_source_id`): a provider's archived records may carry
@@ -214,7 +216,7 @@ table!(
         col!("mime_type", Text),
         col!("url", Text),
         col!("owner_email", Text),
-        col!("content_text", Text),
+        col!("content_text", Text, keep),
         col!("size_bytes", Int),
         col!("parent_id", Text),
     ]
@@ -1136,6 +1138,16 @@ mod tests {
     }
 
     #[cfg(feature = "sqlite")]
+    #[test]
+    fn document_text_is_kept_when_a_record_carries_none() {
+        let col = DOCUMENTS
+            .columns
+            .iter()
+            .find(|c| c.name == "content_text")
+            .unwrap();
+        assert_eq!(col.merge, Merge::KeepIfNull);
+    }
+
     #[test]
     fn sqlite_timestamps_sort_as_text() {
         let a = Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap();

@@ -55,6 +55,7 @@ e2e_suite!(
     initial_sync_equals_truth_and_no_change_incremental_is_cheap,
     changes_during_the_scan_arrive_in_the_next_incremental,
     incremental_reads_the_changes_feed_and_fetches_only_changed_content,
+    incremental_after_edit_rename_move_fetches_one_content,
     expiring_tokens_cost_one_refresh_each,
     rate_limit_storms_lose_nothing,
     too_large_documents_complete_with_errors,

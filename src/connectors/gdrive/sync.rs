@@ -16,7 +16,8 @@
 //! records commit with the token of the next page (`nextPageToken`, or on the last page
 //! `newStartPageToken`). Per change:
 //! - `removed` → the document is archived (`archived_at` = the change's time);
-//! - a trashed file → stored as an archived document (its metadata, no text) with
+//! - a trashed file → stored as an archived document (its metadata; no text is sent, the
+//!   store keeps the stored text) with
 //!   `archived_at` just before its `modifiedTime`: Drive reports no trash time for My Drive
 //!   files, and the store restores an archived row only with a version newer than its
 //!   archive time, which the same version coming back untrashed then is;
@@ -25,7 +26,13 @@
 //!   untrashed folder lists its subtree again and stores it;
 //! - with `folders`: a folder that enters the scope (created, moved in) brings its subtree
 //!   in; one that leaves it archives its subtree; a file outside the scope is archived;
-//! - any other file is stored with its text.
+//! - any other file is stored; its text is read only when its content may have changed
+//!   since the previous run: `modifiedTime` at or after the instant the stored token was
+//!   taken (`extra.token_time`, less [`CLOCK_SKEW`]; Drive moves `modifiedTime` on content
+//!   edits, not on renames or moves), or the file was trashed when last seen
+//!   (`extra.trashed_files`: a file trashed before the scan has no stored text), or it comes
+//!   from a listed subtree, or `folders` is set (a file moved into the scope has no row).
+//!   Otherwise the record carries no text and the store keeps the stored one.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
@@ -49,9 +56,17 @@ pub(crate) const STREAM: &str = "files";
 pub(crate) const START_TOKEN: &str = "start_token";
 /// The changes token taken before the scan in progress.
 pub(crate) const SCAN_TOKEN: &str = "scan_token";
+const SCAN_TOKEN_TIME: &str = "scan_token_time";
 const QUEUE: &str = "queue";
 const SCOPE: &str = "scope";
 const TRASHED_FOLDERS: &str = "trashed_folders";
+/// The trashed (non-folder) files last seen, read with their text when they come back.
+const TRASHED_FILES: &str = "trashed_files";
+/// When the stored changes token was taken (RFC 3339, this machine's clock).
+const TOKEN_TIME: &str = "token_time";
+/// The margin for the difference between this machine's clock and Drive's: a file modified
+/// up to this long before the token was taken is read again.
+pub(crate) const CLOCK_SKEW: chrono::Duration = chrono::Duration::seconds(1);
 /// Content requests in flight at once (each still passes the throttle).
 const CONTENT_CONCURRENCY: usize = 8;
 
@@ -190,6 +205,7 @@ impl<'a> Syncer<'a> {
             .is_some_and(|s| s.extra.contains_key(SCAN_TOKEN))
         {
             // The start token first: changes made during the scan are read next time.
+            let taken = Utc::now();
             let token = self.client.start_page_token().await?;
             let roots = self.config.folders.clone();
             let s = self.checkpoint.stream_mut(STREAM);
@@ -197,6 +213,7 @@ impl<'a> Syncer<'a> {
             s.pass_started_at = None;
             s.pass_max_updated_at = None;
             s.extra.insert(SCAN_TOKEN.into(), json!(token));
+            s.extra.insert(SCAN_TOKEN_TIME.into(), json!(taken));
             if folder_mode {
                 s.extra.insert(QUEUE.into(), json!(roots));
                 s.extra.insert(SCOPE.into(), json!(roots));
@@ -270,7 +287,7 @@ impl<'a> Syncer<'a> {
                     }
                 }
             }
-            let batch = self.documents(files).await?;
+            let batch = self.documents(files, |_| true).await?;
             let done = match next_page {
                 Some(t) => {
                     cursor.page = Some(t);
@@ -297,10 +314,13 @@ impl<'a> Syncer<'a> {
                 s.extra.insert(QUEUE.into(), json!(queue));
                 s.extra.insert(SCOPE.into(), json!(scope));
             }
-            if let Some(trashed) = trashed_folders {
+            if let Some((trashed, trashed_files)) = trashed_folders {
                 let token = s.extra.remove(SCAN_TOKEN).unwrap_or(Value::Null);
+                let taken = s.extra.remove(SCAN_TOKEN_TIME).unwrap_or(Value::Null);
                 s.extra.insert(START_TOKEN.into(), token);
+                s.extra.insert(TOKEN_TIME.into(), taken);
                 s.extra.insert(TRASHED_FOLDERS.into(), json!(trashed));
+                s.extra.insert(TRASHED_FILES.into(), json!(trashed_files));
                 s.extra.remove(QUEUE);
                 s.finish_pass_in(self.ctx);
             } else {
@@ -313,18 +333,29 @@ impl<'a> Syncer<'a> {
         }
     }
 
-    /// The ids of the trashed folders (so an untrashed one brings its contents back).
-    async fn trashed_folders(&mut self) -> Result<BTreeSet<String>> {
-        let q = format!("mimeType = {} and trashed = true", q_literal(FOLDER_MIME));
-        let mut out = BTreeSet::new();
+    /// The ids of the trashed folders (so an untrashed one brings its contents back) and of
+    /// the trashed files (so an untrashed one is read with its text: the scan skipped it).
+    async fn trashed_folders(&mut self) -> Result<(BTreeSet<String>, BTreeSet<String>)> {
+        let q = "trashed = true";
+        let mut folders = BTreeSet::new();
+        let mut files = BTreeSet::new();
         let mut token: Option<String> = None;
         loop {
-            let page = self.client.list_files(&q, token.as_deref()).await?;
+            let page = self.client.list_files(q, token.as_deref()).await?;
             self.list_pages += 1;
-            out.extend(page.files.iter().filter_map(transform::file_id));
+            for raw in &page.files {
+                let Some(id) = transform::file_id(raw) else {
+                    continue;
+                };
+                if raw.get("mimeType").and_then(Value::as_str) == Some(FOLDER_MIME) {
+                    folders.insert(id);
+                } else {
+                    files.insert(id);
+                }
+            }
             match page.next_page_token {
                 Some(t) if Some(&t) != token.as_ref() => token = Some(t),
-                _ => return Ok(out),
+                _ => return Ok((folders, files)),
             }
         }
     }
@@ -367,10 +398,16 @@ impl<'a> Syncer<'a> {
     }
 
     /// Raw files → a batch of documents with their text; a file that does not decode, or
-    /// whose text Drive refuses (too large, not exportable), is captured with its id.
-    async fn documents(&mut self, raws: Vec<Value>) -> Result<RecordBatch> {
+    /// whose text Drive refuses (too large, not exportable), is captured with its id. Only
+    /// the files `read_text` accepts are read; the others carry no text (the store keeps it).
+    async fn documents(
+        &mut self,
+        raws: Vec<Value>,
+        read_text: impl Fn(&Value) -> bool,
+    ) -> Result<RecordBatch> {
         let wanted: Vec<(String, TextSource)> = raws
             .iter()
+            .filter(|raw| read_text(raw))
             .filter_map(|raw| {
                 let id = transform::file_id(raw)?;
                 let source = text_source(raw.get("mimeType").and_then(Value::as_str))?;
@@ -440,9 +477,18 @@ impl<'a> Syncer<'a> {
         s.begin_pass(self.ctx);
         let mut scope = string_set(s.extra.get(SCOPE));
         let mut trashed_folders = string_set(s.extra.get(TRASHED_FOLDERS));
+        let mut trashed_files = string_set(s.extra.get(TRASHED_FILES));
+        // Files modified before this were read by an earlier run (None: read them all).
+        let unchanged_before: Option<DateTime<Utc>> = s
+            .extra
+            .get(TOKEN_TIME)
+            .and_then(|v| serde_json::from_value::<DateTime<Utc>>(v.clone()).ok())
+            .filter(|_| !folder_mode)
+            .map(|t| t - CLOCK_SKEW);
         let roots: BTreeSet<String> = self.config.folders.iter().cloned().collect();
         loop {
             self.ctx.check_cancelled()?;
+            let asked = Utc::now();
             let page = self.client.changes(&token).await?;
             self.change_pages += 1;
             let last = page.next_page_token.is_none();
@@ -464,6 +510,8 @@ impl<'a> Syncer<'a> {
             }
             let mut batch = RecordBatch::default();
             let mut live: Vec<Value> = Vec::new();
+            // Files read with their text whatever their modifiedTime.
+            let mut read: BTreeSet<String> = BTreeSet::new();
             for raw in page.changes {
                 let change: Change = match serde_json::from_value(raw) {
                     Ok(c) => c,
@@ -498,6 +546,7 @@ impl<'a> Syncer<'a> {
                     _ => {
                         scope.remove(&id);
                         trashed_folders.remove(&id);
+                        trashed_files.remove(&id);
                         Self::archive(&mut batch, id, at);
                         continue;
                     }
@@ -527,6 +576,7 @@ impl<'a> Syncer<'a> {
                             scope.insert(id.clone());
                             let (folders, files) = self.subtree(&id, true).await?;
                             scope.extend(folders);
+                            read.extend(files.iter().filter_map(transform::file_id));
                             live.extend(files);
                         } else if !parent_in && in_scope {
                             let (folders, files) = self.subtree(&id, false).await?;
@@ -538,18 +588,33 @@ impl<'a> Syncer<'a> {
                         }
                     } else if was_trashed {
                         let (_, files) = self.subtree(&id, true).await?;
+                        read.extend(files.iter().filter_map(transform::file_id));
                         live.extend(files);
                     }
                     continue;
                 }
                 let out_of_scope = folder_mode && !f.parents.iter().any(|p| scope.contains(p));
                 if f.trashed || out_of_scope {
+                    if f.trashed {
+                        trashed_files.insert(id);
+                    }
                     self.archived_record(&mut batch, &f, at);
                 } else {
+                    if trashed_files.remove(&id) {
+                        read.insert(id);
+                    }
                     live.push(raw);
                 }
             }
-            let docs = self.documents(live).await?;
+            let docs = self
+                .documents(live, |raw| {
+                    let changed = match (unchanged_before, transform::modified_raw(raw)) {
+                        (Some(before), Some(m)) => m >= before,
+                        _ => true,
+                    };
+                    changed || transform::file_id(raw).is_some_and(|id| read.contains(&id))
+                })
+                .await?;
             // A file archived and stored live in one page (a trashed folder listed, then
             // one of its files restored): the live record, written last, decides.
             let stored: BTreeSet<String> = docs
@@ -574,7 +639,9 @@ impl<'a> Syncer<'a> {
             }
             s.extra
                 .insert(TRASHED_FOLDERS.into(), json!(trashed_folders));
+            s.extra.insert(TRASHED_FILES.into(), json!(trashed_files));
             if last {
+                s.extra.insert(TOKEN_TIME.into(), json!(asked));
                 s.finish_pass_in(self.ctx);
             }
             self.write(sink, batch).await?;
@@ -596,7 +663,7 @@ impl<'a> Syncer<'a> {
     }
 
     /// A trashed (or out-of-scope) file as an archived document: its metadata as Drive
-    /// reports it, no text, `archived_at` just before its `modifiedTime` (see
+    /// reports it, no text (the store keeps the stored text), `archived_at` just before its `modifiedTime` (see
     /// [`archive_time`]). A record rather than a [`Deletion`]: the store archives by id only
     /// rows not newer than the deletion time, and restores an archived row only with a
     /// version newer than its archive time; the same version coming back untrashed is.

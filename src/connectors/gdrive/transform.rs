@@ -62,6 +62,13 @@ pub(crate) fn modified(f: &DriveFile) -> Option<DateTime<Utc>> {
     f.modified_time.as_deref().and_then(sanitize::datetime_str)
 }
 
+/// `modifiedTime` of a raw file.
+pub(crate) fn modified_raw(raw: &Value) -> Option<DateTime<Utc>> {
+    raw.get("modifiedTime")
+        .and_then(Value::as_str)
+        .and_then(sanitize::datetime_str)
+}
+
 /// The instant a trashed or moved-out file is archived at: just before its last
 /// modification. Drive does not say when a My Drive file was trashed, and the store
 /// un-archives a row only with a newer version: the same version coming back (untrash,
