@@ -163,32 +163,17 @@ pub(crate) async fn list_jobs(
             Some((job.created_at, job.id))
         }
     };
-    // The queue pages by offset in (created_at DESC, id DESC) order: walk it from the top
-    // and keep what lies strictly after the cursor, so the page is a keyset page.
-    let want = usize::try_from(limit)
-        .unwrap_or(usize::MAX)
-        .saturating_add(1);
-    let mut page: Vec<Job> = Vec::with_capacity(want);
-    let mut offset = 0u32;
-    loop {
-        let chunk = inner.store.list_jobs(ws, MAX_JOBS_LIMIT, offset).await?;
-        let n = chunk.len();
-        page.extend(
-            chunk
-                .into_iter()
-                .filter(|j| cursor.is_none_or(|c| (j.created_at, j.id) < c)),
-        );
-        if page.len() >= want || n < usize::try_from(MAX_JOBS_LIMIT).unwrap_or(usize::MAX) {
-            break;
+    let page = inner.store.list_jobs_before(ws, limit, cursor).await?;
+    // A full page has a next one when a job lies beyond its last.
+    let next = match page.last() {
+        Some(last) if page.len() >= usize::try_from(limit).unwrap_or(usize::MAX) => {
+            let beyond = inner
+                .store
+                .list_jobs_before(ws, 1, Some((last.created_at, last.id)))
+                .await?;
+            (!beyond.is_empty()).then_some(last.id)
         }
-        offset = offset.saturating_add(MAX_JOBS_LIMIT);
-    }
-    let has_more = page.len() >= want;
-    page.truncate(want - 1);
-    let next = if has_more {
-        page.last().map(|j| j.id)
-    } else {
-        None
+        _ => None,
     };
     let jobs: Vec<JobView> = page.into_iter().map(job_view).collect();
     Ok(axum::Json(json!({ "jobs": jobs, "nextCursor": next })).into_response())

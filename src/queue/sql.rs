@@ -134,6 +134,13 @@ const LIST: &str = concat!(
     " FROM jobs WHERE workspace_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2 OFFSET $3"
 );
 
+const LIST_BEFORE: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE workspace_id = $1 AND (created_at, id) < ($3, $4) \
+     ORDER BY created_at DESC, id DESC LIMIT $2"
+);
+
 const RESCUE: &str = "UPDATE jobs SET \
        status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'pending' END, \
        error = CASE WHEN attempts >= max_attempts THEN $2 ELSE error END, \
@@ -554,6 +561,28 @@ pub(super) async fn list_jobs<D: QueueDb>(
     decode_jobs(&rows)
 }
 
+pub(super) async fn list_jobs_before<D: QueueDb>(
+    db: &D,
+    workspace_id: Uuid,
+    limit: u32,
+    before: Option<(DateTime<Utc>, Uuid)>,
+) -> Result<Vec<Job>> {
+    let Some((at, id)) = before else {
+        return list_jobs(db, workspace_id, limit, 0).await;
+    };
+    let args = vec![
+        Arg::Uuid(workspace_id),
+        Arg::Int(limit.clamp(1, MAX_JOBS_PAGE).into()),
+        Arg::Ts(Some(at)),
+        Arg::Uuid(id),
+    ];
+    let rows = db
+        .rows(LIST_BEFORE, args)
+        .await
+        .map_err(db_err("listing jobs"))?;
+    decode_jobs(&rows)
+}
+
 pub(super) async fn rescue_expired<D: QueueDb>(db: &D) -> Result<u64> {
     let args = vec![Arg::Ts(Some(db.now())), Arg::Text(Some(LEASE_EXPIRED))];
     let rows = db
@@ -702,6 +731,15 @@ macro_rules! impl_job_queue {
                 offset: u32,
             ) -> $crate::error::Result<Vec<$crate::queue::Job>> {
                 $crate::queue::sql::list_jobs(self, workspace_id, limit, offset).await
+            }
+
+            async fn list_jobs_before(
+                &self,
+                workspace_id: uuid::Uuid,
+                limit: u32,
+                before: Option<(chrono::DateTime<chrono::Utc>, uuid::Uuid)>,
+            ) -> $crate::error::Result<Vec<$crate::queue::Job>> {
+                $crate::queue::sql::list_jobs_before(self, workspace_id, limit, before).await
             }
 
             async fn rescue_expired(&self) -> $crate::error::Result<u64> {

@@ -335,6 +335,16 @@ pub trait JobQueue: Send + Sync {
     /// The workspace's jobs, newest first, `limit` (1 to 100) from `offset`.
     async fn list_jobs(&self, workspace_id: Uuid, limit: u32, offset: u32) -> Result<Vec<Job>>;
 
+    /// The workspace's jobs, newest first, `limit` (1 to 100) of those strictly older than
+    /// `before` in `(created_at, id)` order (from the newest when `None`): a keyset page that
+    /// jobs enqueued meanwhile never shift.
+    async fn list_jobs_before(
+        &self,
+        workspace_id: Uuid,
+        limit: u32,
+        before: Option<(DateTime<Utc>, Uuid)>,
+    ) -> Result<Vec<Job>>;
+
     /// Running jobs whose lease expired (their worker died) go back to pending, or to failed
     /// once their attempts are used up. Returns how many were rescued.
     async fn rescue_expired(&self) -> Result<u64>;

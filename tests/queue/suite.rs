@@ -539,6 +539,35 @@ pub async fn jobs_are_scoped_to_their_workspace_and_paginated(h: Harness) {
         25,
         "capped at 100 a page"
     );
+
+    // Keyset pages: what lies after the cursor, unshifted by jobs enqueued meanwhile.
+    let first = h.queue.list_jobs_before(a, 10, None).await.unwrap();
+    assert_eq!(first.len(), 10);
+    assert_eq!(first[0].payload["i"], 24);
+    h.queue
+        .enqueue(NewJob::new(a, "x", serde_json::json!({"i": 25})))
+        .await
+        .unwrap();
+    let last = first.last().unwrap();
+    let second = h
+        .queue
+        .list_jobs_before(a, 10, Some((last.created_at, last.id)))
+        .await
+        .unwrap();
+    let indexes: Vec<i64> = second
+        .iter()
+        .map(|j| j.payload["i"].as_i64().unwrap())
+        .collect();
+    assert_eq!(indexes, (5..=14).rev().collect::<Vec<_>>());
+    assert!(second.iter().all(|j| j.workspace_id == a));
+    let end = second.last().unwrap();
+    let rest = h
+        .queue
+        .list_jobs_before(a, 100, Some((end.created_at, end.id)))
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 5);
+    assert_eq!(rest[4].payload["i"], 0);
 }
 
 pub async fn prune_removes_old_finished_jobs(h: Harness) {
