@@ -23,7 +23,7 @@ use pandora_sync::simulator::{QuickstartConfig, run_quickstart};
 fn print_run(name: &str, r: &WorkspaceSyncResult) {
     println!("\n{name} sync: {}", r.status());
     println!(
-        "  {:<10} {:<12} {:<22} {:>9} {:>9} {:>10} {:>9} {:>8} {:>10}",
+        "  {:<12} {:<12} {:<22} {:>9} {:>9} {:>10} {:>9} {:>8} {:>10}",
         "connector",
         "mode",
         "status",
@@ -36,7 +36,7 @@ fn print_run(name: &str, r: &WorkspaceSyncResult) {
     );
     for c in &r.connectors {
         println!(
-            "  {:<10} {:<12} {:<22} {:>9} {:>9} {:>10} {:>9} {:>8} {:>8} ms",
+            "  {:<12} {:<12} {:<22} {:>9} {:>9} {:>10} {:>9} {:>8} {:>8} ms",
             c.connector.to_string(),
             c.mode.to_string(),
             c.status.to_string(),
@@ -48,10 +48,10 @@ fn print_run(name: &str, r: &WorkspaceSyncResult) {
             c.duration_ms
         );
         if c.retries > 0 {
-            println!("  {:<10} {} retries", "", c.retries);
+            println!("  {:<12} {} retries", "", c.retries);
         }
         if let Some(e) = &c.error {
-            println!("  {:<10} error: {e}", "");
+            println!("  {:<12} error: {e}", "");
         }
     }
     for h in &r.hooks {
