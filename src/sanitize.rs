@@ -187,6 +187,18 @@ pub fn text_keep_empty(value: Option<&Value>) -> Option<String> {
     }
 }
 
+/// [`text`] for a value the caller owns: a string is kept as is (no copy) unless it holds
+/// NUL bytes.
+pub fn text_owned(value: Option<Value>) -> Option<String> {
+    match value? {
+        Value::String(s) => Some(strip_nul_owned(s)),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+    .filter(|s| !s.trim().is_empty())
+}
+
 /// `s` without NUL bytes.
 pub fn strip_nul(s: &str) -> String {
     if s.contains('\0') {
@@ -196,12 +208,21 @@ pub fn strip_nul(s: &str) -> String {
     }
 }
 
+/// [`strip_nul`] for a string the caller owns: returned as is when it holds no NUL.
+fn strip_nul_owned(s: String) -> String {
+    if s.contains('\0') {
+        s.replace('\0', "")
+    } else {
+        s
+    }
+}
+
 /// Sanitizes a whole JSON value: NUL bytes removed from strings and keys, empty or blank
 /// strings become `null`, arrays and objects are sanitized element by element.
 pub fn sanitize_value(value: Value) -> Value {
     match value {
         Value::String(s) => {
-            let s = strip_nul(&s);
+            let s = strip_nul_owned(s);
             if s.trim().is_empty() {
                 Value::Null
             } else {
@@ -219,7 +240,7 @@ pub fn sanitize_value(value: Value) -> Value {
 pub fn sanitize_properties(props: Map<String, Value>) -> Map<String, Value> {
     props
         .into_iter()
-        .map(|(k, v)| (strip_nul(&k), sanitize_value(v)))
+        .map(|(k, v)| (strip_nul_owned(k), sanitize_value(v)))
         .collect()
 }
 

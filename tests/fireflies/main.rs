@@ -13,6 +13,9 @@ mod support_example;
 
 #[cfg(all(feature = "fireflies", any(feature = "sqlite", feature = "postgres")))]
 mod e2e;
+#[cfg(all(feature = "fireflies", any(feature = "sqlite", feature = "postgres")))]
+#[path = "../support/store_env.rs"]
+mod store_env;
 
 #[cfg(all(feature = "fireflies", any(feature = "sqlite", feature = "postgres")))]
 macro_rules! e2e_suite {

@@ -14,11 +14,13 @@ mod example;
 #[path = "../support/example.rs"]
 mod support_example;
 
+mod e2e;
 #[cfg(all(
     feature = "google-drive",
     any(feature = "sqlite", feature = "postgres")
 ))]
-mod e2e;
+#[path = "../support/store_env.rs"]
+mod store_env;
 
 #[cfg(all(
     feature = "google-drive",

@@ -13,6 +13,9 @@ mod live;
 
 #[cfg(all(feature = "gong", any(feature = "sqlite", feature = "postgres")))]
 mod e2e;
+#[cfg(all(feature = "gong", any(feature = "sqlite", feature = "postgres")))]
+#[path = "../support/store_env.rs"]
+mod store_env;
 
 #[cfg(all(feature = "gong", any(feature = "sqlite", feature = "postgres")))]
 macro_rules! e2e_suite {

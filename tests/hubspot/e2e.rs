@@ -1,7 +1,6 @@
 //! End to end: HubSpot simulator → connector → orchestrator → SQLite and Postgres.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,87 +9,16 @@ use pandora_sync::model::RecordKind;
 use pandora_sync::simulator::{FaultConfig, HubSpotObject, HubSpotSim, HubSpotSimConfig};
 use pandora_sync::store::{NewConnection, RecordQuery, SyncStatus};
 use pandora_sync::{
-    ConnectorKind, ConnectorRegistry, Credentials, Keyring, Orchestrator, Record, Store, SyncMode,
-    SyncOptions, SyncStore,
+    ConnectorKind, ConnectorRegistry, Credentials, Orchestrator, Record, SyncMode, SyncOptions,
+    SyncStore,
 };
 use uuid::Uuid;
 
-pub struct Env {
-    pub store: Arc<dyn SyncStore>,
-    pub database_url: String,
-}
-
-fn keyring() -> Keyring {
-    Keyring::new("e2e", [9u8; 32]).unwrap()
-}
-
-#[cfg(feature = "sqlite")]
-pub async fn run_sqlite<F, Fut>(test: F)
-where
-    F: FnOnce(Env) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    use pandora_sync::SqliteStore;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("e2e.db").display());
-    let store = SqliteStore::connect(&url)
-        .await
-        .unwrap()
-        .with_keyring(keyring());
-    store.migrate().await.unwrap();
-    test(Env {
-        store: Arc::new(store),
-        database_url: url,
-    })
-    .await;
-    drop(dir);
-}
-
+pub use crate::store_env::Env;
 #[cfg(feature = "postgres")]
-pub async fn run_postgres<F, Fut>(test: F)
-where
-    F: FnOnce(Env) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    use std::str::FromStr;
-
-    use pandora_sync::PgStore;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{Connection, PgConnection};
-
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
-    });
-    let schema = format!("e_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let options = PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let store = PgStore::from_pool(pool).with_keyring(keyring());
-    store.migrate().await.unwrap();
-    // The example connects by URL: point it at the same schema.
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let database_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
-    test(Env {
-        store: Arc::new(store.clone()),
-        database_url,
-    })
-    .await;
-    store.close().await;
-    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(&mut admin)
-        .await;
-}
+pub use crate::store_env::run_postgres;
+#[cfg(feature = "sqlite")]
+pub use crate::store_env::run_sqlite;
 
 fn fast_config() -> serde_json::Value {
     serde_json::json!({

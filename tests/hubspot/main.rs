@@ -5,6 +5,9 @@
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod e2e;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[path = "../support/store_env.rs"]
+mod store_env;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[path = "../support/example.rs"]
 mod support_example;
 

@@ -1,7 +1,6 @@
 //! End to end: monday simulator → connector → orchestrator → SQLite and Postgres.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::sync::Arc;
 
 use pandora_sync::model::{RecordKind, Task};
@@ -9,87 +8,19 @@ use pandora_sync::orchestrator::ConnectorResult;
 use pandora_sync::simulator::{FaultConfig, MondayItemState, MondaySim};
 use pandora_sync::store::{NewConnection, RecordQuery, SyncStatus};
 use pandora_sync::{
-    ConnectorKind, ConnectorRegistry, Credentials, Keyring, Orchestrator, Record, Store, SyncMode,
-    SyncOptions, SyncStore,
+    ConnectorKind, ConnectorRegistry, Credentials, Orchestrator, Record, SyncMode, SyncOptions,
+    SyncStore,
 };
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::truth::{assert_task, fast, full_sync_requests, workspace};
 
-pub struct Env {
-    pub store: Arc<dyn SyncStore>,
-}
-
-fn keyring() -> Keyring {
-    Keyring::new("e2e", [7u8; 32]).unwrap()
-}
-
-#[cfg(feature = "sqlite")]
-pub async fn run_sqlite<F, Fut>(test: F)
-where
-    F: FnOnce(Env) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    use pandora_sync::SqliteStore;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("monday.db").display()
-    );
-    let store = SqliteStore::connect(&url)
-        .await
-        .unwrap()
-        .with_keyring(keyring());
-    store.migrate().await.unwrap();
-    test(Env {
-        store: Arc::new(store),
-    })
-    .await;
-    drop(dir);
-}
-
+pub use crate::store_env::Env;
 #[cfg(feature = "postgres")]
-pub async fn run_postgres<F, Fut>(test: F)
-where
-    F: FnOnce(Env) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    use std::str::FromStr;
-
-    use pandora_sync::PgStore;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{Connection, PgConnection};
-
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
-    });
-    let schema = format!("m_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let options = PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let store = PgStore::from_pool(pool).with_keyring(keyring());
-    store.migrate().await.unwrap();
-    test(Env {
-        store: Arc::new(store.clone()),
-    })
-    .await;
-    store.close().await;
-    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(&mut admin)
-        .await;
-}
+pub use crate::store_env::run_postgres;
+#[cfg(feature = "sqlite")]
+pub use crate::store_env::run_sqlite;
 
 async fn setup(env: &Env, sim: &MondaySim, config: serde_json::Value) -> (Uuid, Orchestrator) {
     let ws = Uuid::new_v4();

@@ -9,6 +9,9 @@ mod sim;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod e2e;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[path = "../support/store_env.rs"]
+mod store_env;
 
 #[cfg(feature = "sqlite")]
 mod examples;

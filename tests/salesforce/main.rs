@@ -7,6 +7,9 @@
 mod e2e;
 mod sim;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[path = "../support/store_env.rs"]
+mod store_env;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[path = "../support/example.rs"]
 mod support_example;
 

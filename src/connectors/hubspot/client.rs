@@ -33,6 +33,9 @@ pub(crate) struct HubSpotClient {
     /// The account's UTC offset, fetched at most once per connector (one sync), and only
     /// when a quota stop needs it; `None` inside when it could not be read.
     utc_offset: OnceCell<Option<FixedOffset>>,
+    /// `GET /account-info/v3/details`, read at most once per connector (the portal id and
+    /// the time zone both come from it); only a successful answer is kept.
+    details: OnceCell<serde_json::Value>,
     stats: HttpStats,
 }
 
@@ -141,6 +144,7 @@ impl HubSpotClient {
             search,
             account,
             utc_offset: OnceCell::new(),
+            details: OnceCell::new(),
             stats,
         })
     }
@@ -165,12 +169,20 @@ impl HubSpotClient {
         }
     }
 
+    /// `GET /account-info/v3/details`, asked once per connector whoever needs it first.
+    async fn account_details(&self) -> Result<&serde_json::Value> {
+        self.details
+            .get_or_try_init(|| async {
+                self.api
+                    .send(&self.account, Method::GET, "/account-info/v3/details", None)
+                    .await
+            })
+            .await
+    }
+
     /// The portal id from `GET /account-info/v3/details` (a number, or its text).
     pub(crate) async fn portal_id(&self) -> Result<Option<String>> {
-        let details: serde_json::Value = self
-            .api
-            .send(&self.account, Method::GET, "/account-info/v3/details", None)
-            .await?;
+        let details = self.account_details().await?;
         Ok(match details.get("portalId") {
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
             Some(serde_json::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
@@ -179,13 +191,9 @@ impl HubSpotClient {
     }
 
     async fn fetch_utc_offset(&self) -> Option<FixedOffset> {
-        match self
-            .api
-            .send::<serde_json::Value>(&self.account, Method::GET, "/account-info/v3/details", None)
-            .await
-        {
+        match self.account_details().await {
             Ok(details) => {
-                let offset = account_offset(&details);
+                let offset = account_offset(details);
                 tracing::debug!(
                     time_zone = details.get("timeZone").and_then(serde_json::Value::as_str).unwrap_or("?"),
                     offset = ?offset,

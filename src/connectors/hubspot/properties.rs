@@ -117,43 +117,50 @@ fn result_id(raw: &Value) -> Option<String> {
 /// Merges the properties of later slices' pages into the first slice's page, by record id.
 /// A record missing from a later slice, or at another version there (`updatedAt`), is left
 /// out (see the module docs); a later slice's malformed properties make the record
-/// malformed (captured as a failure with its id).
+/// malformed (captured as a failure with its id). Only pages read in several slices come
+/// here, so the results are parsed into trees for the merge and written back as text.
 pub(crate) fn merge(mut first: Page, rest: Vec<Page>) -> Page {
     let later: Vec<HashMap<String, Value>> = rest
         .into_iter()
         .map(|p| {
             p.results
-                .into_iter()
-                .filter_map(|r| Some((result_id(&r)?, r)))
+                .iter()
+                .filter_map(|r| serde_json::from_str::<Value>(r.get()).ok())
+                .filter_map(|v| Some((result_id(&v)?, v)))
                 .collect()
         })
         .collect();
     let before = first.results.len();
-    first.results.retain_mut(|raw| {
-        let Some(id) = result_id(raw) else {
-            return true; // fails decoding alone
-        };
-        for slice in &later {
-            let Some(other) = slice.get(&id) else {
-                return false;
+    first.results = std::mem::take(&mut first.results)
+        .into_iter()
+        .filter_map(|text| {
+            let Ok(mut raw) = serde_json::from_str::<Value>(text.get()) else {
+                return Some(text); // fails decoding alone
             };
-            if other.get("updatedAt") != raw.get("updatedAt") {
-                return false;
-            }
-            match (raw.get_mut("properties"), other.get("properties")) {
-                (Some(Value::Object(mine)), Some(Value::Object(theirs))) => {
-                    for (k, v) in theirs {
-                        mine.entry(k.clone()).or_insert_with(|| v.clone());
+            let Some(id) = result_id(&raw) else {
+                return Some(text); // fails decoding alone
+            };
+            for slice in &later {
+                let other = slice.get(&id)?;
+                if other.get("updatedAt") != raw.get("updatedAt") {
+                    return None;
+                }
+                match (raw.get_mut("properties"), other.get("properties")) {
+                    (Some(Value::Object(mine)), Some(Value::Object(theirs))) => {
+                        for (k, v) in theirs {
+                            mine.entry(k.clone()).or_insert_with(|| v.clone());
+                        }
                     }
+                    (Some(Value::Object(_)), theirs) => {
+                        raw["properties"] = theirs.cloned().unwrap_or(Value::Null);
+                    }
+                    _ => {}
                 }
-                (Some(Value::Object(_)), theirs) => {
-                    raw["properties"] = theirs.cloned().unwrap_or(Value::Null);
-                }
-                _ => {}
             }
-        }
-        true
-    });
+            // A `Value` always serializes; the original text is the fallback regardless.
+            Some(serde_json::value::to_raw_value(&raw).unwrap_or(text))
+        })
+        .collect();
     let dropped = before - first.results.len();
     if dropped > 0 {
         tracing::debug!(
@@ -324,8 +331,8 @@ mod tests {
     }
 
     fn page(results: Value) -> Page {
-        serde_json::from_value(json!({"results": results, "paging": {"next": {"after": "7"}}}))
-            .unwrap()
+        let text = json!({"results": results, "paging": {"next": {"after": "7"}}}).to_string();
+        serde_json::from_str(&text).unwrap()
     }
 
     #[test]
@@ -344,16 +351,14 @@ mod tests {
         ]));
         let merged = merge(first, vec![second]);
         assert_eq!(merged.next_after(), Some("7"));
-        let ids: Vec<&str> = merged
+        let results: Vec<Value> = merged
             .results
             .iter()
-            .map(|r| r["id"].as_str().unwrap())
+            .map(|r| serde_json::from_str(r.get()).unwrap())
             .collect();
+        let ids: Vec<&str> = results.iter().map(|r| r["id"].as_str().unwrap()).collect();
         assert_eq!(ids, ["1", "4"]);
-        assert_eq!(
-            merged.results[0]["properties"],
-            json!({"name": "x", "c1": "1"})
-        );
-        assert_eq!(merged.results[1]["properties"], json!("corrupt"));
+        assert_eq!(results[0]["properties"], json!({"name": "x", "c1": "1"}));
+        assert_eq!(results[1]["properties"], json!("corrupt"));
     }
 }

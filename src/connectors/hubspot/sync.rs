@@ -13,7 +13,7 @@ use super::HubSpotConfig;
 use super::client::{Associations, HubSpotClient};
 use super::properties::{self, Discovered};
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
-use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort};
+use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort, raw_id};
 use crate::connector::{
     Checkpoint, DealContactSet, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint,
     SyncContext, SyncReport,
@@ -135,12 +135,8 @@ fn abandon_pass(s: &mut StreamCheckpoint) {
 }
 
 /// A result's `id` as a number (`hs_object_id`); `None` when it is not one.
-fn numeric_id(raw: &serde_json::Value) -> Option<u64> {
-    match raw.get("id")? {
-        serde_json::Value::String(s) => s.trim().parse().ok(),
-        serde_json::Value::Number(n) => n.as_u64(),
-        _ => None,
-    }
+fn numeric_id(raw: &serde_json::value::RawValue) -> Option<u64> {
+    raw_id(raw)?.trim().parse().ok()
 }
 
 pub(crate) struct Syncer<'a> {
@@ -211,36 +207,41 @@ impl Syncer<'_> {
         let ws = self.ctx.workspace_id();
         let mut truncated_associations = false;
         let mut link_sets = Vec::new();
-        let mut batch = capture_page(page.results, transform::object_id, |raw| {
-            let o = transform::decode(raw)?;
-            truncated_associations |= o
-                .associations
-                .values()
-                .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
-            Ok(match obj {
-                Object::Companies => vec![Record::from(transform::company(ws, &o)?)],
-                Object::Contacts => vec![Record::from(transform::contact(ws, &o)?)],
-                Object::Deals => {
-                    let (d, links) = transform::deal(ws, &o)?;
-                    let complete = o
-                        .associations
-                        .get("contacts")
-                        .is_none_or(|b| b.paging.as_ref().is_none_or(|p| p.next.is_none()));
-                    if inline_contacts && complete {
-                        link_sets.push(DealContactSet {
-                            deal_source_id: d.meta.source_id.clone(),
-                            contact_source_ids: links
-                                .iter()
-                                .map(|l| l.contact_source_id.clone())
-                                .collect(),
-                        });
+        // A decode error names the record's id itself (read from the text only on failure).
+        let mut batch = capture_page(
+            page.results,
+            |_| None,
+            |raw| {
+                let o = transform::decode(&raw)?;
+                truncated_associations |= o
+                    .associations
+                    .values()
+                    .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
+                Ok(match obj {
+                    Object::Companies => vec![Record::from(transform::company(ws, o)?)],
+                    Object::Contacts => vec![Record::from(transform::contact(ws, o)?)],
+                    Object::Deals => {
+                        let complete = o
+                            .associations
+                            .get("contacts")
+                            .is_none_or(|b| b.paging.as_ref().is_none_or(|p| p.next.is_none()));
+                        let (d, links) = transform::deal(ws, o)?;
+                        if inline_contacts && complete {
+                            link_sets.push(DealContactSet {
+                                deal_source_id: d.meta.source_id.clone(),
+                                contact_source_ids: links
+                                    .iter()
+                                    .map(|l| l.contact_source_id.clone())
+                                    .collect(),
+                            });
+                        }
+                        std::iter::once(Record::from(d))
+                            .chain(links.into_iter().map(Record::from))
+                            .collect()
                     }
-                    std::iter::once(Record::from(d))
-                        .chain(links.into_iter().map(Record::from))
-                        .collect()
-                }
-            })
-        });
+                })
+            },
+        );
         batch.link_sets = link_sets;
         (batch, truncated_associations)
     }
@@ -491,7 +492,7 @@ impl Syncer<'_> {
                 };
                 let page = properties::search_page(self.client, obj.path(), &req).await?;
                 let more = page.search_has_more()?;
-                let page_max_id = page.results.iter().filter_map(numeric_id).max();
+                let page_max_id = page.results.iter().filter_map(|r| numeric_id(r)).max();
                 if more {
                     // The next query starts after this page's last id; a page that does not
                     // move it (no numeric ids, or ids not above the floor) would loop.
@@ -661,11 +662,7 @@ impl Syncer<'_> {
                 )
                 .await?;
             let next = page.next_after().map(str::to_owned);
-            pending.extend(
-                page.results
-                    .iter()
-                    .filter_map(|r| r.get("id")?.as_str().map(str::to_owned)),
-            );
+            pending.extend(page.results.iter().filter_map(|r| raw_id(r)));
             // Flush whole chunks (and the rest at the end) so the page cursor stays exact.
             if pending.len() + LIST_LIMIT as usize > ASSOC_CHUNK || next.is_none() {
                 let unique: BTreeSet<String> = pending.drain(..).collect();

@@ -1,10 +1,11 @@
 //! HubSpot objects → normalized records, through the shared sanitization.
 
 use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::types::HsObject;
+use super::types::{HsObject, raw_id};
 use crate::error::{Error, Result};
 use crate::model::{Account, ConnectorKind, Contact, CustomFields, Deal, DealContact, RecordMeta};
 use crate::sanitize;
@@ -57,32 +58,20 @@ pub(crate) const DEAL_PROPERTIES: &[&str] = &[
 /// Properties that are bookkeeping, neither mapped nor worth keeping as custom fields.
 const IGNORED: &[&str] = &["hs_object_id"];
 
-/// A raw result's id, read before the transform consumes it (for failure capture); `None`
-/// when it is not a string (the decode error then names what it can).
-pub(crate) fn object_id(raw: &Value) -> Option<String> {
-    raw.get("id")?.as_str().map(str::to_owned)
+/// Decodes one raw result straight into an [`HsObject`]; a malformed record fails alone,
+/// naming its id when it has one (read again from the text only then).
+pub(crate) fn decode(raw: &RawValue) -> Result<HsObject> {
+    serde_json::from_str(raw.get()).map_err(|e| {
+        Error::decode(
+            raw_id(raw).as_deref(),
+            format!("malformed HubSpot object: {e}"),
+        )
+    })
 }
 
-/// Decodes one raw result; a malformed record fails alone, naming its id when it has one.
-pub(crate) fn decode(raw: Value) -> Result<HsObject> {
-    let id = raw
-        .get("id")
-        .and_then(|v| {
-            v.as_str()
-                .map(str::to_owned)
-                .or_else(|| Some(v.to_string()))
-        })
-        .filter(|s| s != "null");
-    serde_json::from_value(raw)
-        .map_err(|e| Error::decode(id.as_deref(), format!("malformed HubSpot object: {e}")))
-}
-
-fn meta(
-    workspace_id: Uuid,
-    obj: &HsObject,
-    modified_prop: &str,
-    mapped: &[&str],
-) -> Result<RecordMeta> {
+/// The record's bookkeeping columns; its custom fields are added last, from the properties
+/// the typed columns did not take ([`custom_fields`]).
+fn meta(workspace_id: Uuid, obj: &HsObject, modified_prop: &str) -> Result<RecordMeta> {
     if obj.id.trim().is_empty() {
         return Err(Error::decode(None, "HubSpot object without an id"));
     }
@@ -100,8 +89,12 @@ fn meta(
             .or(m.source_updated_at)
             .or(Some(archive_fallback()));
     }
-    m.custom_fields = custom_fields(p, mapped);
     Ok(m)
+}
+
+/// Takes a property out of the map for a typed text column (no copy of the string).
+fn take_text(p: &mut Map<String, Value>, key: &str) -> Option<String> {
+    sanitize::text_owned(p.remove(key))
 }
 
 /// An archived record with no usable timestamp is still archived; the epoch marks "when
@@ -110,13 +103,11 @@ fn archive_fallback() -> DateTime<Utc> {
     DateTime::<Utc>::UNIX_EPOCH
 }
 
-fn custom_fields(p: &Map<String, Value>, mapped: &[&str]) -> CustomFields {
-    sanitize::sanitize_properties(
-        p.iter()
-            .filter(|(k, _)| !mapped.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-    )
+/// What is left of the properties once the typed columns took theirs: every property the
+/// schema does not map (nor [`IGNORED`]), sanitized.
+fn custom_fields(mut p: Map<String, Value>, mapped: &[&str]) -> CustomFields {
+    p.retain(|k, _| !mapped.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()));
+    sanitize::sanitize_properties(p)
 }
 
 fn first_association(obj: &HsObject, to: &str) -> Option<String> {
@@ -129,68 +120,101 @@ fn first_association(obj: &HsObject, to: &str) -> Option<String> {
 }
 
 /// A company → `accounts`.
-pub(crate) fn company(workspace_id: Uuid, obj: &HsObject) -> Result<Account> {
-    let p = &obj.properties;
+pub(crate) fn company(workspace_id: Uuid, obj: HsObject) -> Result<Account> {
+    let meta = meta(workspace_id, &obj, "hs_lastmodifieddate")?;
+    let mut p = obj.properties;
     let mut a = Account {
-        meta: meta(workspace_id, obj, "hs_lastmodifieddate", COMPANY_PROPERTIES)?,
-        name: sanitize::text(p.get("name")),
-        domain: sanitize::text(p.get("domain")).map(|d| d.trim().to_lowercase()),
-        industry: sanitize::text(p.get("industry")),
+        name: take_text(&mut p, "name"),
+        domain: take_text(&mut p, "domain").map(|d| d.trim().to_lowercase()),
+        industry: take_text(&mut p, "industry"),
         employee_count: sanitize::integer(p.get("numberofemployees")),
         annual_revenue: sanitize::number(p.get("annualrevenue")),
-        owner_id: sanitize::text(p.get("hubspot_owner_id")),
+        owner_id: take_text(&mut p, "hubspot_owner_id"),
+        meta,
     };
     if a.domain.as_deref() == Some("") {
         a.domain = None;
     }
+    a.meta.custom_fields = custom_fields(p, COMPANY_PROPERTIES);
     Ok(a)
 }
 
 /// A contact → `contacts`. The company comes from the association, else
 /// `associatedcompanyid`.
-pub(crate) fn contact(workspace_id: Uuid, obj: &HsObject) -> Result<Contact> {
-    let p = &obj.properties;
+pub(crate) fn contact(workspace_id: Uuid, obj: HsObject) -> Result<Contact> {
+    let mut meta = meta(workspace_id, &obj, "lastmodifieddate")?;
+    let company = first_association(&obj, "companies");
+    let mut p = obj.properties;
+    let email = take_text(&mut p, "email").map(|e| {
+        let t = e.trim();
+        if t.len() == e.len() { e } else { t.to_owned() }
+    });
+    let first_name = take_text(&mut p, "firstname");
+    let last_name = take_text(&mut p, "lastname");
+    let title = take_text(&mut p, "jobtitle");
+    let phone = take_text(&mut p, "phone");
+    // The mapped `associatedcompanyid` is not a custom field either way: read it in place.
+    let account_source_id = company.or_else(|| sanitize::text(p.get("associatedcompanyid")));
+    let lifecycle_stage = take_text(&mut p, "lifecyclestage");
+    let owner_id = take_text(&mut p, "hubspot_owner_id");
+    meta.custom_fields = custom_fields(p, CONTACT_PROPERTIES);
     Ok(Contact {
-        meta: meta(workspace_id, obj, "lastmodifieddate", CONTACT_PROPERTIES)?,
-        email: sanitize::text(p.get("email")).map(|e| e.trim().to_owned()),
-        first_name: sanitize::text(p.get("firstname")),
-        last_name: sanitize::text(p.get("lastname")),
-        title: sanitize::text(p.get("jobtitle")),
-        phone: sanitize::text(p.get("phone")),
-        account_source_id: first_association(obj, "companies")
-            .or_else(|| sanitize::text(p.get("associatedcompanyid"))),
-        lifecycle_stage: sanitize::text(p.get("lifecyclestage")),
-        owner_id: sanitize::text(p.get("hubspot_owner_id")),
+        meta,
+        email,
+        first_name,
+        last_name,
+        title,
+        phone,
+        account_source_id,
+        lifecycle_stage,
+        owner_id,
     })
 }
 
 /// A deal → `deals`, plus its contact links when the object carries them.
-pub(crate) fn deal(workspace_id: Uuid, obj: &HsObject) -> Result<(Deal, Vec<DealContact>)> {
-    let p = &obj.properties;
+pub(crate) fn deal(workspace_id: Uuid, obj: HsObject) -> Result<(Deal, Vec<DealContact>)> {
+    let mut meta = meta(workspace_id, &obj, "hs_lastmodifieddate")?;
+    let account_source_id = first_association(&obj, "companies");
+    let HsObject {
+        properties: mut p,
+        mut associations,
+        ..
+    } = obj;
+    let name = take_text(&mut p, "dealname");
+    let currency = take_text(&mut p, "deal_currency_code");
+    let stage = take_text(&mut p, "dealstage");
+    let pipeline = take_text(&mut p, "pipeline");
+    let owner_id = take_text(&mut p, "hubspot_owner_id");
+    let forecast_category = take_text(&mut p, "hs_manual_forecast_category");
+    let amount = sanitize::number(p.get("amount"));
+    let close_date = sanitize::date(p.get("closedate"));
+    let probability = sanitize::number(p.get("hs_deal_stage_probability"));
+    let is_closed = sanitize::boolean(p.get("hs_is_closed"));
+    let is_won = sanitize::boolean(p.get("hs_is_closed_won"));
+    meta.custom_fields = custom_fields(p, DEAL_PROPERTIES);
     let deal = Deal {
-        meta: meta(workspace_id, obj, "hs_lastmodifieddate", DEAL_PROPERTIES)?,
-        name: sanitize::text(p.get("dealname")),
-        amount: sanitize::number(p.get("amount")),
-        currency: sanitize::text(p.get("deal_currency_code")),
-        stage: sanitize::text(p.get("dealstage")),
-        pipeline: sanitize::text(p.get("pipeline")),
-        close_date: sanitize::date(p.get("closedate")),
-        probability: sanitize::number(p.get("hs_deal_stage_probability")),
-        owner_id: sanitize::text(p.get("hubspot_owner_id")),
-        account_source_id: first_association(obj, "companies"),
-        is_closed: sanitize::boolean(p.get("hs_is_closed")),
-        is_won: sanitize::boolean(p.get("hs_is_closed_won")),
-        forecast_category: sanitize::text(p.get("hs_manual_forecast_category")),
+        meta,
+        name,
+        amount,
+        currency,
+        stage,
+        pipeline,
+        close_date,
+        probability,
+        owner_id,
+        account_source_id,
+        is_closed,
+        is_won,
+        forecast_category,
         days_open: None,
         days_to_close: None,
     };
-    let links = obj
-        .associations
-        .get("contacts")
+    let links = associations
+        .remove("contacts")
         .map(|block| {
             block
                 .results
-                .iter()
+                .into_iter()
                 .filter(|r| !r.id.trim().is_empty())
                 .map(|r| DealContact {
                     workspace_id,
@@ -215,6 +239,10 @@ mod tests {
         Uuid::from_u128(3)
     }
 
+    fn raw_of(v: Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&v).unwrap()
+    }
+
     #[test]
     fn deal_fields_map_from_string_properties() {
         let raw = json!({
@@ -234,7 +262,7 @@ mod tests {
                 "companies": {"results": [{"id": "9", "type": "deal_to_company"}]}
             }
         });
-        let (d, links) = deal(ws(), &decode(raw).unwrap()).unwrap();
+        let (d, links) = deal(ws(), decode(&raw_of(raw)).unwrap()).unwrap();
         assert_eq!(d.meta.source_id, "512");
         assert_eq!(d.name.as_deref(), Some("Acme renewal"));
         assert_eq!(d.amount, Some(1500.5));
@@ -280,7 +308,7 @@ mod tests {
                            "hs_lastmodifieddate": "2020-01-01T00:00:00Z", "associatedcompanyid": "9", "phone": ""},
             "archived": false
         });
-        let c = contact(ws(), &decode(raw).unwrap()).unwrap();
+        let c = contact(ws(), decode(&raw_of(raw)).unwrap()).unwrap();
         assert_eq!(c.email.as_deref(), Some("a@x.com"));
         assert_eq!(c.last_name, None);
         assert_eq!(c.phone, None);
@@ -297,7 +325,7 @@ mod tests {
             "id": "9", "properties": {"name": "Acme", "domain": " ACME.com ", "numberofemployees": "50.0", "annualrevenue": ""},
             "archived": true, "archivedAt": "2024-03-03T03:03:03Z", "updatedAt": "2024-03-03T03:03:03Z"
         });
-        let a = company(ws(), &decode(raw).unwrap()).unwrap();
+        let a = company(ws(), decode(&raw_of(raw)).unwrap()).unwrap();
         assert_eq!(a.domain.as_deref(), Some("acme.com"));
         assert_eq!(a.employee_count, Some(50));
         assert_eq!(a.annual_revenue, None);
@@ -309,13 +337,15 @@ mod tests {
 
     #[test]
     fn malformed_objects_fail_with_their_id() {
-        let err =
-            decode(json!({"id": "77", "properties": "corrupt", "archived": "no"})).unwrap_err();
+        let err = decode(&raw_of(
+            json!({"id": "77", "properties": "corrupt", "archived": "no"}),
+        ))
+        .unwrap_err();
         assert!(
             matches!(&err, Error::Decode { record_id: Some(id), .. } if id == "77"),
             "{err}"
         );
-        let err = decode(json!({"properties": {}})).unwrap_err();
+        let err = decode(&raw_of(json!({"properties": {}}))).unwrap_err();
         assert!(
             matches!(
                 &err,
@@ -326,7 +356,7 @@ mod tests {
             ),
             "{err}"
         );
-        let blank = decode(json!({"id": " ", "properties": {}})).unwrap();
-        assert!(company(ws(), &blank).is_err());
+        let blank = decode(&raw_of(json!({"id": " ", "properties": {}}))).unwrap();
+        assert!(company(ws(), blank).is_err());
     }
 }

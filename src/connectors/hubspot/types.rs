@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
@@ -64,15 +65,33 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
     }
 }
 
-/// A list or search page. Results stay raw JSON so a malformed record fails alone.
+/// A list or search page. Each result stays raw JSON text, checked for syntax only, so a
+/// malformed record fails alone when it is decoded (straight into [`HsObject`], without an
+/// intermediate `Value` tree).
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Page {
     #[serde(default)]
-    pub results: Vec<Value>,
+    pub results: Vec<Box<RawValue>>,
     pub paging: Option<Paging>,
     /// Search only: how many records match the query.
     #[serde(default)]
     pub total: Option<Value>,
+}
+
+/// A raw result's `id`: a string as is, a number as its decimal text, `None` when it is
+/// missing, null or the result is not an object. Reads only what it needs; for the rare
+/// places that want an id without decoding the whole record (and for failure capture).
+pub(crate) fn raw_id(raw: &RawValue) -> Option<String> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        #[serde(default)]
+        id: Option<Value>,
+    }
+    match serde_json::from_str::<IdOnly>(raw.get()).ok()?.id? {
+        Value::Null => None,
+        Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
 }
 
 impl Page {
