@@ -273,8 +273,16 @@ impl SqlBackend for SqliteStore {
         tx.commit().await.map_err(db_err("migrate: commit"))
     }
 
-    /// Upserts one table's rows of a batch, telling inserts from updates by reading which rows
-    /// exist first (SQLite has no `xmax`).
+    /// Upserts one table's rows of a batch in multi-row statements, telling inserts from
+    /// updates without reading anything per row (SQLite has no `xmax`).
+    ///
+    /// A new row gets the rowid one above the table's largest (no table has AUTOINCREMENT;
+    /// nothing deletes inside the statement, and the transaction holds the write lock), so
+    /// the rows one statement inserted are the rise of `max(rowid)` across it, and the
+    /// statement's change count holds those and the rows it updated; the rest were
+    /// unchanged (the no-regress `WHERE` left them). Only when the largest rowid is within
+    /// reach of `i64::MAX` (SQLite then picks rowids at random) are the existing rows read
+    /// first instead.
     async fn upsert_table(
         tx: &mut SqliteConnection,
         at: BatchScope,
@@ -286,36 +294,55 @@ impl SqlBackend for SqliteStore {
         let width = spec.columns.len();
         let per = rows_per_statement(width + 3);
         let conflict = rows::upsert_conflict_clause(spec, SQLITE);
+        let max_rowid = format!("SELECT coalesce(max(rowid), 0) FROM {}", spec.table);
+        let what = "write_batch: upserting records";
         let mut counts = WriteCounts::default();
+        let mut top: i64 = sqlx::query_scalar(&max_rowid)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err(what))?;
         for (c, chunk) in t.rows.chunks(per).enumerate() {
             let base = c * per;
-            // Which of these rows exist already (to tell inserts from updates).
-            let existing_sql = format!(
-                "SELECT source_id FROM {} WHERE workspace_id = ? AND source = ? AND source_id IN ({})",
-                spec.table,
-                vec!["?"; chunk.len()].join(", ")
-            );
-            let mut q = sqlx::query(&existing_sql)
-                .bind(hy(ws))
-                .bind(source.as_str());
-            for i in 0..chunk.len() {
-                q = q.bind(t.source_id(base + i));
-            }
-            let existing: HashSet<String> = q
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_err("write_batch: reading existing rows"))?
-                .iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<std::result::Result<_, _>>()
-                .map_err(db_err("write_batch: reading existing rows"))?;
-
+            let sequential = i64::try_from(chunk.len())
+                .ok()
+                .and_then(|n| top.checked_add(n))
+                .is_some();
+            // Only when rowids may be random: which of these rows exist already.
+            let existing: Option<HashSet<String>> = if sequential {
+                None
+            } else {
+                let existing_sql = format!(
+                    "SELECT source_id FROM {} WHERE workspace_id = ? AND source = ? AND source_id IN ({})",
+                    spec.table,
+                    vec!["?"; chunk.len()].join(", ")
+                );
+                let mut q = sqlx::query(&existing_sql)
+                    .bind(hy(ws))
+                    .bind(source.as_str());
+                for i in 0..chunk.len() {
+                    q = q.bind(t.source_id(base + i));
+                }
+                Some(
+                    q.fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_err("write_batch: reading existing rows"))?
+                        .iter()
+                        .map(|r| r.try_get::<String, _>(0))
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(db_err("write_batch: reading existing rows"))?,
+                )
+            };
             let sql = format!(
-                "INSERT INTO {} (workspace_id, source, synced_at, {}) VALUES {} {} RETURNING source_id",
+                "INSERT INTO {} (workspace_id, source, synced_at, {}) VALUES {} {}{}",
                 spec.table,
                 spec.column_list(),
                 tuples(chunk.len(), width + 3),
-                conflict
+                conflict,
+                if existing.is_some() {
+                    " RETURNING source_id"
+                } else {
+                    ""
+                }
             );
             let mut q = sqlx::query(&sql);
             for row in chunk {
@@ -324,13 +351,33 @@ impl SqlBackend for SqliteStore {
                     q = bind_val(q, v);
                 }
             }
-            let what = "write_batch: upserting records";
-            let written = q.fetch_all(&mut *tx).await.map_err(db_err(what))?;
-            let inserted = written.iter().map(|r| {
-                let id: String = r.try_get(0).map_err(db_err(what))?;
-                Ok(!existing.contains(&id))
-            });
-            sql::tally(&mut counts, chunk.len(), inserted)?;
+            match existing {
+                None => {
+                    let changed = q.execute(&mut *tx).await.map_err(db_err(what))?;
+                    let after: i64 = sqlx::query_scalar(&max_rowid)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err(what))?;
+                    let inserted = u64::try_from(after.saturating_sub(top)).unwrap_or(0);
+                    let changed = changed.rows_affected();
+                    counts.inserted += inserted;
+                    counts.updated += changed.saturating_sub(inserted);
+                    counts.unchanged += super::count_u64(chunk.len()).saturating_sub(changed);
+                    top = after;
+                }
+                Some(existing) => {
+                    let written = q.fetch_all(&mut *tx).await.map_err(db_err(what))?;
+                    let inserted = written.iter().map(|r| {
+                        let id: String = r.try_get(0).map_err(db_err(what))?;
+                        Ok(!existing.contains(&id))
+                    });
+                    sql::tally(&mut counts, chunk.len(), inserted)?;
+                    top = sqlx::query_scalar(&max_rowid)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err(what))?;
+                }
+            }
         }
         Ok(counts)
     }
@@ -786,5 +833,71 @@ mod tests {
         assert_eq!(tuples(1, 3), "(?, ?, ?)");
         assert_eq!(rows_per_statement(26), 1000);
         assert_eq!(rows_per_statement(100), 327);
+    }
+
+    /// Inserts and updates are told apart by the rise of `max(rowid)`, and by reading the
+    /// existing rows first once rowids may be random (the largest is near `i64::MAX`).
+    #[tokio::test]
+    async fn write_counts_tell_inserts_from_updates_on_both_paths() {
+        use crate::connector::{Checkpoint, RecordBatch};
+        use crate::model::{ConnectorKind, Contact, Record};
+        use crate::store::{ConnectionStore, RecordStore, Store};
+
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let ws = Uuid::from_u128(5);
+        store
+            .create_connection(crate::store::NewConnection::new(
+                ws,
+                ConnectorKind::Hubspot,
+                "private_app",
+            ))
+            .await
+            .unwrap();
+        let t0 = Utc::now() - chrono::Duration::hours(1);
+        let contact = |id: &str, minutes: i64| -> Record {
+            let mut c = Contact::new(ws, ConnectorKind::Hubspot, id);
+            c.meta.source_updated_at = Some(t0 + chrono::Duration::minutes(minutes));
+            c.into()
+        };
+        let write = |records: Vec<Record>| {
+            let store = &store;
+            async move {
+                store
+                    .write_batch(
+                        ws,
+                        ConnectorKind::Hubspot,
+                        &RecordBatch::new(records),
+                        &Checkpoint::default(),
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        let c = write(vec![contact("1", 0), contact("2", 0)]).await;
+        assert_eq!((c.inserted, c.updated, c.unchanged), (2, 0, 0));
+        let c = write(vec![contact("1", 1), contact("2", 0), contact("3", 0)]).await;
+        assert_eq!((c.inserted, c.updated, c.unchanged), (1, 1, 1));
+
+        // SQLite picks random rowids once the largest is i64::MAX.
+        sqlx::query("UPDATE contacts SET rowid = ? WHERE source_id = '3'")
+            .bind(i64::MAX - 1)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let c = write(vec![
+            contact("1", 1),
+            contact("2", 2),
+            contact("4", 0),
+            contact("5", 0),
+            contact("6", 0),
+        ])
+        .await;
+        assert_eq!((c.inserted, c.updated, c.unchanged), (3, 1, 1));
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM contacts")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 6);
     }
 }
