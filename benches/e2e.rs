@@ -435,6 +435,15 @@ mod bench {
             bare_times.push(bare_time);
             our_times.push(ours);
         }
+        // Where the CPU goes: the same connector into a sink that drops every page.
+        let cpu0 = cpu_seconds();
+        let (fetched, fetch_time) = fetch_ceiling(&sim).await;
+        println!(
+            "  connector into a discarding sink: {fetched} records in {:.2} s (CPU {:.2} s, \
+             simulator included)",
+            fetch_time.as_secs_f64(),
+            cpu_seconds() - cpu0
+        );
         bare_times.sort();
         our_times.sort();
         let (bare_time, ours) = (bare_times[runs / 2], our_times[runs / 2]);

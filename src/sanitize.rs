@@ -237,11 +237,18 @@ pub fn sanitize_value(value: Value) -> Value {
 
 /// Sanitizes a provider's property map (see [`sanitize_value`]). When two keys become equal
 /// after NUL removal, the later one wins.
-pub fn sanitize_properties(props: Map<String, Value>) -> Map<String, Value> {
+pub fn sanitize_properties(mut props: Map<String, Value>) -> Map<String, Value> {
+    if props.keys().any(|k| k.contains('\0')) {
+        return props
+            .into_iter()
+            .map(|(k, v)| (strip_nul_owned(k), sanitize_value(v)))
+            .collect();
+    }
+    // The common case: keys stay, values are sanitized in place (no new map).
+    for v in props.values_mut() {
+        *v = sanitize_value(std::mem::take(v));
+    }
     props
-        .into_iter()
-        .map(|(k, v)| (strip_nul_owned(k), sanitize_value(v)))
-        .collect()
 }
 
 fn is_integer_literal(s: &str) -> bool {
@@ -425,6 +432,20 @@ mod tests {
         assert_eq!(text(Some(&json!(false))).as_deref(), Some("false"));
         assert_eq!(text(Some(&json!(["a"]))), None);
         assert_eq!(text(Some(&json!("🚀 émoji"))).as_deref(), Some("🚀 émoji"));
+        for v in [
+            json!("hello"),
+            json!("a\u{0}b\u{0}"),
+            json!(""),
+            json!("  "),
+            json!("\u{0}"),
+            json!(5),
+            json!(false),
+            json!(["a"]),
+            Value::Null,
+        ] {
+            assert_eq!(text_owned(Some(v.clone())), text(Some(&v)), "{v}");
+        }
+        assert_eq!(text_owned(None), None);
     }
 
     #[test]
@@ -440,6 +461,12 @@ mod tests {
             out,
             json!({"a": null, "b": null, "c": "xy", "d": 5, "e": null, "f": [null, "z"], "g": {"h": null}})
         );
+        // A key with a NUL is renamed; when it collides with another, the later one wins.
+        let Value::Object(props) = json!({"k\u{0}": "1", "k": "2", "z": " "}) else {
+            unreachable!()
+        };
+        let out = Value::Object(sanitize_properties(props));
+        assert_eq!(out, json!({"k": "1", "z": null}));
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

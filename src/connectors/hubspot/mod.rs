@@ -189,7 +189,7 @@ impl HubSpotConfig {
 
 /// The HubSpot connector.
 pub struct HubSpotConnector {
-    client: HubSpotClient,
+    client: std::sync::Arc<HubSpotClient>,
     config: HubSpotConfig,
 }
 
@@ -210,7 +210,7 @@ impl HubSpotConnector {
         config: HubSpotConfig,
     ) -> Result<Self> {
         Ok(HubSpotConnector {
-            client: HubSpotClient::new(base_url, &credentials, &config)?,
+            client: std::sync::Arc::new(HubSpotClient::new(base_url, &credentials, &config)?),
             config,
         })
     }

@@ -4,6 +4,7 @@
 //! backfill through the v4 batch endpoint.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -139,8 +140,36 @@ fn numeric_id(raw: &serde_json::value::RawValue) -> Option<u64> {
     raw_id(raw)?.trim().parse().ok()
 }
 
+/// One list page being read by a task of its own; dropping it unfinished aborts the read.
+struct PageTask(tokio::task::JoinHandle<Result<Page>>);
+
+impl PageTask {
+    fn spawn(read: impl std::future::Future<Output = Result<Page>> + Send + 'static) -> Self {
+        PageTask(tokio::spawn(read.in_current_span()))
+    }
+
+    /// The page, once read.
+    async fn page(mut self) -> Result<Page> {
+        match (&mut self.0).await {
+            Ok(page) => page,
+            Err(e) => Err(Error::Transport {
+                provider: "hubspot".into(),
+                message: format!("the page reader stopped: {e}"),
+                source: None,
+            }),
+        }
+    }
+}
+
+impl Drop for PageTask {
+    fn drop(&mut self) {
+        // A no-op once the read finished.
+        self.0.abort();
+    }
+}
+
 pub(crate) struct Syncer<'a> {
-    pub(crate) client: &'a HubSpotClient,
+    pub(crate) client: &'a Arc<HubSpotClient>,
     pub(crate) config: &'a HubSpotConfig,
     pub(crate) ctx: &'a SyncContext,
     pub(crate) checkpoint: Checkpoint,
@@ -321,38 +350,35 @@ impl Syncer<'_> {
             .insert(PASS_KIND.into(), json!(PassKind::List.as_str()));
         let after = s.cursor.clone();
         let span = tracing::info_span!("hubspot_list", object = stream);
-        // Copied out of `self`, so the next page's request can run while `self` transforms
-        // and writes the current one.
-        let client = self.client;
+        // The next page is read by a task of its own while this one transforms and writes
+        // the current page: the request, the body and the page's parse run on another
+        // thread instead of waiting for this task to poll them between pages.
+        let client = Arc::clone(self.client);
+        let props: Arc<[String]> = props.into();
         let fetch = |after: Option<String>| {
-            let props = &props;
-            async move {
+            let (client, props) = (Arc::clone(&client), Arc::clone(&props));
+            PageTask::spawn(async move {
                 properties::list_page(
-                    client,
+                    &client,
                     obj.path(),
-                    props,
+                    &props,
                     obj.inline_associations(),
                     after.as_deref(),
                     false,
                 )
                 .await
-            }
+            })
         };
         async {
             self.ctx.check_cancelled()?;
-            let mut page = fetch(after).await?;
+            let mut page = fetch(after).page().await?;
             loop {
                 let next = page.next_after().map(str::to_owned);
                 // The next page is requested before this one is transformed and handed to
                 // the sink: the provider prepares it while this page is processed, instead
                 // of after (each page is still requested once, in order, after its cursor
                 // is known). A write that fails drops the prefetched page unread.
-                let prefetch = async {
-                    match &next {
-                        Some(a) => Some(fetch(Some(a.clone())).await),
-                        None => None,
-                    }
-                };
+                let prefetch = next.as_ref().map(|a| fetch(Some(a.clone())));
                 let work = async {
                     let (batch, truncated) = self.transform_page(obj, page, true);
                     let s = self.stream(stream);
@@ -383,12 +409,11 @@ impl Syncer<'_> {
                     self.write(sink, batch).await?;
                     Ok::<bool, Error>(resumed)
                 };
-                let (fetched, written) = futures_util::future::join(prefetch, work).await;
-                let resumed = written?;
-                match fetched {
+                let resumed = work.await?;
+                match prefetch {
                     Some(fetched) => {
                         self.ctx.check_cancelled()?;
-                        page = fetched?;
+                        page = fetched.page().await?;
                     }
                     None => {
                         self.report_total(obj).await?;
