@@ -287,11 +287,18 @@ impl StoreSink {
                     .record_failures([RecordFailure::new(Some(r.source_id()), e.to_string())]),
             }
         }
+        // Counted by kind first: one map entry (and one table-name string) per kind and
+        // page, not per record.
+        let mut kinds: Vec<(RecordKind, u64)> = Vec::new();
         for r in &good {
-            *self
-                .by_table
-                .entry(r.kind().table().to_owned())
-                .or_insert(0) += 1;
+            let kind = r.kind();
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => kinds.push((kind, 1)),
+            }
+        }
+        for (kind, n) in kinds {
+            *self.by_table.entry(kind.table().to_owned()).or_insert(0) += n;
         }
         let (links, primary): (Vec<Record>, Vec<Record>) = good
             .into_iter()
