@@ -353,6 +353,15 @@ mod bench {
             .expect("runtime");
         let (records, elapsed) = rt.block_on(async {
             let sim = portal(total).await;
+            if std::env::var_os("E2E_CHILD_BARE").is_some() {
+                // The simulator serving the bare client alone.
+                return bare_fetch(&sim, &PORTAL_PAGES).await;
+            }
+            if std::env::var_os("E2E_CHILD_DISCARD").is_some() {
+                // The same reads into a sink that keeps nothing: what the simulator and the
+                // connector take without the store.
+                return fetch_ceiling(&sim).await;
+            }
             let path = std::env::temp_dir().join(format!("pandora-e2e-mem-{total}.db"));
             let store = Arc::new(sqlite_store(&path).await);
             let out = sync_into(store.clone(), &sim).await;
@@ -366,6 +375,14 @@ mod bench {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .expect("VmHWM");
+        if std::env::var_os("E2E_CHILD_RSS").is_some() {
+            // Resident now, after the sync, beside the peak: retained memory or a peak.
+            let rss = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .map(|v| v.trim().to_owned());
+            eprintln!("VmRSS after the sync: {rss:?}");
+        }
         println!("{total} {records} {} {hwm}", elapsed.as_millis());
     }
 

@@ -1449,36 +1449,39 @@ async fn search_objects(
             } else {
                 Box::new(first_id..=inner.max_id(&data, obj))
             };
-        let mut hits: Vec<SimRecord> = candidates
+        // Only each hit's sort key and id are kept (a whole portal of records would make
+        // the simulator's memory, not the client's, the peak of a large sync); the page's
+        // records are read again at the end.
+        let sort_prop = sort.as_ref().map(|(prop, _)| prop.as_str());
+        let mut hits: Vec<(String, DateTime<Utc>, u64)> = candidates
             .filter(|id| !Inner::is_archived(&data, obj, *id) && !lagging(*id))
             .filter_map(|id| inner.current(&data, obj, id))
             .filter(|r| groups.is_empty() || groups.iter().any(|g| g.iter().all(|f| matches(f, r))))
+            .map(|r| {
+                let key = sort_prop
+                    .and_then(|p| r.properties.get(p).cloned().flatten())
+                    .unwrap_or_default();
+                (key, r.created_at, r.id)
+            })
             .collect();
         match &sort {
             Some((prop, desc)) => {
                 hits.sort_by(|a, b| {
-                    let va = a
-                        .properties
-                        .get(prop)
-                        .cloned()
-                        .flatten()
-                        .unwrap_or_default();
-                    let vb = b
-                        .properties
-                        .get(prop)
-                        .cloned()
-                        .flatten()
-                        .unwrap_or_default();
-                    let ord = compare(prop, &va, &vb)
+                    let ord = compare(prop, &a.0, &b.0)
                         .unwrap_or(std::cmp::Ordering::Equal)
-                        .then(a.id.cmp(&b.id));
+                        .then(a.2.cmp(&b.2));
                     if *desc { ord.reverse() } else { ord }
                 });
             }
-            None => hits.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id))),
+            None => hits.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.cmp(&b.2))),
         }
         let total = hits.len();
-        let page: Vec<SimRecord> = hits.into_iter().skip(after).take(limit).collect();
+        let page: Vec<SimRecord> = hits
+            .iter()
+            .skip(after)
+            .take(limit)
+            .filter_map(|(_, _, id)| inner.current(&data, obj, *id))
+            .collect();
         (page, total)
     };
     let results: Vec<Value> = page
