@@ -32,6 +32,49 @@ async fn call(
     (status, value, text)
 }
 
+/// One caller of one workspace's routes: a token (or none) and the workspace in the path.
+struct Caller<'a> {
+    s: &'a Served,
+    ws: Uuid,
+    token: Option<&'static str>,
+}
+
+impl<'a> Caller<'a> {
+    fn new(s: &'a Served, ws: Uuid, token: Option<&'static str>) -> Self {
+        Caller { s, ws, token }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        rest: &str,
+        body: Option<String>,
+    ) -> (StatusCode, Value, String) {
+        let path = format!("/api/workspaces/{}{rest}", self.ws);
+        call(self.s, method, &path, self.token, body).await
+    }
+
+    async fn get(&self, rest: &str) -> (StatusCode, Value, String) {
+        self.send(Method::GET, rest, None).await
+    }
+
+    async fn delete(&self, rest: &str) -> (StatusCode, Value, String) {
+        self.send(Method::DELETE, rest, None).await
+    }
+
+    async fn patch(&self, rest: &str) -> (StatusCode, Value, String) {
+        self.send(Method::PATCH, rest, None).await
+    }
+
+    async fn put(&self, rest: &str, body: String) -> (StatusCode, Value, String) {
+        self.send(Method::PUT, rest, Some(body)).await
+    }
+
+    async fn post(&self, rest: &str, body: Option<String>) -> (StatusCode, Value, String) {
+        self.send(Method::POST, rest, body).await
+    }
+}
+
 fn assert_error(status: StatusCode, body: &Value, want: StatusCode) {
     assert_eq!(status, want, "{body}");
     assert!(body["error"].is_string(), "{body}");
@@ -58,6 +101,10 @@ async fn routes_codes_and_shapes() {
     )
     .await;
     let ws = |w: Uuid, rest: &str| format!("/api/workspaces/{w}{rest}");
+    let a_as_a = Caller::new(&s, a, Some("tok-a"));
+    let a_as_b = Caller::new(&s, a, Some("tok-b"));
+    let b_as_admin = Caller::new(&s, b, Some("tok-admin"));
+    let b_as_b = Caller::new(&s, b, Some("tok-b"));
 
     // 401 without (or with a wrong) token, on every route, before anything else.
     for (m, p) in [
@@ -81,19 +128,12 @@ async fn routes_codes_and_shapes() {
     }
 
     // A workspace that does not exist yet is a 404, like one the caller may not see.
-    let (st, body, _) = call(&s, Method::GET, &ws(a, "/connections"), Some("tok-a"), None).await;
+    let (st, body, _) = a_as_a.get("/connections").await;
     assert_error(st, &body, StatusCode::NOT_FOUND);
     let unseen = body.clone();
 
     // PUT creates (201), then replaces (200); credentials never come back.
-    let (st, body, text) = call(
-        &s,
-        Method::PUT,
-        &ws(a, "/connections/hubspot"),
-        Some("tok-a"),
-        Some(hubspot_put()),
-    )
-    .await;
+    let (st, body, text) = a_as_a.put("/connections/hubspot", hubspot_put()).await;
     assert_eq!(st, StatusCode::CREATED, "{body}");
     assert_eq!(body["connector"], "hubspot");
     assert_eq!(body["enabled"], true);
@@ -102,14 +142,7 @@ async fn routes_codes_and_shapes() {
         !text.contains(SECRET_TOKEN) && !text.contains("credentials"),
         "{text}"
     );
-    let (st, _, text) = call(
-        &s,
-        Method::PUT,
-        &ws(a, "/connections/hubspot"),
-        Some("tok-a"),
-        Some(hubspot_put()),
-    )
-    .await;
+    let (st, _, text) = a_as_a.put("/connections/hubspot", hubspot_put()).await;
     assert_eq!(st, StatusCode::OK);
     assert!(!text.contains(SECRET_TOKEN));
     // Sealed at rest.
@@ -148,43 +181,22 @@ async fn routes_codes_and_shapes() {
         ("{not json".to_owned(), "JSON"),
         (String::new(), "credentials"),
     ] {
-        let (st, v, _) = call(
-            &s,
-            Method::PUT,
-            &ws(a, "/connections/hubspot"),
-            Some("tok-a"),
-            Some(body.clone()),
-        )
-        .await;
+        let (st, v, _) = a_as_a.put("/connections/hubspot", body.clone()).await;
         assert_error(st, &v, StatusCode::BAD_REQUEST);
         assert!(
             v["message"].as_str().unwrap().contains(needle),
             "{body}: {v}"
         );
     }
-    let (st, v, _) = call(
-        &s,
-        Method::PUT,
-        &ws(a, "/connections/nosuch"),
-        Some("tok-a"),
-        Some(hubspot_put()),
-    )
-    .await;
+    let (st, v, _) = a_as_a.put("/connections/nosuch", hubspot_put()).await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
     // Over 1 MiB: 413, in the same shape.
     let big = json!({"credentials": {"access_token": "x".repeat((1 << 20) + 10)}}).to_string();
-    let (st, v, _) = call(
-        &s,
-        Method::PUT,
-        &ws(a, "/connections/hubspot"),
-        Some("tok-a"),
-        Some(big),
-    )
-    .await;
+    let (st, v, _) = a_as_a.put("/connections/hubspot", big).await;
     assert_error(st, &v, StatusCode::PAYLOAD_TOO_LARGE);
 
     // GET connections: status, never credentials.
-    let (st, v, text) = call(&s, Method::GET, &ws(a, "/connections"), Some("tok-a"), None).await;
+    let (st, v, text) = a_as_a.get("/connections").await;
     assert_eq!(st, StatusCode::OK);
     let conns = v["connections"].as_array().unwrap();
     assert_eq!(conns.len(), 1);
@@ -204,44 +216,28 @@ async fn routes_codes_and_shapes() {
     assert!(!text.contains(SECRET_TOKEN));
 
     // Workspace b exists too; each token sees only its own, as 404 exactly like a missing one.
-    let (st, _, _) = call(
-        &s,
-        Method::PUT,
-        &ws(b, "/connections/hubspot"),
-        Some("tok-b"),
-        Some(hubspot_put()),
-    )
-    .await;
+    let (st, _, _) = b_as_b.put("/connections/hubspot", hubspot_put()).await;
     assert_eq!(st, StatusCode::CREATED);
-    let (st, v, _) = call(&s, Method::GET, &ws(a, "/connections"), Some("tok-b"), None).await;
+    let (st, v, _) = a_as_b.get("/connections").await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
     assert_eq!(v, unseen, "not allowed looks exactly like not existing");
-    let (st, v, _) = call(
-        &s,
-        Method::PUT,
-        &ws(a, "/connections/hubspot"),
-        Some("tok-b"),
-        Some(hubspot_put()),
-    )
-    .await;
+    let (st, v, _) = a_as_b.put("/connections/hubspot", hubspot_put()).await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
 
     // POST /sync: 202 with statusUrl, then 409 while pending.
-    let (st, v, _) = call(&s, Method::POST, &ws(a, "/sync"), Some("tok-a"), None).await;
+    let (st, v, _) = a_as_a.post("/sync", None).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{v}");
     assert_eq!(v["status"], "pending");
     let job_id = v["jobId"].as_str().unwrap().to_owned();
     assert!(Uuid::parse_str(v["syncId"].as_str().unwrap()).is_ok());
     let status_url = v["statusUrl"].as_str().unwrap();
     assert_eq!(status_url, ws(a, &format!("/sync/jobs/{job_id}")));
-    let (st, v, _) = call(
-        &s,
-        Method::POST,
-        &ws(a, "/sync"),
-        Some("tok-a"),
-        Some(json!({"connectorType": "hubspot"}).to_string()),
-    )
-    .await;
+    let (st, v, _) = a_as_a
+        .post(
+            "/sync",
+            Some(json!({"connectorType": "hubspot"}).to_string()),
+        )
+        .await;
     assert_error(st, &v, StatusCode::CONFLICT);
     for body in [
         json!({"mode": "sideways"}),
@@ -249,25 +245,16 @@ async fn routes_codes_and_shapes() {
         json!({"connectorType": 3}),
         json!({"other": true}),
     ] {
-        let (st, v, _) = call(
-            &s,
-            Method::POST,
-            &ws(a, "/sync"),
-            Some("tok-a"),
-            Some(body.to_string()),
-        )
-        .await;
+        let (st, v, _) = a_as_a.post("/sync", Some(body.to_string())).await;
         assert_error(st, &v, StatusCode::BAD_REQUEST);
     }
     // No gong connection: 400.
-    let (st, v, _) = call(
-        &s,
-        Method::POST,
-        &ws(b, "/sync"),
-        Some("tok-b"),
-        Some(json!({"connectorType": "gong", "mode": "initial"}).to_string()),
-    )
-    .await;
+    let (st, v, _) = b_as_b
+        .post(
+            "/sync",
+            Some(json!({"connectorType": "gong", "mode": "initial"}).to_string()),
+        )
+        .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 
     // The job: 200 in its workspace, 404 from another one (even for an admin asking there).
@@ -286,32 +273,11 @@ async fn routes_codes_and_shapes() {
     ] {
         assert!(v.get(key).is_some(), "{key} in {v}");
     }
-    let (st, v, _) = call(
-        &s,
-        Method::GET,
-        &ws(b, &format!("/sync/jobs/{job_id}")),
-        Some("tok-b"),
-        None,
-    )
-    .await;
+    let (st, v, _) = b_as_b.get(&format!("/sync/jobs/{job_id}")).await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
-    let (st, v, _) = call(
-        &s,
-        Method::GET,
-        &ws(b, &format!("/sync/jobs/{job_id}")),
-        Some("tok-admin"),
-        None,
-    )
-    .await;
+    let (st, v, _) = b_as_admin.get(&format!("/sync/jobs/{job_id}")).await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
-    let (st, v, _) = call(
-        &s,
-        Method::GET,
-        &ws(a, "/sync/jobs/not-a-uuid"),
-        Some("tok-a"),
-        None,
-    )
-    .await;
+    let (st, v, _) = a_as_a.get("/sync/jobs/not-a-uuid").await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 
     // Job history: keyset pages with `before`, newest first.
@@ -329,7 +295,7 @@ async fn routes_codes_and_shapes() {
             Some(c) => format!("/sync/jobs?limit=2&before={c}"),
             None => "/sync/jobs?limit=2".to_owned(),
         };
-        let (st, v, _) = call(&s, Method::GET, &ws(a, &q), Some("tok-a"), None).await;
+        let (st, v, _) = a_as_a.get(&q).await;
         assert_eq!(st, StatusCode::OK, "{v}");
         let page = v["jobs"].as_array().unwrap();
         assert!(page.len() <= 2);
@@ -357,54 +323,28 @@ async fn routes_codes_and_shapes() {
         "limit=2&sort=asc",
         "before=nope",
     ] {
-        let (st, v, _) = call(
-            &s,
-            Method::GET,
-            &ws(a, &format!("/sync/jobs?{q}")),
-            Some("tok-a"),
-            None,
-        )
-        .await;
+        let (st, v, _) = a_as_a.get(&format!("/sync/jobs?{q}")).await;
         assert_error(st, &v, StatusCode::BAD_REQUEST);
     }
-    let (st, v, _) = call(
-        &s,
-        Method::GET,
-        &ws(a, &format!("/sync/jobs?before={}", Uuid::new_v4())),
-        Some("tok-a"),
-        None,
-    )
-    .await;
+    let (st, v, _) = a_as_a
+        .get(&format!("/sync/jobs?before={}", Uuid::new_v4()))
+        .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 
     // Status and history.
-    let (st, v, _) = call(&s, Method::GET, &ws(a, "/sync/status"), Some("tok-a"), None).await;
+    let (st, v, _) = a_as_a.get("/sync/status").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(v["workspaceId"], a.to_string());
     assert_eq!(v["connectors"][0]["connector"], "hubspot");
     assert_eq!(v["connectors"][0]["records"], 0);
     assert!(v["currentJob"]["jobId"].is_string(), "{v}");
-    let (st, v, _) = call(
-        &s,
-        Method::GET,
-        &ws(a, "/sync/history?connector=hubspot"),
-        Some("tok-a"),
-        None,
-    )
-    .await;
+    let (st, v, _) = a_as_a.get("/sync/history?connector=hubspot").await;
     assert_eq!(st, StatusCode::OK);
     assert!(
         v["entries"].as_array().unwrap().is_empty(),
         "the trigger's run covers every connector: {v}"
     );
-    let (st, v, _) = call(
-        &s,
-        Method::GET,
-        &ws(a, "/sync/history"),
-        Some("tok-a"),
-        None,
-    )
-    .await;
+    let (st, v, _) = a_as_a.get("/sync/history").await;
     assert_eq!(st, StatusCode::OK);
     let entries = v["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1);
@@ -422,72 +362,35 @@ async fn routes_codes_and_shapes() {
     ] {
         assert!(entries[0].get(key).is_some(), "{key} in {v}");
     }
-    let (st, v, _) = call(
-        &s,
-        Method::GET,
-        &ws(a, "/sync/history?connector=nosuch"),
-        Some("tok-a"),
-        None,
-    )
-    .await;
+    let (st, v, _) = a_as_a.get("/sync/history?connector=nosuch").await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
 
     // DELETE disables (data stays); a missing connection is a 404; a disabled one cannot sync.
-    let (st, v, _) = call(
-        &s,
-        Method::DELETE,
-        &ws(b, "/connections/hubspot"),
-        Some("tok-b"),
-        None,
-    )
-    .await;
+    let (st, v, _) = b_as_b.delete("/connections/hubspot").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(
         (v["enabled"].clone(), v["status"].clone()),
         (json!(false), json!("disabled"))
     );
-    let (st, v, _) = call(
-        &s,
-        Method::DELETE,
-        &ws(b, "/connections/gong"),
-        Some("tok-b"),
-        None,
-    )
-    .await;
+    let (st, v, _) = b_as_b.delete("/connections/gong").await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
-    let (st, v, _) = call(
-        &s,
-        Method::POST,
-        &ws(b, "/sync"),
-        Some("tok-b"),
-        Some(json!({"connectorType": "hubspot"}).to_string()),
-    )
-    .await;
+    let (st, v, _) = b_as_b
+        .post(
+            "/sync",
+            Some(json!({"connectorType": "hubspot"}).to_string()),
+        )
+        .await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
-    let (st, v, _) = call(&s, Method::POST, &ws(b, "/sync"), Some("tok-b"), None).await;
+    let (st, v, _) = b_as_b.post("/sync", None).await;
     assert_error(st, &v, StatusCode::BAD_REQUEST);
     // PUT with enabled=true re-enables it.
-    let (st, v, _) = call(
-        &s,
-        Method::PUT,
-        &ws(b, "/connections/hubspot"),
-        Some("tok-b"),
-        Some(hubspot_put()),
-    )
-    .await;
+    let (st, v, _) = b_as_b.put("/connections/hubspot", hubspot_put()).await;
     assert_eq!((st, v["enabled"].clone()), (StatusCode::OK, json!(true)));
 
     // The framework's own answers are JSON too.
-    let (st, v, _) = call(
-        &s,
-        Method::PATCH,
-        &ws(a, "/connections/hubspot"),
-        Some("tok-a"),
-        None,
-    )
-    .await;
+    let (st, v, _) = a_as_a.patch("/connections/hubspot").await;
     assert_error(st, &v, StatusCode::METHOD_NOT_ALLOWED);
-    let (st, v, _) = call(&s, Method::GET, &ws(a, "/nowhere"), Some("tok-a"), None).await;
+    let (st, v, _) = a_as_a.get("/nowhere").await;
     assert_error(st, &v, StatusCode::NOT_FOUND);
     let (st, v, _) = call(
         &s,
