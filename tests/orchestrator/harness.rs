@@ -94,30 +94,10 @@ where
     F: FnOnce(Harness) -> Fut,
     Fut: Future<Output = ()>,
 {
-    use std::str::FromStr;
-
     use pandora_sync::PgStore;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{Connection, PgConnection};
 
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
-    });
-    let schema = format!("o_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let options = PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap();
+    let schema = crate::store_env::ScratchSchema::create().await;
+    let pool = schema.pool(8).await;
     let clock = manual_clock();
     let mut store = PgStore::from_pool(pool).with_keyring(keyring());
     if clocked {
@@ -131,7 +111,5 @@ where
     })
     .await;
     store.close().await;
-    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(&mut admin)
-        .await;
+    schema.drop_schema().await;
 }

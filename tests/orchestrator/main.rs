@@ -4,6 +4,8 @@
 
 mod fake;
 mod harness;
+#[path = "../support/store_env.rs"]
+mod store_env;
 mod suite;
 
 macro_rules! orchestrator_suite {

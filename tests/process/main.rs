@@ -5,15 +5,13 @@
 #![cfg(any(feature = "sqlite", feature = "postgres"))]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::future::Future;
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use pandora_sync::model::RecordKind;
 use pandora_sync::simulator::{HubSpotSim, HubSpotSimConfig};
 use pandora_sync::store::{ConnectionStatus, SyncStatus};
-use pandora_sync::{ConnectorKind, Store, SyncStore};
+use pandora_sync::ConnectorKind;
 use uuid::Uuid;
 
 mod lock;
@@ -21,77 +19,16 @@ mod lock;
 #[path = "../support/example.rs"]
 mod example;
 
+#[path = "../support/store_env.rs"]
+mod store_env;
+
 use example::sync_example;
 
-pub(crate) struct Env {
-    pub(crate) store: Arc<dyn SyncStore>,
-    pub(crate) database_url: String,
-}
-
-#[cfg(feature = "sqlite")]
-async fn run_sqlite<F, Fut>(test: F)
-where
-    F: FnOnce(Env) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    use pandora_sync::SqliteStore;
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.path().join("p.db").display());
-    let store = SqliteStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    test(Env {
-        store: Arc::new(store),
-        database_url: url,
-    })
-    .await;
-    drop(dir);
-}
-
+pub(crate) use store_env::Env;
 #[cfg(feature = "postgres")]
-async fn run_postgres<F, Fut>(test: F)
-where
-    F: FnOnce(Env) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    use std::str::FromStr;
-
-    use pandora_sync::PgStore;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{Connection, PgConnection};
-
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
-    });
-    let schema = format!("p_{}", Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let options = PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let store = PgStore::from_pool(pool);
-    store.migrate().await.unwrap();
-    // The example connects by URL: point it at the same schema.
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let database_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
-    test(Env {
-        store: Arc::new(store.clone()),
-        database_url,
-    })
-    .await;
-    store.close().await;
-    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(&mut admin)
-        .await;
-}
+use store_env::run_postgres;
+#[cfg(feature = "sqlite")]
+use store_env::run_sqlite;
 
 /// A client-side rate limit: `per_second` requests a second on every endpoint.
 fn rate(per_second: u32) -> String {

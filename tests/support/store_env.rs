@@ -43,51 +43,79 @@ where
     drop(dir);
 }
 
-/// Runs `test` against a fresh, migrated schema of the PostgreSQL server at `DATABASE_URL`
-/// (default `postgres://postgres@127.0.0.1:5432/test`); an unreachable server fails the
-/// test, it never skips.
+/// A scratch schema of the PostgreSQL server at `DATABASE_URL` (default
+/// `postgres://postgres@127.0.0.1:5432/test`); an unreachable server fails the test, it
+/// never skips. [`ScratchSchema::drop_schema`] removes it.
+#[cfg(feature = "postgres")]
+pub struct ScratchSchema {
+    admin: sqlx::PgConnection,
+    url: String,
+    /// The schema's name.
+    pub name: String,
+}
+
+#[cfg(feature = "postgres")]
+impl ScratchSchema {
+    pub async fn create() -> Self {
+        use sqlx::Connection;
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let mut admin = sqlx::PgConnection::connect(&url).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)"
+            )
+        });
+        let name = format!("e2e_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        ScratchSchema { admin, url, name }
+    }
+
+    /// A pool of at most `max` connections whose `search_path` is the schema.
+    pub async fn pool(&self, max: u32) -> sqlx::PgPool {
+        use std::str::FromStr;
+        let options = sqlx::postgres::PgConnectOptions::from_str(&self.url)
+            .unwrap()
+            .options([("search_path", self.name.as_str())]);
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max)
+            .connect_with(options)
+            .await
+            .unwrap()
+    }
+
+    /// The server's URL pointed at the schema, for the examples (which connect by URL).
+    pub fn database_url(&self) -> String {
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20search_path%3D{}", self.url, self.name)
+    }
+
+    pub async fn drop_schema(mut self) {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name))
+            .execute(&mut self.admin)
+            .await;
+    }
+}
+
+/// Runs `test` against a fresh, migrated scratch schema ([`ScratchSchema`]).
 #[cfg(feature = "postgres")]
 pub async fn run_postgres<F, Fut>(test: F)
 where
     F: FnOnce(Env) -> Fut,
     Fut: Future<Output = ()>,
 {
-    use std::str::FromStr;
-
     use pandora_sync::PgStore;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{Connection, PgConnection};
 
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let mut admin = PgConnection::connect(&url).await.unwrap_or_else(|e| {
-        panic!("PostgreSQL at {url} is unreachable ({e}); these tests need it (they never skip)")
-    });
-    let schema = format!("e2e_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let options = PgConnectOptions::from_str(&url)
-        .unwrap()
-        .options([("search_path", schema.as_str())]);
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect_with(options)
-        .await
-        .unwrap();
-    let store = PgStore::from_pool(pool).with_keyring(keyring());
+    let schema = ScratchSchema::create().await;
+    let store = PgStore::from_pool(schema.pool(8).await).with_keyring(keyring());
     store.migrate().await.unwrap();
-    // The examples connect by URL: point them at the same schema.
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let database_url = format!("{url}{sep}options=-c%20search_path%3D{schema}");
     test(Env {
         store: Arc::new(store.clone()),
-        database_url,
+        database_url: schema.database_url(),
     })
     .await;
     store.close().await;
-    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-        .execute(&mut admin)
-        .await;
+    schema.drop_schema().await;
 }
