@@ -8,10 +8,10 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use pandora_sync::ConnectorKind;
 use pandora_sync::model::RecordKind;
 use pandora_sync::simulator::{HubSpotSim, HubSpotSimConfig};
 use pandora_sync::store::{ConnectionStatus, SyncStatus};
-use pandora_sync::ConnectorKind;
 use uuid::Uuid;
 
 mod lock;
