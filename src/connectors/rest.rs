@@ -63,7 +63,12 @@ impl JsonApi {
         if !resp.status().is_success() {
             return Err(self.status_error(resp));
         }
-        serde_json::from_slice(resp.body())
+        self.parse(resp.body())
+    }
+
+    /// A 2xx body (already checked) as `T`, or an [`Error::Decode`].
+    pub(crate) fn parse<T: DeserializeOwned>(&self, body: &[u8]) -> Result<T> {
+        serde_json::from_slice(body)
             .map_err(|e| Error::decode(None, format!("unreadable {} response: {e}", self.name)))
     }
 

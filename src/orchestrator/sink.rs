@@ -26,7 +26,7 @@ const GROUP_LINGER: Duration = Duration::from_millis(100);
 const GROUP_MAX_AGE: Duration = Duration::from_secs(1);
 
 /// A group is committed once it holds this many records...
-const GROUP_RECORDS: usize = 5_000;
+const GROUP_RECORDS: usize = 20_000;
 
 /// ... or about this many bytes (transcripts, document texts), whichever comes first.
 const GROUP_BYTES: usize = 32 << 20;

@@ -500,12 +500,26 @@ impl Inner {
     }
 
     /// The seeded version of a record (before mutations).
+    /// When the seeded record `id` was created (before any mutation).
+    fn base_created(&self, obj: HubSpotObject, id: u64) -> DateTime<Utc> {
+        let h = |k| self.h(obj, id, k);
+        self.cfg.base_time - chrono::Duration::days(400)
+            + chrono::Duration::seconds(i64::try_from(h(1) % (300 * 86_400)).unwrap_or(0))
+            + chrono::Duration::milliseconds(i64::try_from(h(3) % 1000).unwrap_or(0))
+    }
+
+    /// When record `id` was created, without generating the record.
+    fn created_at(&self, data: &Data, obj: HubSpotObject, id: u64) -> DateTime<Utc> {
+        data.overlay
+            .get(&(obj, id))
+            .and_then(|o| o.created_at)
+            .unwrap_or_else(|| self.base_created(obj, id))
+    }
+
     fn base(&self, obj: HubSpotObject, id: u64) -> SimRecord {
         let base = self.cfg.base_time;
         let h = |k| self.h(obj, id, k);
-        let created = base - chrono::Duration::days(400)
-            + chrono::Duration::seconds(i64::try_from(h(1) % (300 * 86_400)).unwrap_or(0))
-            + chrono::Duration::milliseconds(i64::try_from(h(3) % 1000).unwrap_or(0));
+        let created = self.base_created(obj, id);
         let span_ms = (base - created).num_milliseconds().max(1);
         let updated = created
             + chrono::Duration::milliseconds(
@@ -1452,30 +1466,45 @@ async fn search_objects(
         // Only each hit's sort key and id are kept (a whole portal of records would make
         // the simulator's memory, not the client's, the peak of a large sync); the page's
         // records are read again at the end.
+        // Without filters or a sort nothing but the creation time of a hit is needed, so
+        // no record is generated for it (a total over a whole portal stays cheap).
         let sort_prop = sort.as_ref().map(|(prop, _)| prop.as_str());
-        let mut hits: Vec<(String, DateTime<Utc>, u64)> = candidates
-            .filter(|id| !Inner::is_archived(&data, obj, *id) && !lagging(*id))
-            .filter_map(|id| inner.current(&data, obj, id))
-            .filter(|r| groups.is_empty() || groups.iter().any(|g| g.iter().all(|f| matches(f, r))))
-            .map(|r| {
-                let key = sort_prop
-                    .and_then(|p| r.properties.get(p).cloned().flatten())
-                    .unwrap_or_default();
-                (key, r.created_at, r.id)
-            })
-            .collect();
-        match &sort {
+        let live = candidates.filter(|id| !Inner::is_archived(&data, obj, *id) && !lagging(*id));
+        let mut hits: Vec<(String, DateTime<Utc>, u64)> = if groups.is_empty() && sort.is_none() {
+            live.filter(|id| *id <= inner.max_id(&data, obj))
+                .map(|id| (String::new(), inner.created_at(&data, obj, id), id))
+                .collect()
+        } else {
+            live.filter_map(|id| inner.current(&data, obj, id))
+                .filter(|r| {
+                    groups.is_empty() || groups.iter().any(|g| g.iter().all(|f| matches(f, r)))
+                })
+                .map(|r| {
+                    let key = sort_prop
+                        .and_then(|p| r.properties.get(p).cloned().flatten())
+                        .unwrap_or_default();
+                    (key, r.created_at, r.id)
+                })
+                .collect()
+        };
+        let order = |a: &(String, DateTime<Utc>, u64), b: &(String, DateTime<Utc>, u64)| match &sort
+        {
             Some((prop, desc)) => {
-                hits.sort_by(|a, b| {
-                    let ord = compare(prop, &a.0, &b.0)
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                        .then(a.2.cmp(&b.2));
-                    if *desc { ord.reverse() } else { ord }
-                });
+                let ord = compare(prop, &a.0, &b.0)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+                    .then(a.2.cmp(&b.2));
+                if *desc { ord.reverse() } else { ord }
             }
-            None => hits.sort_by(|a, b| a.1.cmp(&b.1).then(a.2.cmp(&b.2))),
-        }
+            None => a.1.cmp(&b.1).then(a.2.cmp(&b.2)),
+        };
         let total = hits.len();
+        // Only the hits up to the end of the requested page need to be in order.
+        let end = after.saturating_add(limit);
+        if end < hits.len() {
+            hits.select_nth_unstable_by(end, order);
+            hits.truncate(end);
+        }
+        hits.sort_by(order);
         let page: Vec<SimRecord> = hits
             .iter()
             .skip(after)

@@ -49,7 +49,8 @@ type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments<'q>>;
 /// Connections use WAL mode, `synchronous = NORMAL` (a crash can lose the last commits but
 /// never splits a batch from its checkpoint), a 10 s busy timeout, foreign keys, in-memory
 /// temporary storage, a 16 MiB page cache, 8 KiB pages for new files and a WAL checkpointed
-/// every 4,000 pages (so a page rewritten by several commits reaches the file once). Writes
+/// every 16,000 pages (so a page rewritten by several commits reaches the file once; the
+/// file is cut back to 64 MiB when the WAL restarts). Writes
 /// take the write lock up front (`BEGIN IMMEDIATE`), so concurrent writers queue instead of
 /// failing. An in-memory database lives in one pooled connection that is never closed while
 /// the store (or a clone) lives.
@@ -119,7 +120,9 @@ impl SqliteStore {
                 .pragma("temp_store", "memory")
                 .pragma("cache_size", CACHE_SIZE)
                 .page_size(8192)
-                .pragma("wal_autocheckpoint", "4000");
+                .pragma("wal_autocheckpoint", "16000")
+                // The WAL file shrinks back to this after a checkpoint lets it restart.
+                .pragma("journal_size_limit", "67108864");
             SqlitePoolOptions::new().max_connections(8)
         };
         let pool = pool_options

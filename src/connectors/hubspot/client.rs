@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use bytes::Bytes;
 use chrono::{DateTime, FixedOffset, NaiveTime, Utc};
 use http::{Method, Uri};
 use serde::de::DeserializeOwned;
@@ -234,6 +235,23 @@ impl HubSpotClient {
         after: Option<&str>,
         archived: bool,
     ) -> Result<Page> {
+        let body = self
+            .list_page_body(object, properties, associations, after, archived)
+            .await?;
+        self.parse_page(&body)
+    }
+
+    /// [`HubSpotClient::list_page`]'s answer unparsed: a 2xx body (read it with
+    /// [`HubSpotClient::parse_page`]), so the parse, its allocations and their release can
+    /// happen on the thread that uses the page.
+    pub(crate) async fn list_page_body(
+        &self,
+        object: &str,
+        properties: &[String],
+        associations: &[&str],
+        after: Option<&str>,
+        archived: bool,
+    ) -> Result<Bytes> {
         let mut q = format!("/crm/v3/objects/{object}?limit=100&archived={archived}");
         if !properties.is_empty() {
             q.push_str("&properties=");
@@ -247,7 +265,19 @@ impl HubSpotClient {
             q.push_str("&after=");
             q.push_str(&encode(a));
         }
-        self.send(&self.rest, Method::GET, &q, None).await
+        let resp = match self.api.send_raw(&self.rest, Method::GET, &q, None).await {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.with_daily_reset(e).await),
+        };
+        if !resp.status().is_success() {
+            return Err(self.api.status_error(&resp));
+        }
+        Ok(resp.into_body())
+    }
+
+    /// A list or search page from its body.
+    pub(crate) fn parse_page(&self, body: &[u8]) -> Result<Page> {
+        self.api.parse(body)
     }
 
     /// `GET /crm/v3/properties/{object}`: the names of every (non-archived) property the

@@ -201,6 +201,33 @@ pub(crate) async fn list_page(
     Ok(merge(page, others))
 }
 
+/// What [`list_page_or_body`] read: the body of the one request a page needed (parsed
+/// later, by the thread that uses it), or the page merged from several.
+pub(crate) enum ListRead {
+    Body(bytes::Bytes),
+    Page(Page),
+}
+
+/// [`list_page`], leaving the body unparsed when one request reads the whole page.
+pub(crate) async fn list_page_or_body(
+    client: &HubSpotClient,
+    object: &str,
+    props: &[String],
+    associations: &[&str],
+    after: Option<&str>,
+    archived: bool,
+) -> Result<ListRead> {
+    if list_slices(props).len() <= 1 {
+        let body = client
+            .list_page_body(object, props, associations, after, archived)
+            .await?;
+        return Ok(ListRead::Body(body));
+    }
+    list_page(client, object, props, associations, after, archived)
+        .await
+        .map(ListRead::Page)
+}
+
 /// One search page with every property of `req`, in as many requests as the body limit
 /// needs (the same query each time).
 pub(crate) async fn search_page(

@@ -12,9 +12,9 @@ use tracing::Instrument;
 
 use super::HubSpotConfig;
 use super::client::{Associations, HubSpotClient};
-use super::properties::{self, Discovered};
+use super::properties::{self, Discovered, ListRead};
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
-use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort, raw_id};
+use super::types::{Filter, FilterGroup, Page, PageHead, SearchRequest, Sort, raw_id};
 use crate::connector::{
     Checkpoint, DealContactSet, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint,
     SyncContext, SyncReport,
@@ -140,31 +140,76 @@ fn numeric_id(raw: &serde_json::value::RawValue) -> Option<u64> {
     raw_id(raw)?.trim().parse().ok()
 }
 
-/// One list page being read by a task of its own; dropping it unfinished aborts the read.
-struct PageTask(tokio::task::JoinHandle<Result<Page>>);
+/// How many list pages the reader may hold ahead of the connector (about 100 records each).
+const READ_AHEAD: usize = 4;
 
-impl PageTask {
-    fn spawn(read: impl std::future::Future<Output = Result<Page>> + Send + 'static) -> Self {
-        PageTask(tokio::spawn(read.in_current_span()))
+/// The pages of one list pass, read in order by a task of its own: each page is requested
+/// as soon as the previous one's cursor is known, whether or not the connector is done with
+/// it, and at most [`READ_AHEAD`] read pages wait. The reader looks only at a page's cursor;
+/// the page is parsed by its user (its records are allocated, and released, where they are
+/// used). The first error ends the reading. Dropping the reader aborts the read in progress
+/// and drops the pages not taken.
+struct PageReader {
+    pages: tokio::sync::mpsc::Receiver<Result<ListRead>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PageReader {
+    /// Reads from cursor `after` on, with `read(cursor)` reading one page.
+    fn spawn<F, Fut>(after: Option<String>, read: F) -> Self
+    where
+        F: Fn(Option<String>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<ListRead>> + Send,
+    {
+        let (tx, pages) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let task = tokio::spawn(
+            async move {
+                let mut after = after;
+                loop {
+                    let page = read(after.take()).await;
+                    // An unreadable body has no cursor: its user fails on it.
+                    let next = match &page {
+                        Ok(ListRead::Body(body)) => serde_json::from_slice::<PageHead>(body)
+                            .ok()
+                            .and_then(|h| h.next_after().map(str::to_owned)),
+                        Ok(ListRead::Page(p)) => p.next_after().map(str::to_owned),
+                        Err(_) => None,
+                    };
+                    // The connector stopped taking pages (it failed or was dropped).
+                    if tx.send(page).await.is_err() {
+                        return;
+                    }
+                    match next {
+                        Some(a) => after = Some(a),
+                        None => return,
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        PageReader { pages, task }
     }
 
-    /// The page, once read.
-    async fn page(mut self) -> Result<Page> {
-        match (&mut self.0).await {
-            Ok(page) => page,
-            Err(e) => Err(Error::Transport {
+    /// The next page, parsed; an error when the reader ended early (it never does after the
+    /// last page, which the caller knows by its missing cursor).
+    async fn next(&mut self, client: &HubSpotClient) -> Result<Page> {
+        match self.pages.recv().await {
+            Some(Ok(ListRead::Body(body))) => client.parse_page(&body),
+            Some(Ok(ListRead::Page(page))) => Ok(page),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::Transport {
                 provider: "hubspot".into(),
-                message: format!("the page reader stopped: {e}"),
+                message: "the page reader stopped before the last page".into(),
                 source: None,
             }),
         }
     }
 }
 
-impl Drop for PageTask {
+impl Drop for PageReader {
     fn drop(&mut self) {
-        // A no-op once the read finished.
-        self.0.abort();
+        // A no-op once the reader finished.
+        self.task.abort();
     }
 }
 
@@ -350,76 +395,62 @@ impl Syncer<'_> {
             .insert(PASS_KIND.into(), json!(PassKind::List.as_str()));
         let after = s.cursor.clone();
         let span = tracing::info_span!("hubspot_list", object = stream);
-        // The next page is read by a task of its own while this one transforms and writes
-        // the current page: the request, the body and the page's parse run on another
-        // thread instead of waiting for this task to poll them between pages.
+        // The pages are read by a task of their own, each as soon as its cursor is known,
+        // while this one transforms and writes the pages already read: the request chain
+        // runs at the provider's pace instead of waiting for this task between pages.
         let client = Arc::clone(self.client);
         let props: Arc<[String]> = props.into();
-        let fetch = |after: Option<String>| {
-            let (client, props) = (Arc::clone(&client), Arc::clone(&props));
-            PageTask::spawn(async move {
-                properties::list_page(
-                    &client,
-                    obj.path(),
-                    &props,
-                    obj.inline_associations(),
-                    after.as_deref(),
-                    false,
-                )
-                .await
-            })
-        };
         async {
             self.ctx.check_cancelled()?;
-            let mut page = fetch(after).page().await?;
+            let mut reader = PageReader::spawn(after, move |after: Option<String>| {
+                let (client, props) = (Arc::clone(&client), Arc::clone(&props));
+                async move {
+                    properties::list_page_or_body(
+                        &client,
+                        obj.path(),
+                        &props,
+                        obj.inline_associations(),
+                        after.as_deref(),
+                        false,
+                    )
+                    .await
+                }
+            });
             loop {
+                let page = reader.next(self.client).await?;
                 let next = page.next_after().map(str::to_owned);
-                // The next page is requested before this one is transformed and handed to
-                // the sink: the provider prepares it while this page is processed, instead
-                // of after (each page is still requested once, in order, after its cursor
-                // is known). A write that fails drops the prefetched page unread.
-                let prefetch = next.as_ref().map(|a| fetch(Some(a.clone())));
-                let work = async {
-                    let (batch, truncated) = self.transform_page(obj, page, true);
-                    let s = self.stream(stream);
-                    s.observe_records(&batch.records);
-                    if truncated {
-                        s.extra.insert(NEEDS_BACKFILL.into(), json!(true));
-                    }
-                    let resumed = match &next {
-                        Some(a) => {
-                            s.cursor = Some(a.clone());
-                            false
-                        }
-                        None => {
-                            let started = s.pass_started_at.unwrap_or(ctx.started_at());
-                            let resumed = s.finish_pass_in(ctx);
-                            // A full pass that found nothing dated still read everything up
-                            // to its window: later changes are found by search from there,
-                            // instead of a full pass (and a total) on every sync of an
-                            // empty object.
-                            if s.watermark.is_none() {
-                                s.watermark = Some(ctx.cap_for(started));
-                            }
-                            s.extra.remove(PASS_KIND);
-                            s.repair = false;
-                            resumed
-                        }
-                    };
-                    self.write(sink, batch).await?;
-                    Ok::<bool, Error>(resumed)
-                };
-                let resumed = work.await?;
-                match prefetch {
-                    Some(fetched) => {
-                        self.ctx.check_cancelled()?;
-                        page = fetched.page().await?;
+                let (batch, truncated) = self.transform_page(obj, page, true);
+                let s = self.stream(stream);
+                s.observe_records(&batch.records);
+                if truncated {
+                    s.extra.insert(NEEDS_BACKFILL.into(), json!(true));
+                }
+                let resumed = match &next {
+                    Some(a) => {
+                        s.cursor = Some(a.clone());
+                        false
                     }
                     None => {
-                        self.report_total(obj).await?;
-                        return Ok(resumed);
+                        let started = s.pass_started_at.unwrap_or(ctx.started_at());
+                        let resumed = s.finish_pass_in(ctx);
+                        // A full pass that found nothing dated still read everything up
+                        // to its window: later changes are found by search from there,
+                        // instead of a full pass (and a total) on every sync of an
+                        // empty object.
+                        if s.watermark.is_none() {
+                            s.watermark = Some(ctx.cap_for(started));
+                        }
+                        s.extra.remove(PASS_KIND);
+                        s.repair = false;
+                        resumed
                     }
+                };
+                self.write(sink, batch).await?;
+                if next.is_none() {
+                    self.report_total(obj).await?;
+                    return Ok(resumed);
                 }
+                self.ctx.check_cancelled()?;
             }
         }
         .instrument(span)

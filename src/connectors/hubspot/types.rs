@@ -78,6 +78,29 @@ pub(crate) struct Page {
     pub total: Option<Value>,
 }
 
+/// A list page's cursor alone, read without keeping (or checking the records of) its
+/// results: what a reader needs to request the next page before the page is parsed.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PageHead {
+    #[serde(default)]
+    #[allow(dead_code)] // skipped over, never read
+    results: serde::de::IgnoredAny,
+    paging: Option<Paging>,
+}
+
+impl PageHead {
+    /// The next page's cursor (see [`Page::next_after`]).
+    pub(crate) fn next_after(&self) -> Option<&str> {
+        self.paging
+            .as_ref()?
+            .next
+            .as_ref()?
+            .after
+            .as_deref()
+            .filter(|a| !a.is_empty())
+    }
+}
+
 /// A raw result's `id`: a string as is, a number as its decimal text, `None` when it is
 /// missing, null or the result is not an object. Reads only what it needs; for the rare
 /// places that want an id without decoding the whole record (and for failure capture).
