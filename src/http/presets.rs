@@ -25,7 +25,7 @@
 //! | preset | budgets | extras |
 //! |---|---|---|
 //! | [`hubspot`] | 90 per 10 s | HubSpot headers, `DAILY` 429 stops the sync |
-//! | [`hubspot_search`] | 4 per second, 250 ms apart | as `hubspot` |
+//! | [`hubspot_search`] | 4 in any second | as `hubspot` |
 //! | [`gong`] | 3 per second + 10,000 per day (quota) | |
 //! | [`fireflies`] | 60 per minute ([`Preset::with_daily_limit`]`(Some(50))` on free plans) | GraphQL `too_many_requests` |
 //! | [`salesforce`] | 100 per 60 s | slows from 50 % and stops at 80 % of the daily quota (`Sforce-Limit-Info`), `REQUEST_LIMIT_EXCEEDED`, `INVALID_SESSION_ID` refresh |
@@ -335,12 +335,12 @@ pub fn hubspot() -> Preset {
         .with_classifier(HubSpotClassifier)
 }
 
-/// HubSpot CRM search: 4 requests per second, at least 250 ms apart. Search has its own
-/// limit; give it its own stack next to [`hubspot`].
+/// HubSpot CRM search: at most 4 requests in any 1-second window (HubSpot allows 5 per
+/// second). Any 5 requests then span more than a second, whatever their spacing, so no
+/// extra gap between requests is kept: a sync's few total searches in a row do not wait.
+/// Search has its own limit; give it its own stack next to [`hubspot`].
 pub fn hubspot_search() -> Preset {
-    Preset::new("hubspot", Budget::per_second(4))
-        .with_min_delay(Duration::from_millis(250))
-        .with_classifier(HubSpotClassifier)
+    Preset::new("hubspot", Budget::per_second(4)).with_classifier(HubSpotClassifier)
 }
 
 /// Gong: 3 requests per second and 10,000 per day (a quota: when the next slot is more than
@@ -409,7 +409,7 @@ mod tests {
         assert_eq!(main(&hubspot()), (90, Duration::from_secs(10)));
         let search = hubspot_search();
         assert_eq!(main(&search), (4, Duration::from_secs(1)));
-        assert_eq!(search.throttle.min_delay, Duration::from_millis(250));
+        assert_eq!(search.throttle.min_delay, Duration::ZERO);
         let g = gong();
         assert_eq!(main(&g), (3, Duration::from_secs(1)));
         assert_eq!(g.throttle.budgets[1], Budget::per_day(10_000).quota());

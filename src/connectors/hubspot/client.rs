@@ -127,12 +127,7 @@ impl HubSpotClient {
             .with_optional_rate_limit(config.rate_limit)?
             .with_stats(stats.clone())
             .build(auth.clone(), transport.clone())?;
-        let mut search = presets::hubspot_search();
-        if config.search_rate_limit.is_some() {
-            // A replaced search budget replaces its pacing too.
-            search = search.with_min_delay(std::time::Duration::ZERO);
-        }
-        let search = search
+        let search = presets::hubspot_search()
             .with_optional_rate_limit(config.search_rate_limit)?
             .with_stats(stats.clone())
             .build(auth.clone(), transport.clone())?;
