@@ -241,6 +241,15 @@ impl RowRead for SqliteRow {
     }
 }
 
+/// Counts a run of sequential upserts of `rows` rows that raised the table's largest rowid
+/// by `rise` (the rows they inserted) and changed `changed` rows (inserted or updated).
+fn tally_sequential(counts: &mut WriteCounts, rise: i64, changed: u64, rows: usize) {
+    let inserted = u64::try_from(rise).unwrap_or(0);
+    counts.inserted += inserted;
+    counts.updated += changed.saturating_sub(inserted);
+    counts.unchanged += super::count_u64(rows).saturating_sub(changed);
+}
+
 /// `rows` tuples of `width` anonymous parameters: `(?, ?), (?, ?)`.
 ///
 /// The multi-row statements use anonymous `?` parameters only: sqlx looks up the name of
@@ -280,10 +289,11 @@ impl SqlBackend for SqliteStore {
     /// updates without reading anything per row (SQLite has no `xmax`).
     ///
     /// A new row gets the rowid one above the table's largest (no table has AUTOINCREMENT;
-    /// nothing deletes inside the statement, and the transaction holds the write lock), so
-    /// the rows one statement inserted are the rise of `max(rowid)` across it, and the
-    /// statement's change count holds those and the rows it updated; the rest were
-    /// unchanged (the no-regress `WHERE` left them). Only when the largest rowid is within
+    /// nothing deletes inside these statements, and the transaction holds the write lock),
+    /// so the rows a run of statements inserted are the rise of `max(rowid)` across the run
+    /// (read once before and once after it, not around every statement), and their change
+    /// counts hold those and the rows they updated; the rest were unchanged (the no-regress
+    /// `WHERE` left them). Only when the largest rowid is within
     /// reach of `i64::MAX` (SQLite then picks rowids at random) are the existing rows read
     /// first instead.
     async fn upsert_table(
@@ -304,9 +314,11 @@ impl SqlBackend for SqliteStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(db_err(what))?;
+        // Rows given to, and changed by, the sequential statements since `top` was read.
+        let (mut changed_since_top, mut rows_since_top) = (0u64, 0usize);
         for (c, chunk) in t.rows.chunks(per).enumerate() {
             let base = c * per;
-            let sequential = i64::try_from(chunk.len())
+            let sequential = i64::try_from(rows_since_top + chunk.len())
                 .ok()
                 .and_then(|n| top.checked_add(n))
                 .is_some();
@@ -314,6 +326,15 @@ impl SqlBackend for SqliteStore {
             let existing: Option<HashSet<String>> = if sequential {
                 None
             } else {
+                // The sequential statements before this one are counted first.
+                if rows_since_top > 0 {
+                    let after: i64 = sqlx::query_scalar(&max_rowid)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db_err(what))?;
+                    tally_sequential(&mut counts, after - top, changed_since_top, rows_since_top);
+                    (top, changed_since_top, rows_since_top) = (after, 0, 0);
+                }
                 let existing_sql = format!(
                     "SELECT source_id FROM {} WHERE workspace_id = ? AND source = ? AND source_id IN ({})",
                     spec.table,
@@ -356,17 +377,13 @@ impl SqlBackend for SqliteStore {
             }
             match existing {
                 None => {
-                    let changed = q.execute(&mut *tx).await.map_err(db_err(what))?;
-                    let after: i64 = sqlx::query_scalar(&max_rowid)
-                        .fetch_one(&mut *tx)
+                    // Counted once the run of sequential statements ends (see below).
+                    changed_since_top += q
+                        .execute(&mut *tx)
                         .await
-                        .map_err(db_err(what))?;
-                    let inserted = u64::try_from(after.saturating_sub(top)).unwrap_or(0);
-                    let changed = changed.rows_affected();
-                    counts.inserted += inserted;
-                    counts.updated += changed.saturating_sub(inserted);
-                    counts.unchanged += super::count_u64(chunk.len()).saturating_sub(changed);
-                    top = after;
+                        .map_err(db_err(what))?
+                        .rows_affected();
+                    rows_since_top += chunk.len();
                 }
                 Some(existing) => {
                     let written = q.fetch_all(&mut *tx).await.map_err(db_err(what))?;
@@ -381,6 +398,13 @@ impl SqlBackend for SqliteStore {
                         .map_err(db_err(what))?;
                 }
             }
+        }
+        if rows_since_top > 0 {
+            let after: i64 = sqlx::query_scalar(&max_rowid)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_err(what))?;
+            tally_sequential(&mut counts, after - top, changed_since_top, rows_since_top);
         }
         Ok(counts)
     }
