@@ -31,15 +31,21 @@ const GROUP_RECORDS: usize = 20_000;
 /// ... or about this many bytes (transcripts, document texts), whichever comes first.
 const GROUP_BYTES: usize = 32 << 20;
 
+/// A group holding this many records is committed as soon as no write is in flight: the
+/// store starts on the first pages at once instead of idling until a whole group has
+/// come, and groups grow towards [`GROUP_RECORDS`] only while the store is behind.
+const GROUP_EARLY_RECORDS: usize = 10_000;
+
 /// The store-backed sink: validates, applies computed fields, and commits records with
 /// their checkpoint in `write_batch`es.
 ///
 /// Small pages arriving in quick succession are grouped: a page of at most `batch_size`
 /// records that comes less than [`GROUP_LINGER`] after the previous `write` returned (the
 /// connector's own time per page, not the time a write made it wait) waits for the next,
-/// until the group holds [`GROUP_RECORDS`] records or about [`GROUP_BYTES`], a page is
-/// larger than `batch_size`, the group's first page is [`GROUP_MAX_AGE`] old, or
-/// [`RecordSink::flush`] / [`StoreSink::settle`] is called. A group is committed in one
+/// until the group holds [`GROUP_RECORDS`] records or about [`GROUP_BYTES`], it holds
+/// [`GROUP_EARLY_RECORDS`] and no write is in flight, a page is larger than `batch_size`,
+/// the group's first page is [`GROUP_MAX_AGE`] old, or [`RecordSink::flush`] /
+/// [`StoreSink::settle`] is called. A group is committed in one
 /// transaction per table kind (records, then deal-contact links) and the last of them
 /// carries the checkpoint of the group's last page, so a checkpoint is never committed
 /// before the records it covers, and a crash loses only uncommitted pages, which the next
@@ -335,10 +341,12 @@ impl StoreSink {
             // Deletions and contact sets group too: they are applied after every record and
             // link of the group, and both are version-safe in any order (an archive never
             // passes a newer `source_updated_at`; a deal's last contact set wins).
-            let full = p.primary.len() + p.links.len() >= GROUP_RECORDS
+            let held = p.primary.len() + p.links.len();
+            let full = held >= GROUP_RECORDS
                 || p.bytes >= GROUP_BYTES
                 || now.duration_since(p.since) >= GROUP_MAX_AGE;
-            if full || !quick {
+            let idle = self.in_flight.as_ref().is_none_or(|f| f.task.is_finished());
+            if full || !quick || (idle && held >= GROUP_EARLY_RECORDS) {
                 previous += self.launch_pending().await?;
             }
             // A finished group's counts are reported at once.

@@ -36,7 +36,7 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 const MAX_PARAMS: usize = 32_766;
 
 /// At most this many rows per multi-row statement.
-const MAX_ROWS: usize = 1_000;
+const MAX_ROWS: usize = 1_500;
 
 /// The page cache of each file connection (`PRAGMA cache_size`; negative: KiB), 16 MiB
 /// instead of SQLite's 2 MiB.
@@ -305,7 +305,7 @@ impl SqlBackend for SqliteStore {
         let now = now.as_str();
         let spec: &TableSpec = t.spec;
         let width = spec.columns.len();
-        let per = rows_per_statement(width + 3);
+        let per = rows_per_statement(width);
         let conflict = rows::upsert_conflict_clause(spec, SQLITE);
         let max_rowid = format!("SELECT coalesce(max(rowid), 0) FROM {}", spec.table);
         let what = "write_batch: upserting records";
@@ -356,11 +356,14 @@ impl SqlBackend for SqliteStore {
                         .map_err(db_err("write_batch: reading existing rows"))?,
                 )
             };
+            // The workspace, source and sync time are bound once per statement, not per
+            // row (`WHERE true` keeps `ON CONFLICT` from parsing as a join constraint).
             let sql = format!(
-                "INSERT INTO {} (workspace_id, source, synced_at, {}) VALUES {} {}{}",
+                "INSERT INTO {} (workspace_id, source, synced_at, {}) \
+                 SELECT ?, ?, ?, * FROM (VALUES {}) WHERE true {}{}",
                 spec.table,
                 spec.column_list(),
-                tuples(chunk.len(), width + 3),
+                tuples(chunk.len(), width),
                 conflict,
                 if existing.is_some() {
                     " RETURNING source_id"
@@ -368,9 +371,11 @@ impl SqlBackend for SqliteStore {
                     ""
                 }
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = sqlx::query(&sql)
+                .bind(hy(ws))
+                .bind(source.as_str())
+                .bind(now);
             for row in chunk {
-                q = q.bind(hy(ws)).bind(source.as_str()).bind(now);
                 for v in row {
                     q = bind_val(q, v);
                 }
@@ -858,7 +863,7 @@ mod tests {
     fn anonymous_tuples() {
         assert_eq!(tuples(2, 2), "(?, ?), (?, ?)");
         assert_eq!(tuples(1, 3), "(?, ?, ?)");
-        assert_eq!(rows_per_statement(26), 1000);
+        assert_eq!(rows_per_statement(26), 1259);
         assert_eq!(rows_per_statement(100), 327);
     }
 
