@@ -72,7 +72,7 @@ pub use run::Orchestrator;
 #[derive(Debug, Clone)]
 pub struct OrchestratorConfig {
     /// Records per `write_batch` of a page larger than this (larger pages are split);
-    /// smaller pages arriving in quick succession are committed together, up to 5,000
+    /// smaller pages arriving in quick succession are committed together, up to 20,000
     /// records a commit.
     pub batch_size: usize,
     /// Connectors synced at once (`None`: all at once; each has its own provider budget).
