@@ -443,3 +443,78 @@ fn approx_bytes(r: &Record) -> usize {
     };
     1_024 + r.meta().map_or(0, |m| m.custom_fields.len() * 64) + texts
 }
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+    use crate::model::Contact;
+    use crate::store::{ConnectionStore, NewConnection, SqliteStore, Store};
+
+    fn page(ws: Uuid, p: usize) -> RecordBatch {
+        RecordBatch::new(
+            (0..100)
+                .map(|i| Contact::new(ws, ConnectorKind::Hubspot, (p * 100 + i).to_string()).into())
+                .collect(),
+        )
+    }
+
+    /// Quick pages are grouped until [`GROUP_EARLY_RECORDS`]; with no write in flight that
+    /// group goes at once (not at [`GROUP_RECORDS`]), and every record is committed once.
+    #[tokio::test]
+    async fn a_group_goes_early_while_the_store_is_idle() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let ws = Uuid::new_v4();
+        store
+            .create_connection(NewConnection::new(
+                ws,
+                ConnectorKind::Hubspot,
+                "private_app",
+            ))
+            .await
+            .unwrap();
+        let store: Arc<dyn SyncStore> = Arc::new(store);
+        let mut sink = StoreSink::new(
+            store,
+            ws,
+            ConnectorKind::Hubspot,
+            100,
+            Checkpoint::default(),
+            None,
+        );
+        let pages = GROUP_EARLY_RECORDS / 100;
+        assert!(GROUP_EARLY_RECORDS < GROUP_RECORDS);
+        // The first page of a run is never quick: it goes alone.
+        let mut inserted = sink
+            .write(page(ws, 0), &Checkpoint::default())
+            .await
+            .unwrap()
+            .inserted;
+        inserted += sink.settle().await.unwrap().inserted;
+        for p in 1..pages {
+            inserted += sink
+                .write(page(ws, p), &Checkpoint::default())
+                .await
+                .unwrap()
+                .inserted;
+            assert!(sink.in_flight.is_none(), "launched after {p} quick pages");
+        }
+        inserted += sink
+            .write(page(ws, pages), &Checkpoint::default())
+            .await
+            .unwrap()
+            .inserted;
+        assert!(
+            sink.in_flight.is_some(),
+            "the idle store got the group at once"
+        );
+        assert!(sink.pending.is_none());
+        inserted += sink
+            .write(page(ws, pages + 1), &Checkpoint::default())
+            .await
+            .unwrap()
+            .inserted;
+        inserted += sink.settle().await.unwrap().inserted;
+        assert_eq!(inserted, (GROUP_EARLY_RECORDS + 200) as u64);
+    }
+}

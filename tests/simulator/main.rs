@@ -619,3 +619,44 @@ async fn huge_offsets_are_rejected() {
     assert_eq!(status, 200, "{body}");
     assert!(body["results"][0]["paging"].is_null());
 }
+
+/// A search without filters or sort (the connector's total) pages through every live record
+/// once, oldest created first (ties by id), whatever page the offset lands on, and reports
+/// the live count as its total; archived records are left out.
+#[tokio::test]
+async fn unfiltered_search_pages_live_records_oldest_created_first() {
+    let sim = HubSpotSim::start(cfg()).await.unwrap();
+    for id in [5, 17, 200] {
+        assert!(sim.archive(HubSpotObject::Contacts, id));
+    }
+    let mut expected: Vec<(chrono::DateTime<chrono::Utc>, u64)> = sim
+        .records(HubSpotObject::Contacts)
+        .filter(|r| r.archived_at.is_none())
+        .map(|r| (r.created_at, r.id))
+        .collect();
+    expected.sort();
+    let expected: Vec<u64> = expected.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(expected.len(), 247);
+
+    let ids = search_ids(
+        &sim,
+        "contacts",
+        json!({"limit": 7, "properties": ["email"]}),
+    )
+    .await;
+    assert_eq!(ids, expected);
+
+    let (status, page) = post(
+        &sim,
+        "/crm/v3/objects/contacts/search",
+        &json!({"limit": 1, "after": "246"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["total"], json!(247));
+    assert_eq!(page["results"][0]["id"], json!(expected[246].to_string()));
+    assert!(
+        page["paging"].is_null(),
+        "the last page has no next: {page}"
+    );
+}

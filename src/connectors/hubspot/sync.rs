@@ -749,3 +749,117 @@ impl Syncer<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{ListRead, PageReader, READ_AHEAD};
+    use crate::error::{Error, Result};
+
+    /// A list page body with `n` as its only id and `next` as its cursor.
+    fn body(n: usize, next: Option<usize>) -> ListRead {
+        let paging = next.map_or(String::new(), |a| {
+            format!(r#","paging":{{"next":{{"after":"{a}"}}}}"#)
+        });
+        ListRead::Body(bytes::Bytes::from(format!(
+            r#"{{"results":[{{"id":"{n}"}}]{paging}}}"#
+        )))
+    }
+
+    /// A reader over `pages` pages whose reads are counted; page `fail_at` fails.
+    fn reader(pages: usize, fail_at: Option<usize>, reads: Arc<AtomicUsize>) -> PageReader {
+        PageReader::spawn(None, move |after: Option<String>| {
+            let reads = Arc::clone(&reads);
+            async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                let n = after
+                    .map_or(Ok(0), |a| a.parse::<usize>())
+                    .map_err(|e| Error::decode(None, e.to_string()))?;
+                if Some(n) == fail_at {
+                    return Err::<ListRead, Error>(Error::decode(None, "page failed"));
+                }
+                Ok(body(n, (n + 1 < pages).then_some(n + 1)))
+            }
+        })
+    }
+
+    async fn next_id(r: &mut PageReader, client: &super::HubSpotClient) -> Result<String> {
+        let page = r.next(client).await?;
+        Ok(page.results[0].get().to_owned())
+    }
+
+    /// A client only used to parse pages (it never sends anything).
+    fn client() -> super::HubSpotClient {
+        let creds = super::super::HubSpotCredentials::AccessToken("t".to_owned().into());
+        super::HubSpotClient::new("http://127.0.0.1:9", &creds, &Default::default())
+            .unwrap_or_else(|e| panic!("client: {e}"))
+    }
+
+    #[tokio::test]
+    async fn pages_arrive_in_order_each_read_once() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let client = client();
+        let mut r = reader(12, None, Arc::clone(&reads));
+        for n in 0..12 {
+            assert_eq!(
+                next_id(&mut r, &client).await.unwrap(),
+                format!(r#"{{"id":"{n}"}}"#)
+            );
+        }
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            12,
+            "no page read twice or past the last"
+        );
+    }
+
+    #[tokio::test]
+    async fn reading_stays_a_bounded_distance_ahead_and_stops_when_dropped() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let client = client();
+        let mut r = reader(1_000, None, Arc::clone(&reads));
+        next_id(&mut r, &client).await.unwrap();
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        let ahead = reads.load(Ordering::SeqCst);
+        // The page taken, READ_AHEAD waiting, and one read blocked on the full channel.
+        assert!(ahead <= 2 + READ_AHEAD, "{ahead} pages read for one taken");
+        drop(r);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            ahead,
+            "no read after the reader is dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_is_delivered_in_order_and_ends_the_reading() {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let client = client();
+        let mut r = reader(100, Some(3), Arc::clone(&reads));
+        for n in 0..3 {
+            assert_eq!(
+                next_id(&mut r, &client).await.unwrap(),
+                format!(r#"{{"id":"{n}"}}"#)
+            );
+        }
+        let err = next_id(&mut r, &client).await.unwrap_err();
+        assert!(err.to_string().contains("page failed"), "{err}");
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            4,
+            "nothing read after the failed page"
+        );
+        let after = next_id(&mut r, &client).await.unwrap_err();
+        assert!(
+            after.to_string().contains("stopped before the last page"),
+            "{after}"
+        );
+    }
+}
