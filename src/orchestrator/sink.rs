@@ -483,7 +483,7 @@ mod tests {
             None,
         );
         let pages = GROUP_EARLY_RECORDS / 100;
-        assert!(GROUP_EARLY_RECORDS < GROUP_RECORDS);
+        const { assert!(GROUP_EARLY_RECORDS < GROUP_RECORDS) };
         // The first page of a run is never quick: it goes alone.
         let mut inserted = sink
             .write(page(ws, 0), &Checkpoint::default())
