@@ -100,6 +100,8 @@ impl From<i64> for Arg<'_> {
 pub(crate) struct Stmt<'a> {
     pub sql: String,
     pub args: Vec<Arg<'a>>,
+    /// Whether the prepared statement is kept in the connection's cache (the default).
+    pub persistent: bool,
 }
 
 impl<'a> Stmt<'a> {
@@ -108,7 +110,16 @@ impl<'a> Stmt<'a> {
         Stmt {
             sql: sql.into(),
             args: Vec::new(),
+            persistent: true,
         }
+    }
+
+    /// Prepared for this run only, not kept in the connection's statement cache: for a
+    /// statement whose text is unlikely to come again (a multi-row statement of an odd
+    /// size), which would otherwise take a cache slot and its memory.
+    pub fn once(mut self) -> Self {
+        self.persistent = false;
+        self
     }
 
     /// Adds the next argument.
@@ -245,8 +256,16 @@ async fn bulk<'a, S: SqlBackend, T: Sync>(
     make: impl Fn(&'a [T]) -> Stmt<'a> + Send,
 ) -> Result<u64> {
     let mut changed = 0;
-    for chunk in items.chunks(S::rows_per_statement(width)) {
-        changed += execute_in::<S>(tx, what, make(chunk)).await?;
+    let per = S::rows_per_statement(width);
+    for chunk in items.chunks(per) {
+        let stmt = make(chunk);
+        // A statement of the last, shorter chunk has a text of its own: not cached.
+        let stmt = if chunk.len() == per {
+            stmt
+        } else {
+            stmt.once()
+        };
+        changed += execute_in::<S>(tx, what, stmt).await?;
     }
     Ok(changed)
 }
@@ -1213,7 +1232,7 @@ macro_rules! impl_sql_store {
                 stmt: $crate::store::sql::Stmt<'_>,
                 rows: bool,
             ) -> $crate::error::Result<$crate::store::sql::Ran<Self::Row>> {
-                let q = sqlx::query(&stmt.sql);
+                let q = sqlx::query(&stmt.sql).persistent(stmt.persistent);
                 let q = stmt.args.into_iter().fold(q, $bind);
                 let err = $crate::store::db_err;
                 Ok(if rows {

@@ -341,6 +341,7 @@ impl SqlBackend for SqliteStore {
                     vec!["?"; chunk.len()].join(", ")
                 );
                 let mut q = sqlx::query(&existing_sql)
+                    .persistent(chunk.len() == per)
                     .bind(hy(ws))
                     .bind(source.as_str());
                 for i in 0..chunk.len() {
@@ -371,7 +372,12 @@ impl SqlBackend for SqliteStore {
                     ""
                 }
             );
+            // Only full-size statements (the same text every time) stay prepared: a
+            // statement of a batch's last rows has a length of its own, and keeping each
+            // such one (hundreds of KiB of program for a thousand rows) in every
+            // connection's statement cache made memory grow with the number of batches.
             let mut q = sqlx::query(&sql)
+                .persistent(chunk.len() == per)
                 .bind(hy(ws))
                 .bind(source.as_str())
                 .bind(now);
@@ -431,6 +437,7 @@ impl SqlBackend for SqliteStore {
                 tuples(chunk.len(), 2)
             );
             let mut q = sqlx::query(&existing_sql)
+                .persistent(chunk.len() == per)
                 .bind(hy(ws))
                 .bind(source.as_str());
             for l in chunk {
@@ -458,7 +465,7 @@ impl SqlBackend for SqliteStore {
                  RETURNING deal_source_id, contact_source_id",
                 tuples(chunk.len(), 6)
             );
-            let mut q = sqlx::query(&sql);
+            let mut q = sqlx::query(&sql).persistent(chunk.len() == per);
             for l in chunk {
                 q = q
                     .bind(hy(ws))
@@ -869,6 +876,54 @@ mod tests {
 
     /// Inserts and updates are told apart by the rise of `max(rowid)`, and by reading the
     /// existing rows first once rowids may be random (the largest is near `i64::MAX`).
+    /// Batches of many different sizes leave the statement cache as they found it: a
+    /// statement of an odd number of rows is not kept (each would hold a program of its
+    /// size in every connection), the full-size one is.
+    #[tokio::test]
+    async fn odd_sized_statements_are_not_cached() {
+        use sqlx::Connection as _;
+
+        use crate::connector::{Checkpoint, RecordBatch};
+        use crate::model::{ConnectorKind, Contact, Record};
+        use crate::store::{ConnectionStore, RecordStore, Store};
+
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let ws = Uuid::from_u128(6);
+        store
+            .create_connection(crate::store::NewConnection::new(
+                ws,
+                ConnectorKind::Hubspot,
+                "private_app",
+            ))
+            .await
+            .unwrap();
+        let per = rows_per_statement(16);
+        let mut next = 0usize;
+        let mut write = async |n: usize| {
+            let records: Vec<Record> = (next..next + n)
+                .map(|i| Contact::new(ws, ConnectorKind::Hubspot, i.to_string()).into())
+                .collect();
+            next += n;
+            store
+                .write_batch(
+                    ws,
+                    ConnectorKind::Hubspot,
+                    &RecordBatch::new(records),
+                    &Checkpoint::default(),
+                )
+                .await
+                .unwrap();
+        };
+        let cached = async || store.pool.acquire().await.unwrap().cached_statements_size();
+        write(per + 3).await;
+        let after_one = cached().await;
+        for n in [7, 11, per + 13, 2 * per + 17, 19] {
+            write(n).await;
+        }
+        assert_eq!(cached().await, after_one);
+    }
+
     #[tokio::test]
     async fn write_counts_tell_inserts_from_updates_on_both_paths() {
         use crate::connector::{Checkpoint, RecordBatch};
