@@ -100,8 +100,6 @@ impl From<i64> for Arg<'_> {
 pub(crate) struct Stmt<'a> {
     pub sql: String,
     pub args: Vec<Arg<'a>>,
-    /// Whether the prepared statement is kept in the connection's cache (the default).
-    pub persistent: bool,
 }
 
 impl<'a> Stmt<'a> {
@@ -110,16 +108,7 @@ impl<'a> Stmt<'a> {
         Stmt {
             sql: sql.into(),
             args: Vec::new(),
-            persistent: true,
         }
-    }
-
-    /// Prepared for this run only, not kept in the connection's statement cache: for a
-    /// statement whose text is unlikely to come again (a multi-row statement of an odd
-    /// size), which would otherwise take a cache slot and its memory.
-    pub fn once(mut self) -> Self {
-        self.persistent = false;
-        self
     }
 
     /// Adds the next argument.
@@ -256,18 +245,34 @@ async fn bulk<'a, S: SqlBackend, T: Sync>(
     make: impl Fn(&'a [T]) -> Stmt<'a> + Send,
 ) -> Result<u64> {
     let mut changed = 0;
-    let per = S::rows_per_statement(width);
-    for chunk in items.chunks(per) {
-        let stmt = make(chunk);
-        // A statement of the last, shorter chunk has a text of its own: not cached.
-        let stmt = if chunk.len() == per {
-            stmt
-        } else {
-            stmt.once()
-        };
-        changed += execute_in::<S>(tx, what, stmt).await?;
+    for chunk in statement_chunks(items, S::rows_per_statement(width)) {
+        changed += execute_in::<S>(tx, what, make(chunk)).await?;
     }
     Ok(changed)
+}
+
+/// `items` in chunks for multi-row statements of at most `max` rows, whose sizes are powers
+/// of two: as many of the largest such size as fit, then the rest by its binary digits. A
+/// statement's text depends on its row count, and every prepared statement stays in its
+/// connection's cache (a thousand-row one holds hundreds of KiB of program), so the sizes
+/// come from a set of at most `log2(max) + 1` instead of one new size for the last rows of
+/// every batch.
+pub(crate) fn statement_chunks<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let per = 1usize << (usize::BITS - 1 - max.max(1).leading_zeros());
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let n = if rest.len() >= per {
+            per
+        } else {
+            1usize << (usize::BITS - 1 - rest.len().leading_zeros())
+        };
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
 }
 
 /// Parses a database URL into connect options.
@@ -1232,7 +1237,7 @@ macro_rules! impl_sql_store {
                 stmt: $crate::store::sql::Stmt<'_>,
                 rows: bool,
             ) -> $crate::error::Result<$crate::store::sql::Ran<Self::Row>> {
-                let q = sqlx::query(&stmt.sql).persistent(stmt.persistent);
+                let q = sqlx::query(&stmt.sql);
                 let q = stmt.args.into_iter().fold(q, $bind);
                 let err = $crate::store::db_err;
                 Ok(if rows {

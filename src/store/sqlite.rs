@@ -316,8 +316,8 @@ impl SqlBackend for SqliteStore {
             .map_err(db_err(what))?;
         // Rows given to, and changed by, the sequential statements since `top` was read.
         let (mut changed_since_top, mut rows_since_top) = (0u64, 0usize);
-        for (c, chunk) in t.rows.chunks(per).enumerate() {
-            let base = c * per;
+        let mut base = 0;
+        for chunk in sql::statement_chunks(&t.rows, per) {
             let sequential = i64::try_from(rows_since_top + chunk.len())
                 .ok()
                 .and_then(|n| top.checked_add(n))
@@ -341,7 +341,6 @@ impl SqlBackend for SqliteStore {
                     vec!["?"; chunk.len()].join(", ")
                 );
                 let mut q = sqlx::query(&existing_sql)
-                    .persistent(chunk.len() == per)
                     .bind(hy(ws))
                     .bind(source.as_str());
                 for i in 0..chunk.len() {
@@ -372,12 +371,7 @@ impl SqlBackend for SqliteStore {
                     ""
                 }
             );
-            // Only full-size statements (the same text every time) stay prepared: a
-            // statement of a batch's last rows has a length of its own, and keeping each
-            // such one (hundreds of KiB of program for a thousand rows) in every
-            // connection's statement cache made memory grow with the number of batches.
             let mut q = sqlx::query(&sql)
-                .persistent(chunk.len() == per)
                 .bind(hy(ws))
                 .bind(source.as_str())
                 .bind(now);
@@ -409,6 +403,7 @@ impl SqlBackend for SqliteStore {
                         .map_err(db_err(what))?;
                 }
             }
+            base += chunk.len();
         }
         if rows_since_top > 0 {
             let after: i64 = sqlx::query_scalar(&max_rowid)
@@ -430,14 +425,13 @@ impl SqlBackend for SqliteStore {
         let now = now.as_str();
         let mut counts = WriteCounts::default();
         let per = rows_per_statement(6);
-        for chunk in links.chunks(per) {
+        for chunk in sql::statement_chunks(links, per) {
             let existing_sql = format!(
                 "SELECT deal_source_id, contact_source_id FROM deal_contacts \
                  WHERE workspace_id = ? AND source = ? AND (deal_source_id, contact_source_id) IN (VALUES {})",
                 tuples(chunk.len(), 2)
             );
             let mut q = sqlx::query(&existing_sql)
-                .persistent(chunk.len() == per)
                 .bind(hy(ws))
                 .bind(source.as_str());
             for l in chunk {
@@ -465,7 +459,7 @@ impl SqlBackend for SqliteStore {
                  RETURNING deal_source_id, contact_source_id",
                 tuples(chunk.len(), 6)
             );
-            let mut q = sqlx::query(&sql).persistent(chunk.len() == per);
+            let mut q = sqlx::query(&sql);
             for l in chunk {
                 q = q
                     .bind(hy(ws))
@@ -867,6 +861,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn statement_chunks_are_powers_of_two_in_order() {
+        let items: Vec<u32> = (0..3000).collect();
+        let sizes: Vec<usize> = sql::statement_chunks(&items, 1259)
+            .map(<[u32]>::len)
+            .collect();
+        // 3000 = 2 × 1024 + 952, and 952 = 512 + 256 + 128 + 32 + 16 + 8.
+        assert_eq!(sizes, [1024, 1024, 512, 256, 128, 32, 16, 8]);
+        let joined: Vec<u32> = sql::statement_chunks(&items, 1259)
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(joined, items);
+        assert_eq!(sql::statement_chunks(&items[..0], 10).count(), 0);
+        let ones: Vec<usize> = sql::statement_chunks(&items[..3], 0)
+            .map(<[u32]>::len)
+            .collect();
+        assert_eq!(ones, [1, 1, 1]);
+    }
+
+    #[test]
     fn anonymous_tuples() {
         assert_eq!(tuples(2, 2), "(?, ?), (?, ?)");
         assert_eq!(tuples(1, 3), "(?, ?, ?)");
@@ -876,11 +890,11 @@ mod tests {
 
     /// Inserts and updates are told apart by the rise of `max(rowid)`, and by reading the
     /// existing rows first once rowids may be random (the largest is near `i64::MAX`).
-    /// Batches of many different sizes leave the statement cache as they found it: a
-    /// statement of an odd number of rows is not kept (each would hold a program of its
-    /// size in every connection), the full-size one is.
+    /// The statement cache stays bounded whatever the batch sizes: after batches that used
+    /// every chunk size (the powers of two up to the full one), batches of other sizes add
+    /// no prepared statement (each would hold a program of its size in every connection).
     #[tokio::test]
-    async fn odd_sized_statements_are_not_cached() {
+    async fn the_statement_cache_is_bounded_whatever_the_batch_sizes() {
         use sqlx::Connection as _;
 
         use crate::connector::{Checkpoint, RecordBatch};
@@ -916,12 +930,13 @@ mod tests {
                 .unwrap();
         };
         let cached = async || store.pool.acquire().await.unwrap().cached_statements_size();
-        write(per + 3).await;
-        let after_one = cached().await;
-        for n in [7, 11, per + 13, 2 * per + 17, 19] {
+        let full = 1 << (usize::BITS - 1 - per.leading_zeros());
+        write(2 * full - 1).await;
+        let every_size = cached().await;
+        for n in [7, 11, full + 13, 2 * full + 17, 19, 1] {
             write(n).await;
         }
-        assert_eq!(cached().await, after_one);
+        assert_eq!(cached().await, every_size);
     }
 
     #[tokio::test]
