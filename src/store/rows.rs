@@ -698,6 +698,14 @@ pub(crate) struct Dialect {
     /// compares `json_array(…)` texts, both rendered by SQLite, since its row-value `NOT IN`
     /// rescans the subquery for every row.
     pub unlink_missing: &'static str,
+    /// Taken by every `write_batch` transaction after it begins, over the text `$1` naming
+    /// the workspace and source: concurrent batches of one workspace and source then run
+    /// one after the other. PostgreSQL needs it: a record table has two unique keys for one
+    /// identity (`id`, derived from the other, and `(workspace_id, source, source_id)`),
+    /// `ON CONFLICT` handles only the second, so two transactions inserting the same new
+    /// record at once made the later one fail on the first (`23505` on the primary key).
+    /// SQLite's write transactions are serialized already (`BEGIN IMMEDIATE`).
+    pub batch_lock: Option<&'static str>,
 }
 
 #[cfg(feature = "postgres")]
@@ -720,6 +728,7 @@ pub(crate) const PG: Dialect = Dialect {
             AND i.deal_source_id = u.id LIMIT 1000000) x \
         WHERE NOT EXISTS (SELECT 1 FROM jsonb_array_elements($4::jsonb) AS p \
             WHERE p->>0 = x.deal_source_id AND p->>1 = x.contact_source_id)))",
+    batch_lock: Some("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))"),
 };
 
 #[cfg(feature = "sqlite")]
@@ -740,6 +749,7 @@ pub(crate) const SQLITE: Dialect = Dialect {
         AND json_array(deal_source_id, contact_source_id) NOT IN \
         (SELECT json_array(json_extract(value, '$[0]'), json_extract(value, '$[1]')) \
          FROM json_each($4))",
+    batch_lock: None,
 };
 
 /// The value a column gets when a conflicting row is updated.

@@ -621,6 +621,16 @@ pub(crate) async fn write_batch<S: SqlBackend>(
     };
     let checkpoint = serde_json::to_value(&checkpoint.streams)?;
     let mut tx = s.begin("write_batch: begin").await?;
+    if let Some(lock) = S::DIALECT.batch_lock {
+        let key = format!("pandora_sync write_batch {ws} {}", source.as_str());
+        let stmt = Stmt::new(lock).arg(Arg::String(Some(key)));
+        fetch_in::<S>(
+            &mut tx,
+            "write_batch: waiting for the same source's batch",
+            stmt,
+        )
+        .await?;
+    }
     let mut counts = WriteCounts::default();
 
     for t in &prepared.tables {
