@@ -448,7 +448,7 @@ fn approx_bytes(r: &Record) -> usize {
 mod tests {
     use super::*;
     use crate::model::Contact;
-    use crate::store::{ConnectionStore, NewConnection, SqliteStore, Store};
+    use crate::store::SqliteStore;
 
     fn page(ws: Uuid, p: usize) -> RecordBatch {
         RecordBatch::new(
@@ -462,18 +462,8 @@ mod tests {
     /// group goes at once (not at [`GROUP_RECORDS`]), and every record is committed once.
     #[tokio::test]
     async fn a_group_goes_early_while_the_store_is_idle() {
-        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-        store.migrate().await.unwrap();
         let ws = Uuid::new_v4();
-        store
-            .create_connection(NewConnection::new(
-                ws,
-                ConnectorKind::Hubspot,
-                "private_app",
-            ))
-            .await
-            .unwrap();
-        let store: Arc<dyn SyncStore> = Arc::new(store);
+        let store: Arc<dyn SyncStore> = Arc::new(SqliteStore::memory_with_hubspot(ws).await);
         let mut sink = StoreSink::new(
             store,
             ws,

@@ -1471,8 +1471,7 @@ async fn search_objects(
         let sort_prop = sort.as_ref().map(|(prop, _)| prop.as_str());
         let live = candidates.filter(|id| !Inner::is_archived(&data, obj, *id) && !lagging(*id));
         let mut hits: Vec<(String, DateTime<Utc>, u64)> = if groups.is_empty() && sort.is_none() {
-            live.filter(|id| *id <= inner.max_id(&data, obj))
-                .map(|id| (String::new(), inner.created_at(&data, obj, id), id))
+            live.map(|id| (String::new(), inner.created_at(&data, obj, id), id))
                 .collect()
         } else {
             live.filter_map(|id| inner.current(&data, obj, id))

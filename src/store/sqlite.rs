@@ -141,6 +141,30 @@ impl SqliteStore {
     }
 }
 
+#[cfg(test)]
+impl SqliteStore {
+    /// Test support: a migrated in-memory store holding a HubSpot connection of `ws`.
+    pub(crate) async fn memory_with_hubspot(ws: Uuid) -> Self {
+        use crate::store::{ConnectionStore, NewConnection, Store};
+        let store = SqliteStore::connect("sqlite::memory:")
+            .await
+            .unwrap_or_else(|e| panic!("in-memory SQLite: {e}"));
+        store
+            .migrate()
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
+        store
+            .create_connection(NewConnection::new(
+                ws,
+                crate::model::ConnectorKind::Hubspot,
+                "private_app",
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("connection: {e}"));
+        store
+    }
+}
+
 impl_sql_store! {
     store: SqliteStore,
     db: Sqlite,
@@ -888,8 +912,6 @@ mod tests {
         assert_eq!(rows_per_statement(100), 327);
     }
 
-    /// Inserts and updates are told apart by the rise of `max(rowid)`, and by reading the
-    /// existing rows first once rowids may be random (the largest is near `i64::MAX`).
     /// The statement cache stays bounded whatever the batch sizes: after batches that used
     /// every chunk size (the powers of two up to the full one), batches of other sizes add
     /// no prepared statement (each would hold a program of its size in every connection).
@@ -899,19 +921,10 @@ mod tests {
 
         use crate::connector::{Checkpoint, RecordBatch};
         use crate::model::{ConnectorKind, Contact, Record};
-        use crate::store::{ConnectionStore, RecordStore, Store};
+        use crate::store::RecordStore;
 
-        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-        store.migrate().await.unwrap();
         let ws = Uuid::from_u128(6);
-        store
-            .create_connection(crate::store::NewConnection::new(
-                ws,
-                ConnectorKind::Hubspot,
-                "private_app",
-            ))
-            .await
-            .unwrap();
+        let store = SqliteStore::memory_with_hubspot(ws).await;
         let per = rows_per_statement(16);
         let mut next = 0usize;
         let mut write = async |n: usize| {
@@ -939,23 +952,16 @@ mod tests {
         assert_eq!(cached().await, every_size);
     }
 
+    /// Inserts and updates are told apart by the rise of `max(rowid)`, and by reading the
+    /// existing rows first once rowids may be random (the largest is near `i64::MAX`).
     #[tokio::test]
     async fn write_counts_tell_inserts_from_updates_on_both_paths() {
         use crate::connector::{Checkpoint, RecordBatch};
         use crate::model::{ConnectorKind, Contact, Record};
-        use crate::store::{ConnectionStore, RecordStore, Store};
+        use crate::store::RecordStore;
 
-        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
-        store.migrate().await.unwrap();
         let ws = Uuid::from_u128(5);
-        store
-            .create_connection(crate::store::NewConnection::new(
-                ws,
-                ConnectorKind::Hubspot,
-                "private_app",
-            ))
-            .await
-            .unwrap();
+        let store = SqliteStore::memory_with_hubspot(ws).await;
         let t0 = Utc::now() - chrono::Duration::hours(1);
         let contact = |id: &str, minutes: i64| -> Record {
             let mut c = Contact::new(ws, ConnectorKind::Hubspot, id);

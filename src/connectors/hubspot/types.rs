@@ -45,6 +45,17 @@ pub(crate) struct Paging {
     pub next: Option<PagingNext>,
 }
 
+impl Paging {
+    /// The next page's cursor; `None` when there is none or it is empty.
+    fn after(&self) -> Option<&str> {
+        self.next
+            .as_ref()?
+            .after
+            .as_deref()
+            .filter(|a| !a.is_empty())
+    }
+}
+
 /// The next page's cursor (a string in every HubSpot answer; a number is read as its
 /// decimal string, anything else fails the page).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -91,13 +102,7 @@ pub(crate) struct PageHead {
 impl PageHead {
     /// The next page's cursor (see [`Page::next_after`]).
     pub(crate) fn next_after(&self) -> Option<&str> {
-        self.paging
-            .as_ref()?
-            .next
-            .as_ref()?
-            .after
-            .as_deref()
-            .filter(|a| !a.is_empty())
+        self.paging.as_ref()?.after()
     }
 }
 
@@ -119,13 +124,7 @@ pub(crate) fn raw_id(raw: &RawValue) -> Option<String> {
 
 impl Page {
     pub(crate) fn next_after(&self) -> Option<&str> {
-        self.paging
-            .as_ref()?
-            .next
-            .as_ref()?
-            .after
-            .as_deref()
-            .filter(|a| !a.is_empty())
+        self.paging.as_ref()?.after()
     }
 
     /// Whether a search page says more results follow. Search's `paging.next.after` is a
