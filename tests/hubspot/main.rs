@@ -842,3 +842,82 @@ async fn contact_sets_only_from_complete_association_lists() {
         assert_eq!(sets[&d.to_string()], truth(d), "deal {d}");
     }
 }
+
+/// A wrong private-app token: the sync fails on the first answer (a 401 is not retried),
+/// writes nothing, and the token appears in neither the error nor its `Debug` form.
+#[tokio::test]
+async fn a_bad_access_token_fails_at_once_and_is_never_shown() {
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 5,
+        contacts: 20,
+        deals: 5,
+        rate_limits: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let secret = "pat-na1-not-the-right-token-0123456789";
+    let c = HubSpotConnector::new(
+        &sim.base_url(),
+        HubSpotCredentials::AccessToken(SecretString::from(secret.to_owned())),
+        fast_config(),
+    )
+    .unwrap();
+    let ctx = SyncContext::new(ws(), SyncMode::Initial);
+    let mut sink = MemorySink::new();
+    let err = c.sync(&ctx, &mut sink).await.unwrap_err();
+    assert!(!err.is_retryable(), "{err}");
+    let shown = format!("{err} {err:?}");
+    assert!(!shown.contains(secret), "{shown}");
+    assert_eq!(sink.records().count(), 0);
+    assert!(!format!("{c:?}").contains(secret));
+    assert_eq!(sim.counters().total(), 1, "{:?}", sim.counters().snapshot());
+}
+
+/// OAuth access tokens that expire every second during a paced sync are refreshed from the
+/// refresh token as they age: the sync completes with every record, and the token endpoint
+/// was asked more than once.
+#[tokio::test]
+async fn oauth_tokens_expiring_during_the_sync_are_refreshed() {
+    use pandora_sync::simulator::HubSpotOAuthApp;
+    let sim = HubSpotSim::start(HubSpotSimConfig {
+        companies: 20,
+        contacts: 400,
+        deals: 20,
+        rate_limits: false,
+        oauth: Some(HubSpotOAuthApp {
+            client_id: "cid".into(),
+            client_secret: "csecret".into(),
+            refresh_token: "rt".into(),
+            expires_in: 1,
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // About ten requests a second: the sync outlives several tokens.
+    let config = HubSpotConfig::from_json(&serde_json::json!({
+        "rate_limit": {"max_requests": 10, "window_ms": 1000},
+    }))
+    .unwrap();
+    let c = HubSpotConnector::new(
+        &sim.base_url(),
+        HubSpotCredentials::OAuth {
+            client_id: "cid".into(),
+            client_secret: SecretString::from("csecret".to_owned()),
+            refresh_token: SecretString::from("rt".to_owned()),
+        },
+        config,
+    )
+    .unwrap();
+    let ctx = SyncContext::new(ws(), SyncMode::Initial);
+    let mut sink = MemorySink::new();
+    c.sync(&ctx, &mut sink).await.unwrap();
+    let rows = latest(&sink);
+    let count = |k: &str| rows.keys().filter(|(kind, _)| kind == k).count();
+    assert_eq!(count("Account"), 20);
+    assert_eq!(count("Contact"), 400);
+    assert_eq!(count("Deal"), 20);
+    let refreshes = sim.counters().get("POST /oauth/v1/token");
+    assert!(refreshes >= 2, "{:?}", sim.counters().snapshot());
+}
