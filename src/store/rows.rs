@@ -272,10 +272,20 @@ fn json_text<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
         .map_err(|e| Error::decode(None, format!("unserializable JSON: {e}")))
 }
 
-fn common<'a>(m: &'a RecordMeta, out: &mut Vec<Val<'a>>) -> Result<()> {
+/// Serializes a JSON column's value for [`values_with`]; with `json` false the text is left
+/// empty (validation checks JSON values itself and needs no text).
+fn json_val<T: serde::Serialize + ?Sized>(value: &T, json: bool) -> Result<Val<'static>> {
+    Ok(Val::Json(if json {
+        json_text(value)?
+    } else {
+        String::new()
+    }))
+}
+
+fn common<'a>(m: &'a RecordMeta, out: &mut Vec<Val<'a>>, json: bool) -> Result<()> {
     out.push(Val::Uuid(Some(m.id)));
     out.push(Val::Text(Some(&m.source_id)));
-    out.push(Val::Json(json_text(&m.custom_fields)?));
+    out.push(json_val(&m.custom_fields, json)?);
     out.push(Val::Ts(m.source_created_at));
     out.push(Val::Ts(m.source_updated_at));
     out.push(Val::Ts(m.archived_at));
@@ -284,10 +294,15 @@ fn common<'a>(m: &'a RecordMeta, out: &mut Vec<Val<'a>>) -> Result<()> {
 
 /// A record's values in its table's column order (`None` for a `DealContact`).
 pub(crate) fn values(record: &Record) -> Result<Option<Vec<Val<'_>>>> {
+    values_with(record, true)
+}
+
+/// [`values`]; with `json` false the JSON columns are left as empty text (not serialized).
+fn values_with(record: &Record, json: bool) -> Result<Option<Vec<Val<'_>>>> {
     let mut v = Vec::with_capacity(24);
     match record {
         Record::Account(a) => {
-            common(&a.meta, &mut v)?;
+            common(&a.meta, &mut v, json)?;
             v.extend([
                 Val::Text(a.name.as_deref()),
                 Val::Text(a.domain.as_deref()),
@@ -298,7 +313,7 @@ pub(crate) fn values(record: &Record) -> Result<Option<Vec<Val<'_>>>> {
             ]);
         }
         Record::Contact(c) => {
-            common(&c.meta, &mut v)?;
+            common(&c.meta, &mut v, json)?;
             v.extend([
                 Val::Text(c.email.as_deref()),
                 Val::Text(c.first_name.as_deref()),
@@ -311,7 +326,7 @@ pub(crate) fn values(record: &Record) -> Result<Option<Vec<Val<'_>>>> {
             ]);
         }
         Record::Deal(d) => {
-            common(&d.meta, &mut v)?;
+            common(&d.meta, &mut v, json)?;
             v.extend([
                 Val::Text(d.name.as_deref()),
                 Val::Float(d.amount),
@@ -330,14 +345,14 @@ pub(crate) fn values(record: &Record) -> Result<Option<Vec<Val<'_>>>> {
             ]);
         }
         Record::Conversation(c) => {
-            common(&c.meta, &mut v)?;
+            common(&c.meta, &mut v, json)?;
             v.extend([
                 Val::Text(c.title.as_deref()),
                 Val::Ts(c.started_at),
                 Val::Int(c.duration_seconds),
                 Val::Text(c.url.as_deref()),
                 Val::Text(c.host_email.as_deref()),
-                Val::Json(json_text(&c.participants)?),
+                json_val(&c.participants, json)?,
                 Val::Text(c.summary.as_deref()),
                 Val::Text(c.transcript.as_deref()),
                 Val::Bool(c.is_internal),
@@ -346,7 +361,7 @@ pub(crate) fn values(record: &Record) -> Result<Option<Vec<Val<'_>>>> {
             ]);
         }
         Record::Task(t) => {
-            common(&t.meta, &mut v)?;
+            common(&t.meta, &mut v, json)?;
             v.extend([
                 Val::Text(t.board_id.as_deref()),
                 Val::Text(t.board_name.as_deref()),
@@ -360,7 +375,7 @@ pub(crate) fn values(record: &Record) -> Result<Option<Vec<Val<'_>>>> {
             ]);
         }
         Record::Document(d) => {
-            common(&d.meta, &mut v)?;
+            common(&d.meta, &mut v, json)?;
             v.extend([
                 Val::Text(d.title.as_deref()),
                 Val::Text(d.mime_type.as_deref()),
@@ -410,7 +425,8 @@ fn participants_have_nul(ps: &[Participant]) -> bool {
 /// NULL). The error is an [`Error::Decode`] naming the record's provider id and the column,
 /// so a sink can turn it into a per-record failure.
 pub(crate) fn validate(record: &Record) -> Result<()> {
-    let Some(vals) = values(record)? else {
+    // The JSON columns are checked value by value below: no need to serialize them.
+    let Some(vals) = values_with(record, false)? else {
         if let Record::DealContact(l) = record {
             let id = record.source_id();
             for (col, v) in [
@@ -1046,6 +1062,31 @@ mod tests {
         d.meta.source_updated_at = Some(Utc.with_ymd_and_hms(2024, 1, day, 0, 0, 0).unwrap());
         d.name = Some(name.into());
         d.into()
+    }
+
+    /// Validation checks the JSON columns value by value (it does not serialize them): a
+    /// NUL in a custom field or a participant is still found and named.
+    #[test]
+    fn validation_finds_nul_in_json_columns() {
+        let mut d = Deal::new(ws(), ConnectorKind::Hubspot, "d");
+        d.meta
+            .custom_fields
+            .insert("k".into(), serde_json::json!({"a": ["x\0"]}));
+        let err = validate(&d.into()).unwrap_err();
+        assert!(err.to_string().contains("deals.custom_fields"), "{err}");
+        let mut c = Conversation::new(ws(), ConnectorKind::Gong, "c");
+        c.participants.push(Participant {
+            email: None,
+            name: Some("a\0b".into()),
+            is_internal: false,
+        });
+        let err = validate(&c.into()).unwrap_err();
+        assert!(
+            err.to_string().contains("conversations.participants"),
+            "{err}"
+        );
+        let clean: Record = Deal::new(ws(), ConnectorKind::Hubspot, "ok").into();
+        assert!(validate(&clean).is_ok());
     }
 
     #[test]
