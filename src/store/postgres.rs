@@ -274,6 +274,38 @@ fn existing_rows<'a>(
     })
 }
 
+/// Whether `table` may hold any of `ids` for the batch's workspace and source: one range
+/// probe of the unique key between the smallest and the largest of them, in the column's
+/// own collation. `false` proves that every id is new (an initial sync's batches are
+/// usually past every stored id), so the per-id probe of [`existing_rows`] is skipped.
+fn may_hold_any<'a>(
+    tx: &'a mut PgConnection,
+    at: BatchScope,
+    table: &'a str,
+    ids: &'a [&'a str],
+) -> BoxFuture<'a, Result<bool>> {
+    Box::pin(async move {
+        // One index range scan for the bounds (`LATERAL … LIMIT`, which the planner cannot
+        // flatten into a scan of the whole workspace filtered by the bounds); not prepared,
+        // for the reason `existing_rows` gives.
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 \
+                 FROM (SELECT min(u) AS lo, max(u) AS hi FROM UNNEST($3::text[]) AS u) b \
+                 CROSS JOIN LATERAL (SELECT 1 FROM {table} t \
+                     WHERE t.workspace_id = $1 AND t.source = $2 \
+                         AND t.source_id BETWEEN b.lo AND b.hi LIMIT 1) e)"
+        );
+        sqlx::query_scalar(&sql)
+            .persistent(false)
+            .bind(at.ws)
+            .bind(at.source.as_str())
+            .bind(ids)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err("write_batch: reading whether rows exist"))
+    })
+}
+
 /// Upserts rows `idx` of a table's batch with `UNNEST` statements of at most `MAX_ROWS`
 /// rows.
 fn upsert_rows<'a>(
@@ -476,7 +508,8 @@ impl SqlBackend for PgStore {
     /// `COPY` appends new rows in bulk (multi-row heap inserts and fewer WAL records), where
     /// `INSERT ... ON CONFLICT` inserts each row speculatively, checks it, then confirms it;
     /// on an initial sync nearly every row is new. Which rows exist is read first, in the same
-    /// transaction; a row another writer inserts in between makes the `COPY` fail on the
+    /// transaction (skipped when one range probe of the key shows that none of the batch's
+    /// ids can be stored); a row another writer inserts in between makes the `COPY` fail on the
     /// unique key, and the batch then falls back to the upsert for every row (the `COPY` runs
     /// under a savepoint). Rows that exist go through the upsert, whose conflict clause keeps
     /// the no-regress rule; a new row has nothing to regress, so both paths store the same.
@@ -492,7 +525,11 @@ impl SqlBackend for PgStore {
             return Ok(counts);
         }
         let ids: Vec<&str> = all.iter().map(|&i| t.source_id(i)).collect();
-        let existing = existing_rows(tx, at, t.spec.table, &ids).await?;
+        let existing = if may_hold_any(tx, at, t.spec.table, &ids).await? {
+            existing_rows(tx, at, t.spec.table, &ids).await?
+        } else {
+            HashSet::new()
+        };
         let (mut old, mut new) = (Vec::new(), Vec::with_capacity(all.len()));
         for (&i, id) in all.iter().zip(&ids) {
             if existing.contains(*id) {
@@ -930,6 +967,56 @@ mod tests {
         assert_ne!(
             PgStore::workspace_lock_key(a),
             PgStore::workspace_lock_key(Uuid::from_u128(2))
+        );
+    }
+
+    /// `false` only when no stored id of the workspace and source lies between the ids'
+    /// smallest and largest (so every id is new); ids around stored ones say `true`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::unwrap_used)]
+    async fn the_range_probe_is_false_only_for_new_ids() {
+        use sqlx::Connection;
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "CREATE TEMPORARY TABLE probe_t (workspace_id uuid, source text, source_id text, \
+             UNIQUE (workspace_id, source, source_id))",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let ws = Uuid::from_u128(1);
+        for id in ["b", "d"] {
+            sqlx::query("INSERT INTO probe_t VALUES ($1, 'hubspot', $2)")
+                .bind(ws)
+                .bind(id)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let at = |ws| BatchScope {
+            ws,
+            source: crate::model::ConnectorKind::Hubspot,
+            now: chrono::Utc::now(),
+        };
+        for (ids, expected) in [
+            (vec!["e", "f"], false),
+            (vec!["a"], false),
+            (vec!["c"], false),
+            (vec!["a", "c"], true),
+            (vec!["c", "e"], true),
+            (vec!["d"], true),
+        ] {
+            let held = may_hold_any(&mut conn, at(ws), "probe_t", &ids)
+                .await
+                .unwrap();
+            assert_eq!(held, expected, "{ids:?}");
+        }
+        let other = may_hold_any(&mut conn, at(Uuid::from_u128(2)), "probe_t", &["b"]);
+        assert!(
+            !other.await.unwrap(),
+            "another workspace's ids are not stored"
         );
     }
 

@@ -1613,3 +1613,67 @@ pub async fn large_batches_round_trip_and_do_not_regress(h: Harness) {
     let conn = h.store.get_connection(ws, HS).await.unwrap().unwrap();
     assert_eq!(conn.checkpoint().unwrap(), checkpoint("bulk", "2"));
 }
+
+/// Bulk batches whose ids lie past, before, between and at the edge of the stored ones
+/// (PostgreSQL skips its per-id probe when one range probe of the key finds no stored id
+/// between the batch's smallest and largest): every batch counts its new and changed rows
+/// exactly, and another workspace's rows never count as stored.
+pub async fn key_ranges_tell_new_batches_from_mixed_ones(h: Harness) {
+    let ws = Uuid::new_v4();
+    connect(&h, ws, HS).await;
+    let batch = |ids: Vec<String>, day: i64| -> RecordBatch {
+        RecordBatch::new(ids.iter().map(|id| deal(ws, id, day).into()).collect())
+    };
+    let ids = |r: std::ops::Range<usize>, step: usize| -> Vec<String> {
+        r.step_by(step).map(|i| format!("r-{i:03}")).collect()
+    };
+    let mut n = 0;
+    let mut write = |b: RecordBatch| {
+        n += 1;
+        let cp = checkpoint("ranges", &n.to_string());
+        let store = h.store.clone();
+        async move { store.write_batch(ws, HS, &b, &cp).await.unwrap() }
+    };
+    // Even ids into an empty table, then a batch past them.
+    assert_eq!(write(batch(ids(0..80, 2), 10)).await, counts(40, 0, 0, 0));
+    assert_eq!(
+        write(batch(ids(100..140, 1), 10)).await,
+        counts(40, 0, 0, 0)
+    );
+    // New ids between stored ones.
+    assert_eq!(write(batch(ids(1..80, 2), 10)).await, counts(40, 0, 0, 0));
+    // New ids past the stored ones, with the last stored one (newer) at the edge.
+    let mut edge = ids(139..180, 1);
+    edge.sort();
+    assert_eq!(write(batch(edge, 11)).await, counts(40, 1, 0, 0));
+    // Before every stored id.
+    let before: Vec<String> = (0..40).map(|i| format!("q-{i:03}")).collect();
+    assert_eq!(write(batch(before, 10)).await, counts(40, 0, 0, 0));
+    // The same batch again: nothing new.
+    assert_eq!(
+        write(batch(ids(100..140, 1), 10)).await,
+        counts(0, 0, 40, 0)
+    );
+    assert_eq!(
+        h.store
+            .count_records(ws, RecordKind::Deal, Some(HS))
+            .await
+            .unwrap(),
+        200
+    );
+    // Another workspace with the same ids: all new there.
+    let other = Uuid::new_v4();
+    connect(&h, other, HS).await;
+    let theirs = RecordBatch::new(
+        ids(100..140, 1)
+            .iter()
+            .map(|id| deal(other, id, 10).into())
+            .collect(),
+    );
+    let c = h
+        .store
+        .write_batch(other, HS, &theirs, &checkpoint("ranges", "x"))
+        .await
+        .unwrap();
+    assert_eq!(c, counts(40, 0, 0, 0));
+}
