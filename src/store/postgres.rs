@@ -274,14 +274,15 @@ fn existing_rows<'a>(
     })
 }
 
-/// Whether `table` may hold any of `ids` for the batch's workspace and source: one range
-/// probe of the unique key between the smallest and the largest of them, in the column's
-/// own collation. `false` proves that every id is new (an initial sync's batches are
+/// Whether `table` may hold any of `ids` (values of `column`, the key column after
+/// `workspace_id, source`) for the batch's workspace and source: one range probe of the
+/// unique key between the smallest and the largest of them, in the column's own collation. `false` proves that every id is new (an initial sync's batches are
 /// usually past every stored id), so the per-id probe of [`existing_rows`] is skipped.
 fn may_hold_any<'a>(
     tx: &'a mut PgConnection,
     at: BatchScope,
     table: &'a str,
+    column: &'a str,
     ids: &'a [&'a str],
 ) -> BoxFuture<'a, Result<bool>> {
     Box::pin(async move {
@@ -293,7 +294,7 @@ fn may_hold_any<'a>(
                  FROM (SELECT min(u) AS lo, max(u) AS hi FROM UNNEST($3::text[]) AS u) b \
                  CROSS JOIN LATERAL (SELECT 1 FROM {table} t \
                      WHERE t.workspace_id = $1 AND t.source = $2 \
-                         AND t.source_id BETWEEN b.lo AND b.hi LIMIT 1) e)"
+                         AND t.{column} BETWEEN b.lo AND b.hi LIMIT 1) e)"
         );
         sqlx::query_scalar(&sql)
             .persistent(false)
@@ -359,56 +360,125 @@ fn copy_new_rows<'a>(
     idx: &'a [usize],
 ) -> BoxFuture<'a, Result<bool>> {
     Box::pin(async move {
-        const WHAT: &str = "write_batch: copying new records";
-        let spec = t.spec;
         let data = copy_binary(at, t, idx)?;
-        sqlx::query("SAVEPOINT pandora_copy")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err(WHAT))?;
         let statement = format!(
             "COPY {} (workspace_id, source, synced_at, {}) FROM STDIN (FORMAT binary)",
-            spec.table,
-            spec.column_list()
+            t.spec.table,
+            t.spec.column_list()
         );
-        let copied = match tx.copy_in_raw(&statement).await {
-            Ok(mut copy) => {
-                let sent = copy.send(data).await.map(|_| ());
-                match sent {
-                    Ok(()) => copy.finish().await,
-                    Err(e) => {
-                        // The connection broke or the server refused the data: end the COPY.
-                        let _ = copy
-                            .abort("pandora_sync: sending the COPY data failed")
-                            .await;
-                        Err(e)
-                    }
-                }
-            }
-            Err(e) => Err(e),
-        };
-        match copied {
-            Ok(n) => {
-                if n != count_u64(idx.len()) {
-                    return Err(Error::config(format!(
-                        "internal: COPY into {} stored {n} of {} rows",
-                        spec.table,
-                        idx.len()
-                    )));
-                }
-                // The savepoint is released by the commit (one round trip less per table).
-                Ok(true)
-            }
-            Err(e) if is_unique_violation(&e) => {
-                sqlx::query("ROLLBACK TO SAVEPOINT pandora_copy")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_err(WHAT))?;
-                Ok(false)
-            }
-            Err(e) => Err(Error::storage(WHAT, e)),
-        }
+        copy_in(tx, t.spec.table, &statement, data, idx.len()).await
     })
+}
+
+/// Inserts deal-contact links, none of which is stored yet, with one binary `COPY` under a
+/// savepoint; `Ok(false)` as for [`copy_new_rows`].
+fn copy_new_links<'a>(
+    tx: &'a mut PgConnection,
+    at: BatchScope,
+    links: &'a [&'a DealContact],
+) -> BoxFuture<'a, Result<bool>> {
+    Box::pin(async move {
+        let mut out = copy_header(links.len() * 64);
+        for l in links {
+            out.extend_from_slice(&6i16.to_be_bytes());
+            copy_field(&mut out, at.ws.as_bytes())?;
+            copy_field(&mut out, at.source.as_str().as_bytes())?;
+            copy_ts(&mut out, at.now)?;
+            copy_field(&mut out, l.deal_source_id.as_bytes())?;
+            copy_field(&mut out, l.contact_source_id.as_bytes())?;
+            match &l.role {
+                Some(r) => copy_field(&mut out, r.as_bytes())?,
+                None => copy_null(&mut out),
+            }
+        }
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        let statement = "COPY deal_contacts (workspace_id, source, synced_at, deal_source_id, \
+                         contact_source_id, role) FROM STDIN (FORMAT binary)";
+        copy_in(tx, "deal_contacts", statement, out, links.len()).await
+    })
+}
+
+/// Runs a binary `COPY … FROM STDIN` of `rows` rows under a savepoint; `Ok(false)` (the
+/// savepoint rolled back, nothing of the `COPY` left) when a row's key is stored already.
+async fn copy_in(
+    tx: &mut PgConnection,
+    table: &str,
+    statement: &str,
+    data: Vec<u8>,
+    rows: usize,
+) -> Result<bool> {
+    const WHAT: &str = "write_batch: copying new records";
+    sqlx::query("SAVEPOINT pandora_copy")
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err(WHAT))?;
+    let copied = match tx.copy_in_raw(statement).await {
+        Ok(mut copy) => {
+            let sent = copy.send(data).await.map(|_| ());
+            match sent {
+                Ok(()) => copy.finish().await,
+                Err(e) => {
+                    // The connection broke or the server refused the data: end the COPY.
+                    let _ = copy
+                        .abort("pandora_sync: sending the COPY data failed")
+                        .await;
+                    Err(e)
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match copied {
+        Ok(n) => {
+            if n != count_u64(rows) {
+                return Err(Error::config(format!(
+                    "internal: COPY into {table} stored {n} of {rows} rows"
+                )));
+            }
+            // The savepoint is released by the commit (one round trip less per table).
+            Ok(true)
+        }
+        Err(e) if is_unique_violation(&e) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT pandora_copy")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err(WHAT))?;
+            Ok(false)
+        }
+        Err(e) => Err(Error::storage(WHAT, e)),
+    }
+}
+
+/// The header of `COPY`'s binary format, in a buffer with room for `capacity` more bytes.
+fn copy_header(capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(19 + capacity);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes()); // flags
+    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    out
+}
+
+/// One field of a binary `COPY` row: its length, then its bytes.
+fn copy_field(out: &mut Vec<u8>, bytes: &[u8]) -> Result<()> {
+    let len = i32::try_from(bytes.len())
+        .map_err(|_| Error::config("a value is too large for PostgreSQL (over 2 GiB)"))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// A NULL field of a binary `COPY` row.
+fn copy_null(out: &mut Vec<u8>) {
+    out.extend_from_slice(&(-1i32).to_be_bytes());
+}
+
+/// A `timestamptz` field of a binary `COPY` row.
+fn copy_ts(out: &mut Vec<u8>, t: DateTime<Utc>) -> Result<()> {
+    let micros = t
+        .timestamp_micros()
+        .checked_sub(PG_EPOCH_MICROS)
+        .ok_or_else(|| Error::config(format!("timestamp {t} is out of PostgreSQL's range")))?;
+    copy_field(out, &micros.to_be_bytes())
 }
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01 UTC).
@@ -419,48 +489,27 @@ const PG_EPOCH_DAYS_FROM_CE: i32 = 730_120;
 /// The rows in `COPY`'s binary format: `workspace_id, source, synced_at`, then the table's
 /// columns, each value encoded as PostgreSQL's binary send function would (what sqlx binds).
 fn copy_binary(at: BatchScope, t: &TableRows<'_>, idx: &[usize]) -> Result<Vec<u8>> {
-    fn field(out: &mut Vec<u8>, bytes: &[u8]) -> Result<()> {
-        let len = i32::try_from(bytes.len())
-            .map_err(|_| Error::config("a value is too large for PostgreSQL (over 2 GiB)"))?;
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(bytes);
-        Ok(())
-    }
-    fn null(out: &mut Vec<u8>) {
-        out.extend_from_slice(&(-1i32).to_be_bytes());
-    }
-    fn ts(out: &mut Vec<u8>, t: DateTime<Utc>) -> Result<()> {
-        let micros = t
-            .timestamp_micros()
-            .checked_sub(PG_EPOCH_MICROS)
-            .ok_or_else(|| Error::config(format!("timestamp {t} is out of PostgreSQL's range")))?;
-        field(out, &micros.to_be_bytes())
-    }
-
     let spec = t.spec;
     let fields = i16::try_from(spec.columns.len() + 3)
         .map_err(|_| Error::config("internal: too many columns"))?;
-    let mut out = Vec::with_capacity(19 + idx.len() * 256);
-    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    out.extend_from_slice(&0i32.to_be_bytes()); // flags
-    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    let mut out = copy_header(idx.len() * 256);
     for row in idx.iter().filter_map(|&i| t.rows.get(i)) {
         out.extend_from_slice(&fields.to_be_bytes());
-        field(&mut out, at.ws.as_bytes())?;
-        field(&mut out, at.source.as_str().as_bytes())?;
-        ts(&mut out, at.now)?;
+        copy_field(&mut out, at.ws.as_bytes())?;
+        copy_field(&mut out, at.source.as_str().as_bytes())?;
+        copy_ts(&mut out, at.now)?;
         for (col, v) in spec.columns.iter().zip(row.iter()) {
             match v {
-                Val::Text(Some(s)) => field(&mut out, s.as_bytes())?,
-                Val::Int(Some(i)) => field(&mut out, &i.to_be_bytes())?,
-                Val::Float(Some(f)) => field(&mut out, &f.to_bits().to_be_bytes())?,
-                Val::Bool(Some(b)) => field(&mut out, &[u8::from(*b)])?,
-                Val::Ts(Some(t)) => ts(&mut out, *t)?,
+                Val::Text(Some(s)) => copy_field(&mut out, s.as_bytes())?,
+                Val::Int(Some(i)) => copy_field(&mut out, &i.to_be_bytes())?,
+                Val::Float(Some(f)) => copy_field(&mut out, &f.to_bits().to_be_bytes())?,
+                Val::Bool(Some(b)) => copy_field(&mut out, &[u8::from(*b)])?,
+                Val::Ts(Some(t)) => copy_ts(&mut out, *t)?,
                 Val::Date(Some(d)) => {
                     let days = d.num_days_from_ce() - PG_EPOCH_DAYS_FROM_CE;
-                    field(&mut out, &days.to_be_bytes())?;
+                    copy_field(&mut out, &days.to_be_bytes())?;
                 }
-                Val::Uuid(Some(u)) => field(&mut out, u.as_bytes())?,
+                Val::Uuid(Some(u)) => copy_field(&mut out, u.as_bytes())?,
                 Val::Json(s) => {
                     // jsonb's binary form: version 1, then the JSON text.
                     let len = i32::try_from(s.len() + 1).map_err(|_| {
@@ -479,7 +528,7 @@ fn copy_binary(at: BatchScope, t: &TableRows<'_>, idx: &[usize]) -> Result<Vec<u
                 | Val::Bool(None)
                 | Val::Ts(None)
                 | Val::Date(None)
-                | Val::Uuid(None) => null(&mut out),
+                | Val::Uuid(None) => copy_null(&mut out),
             }
         }
     }
@@ -525,7 +574,7 @@ impl SqlBackend for PgStore {
             return Ok(counts);
         }
         let ids: Vec<&str> = all.iter().map(|&i| t.source_id(i)).collect();
-        let existing = if may_hold_any(tx, at, t.spec.table, &ids).await? {
+        let existing = if may_hold_any(tx, at, t.spec.table, "source_id", &ids).await? {
             existing_rows(tx, at, t.spec.table, &ids).await?
         } else {
             HashSet::new()
@@ -562,6 +611,17 @@ impl SqlBackend for PgStore {
         links: &[&DealContact],
     ) -> Result<WriteCounts> {
         let mut counts = WriteCounts::default();
+        // New links (their deals past every stored link's deal: an initial sync's) go to
+        // `COPY`, as new records do; the rest, or all when one appeared meanwhile, upsert.
+        if links.len() >= COPY_MIN_ROWS {
+            let deals: Vec<&str> = links.iter().map(|l| l.deal_source_id.as_str()).collect();
+            if !may_hold_any(tx, at, "deal_contacts", "deal_source_id", &deals).await?
+                && copy_new_links(tx, at, links).await?
+            {
+                counts.inserted += count_u64(links.len());
+                return Ok(counts);
+            }
+        }
         const WHAT: &str = "write_batch: upserting links";
         for chunk in links.chunks(MAX_ROWS) {
             let deals: Vec<&str> = chunk.iter().map(|l| l.deal_source_id.as_str()).collect();
@@ -1008,12 +1068,18 @@ mod tests {
             (vec!["c", "e"], true),
             (vec!["d"], true),
         ] {
-            let held = may_hold_any(&mut conn, at(ws), "probe_t", &ids)
+            let held = may_hold_any(&mut conn, at(ws), "probe_t", "source_id", &ids)
                 .await
                 .unwrap();
             assert_eq!(held, expected, "{ids:?}");
         }
-        let other = may_hold_any(&mut conn, at(Uuid::from_u128(2)), "probe_t", &["b"]);
+        let other = may_hold_any(
+            &mut conn,
+            at(Uuid::from_u128(2)),
+            "probe_t",
+            "source_id",
+            &["b"],
+        );
         assert!(
             !other.await.unwrap(),
             "another workspace's ids are not stored"

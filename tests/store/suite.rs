@@ -1661,6 +1661,62 @@ pub async fn key_ranges_tell_new_batches_from_mixed_ones(h: Harness) {
             .unwrap(),
         200
     );
+    // Links the same way (PostgreSQL: by the range of their deals): past, between, again.
+    let links = |deals: std::ops::Range<usize>, role: Option<&str>| -> RecordBatch {
+        RecordBatch::new(
+            deals
+                .flat_map(|d| {
+                    let deal = format!("d-{:03}", d * 2);
+                    [
+                        link(ws, &deal, "c-1", role).into(),
+                        link(ws, &deal, "c-2", None).into(),
+                    ]
+                })
+                .collect(),
+        )
+    };
+    let mut write_links = |b: RecordBatch| {
+        let store = h.store.clone();
+        async move {
+            store
+                .write_batch(ws, HS, &b, &checkpoint("ranges", "links"))
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        write_links(links(0..20, Some("buyer"))).await,
+        counts(40, 0, 0, 0)
+    );
+    assert_eq!(write_links(links(20..40, None)).await, counts(40, 0, 0, 0));
+    assert_eq!(
+        write_links(links(0..20, Some("champion"))).await,
+        counts(0, 20, 20, 0)
+    );
+    let between = RecordBatch::new(
+        (0..20)
+            .map(|d| link(ws, &format!("d-{:03}", d * 2 + 1), "c-1", None).into())
+            .collect(),
+    );
+    assert_eq!(write_links(between).await, counts(20, 0, 0, 0));
+    let Some(Record::DealContact(l)) = read(&h, ws, RecordKind::DealContact, "d-000:c-1").await
+    else {
+        panic!("link missing");
+    };
+    assert_eq!(l.role.as_deref(), Some("champion"));
+    let Some(Record::DealContact(l)) = read(&h, ws, RecordKind::DealContact, "d-040:c-1").await
+    else {
+        panic!("link missing");
+    };
+    assert_eq!(l.role, None);
+    assert_eq!(
+        h.store
+            .count_records(ws, RecordKind::DealContact, Some(HS))
+            .await
+            .unwrap(),
+        100
+    );
+
     // Another workspace with the same ids: all new there.
     let other = Uuid::new_v4();
     connect(&h, other, HS).await;
