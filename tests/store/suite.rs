@@ -1675,7 +1675,7 @@ pub async fn key_ranges_tell_new_batches_from_mixed_ones(h: Harness) {
                 .collect(),
         )
     };
-    let mut write_links = |b: RecordBatch| {
+    let write_links = |b: RecordBatch| {
         let store = h.store.clone();
         async move {
             store
