@@ -276,8 +276,9 @@ fn existing_rows<'a>(
 
 /// Whether `table` may hold any of `ids` (values of `column`, the key column after
 /// `workspace_id, source`) for the batch's workspace and source: one range probe of the
-/// unique key between the smallest and the largest of them, in the column's own collation. `false` proves that every id is new (an initial sync's batches are
-/// usually past every stored id), so the per-id probe of [`existing_rows`] is skipped.
+/// unique key between the smallest and the largest of them, in the column's own collation.
+/// `false` proves that every id is new (an initial sync's batches are usually past every
+/// stored id), so the per-id probe of [`existing_rows`] is skipped.
 fn may_hold_any<'a>(
     tx: &'a mut PgConnection,
     at: BatchScope,

@@ -163,6 +163,23 @@ impl SqliteStore {
             .unwrap_or_else(|e| panic!("connection: {e}"));
         store
     }
+
+    /// Test support: writes HubSpot `records` of `ws` with an empty checkpoint.
+    pub(crate) async fn write_hubspot(
+        &self,
+        ws: Uuid,
+        records: Vec<crate::model::Record>,
+    ) -> WriteCounts {
+        use crate::store::RecordStore;
+        self.write_batch(
+            ws,
+            crate::model::ConnectorKind::Hubspot,
+            &crate::connector::RecordBatch::new(records),
+            &crate::connector::Checkpoint::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("write_batch: {e}"))
+    }
 }
 
 impl_sql_store! {
@@ -919,9 +936,7 @@ mod tests {
     async fn the_statement_cache_is_bounded_whatever_the_batch_sizes() {
         use sqlx::Connection as _;
 
-        use crate::connector::{Checkpoint, RecordBatch};
         use crate::model::{ConnectorKind, Contact, Record};
-        use crate::store::RecordStore;
 
         let ws = Uuid::from_u128(6);
         let store = SqliteStore::memory_with_hubspot(ws).await;
@@ -932,15 +947,7 @@ mod tests {
                 .map(|i| Contact::new(ws, ConnectorKind::Hubspot, i.to_string()).into())
                 .collect();
             next += n;
-            store
-                .write_batch(
-                    ws,
-                    ConnectorKind::Hubspot,
-                    &RecordBatch::new(records),
-                    &Checkpoint::default(),
-                )
-                .await
-                .unwrap();
+            store.write_hubspot(ws, records).await;
         };
         let cached = async || store.pool.acquire().await.unwrap().cached_statements_size();
         let full = 1 << (usize::BITS - 1 - per.leading_zeros());
@@ -956,9 +963,7 @@ mod tests {
     /// existing rows first once rowids may be random (the largest is near `i64::MAX`).
     #[tokio::test]
     async fn write_counts_tell_inserts_from_updates_on_both_paths() {
-        use crate::connector::{Checkpoint, RecordBatch};
         use crate::model::{ConnectorKind, Contact, Record};
-        use crate::store::RecordStore;
 
         let ws = Uuid::from_u128(5);
         let store = SqliteStore::memory_with_hubspot(ws).await;
@@ -968,20 +973,7 @@ mod tests {
             c.meta.source_updated_at = Some(t0 + chrono::Duration::minutes(minutes));
             c.into()
         };
-        let write = |records: Vec<Record>| {
-            let store = &store;
-            async move {
-                store
-                    .write_batch(
-                        ws,
-                        ConnectorKind::Hubspot,
-                        &RecordBatch::new(records),
-                        &Checkpoint::default(),
-                    )
-                    .await
-                    .unwrap()
-            }
-        };
+        let write = |records: Vec<Record>| store.write_hubspot(ws, records);
         let c = write(vec![contact("1", 0), contact("2", 0)]).await;
         assert_eq!((c.inserted, c.updated, c.unchanged), (2, 0, 0));
         let c = write(vec![contact("1", 1), contact("2", 0), contact("3", 0)]).await;

@@ -24,13 +24,13 @@ const HS: ConnectorKind = ConnectorKind::Hubspot;
 
 /// Writes one record of `ws` from HubSpot with a fixed checkpoint.
 async fn write_one(h: &Harness, ws: Uuid, record: impl Into<Record>) -> WriteCounts {
+    write_all(h, ws, RecordBatch::new(vec![record.into()])).await
+}
+
+/// Writes a batch of `ws` from HubSpot with a fixed checkpoint.
+async fn write_all(h: &Harness, ws: Uuid, batch: RecordBatch) -> WriteCounts {
     h.store
-        .write_batch(
-            ws,
-            HS,
-            &RecordBatch::new(vec![record.into()]),
-            &checkpoint("deals", "c"),
-        )
+        .write_batch(ws, HS, &batch, &checkpoint("deals", "c"))
         .await
         .unwrap()
 }
@@ -1627,13 +1627,7 @@ pub async fn key_ranges_tell_new_batches_from_mixed_ones(h: Harness) {
     let ids = |r: std::ops::Range<usize>, step: usize| -> Vec<String> {
         r.step_by(step).map(|i| format!("r-{i:03}")).collect()
     };
-    let mut n = 0;
-    let mut write = |b: RecordBatch| {
-        n += 1;
-        let cp = checkpoint("ranges", &n.to_string());
-        let store = h.store.clone();
-        async move { store.write_batch(ws, HS, &b, &cp).await.unwrap() }
-    };
+    let write = |b: RecordBatch| write_all(&h, ws, b);
     // Even ids into an empty table, then a batch past them.
     assert_eq!(write(batch(ids(0..80, 2), 10)).await, counts(40, 0, 0, 0));
     assert_eq!(
@@ -1675,22 +1669,13 @@ pub async fn key_ranges_tell_new_batches_from_mixed_ones(h: Harness) {
                 .collect(),
         )
     };
-    let write_links = |b: RecordBatch| {
-        let store = h.store.clone();
-        async move {
-            store
-                .write_batch(ws, HS, &b, &checkpoint("ranges", "links"))
-                .await
-                .unwrap()
-        }
-    };
     assert_eq!(
-        write_links(links(0..20, Some("buyer"))).await,
+        write(links(0..20, Some("buyer"))).await,
         counts(40, 0, 0, 0)
     );
-    assert_eq!(write_links(links(20..40, None)).await, counts(40, 0, 0, 0));
+    assert_eq!(write(links(20..40, None)).await, counts(40, 0, 0, 0));
     assert_eq!(
-        write_links(links(0..20, Some("champion"))).await,
+        write(links(0..20, Some("champion"))).await,
         counts(0, 20, 20, 0)
     );
     let between = RecordBatch::new(
@@ -1698,7 +1683,7 @@ pub async fn key_ranges_tell_new_batches_from_mixed_ones(h: Harness) {
             .map(|d| link(ws, &format!("d-{:03}", d * 2 + 1), "c-1", None).into())
             .collect(),
     );
-    assert_eq!(write_links(between).await, counts(20, 0, 0, 0));
+    assert_eq!(write(between).await, counts(20, 0, 0, 0));
     let Some(Record::DealContact(l)) = read(&h, ws, RecordKind::DealContact, "d-000:c-1").await
     else {
         panic!("link missing");
