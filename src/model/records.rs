@@ -12,10 +12,13 @@ pub type CustomFields = serde_json::Map<String, serde_json::Value>;
 /// UUID namespace for record ids: v5 of `(workspace, source, source_id)`.
 const RECORD_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6a1f_1b6e_37c4_4f4e_9d2e_70a5_5b1c_d3e1);
 
+/// UUID namespace of the hash of `(workspace, source)` that leads an ordered record id.
+const ORDERED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x2b8e_54d1_0c7a_4a93_b6f0_1e4d_97c2_58a3);
+
 /// The columns every record table shares.
 ///
-/// `id` is derived from `(workspace_id, source, source_id)` (UUID v5), so the same provider
-/// record always gets the same id, across syncs and across machines.
+/// `id` is derived from `(workspace_id, source, source_id)` ([`record_id`]), so the same
+/// provider record always gets the same id, across syncs and across machines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordMeta {
     /// Row id.
@@ -57,14 +60,61 @@ impl RecordMeta {
     }
 }
 
-/// The deterministic row id of a provider record (UUID v5).
+/// The deterministic row id of a provider record.
+///
+/// - A source id in canonical decimal (digits only, no leading zero, at most
+///   `u64::MAX`; HubSpot, Gong, monday.com) gets an ordered id (UUID v8): 58 bits hashed from
+///   the workspace and source, then the number itself. Ids of one workspace and source sort
+///   as their numbers do, in UUID byte order and in the hyphenated text SQLite stores, so a
+///   sync that writes records in id order (HubSpot lists, Gong's numeric ids) appends to the
+///   `id` index instead of scattering its inserts over every page of it.
+/// - Any other source id (Salesforce, Fireflies, Google Drive) gets UUID v5 of the
+///   workspace, the source, a NUL and the source id.
+///
+/// Two different records never share an id within one workspace and source (the number,
+/// or the SHA-1 of the whole name, is in it); across workspaces and sources a v8 id
+/// repeats only if both 58-bit hashes do. The store never changes a stored row's id, so
+/// rows written before ids were ordered (all v5) keep theirs.
 pub fn record_id(workspace_id: Uuid, source: ConnectorKind, source_id: &str) -> Uuid {
+    if let Some(n) = canonical_number(source_id) {
+        return ordered_id(workspace_id, source, n);
+    }
     let mut name = Vec::with_capacity(16 + 16 + source_id.len());
     name.extend_from_slice(workspace_id.as_bytes());
     name.extend_from_slice(source.as_str().as_bytes());
     name.push(0);
     name.extend_from_slice(source_id.as_bytes());
     Uuid::new_v5(&RECORD_ID_NAMESPACE, &name)
+}
+
+/// `s` as a number when it is its canonical decimal text (so `"7"` and `"007"` never share
+/// an id): ASCII digits, no leading zero, within `u64`.
+fn canonical_number(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let canonical =
+        !b.is_empty() && b.iter().all(u8::is_ascii_digit) && (b.len() == 1 || b[0] != b'0');
+    if canonical { s.parse().ok() } else { None }
+}
+
+/// UUID v8 of a 58-bit hash of `(workspace, source)` followed by `n`: the 122 bits the
+/// version and variant leave, filled in order, so ids order as `(hash, n)` do.
+fn ordered_id(workspace_id: Uuid, source: ConnectorKind, n: u64) -> Uuid {
+    let mut name = Vec::with_capacity(16 + 16);
+    name.extend_from_slice(workspace_id.as_bytes());
+    name.extend_from_slice(source.as_str().as_bytes());
+    // The v5 hash's first 48 bits, and the 12 after its version nibble: 60 hashed bits, of
+    // which the first 58 are used.
+    let h = Uuid::new_v5(&ORDERED_ID_NAMESPACE, &name).as_u128();
+    let hash58 = (((h >> 80) << 12) | ((h >> 64) & 0xfff)) >> 2;
+    // 122 payload bits: the hash, then the number.
+    let v = (hash58 << 64) | u128::from(n);
+    // Spread over the UUID around the version (bits 76..80) and variant (bits 62..64).
+    let bits = ((v >> 74) << 80) // 48 bits
+        | (0x8 << 76) // version 8
+        | (((v >> 62) & 0xfff) << 64) // 12 bits
+        | (0b10 << 62) // RFC 9562 variant
+        | (v & ((1 << 62) - 1)); // 62 bits
+    Uuid::from_u128(bits)
 }
 
 /// A company (`accounts` table).
@@ -538,14 +588,93 @@ mod tests {
             a,
             record_id(Uuid::from_u128(8), ConnectorKind::Hubspot, "1")
         );
-        assert_eq!(a.get_version_num(), 5);
+        assert_eq!(a.get_version_num(), 8);
+        let b = record_id(ws(), ConnectorKind::Salesforce, "001A000001");
+        assert_eq!(b, record_id(ws(), ConnectorKind::Salesforce, "001A000001"));
+        assert_eq!(b.get_version_num(), 5);
     }
 
-    /// The id is UUID v5 of the workspace, the source, a NUL and the source id, whatever the
-    /// source id's length.
+    /// Numeric ids of one workspace and source sort as their numbers, as UUIDs and in the
+    /// hyphenated text SQLite stores; other workspaces and sources land elsewhere.
+    #[test]
+    fn numeric_ids_are_ordered_within_their_workspace_and_source() {
+        let numbers = [
+            0,
+            1,
+            2,
+            9,
+            10,
+            99,
+            100,
+            4_095,
+            4_096,
+            1 << 40,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        let ids: Vec<Uuid> = numbers
+            .iter()
+            .map(|n| record_id(ws(), ConnectorKind::Hubspot, &n.to_string()))
+            .collect();
+        for pair in ids.windows(2) {
+            assert!(pair[0] < pair[1], "{} < {}", pair[0], pair[1]);
+            assert!(pair[0].hyphenated().to_string() < pair[1].hyphenated().to_string());
+        }
+        for id in &ids {
+            assert_eq!(id.get_version_num(), 8);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        }
+        // The number is in the id, whole: the low 62 bits and the 2 above the variant.
+        let n = 0xdead_beef_0123_4567_u64;
+        let id = record_id(ws(), ConnectorKind::Hubspot, &n.to_string()).as_u128();
+        assert_eq!(
+            (id & ((1 << 62) - 1)) | (((id >> 64) & 0b11) << 62),
+            u128::from(n)
+        );
+        // Another workspace or source: another 58-bit prefix.
+        let prefix = |u: Uuid| u.as_u128() >> 80;
+        let mine = prefix(ids[1]);
+        assert_eq!(mine, prefix(ids[5]));
+        assert_ne!(
+            mine,
+            prefix(record_id(Uuid::from_u128(8), ConnectorKind::Hubspot, "1"))
+        );
+        assert_ne!(mine, prefix(record_id(ws(), ConnectorKind::Gong, "1")));
+    }
+
+    /// Only a number's canonical text is ordered, so two source ids never share an id:
+    /// leading zeros, signs, spaces and numbers past `u64` take the hashed form.
+    #[test]
+    fn only_canonical_numbers_take_the_ordered_form() {
+        for other in [
+            "007",
+            "00",
+            "+7",
+            "-7",
+            " 7",
+            "7 ",
+            "1e3",
+            "18446744073709551616",
+            "",
+            "٣",
+        ] {
+            assert_eq!(
+                record_id(ws(), ConnectorKind::Hubspot, other).get_version_num(),
+                5,
+                "{other:?}"
+            );
+        }
+        assert_ne!(
+            record_id(ws(), ConnectorKind::Hubspot, "007"),
+            record_id(ws(), ConnectorKind::Hubspot, "7")
+        );
+    }
+
+    /// A non-numeric id is UUID v5 of the workspace, the source, a NUL and the source id,
+    /// whatever the source id's length.
     #[test]
     fn ids_of_short_and_long_source_ids_hash_the_same_name() {
-        for source_id in ["1", &"x".repeat(100), &"é".repeat(200)] {
+        for source_id in ["a", &"x".repeat(100), &"é".repeat(200)] {
             let mut name = ws().as_bytes().to_vec();
             name.extend_from_slice(b"hubspot\0");
             name.extend_from_slice(source_id.as_bytes());
