@@ -5,7 +5,6 @@ use chrono::Utc;
 
 use super::Orchestrator;
 use crate::connector::{Checkpoint, SyncReport};
-use crate::error::Error;
 use crate::store::{ConnectionRow, Reconciliation, SyncErrors};
 
 impl Orchestrator {
@@ -34,19 +33,12 @@ impl Orchestrator {
                 .stream(&t.stream)
                 .and_then(|s| s.pass_started_at)
                 .map_or(run_started, |p| p.min(run_started));
-            let counted = async {
-                let stored = self
-                    .store
-                    .count_live_records(ws, t.kind, source, None)
-                    .await?;
-                let in_flight = self
-                    .store
-                    .count_live_records(ws, t.kind, source, Some(pass_start))
-                    .await?;
-                Ok::<_, Error>((stored, in_flight))
-            };
-            let (stored, in_flight) = match counted.await {
-                Ok(c) => c,
+            let (stored, in_flight) = match self
+                .store
+                .count_live_records(ws, t.kind, source, pass_start)
+                .await
+            {
+                Ok(c) => (c.live, c.updated_since),
                 Err(e) => {
                     errors
                         .warnings

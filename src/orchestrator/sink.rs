@@ -34,7 +34,7 @@ const GROUP_BYTES: usize = 32 << 20;
 /// A group holding this many records is committed as soon as no write is in flight: the
 /// store starts on the first pages at once instead of idling until a whole group has
 /// come, and groups grow towards [`GROUP_RECORDS`] only while the store is behind.
-const GROUP_EARLY_RECORDS: usize = 10_000;
+const GROUP_EARLY_RECORDS: usize = 4_000;
 
 /// The store-backed sink: validates, applies computed fields, and commits records with
 /// their checkpoint in `write_batch`es.

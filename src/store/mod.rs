@@ -55,9 +55,9 @@ pub(crate) use rows::sqlite_ts;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 pub use types::{
-    Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, NewConnection, RateLimitStop,
-    Reconciliation, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry, SyncOutcome,
-    SyncStatus,
+    Backend, ConnectionRow, ConnectionStatus, DEFAULT_LOCK_TTL, LiveCounts, NewConnection,
+    RateLimitStop, Reconciliation, RecordQuery, STALE_SYNC_AFTER, SyncErrors, SyncLogEntry,
+    SyncOutcome, SyncStatus,
 };
 
 /// What every store does: say which backend it is, create its schema, check the database.
@@ -254,17 +254,17 @@ pub trait RecordStore: Store {
         source: Option<ConnectorKind>,
     ) -> Result<u64>;
 
-    /// How many live (not archived) rows of `kind` the workspace has from `source`, for
-    /// reconciliation with a provider's total; with `updated_since`, only those whose
-    /// `source_updated_at` is at or after it. Deal-contact links have neither column: every
-    /// link of the source counts (and `updated_since` counts none).
+    /// How many live (not archived) rows of `kind` the workspace has from `source`, and how
+    /// many of those have a `source_updated_at` at or after `updated_since`, in one scan of
+    /// the rows, for reconciliation with a provider's total. Deal-contact links have neither
+    /// column: every link of the source is live, and none counts as updated.
     async fn count_live_records(
         &self,
         workspace_id: Uuid,
         kind: RecordKind,
         source: ConnectorKind,
-        updated_since: Option<DateTime<Utc>>,
-    ) -> Result<u64>;
+        updated_since: DateTime<Utc>,
+    ) -> Result<LiveCounts>;
 }
 
 /// The `sync_log` table: one row per sync run.

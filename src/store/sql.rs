@@ -23,8 +23,8 @@ use uuid::Uuid;
 use super::crypto::{Credentials, Keyring};
 use super::rows::{self, Dialect, PreparedBatch, RowRead, TableRows, required};
 use super::types::{
-    Backend, ConnectionRow, ConnectionStatus, MAX_PAGE, NewConnection, RecordQuery, SyncLogEntry,
-    SyncOutcome, to_u64,
+    Backend, ConnectionRow, ConnectionStatus, LiveCounts, MAX_PAGE, NewConnection, RecordQuery,
+    SyncLogEntry, SyncOutcome, to_u64,
 };
 use super::{
     DealFieldCounts, InternalCounts, LinkCounts, check_config, check_outcome, db_err,
@@ -787,25 +787,30 @@ pub(crate) async fn count_live_records<S: SqlBackend>(
     ws: Uuid,
     kind: RecordKind,
     source: ConnectorKind,
-    updated_since: Option<DateTime<Utc>>,
-) -> Result<u64> {
-    let links = kind == RecordKind::DealContact;
-    if links && updated_since.is_some() {
-        return Ok(0);
-    }
-    let mut stmt = Stmt::new(format!(
-        "SELECT COUNT(*) AS n FROM {} WHERE workspace_id = $1 AND source = $2",
-        kind.table()
-    ))
-    .arg(ws)
-    .arg(source);
-    if !links {
-        stmt.sql.push_str(" AND archived_at IS NULL");
-    }
-    if let Some(since) = updated_since {
-        stmt.push_param(" AND source_updated_at >= ", since);
-    }
-    count_of(&fetch(s, "count_live_records", stmt).await?, "n")
+    updated_since: DateTime<Utc>,
+) -> Result<LiveCounts> {
+    let stmt = if kind == RecordKind::DealContact {
+        Stmt::new(
+            "SELECT COUNT(*) AS n, COUNT(*) FILTER (WHERE false) AS since \
+             FROM deal_contacts WHERE workspace_id = $1 AND source = $2",
+        )
+        .arg(ws)
+        .arg(source)
+    } else {
+        Stmt::new(format!(
+            "SELECT COUNT(*) AS n, COUNT(*) FILTER (WHERE source_updated_at >= $3) AS since \
+             FROM {} WHERE workspace_id = $1 AND source = $2 AND archived_at IS NULL",
+            kind.table()
+        ))
+        .arg(ws)
+        .arg(source)
+        .arg(updated_since)
+    };
+    let rows = fetch(s, "count_live_records", stmt).await?;
+    Ok(LiveCounts {
+        live: count_of(&rows, "n")?,
+        updated_since: count_of(&rows, "since")?,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1444,8 +1449,8 @@ macro_rules! impl_sql_store {
                     workspace_id: Uuid,
                     kind: RecordKind,
                     source: ConnectorKind,
-                    updated_since: Option<DateTime<Utc>>,
-                ) -> Result<u64> {
+                    updated_since: DateTime<Utc>,
+                ) -> Result<$crate::store::LiveCounts> {
                     sql::count_live_records(self, workspace_id, kind, source, updated_since).await
                 }
             }

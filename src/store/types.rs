@@ -273,6 +273,15 @@ pub struct RateLimitStop {
     pub resets_at: Option<DateTime<Utc>>,
 }
 
+/// What [`RecordStore::count_live_records`](super::RecordStore::count_live_records) counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveCounts {
+    /// Live (not archived) rows of the workspace, source and kind.
+    pub live: u64,
+    /// Those of them whose `source_updated_at` is at or after the time asked about.
+    pub updated_since: u64,
+}
+
 /// One stream's provider total against the rows stored after a full pass.
 ///
 /// The tolerance is `in_flight + failed`: `in_flight` counts the stored live rows of the

@@ -43,6 +43,7 @@ macro_rules! conformance {
 conformance!(
     migrate_is_idempotent_and_concurrent_safe,
     key_ranges_tell_new_batches_from_mixed_ones,
+    live_counts_cover_one_stream,
     same_batch_twice_gives_same_rows,
     every_kind_and_column_round_trips,
     out_of_order_updates_do_not_regress,

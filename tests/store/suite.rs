@@ -1718,3 +1718,47 @@ pub async fn key_ranges_tell_new_batches_from_mixed_ones(h: Harness) {
         .unwrap();
     assert_eq!(c, counts(40, 0, 0, 0));
 }
+
+/// Reconciliation's count: live rows of one workspace, source and kind, and those updated
+/// at or after a time, in one call; archived rows, other kinds, sources and workspaces are
+/// not counted; links are all live and none counts as updated.
+pub async fn live_counts_cover_one_stream(h: Harness) {
+    let (ws, other_ws) = (Uuid::new_v4(), Uuid::new_v4());
+    connect(&h, ws, HS).await;
+    connect(&h, other_ws, HS).await;
+    let batch = RecordBatch {
+        records: vec![
+            contact(ws, "1", 10).into(),
+            contact(ws, "2", 20).into(),
+            contact(ws, "3", 30).into(),
+            contact(ws, "4", 30).into(),
+            deal(ws, "5", 40).into(),
+            link(ws, "5", "1", None).into(),
+            link(ws, "5", "2", None).into(),
+        ],
+        deletions: vec![Deletion {
+            kind: RecordKind::Contact,
+            source_id: "4".into(),
+            deleted_at: t(40),
+        }],
+        ..Default::default()
+    };
+    write_all(&h, ws, batch).await;
+    write_one(&h, other_ws, contact(other_ws, "1", 50)).await;
+
+    let count = |kind, since| h.store.count_live_records(ws, kind, HS, since);
+    let c = count(RecordKind::Contact, t(20)).await.unwrap();
+    assert_eq!((c.live, c.updated_since), (3, 2));
+    let c = count(RecordKind::Contact, t(31)).await.unwrap();
+    assert_eq!((c.live, c.updated_since), (3, 0));
+    let c = count(RecordKind::Deal, t(0)).await.unwrap();
+    assert_eq!((c.live, c.updated_since), (1, 1));
+    let c = count(RecordKind::DealContact, t(0)).await.unwrap();
+    assert_eq!((c.live, c.updated_since), (2, 0));
+    let c = h
+        .store
+        .count_live_records(ws, RecordKind::Contact, ConnectorKind::Salesforce, t(0))
+        .await
+        .unwrap();
+    assert_eq!((c.live, c.updated_since), (0, 0));
+}
