@@ -275,10 +275,17 @@ fn existing_rows<'a>(
 }
 
 /// Whether `table` may hold any of `ids` (values of `column`, the key column after
-/// `workspace_id, source`) for the batch's workspace and source: one range probe of the
-/// unique key between the smallest and the largest of them, in the column's own collation.
-/// `false` proves that every id is new (an initial sync's batches are usually past every
-/// stored id), so the per-id probe of [`existing_rows`] is skipped.
+/// `workspace_id, source`) for the batch's workspace and source: for each length the ids
+/// have, one range probe of the unique key between the smallest and the largest of them of
+/// that length, in the column's own collation, for a stored id of that length. `false`
+/// proves that every id is new (an initial sync's batches are usually past every stored
+/// id), so the per-id probe of [`existing_rows`] is skipped.
+///
+/// By length, because provider ids are mostly numbers in text: `"1050"` to `"1099"` are
+/// past every number below 1050, but the text range holds `"106"` and `"1060"`'s shorter
+/// kin, so one range over the whole batch said "may hold" for nearly every batch of a
+/// sync once its ids had more digits than the first ones. A probe of one length skips
+/// the stored ids of other lengths in its range (about a tenth of the range's width).
 fn may_hold_any<'a>(
     tx: &'a mut PgConnection,
     at: BatchScope,
@@ -292,10 +299,12 @@ fn may_hold_any<'a>(
         // for the reason `existing_rows` gives.
         let sql = format!(
             "SELECT EXISTS (SELECT 1 \
-                 FROM (SELECT min(u) AS lo, max(u) AS hi FROM UNNEST($3::text[]) AS u) b \
+                 FROM (SELECT length(u) AS n, min(u) AS lo, max(u) AS hi \
+                     FROM UNNEST($3::text[]) AS u GROUP BY length(u)) b \
                  CROSS JOIN LATERAL (SELECT 1 FROM {table} t \
                      WHERE t.workspace_id = $1 AND t.source = $2 \
-                         AND t.{column} BETWEEN b.lo AND b.hi LIMIT 1) e)"
+                         AND t.{column} BETWEEN b.lo AND b.hi \
+                         AND length(t.{column}) = b.n LIMIT 1) e)"
         );
         sqlx::query_scalar(&sql)
             .persistent(false)
@@ -1061,6 +1070,20 @@ mod tests {
             source: crate::model::ConnectorKind::Hubspot,
             now: chrono::Utc::now(),
         };
+        // Numbers in text: 1 to 999 stored (besides "b" and "d").
+        for n in 1..1000 {
+            sqlx::query("INSERT INTO probe_t VALUES ($1, 'hubspot', $2)")
+                .bind(ws)
+                .bind(n.to_string())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let (past, longer, spanning) = (
+            (1000..1100).map(|n| n.to_string()).collect::<Vec<_>>(),
+            (10_000..10_100).map(|n| n.to_string()).collect::<Vec<_>>(),
+            (990..1010).map(|n| n.to_string()).collect::<Vec<_>>(),
+        );
         for (ids, expected) in [
             (vec!["e", "f"], false),
             (vec!["a"], false),
@@ -1068,6 +1091,13 @@ mod tests {
             (vec!["a", "c"], true),
             (vec!["c", "e"], true),
             (vec!["d"], true),
+            // Past every stored number, though "101" to "109" lie in the text range.
+            (strs(&past), false),
+            (strs(&longer), false),
+            // Some are stored (990 to 999).
+            (strs(&spanning), true),
+            (vec!["1000", "5"], true),
+            (vec!["1000", "ab"], false),
         ] {
             let held = may_hold_any(&mut conn, at(ws), "probe_t", "source_id", &ids)
                 .await
@@ -1085,6 +1115,10 @@ mod tests {
             !other.await.unwrap(),
             "another workspace's ids are not stored"
         );
+    }
+
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
     }
 
     #[test]
