@@ -281,11 +281,12 @@ fn existing_rows<'a>(
 /// proves that every id is new (an initial sync's batches are usually past every stored
 /// id), so the per-id probe of [`existing_rows`] is skipped.
 ///
-/// By length, because provider ids are mostly numbers in text: `"1050"` to `"1099"` are
-/// past every number below 1050, but the text range holds `"106"` and `"1060"`'s shorter
-/// kin, so one range over the whole batch said "may hold" for nearly every batch of a
-/// sync once its ids had more digits than the first ones. A probe of one length skips
-/// the stored ids of other lengths in its range (about a tenth of the range's width).
+/// By length, because provider ids are mostly numbers in text: a batch of `"1050"` to
+/// `"1099"` is past every stored number below 1050, yet its text range holds the stored
+/// `"106"` to `"109"`, so one range over the whole batch said "may hold" for nearly every
+/// batch of a sync once its ids had more digits than the first ones. A probe of one
+/// length steps over the stored ids of other lengths in its range (about a tenth of the
+/// range's width).
 fn may_hold_any<'a>(
     tx: &'a mut PgConnection,
     at: BatchScope,
