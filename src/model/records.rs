@@ -76,15 +76,23 @@ impl RecordMeta {
 /// repeats only if both 58-bit hashes do. The store never changes a stored row's id, so
 /// rows written before ids were ordered (all v5) keep theirs.
 pub fn record_id(workspace_id: Uuid, source: ConnectorKind, source_id: &str) -> Uuid {
-    if let Some(n) = canonical_number(source_id) {
-        return ordered_id(workspace_id, source, n);
+    match canonical_number(source_id) {
+        Some(n) => ordered_id(workspace_id, source, n),
+        None => v5_of(&RECORD_ID_NAMESPACE, workspace_id, source, Some(source_id)),
     }
-    let mut name = Vec::with_capacity(16 + 16 + source_id.len());
+}
+
+/// UUID v5 in `namespace` of the workspace's bytes and the source's name, then (when given)
+/// a NUL and the source id.
+fn v5_of(namespace: &Uuid, workspace_id: Uuid, source: ConnectorKind, id: Option<&str>) -> Uuid {
+    let mut name = Vec::with_capacity(16 + 16 + 1 + id.map_or(0, str::len));
     name.extend_from_slice(workspace_id.as_bytes());
     name.extend_from_slice(source.as_str().as_bytes());
-    name.push(0);
-    name.extend_from_slice(source_id.as_bytes());
-    Uuid::new_v5(&RECORD_ID_NAMESPACE, &name)
+    if let Some(id) = id {
+        name.push(0);
+        name.extend_from_slice(id.as_bytes());
+    }
+    Uuid::new_v5(namespace, &name)
 }
 
 /// `s` as a number when it is its canonical decimal text (so `"7"` and `"007"` never share
@@ -99,12 +107,9 @@ fn canonical_number(s: &str) -> Option<u64> {
 /// UUID v8 of a 58-bit hash of `(workspace, source)` followed by `n`: the 122 bits the
 /// version and variant leave, filled in order, so ids order as `(hash, n)` do.
 fn ordered_id(workspace_id: Uuid, source: ConnectorKind, n: u64) -> Uuid {
-    let mut name = Vec::with_capacity(16 + 16);
-    name.extend_from_slice(workspace_id.as_bytes());
-    name.extend_from_slice(source.as_str().as_bytes());
     // The v5 hash's first 48 bits, and the 12 after its version nibble: 60 hashed bits, of
     // which the first 58 are used.
-    let h = Uuid::new_v5(&ORDERED_ID_NAMESPACE, &name).as_u128();
+    let h = v5_of(&ORDERED_ID_NAMESPACE, workspace_id, source, None).as_u128();
     let hash58 = (((h >> 80) << 12) | ((h >> 64) & 0xfff)) >> 2;
     // 122 payload bits: the hash, then the number.
     let v = (hash58 << 64) | u128::from(n);
