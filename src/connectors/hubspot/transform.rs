@@ -2,10 +2,10 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+
 use uuid::Uuid;
 
-use super::types::{HsObject, raw_id};
+use super::types::{HsObject, Props, raw_id};
 use crate::error::{Error, Result};
 use crate::model::{Account, ConnectorKind, Contact, CustomFields, Deal, DealContact, RecordMeta};
 use crate::sanitize;
@@ -93,7 +93,7 @@ fn meta(workspace_id: Uuid, obj: &HsObject, modified_prop: &str) -> Result<Recor
 }
 
 /// Takes a property out of the map for a typed text column (no copy of the string).
-fn take_text(p: &mut Map<String, Value>, key: &str) -> Option<String> {
+fn take_text(p: &mut Props, key: &str) -> Option<String> {
     sanitize::text_owned(p.remove(key))
 }
 
@@ -105,9 +105,8 @@ fn archive_fallback() -> DateTime<Utc> {
 
 /// What is left of the properties once the typed columns took theirs: every property the
 /// schema does not map (nor [`IGNORED`]), sanitized.
-fn custom_fields(mut p: Map<String, Value>, mapped: &[&str]) -> CustomFields {
-    p.retain(|k, _| !mapped.contains(&k.as_str()) && !IGNORED.contains(&k.as_str()));
-    sanitize::sanitize_properties(p)
+fn custom_fields(p: Props, mapped: &[&str]) -> CustomFields {
+    sanitize::sanitize_properties(p.into_map(|k| !mapped.contains(&k) && !IGNORED.contains(&k)))
 }
 
 fn first_association(obj: &HsObject, to: &str) -> Option<String> {
@@ -233,7 +232,7 @@ pub(crate) fn deal(workspace_id: Uuid, obj: HsObject) -> Result<(Deal, Vec<DealC
 mod tests {
     use super::*;
     use chrono::{NaiveDate, TimeZone};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn ws() -> Uuid {
         Uuid::from_u128(3)
