@@ -825,8 +825,37 @@ enum Budget {
     Search,
 }
 
+/// A JSON object response whose members keep the given order (a `Value` object would sort
+/// them): `members`, then `paging` when there is one, as HubSpot's list answers put it last.
+fn json_response_in_order(
+    status: StatusCode,
+    members: &[(&str, &Value)],
+    paging: Option<&Value>,
+) -> Response<Body> {
+    let mut out = String::from("{");
+    for (i, (k, v)) in members
+        .iter()
+        .copied()
+        .chain(paging.map(|p| ("paging", p)))
+        .enumerate()
+    {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::from(k).to_string());
+        out.push(':');
+        out.push_str(&v.to_string());
+    }
+    out.push('}');
+    json_text_response(status, out)
+}
+
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut resp = Response::new(Body::from(body.to_string()));
+    json_text_response(status, body.to_string())
+}
+
+fn json_text_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -1079,12 +1108,14 @@ async fn list_objects(
         .iter()
         .map(|r| inner.record_json(r, &props, &associations))
         .collect();
-    let mut body = json!({ "results": results });
-    if let Some(n) = next {
+    // Members in HubSpot's order: `results`, then `paging` (the last page has none).
+    let results = Value::Array(results);
+    let paging = next.map(|n| {
         let after = encode_cursor(n);
-        body["paging"] = json!({"next": {"after": after, "link": format!("?after={after}")}});
-    }
-    let mut resp = json_response(StatusCode::OK, &body);
+        json!({"next": {"after": after, "link": format!("?after={after}")}})
+    });
+    let mut resp =
+        json_response_in_order(StatusCode::OK, &[("results", &results)], paging.as_ref());
     if let Some(r) = remaining {
         add_rate_headers(&mut resp, &inner, r);
     }

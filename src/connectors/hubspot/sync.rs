@@ -14,7 +14,7 @@ use super::HubSpotConfig;
 use super::client::{Associations, HubSpotClient};
 use super::properties::{self, Discovered, ListRead};
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
-use super::types::{Filter, FilterGroup, Page, PageHead, SearchRequest, Sort, raw_id};
+use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort, next_list_cursor, raw_id};
 use crate::connector::{
     Checkpoint, DealContactSet, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint,
     SyncContext, SyncReport,
@@ -169,9 +169,7 @@ impl PageReader {
                     let page = read(after.take()).await;
                     // An unreadable body has no cursor: its user fails on it.
                     let next = match &page {
-                        Ok(ListRead::Body(body)) => serde_json::from_slice::<PageHead>(body)
-                            .ok()
-                            .and_then(|h| h.next_after().map(str::to_owned)),
+                        Ok(ListRead::Body(body)) => next_list_cursor(body),
                         Ok(ListRead::Page(p)) => p.next_after().map(str::to_owned),
                         Err(_) => None,
                     };

@@ -163,6 +163,44 @@ impl PageHead {
     }
 }
 
+/// The next page's cursor of a list page body, for the reader that requests the next page
+/// before this one is parsed; `None` on the last page or a body that is not a page.
+///
+/// HubSpot puts `paging` after `results`, so the cursor is found without scanning the
+/// records: from the body's last `"paging"` token, the rest of the body, opened with `{`,
+/// must read as one whole JSON object. Only the top-level member can: a token nested in a
+/// record leaves its enclosing brackets unclosed, a string's escaped quote is skipped, and
+/// any other text fails to parse. When the token is not found so, or the rest is long (a
+/// body whose members come in another order), the whole body is read. For a valid JSON body
+/// both reads give the same answer; text that is not JSON but ends like a page may still
+/// yield a cursor, and then fails when the page itself is parsed.
+pub(crate) fn next_list_cursor(body: &[u8]) -> Option<String> {
+    /// Longer than any `paging` member and the few members that may follow it.
+    const MAX_TAIL: usize = 4096;
+    const TOKEN: &[u8] = b"\"paging\"";
+    #[derive(Deserialize)]
+    struct Tail {
+        paging: Option<Paging>,
+    }
+    let tail = memchr::memmem::rfind(body, TOKEN).and_then(|at| {
+        let escapes = body[..at].iter().rev().take_while(|b| **b == b'\\').count();
+        let rest = &body[at..];
+        (escapes % 2 == 0 && rest.len() <= MAX_TAIL).then_some(rest)
+    });
+    if let Some(rest) = tail {
+        let mut text = Vec::with_capacity(rest.len() + 1);
+        text.push(b'{');
+        text.extend_from_slice(rest);
+        if let Ok(t) = serde_json::from_slice::<Tail>(&text) {
+            return t.paging.as_ref()?.after().map(str::to_owned);
+        }
+    }
+    serde_json::from_slice::<PageHead>(body)
+        .ok()?
+        .next_after()
+        .map(str::to_owned)
+}
+
 /// A raw result's `id`: a string as is, a number as its decimal text, `None` when it is
 /// missing, null or the result is not an object. Reads only what it needs; for the rare
 /// places that want an id without decoding the whole record (and for failure capture).
@@ -350,6 +388,87 @@ mod tests {
         for bad in ["null", "[]", r#""corrupt""#, "7", r#"{"a":}"#] {
             assert!(serde_json::from_str::<Props>(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The cursor as a whole-body read finds it, the reference for the fast path.
+    fn full_read(body: &str) -> Option<String> {
+        serde_json::from_str::<PageHead>(body)
+            .ok()?
+            .next_after()
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn the_list_cursor_is_the_top_level_one_whatever_the_records_hold() {
+        let page = |records: &str, paging: &str| format!(r#"{{"results":[{records}]{paging}}}"#);
+        let next = r#","paging":{"next":{"after":"MTAx","link":"?after=MTAx"}}"#;
+        let nested = r#"{"id":"1","associations":{"contacts":{"results":[{"id":"7"}],"paging":{"next":{"after":"9"}}}}}"#;
+        let cases = [
+            // HubSpot's order: the member after the records.
+            (page(r#"{"id":"1"}"#, next), Some("MTAx")),
+            // The last page: a cut-off association block's cursor is not the page's.
+            (page(nested, ""), None),
+            (page(nested, next), Some("MTAx")),
+            // A property named paging, and property values that spell the token.
+            (
+                page(
+                    r#"{"id":"1","properties":{"paging":{"next":{"after":"6"}}}}"#,
+                    "",
+                ),
+                None,
+            ),
+            (
+                page(
+                    r#"{"id":"1","properties":{"x":"\"paging\":{\"next\":{\"after\":\"6\"}}}"}}"#,
+                    "",
+                ),
+                None,
+            ),
+            (
+                page(r#"{"id":"1","properties":{"x":"a\"paging"}}"#, ""),
+                None,
+            ),
+            (
+                page(r#"{"id":"1","properties":{"x":"a\\"}}"#, next),
+                Some("MTAx"),
+            ),
+            // Another member order (the records after the cursor) and members after it.
+            (
+                r#"{"paging":{"next":{"after":"5"}},"results":[{"id":"1"}]}"#.to_owned(),
+                Some("5"),
+            ),
+            (
+                page(
+                    r#"{"id":"1"}"#,
+                    r#","paging":{"next":{"after":7}},"total":3"#,
+                ),
+                Some("7"),
+            ),
+            // Not a page, or cut short: no cursor.
+            (
+                r#"{"results":[{"id":"1"}],"paging":{"next":{"after":"5"}}"#.to_owned(),
+                None,
+            ),
+            // Text that is not JSON but ends like a page: its cursor is read (the page
+            // itself fails when it is parsed, so the page read with it is never used).
+            (
+                r#"[{"id":"1"}],"paging":{"next":{"after":"5"}}}"#.to_owned(),
+                Some("5"),
+            ),
+            ("<html>".to_owned(), None),
+            (page(r#"{"id":"1"}"#, r#","paging":{"next":{}}"#), None),
+        ];
+        for (body, want) in &cases {
+            let got = next_list_cursor(body.as_bytes());
+            assert_eq!(got.as_deref(), *want, "{body}");
+            if serde_json::from_str::<Value>(body).is_ok() {
+                assert_eq!(got, full_read(body), "fast and full reads agree on {body}");
+            }
+        }
+        // A long tail (records after the cursor) is read whole, with the same answer.
+        let records = vec![r#"{"id":"1","properties":{"x":"paging"}}"#; 200].join(",");
+        let body = format!(r#"{{"paging":{{"next":{{"after":"8"}}}},"results":[{records}]}}"#);
+        assert_eq!(next_list_cursor(body.as_bytes()).as_deref(), Some("8"));
     }
 
     #[test]
