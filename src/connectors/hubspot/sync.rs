@@ -14,7 +14,9 @@ use super::HubSpotConfig;
 use super::client::{Associations, HubSpotClient};
 use super::properties::{self, Discovered, ListRead};
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
-use super::types::{Filter, FilterGroup, Page, SearchRequest, Sort, next_list_cursor, raw_id};
+use super::types::{
+    Filter, FilterGroup, HsObject, ListPage, Results, SearchRequest, Sort, next_list_cursor, raw_id,
+};
 use crate::connector::{
     Checkpoint, DealContactSet, RecordBatch, RecordSink, SourceTotal, StreamCheckpoint,
     SyncContext, SyncReport,
@@ -190,10 +192,10 @@ impl PageReader {
 
     /// The next page, parsed; an error when the reader ended early (it never does after the
     /// last page, which the caller knows by its missing cursor).
-    async fn next(&mut self, client: &HubSpotClient) -> Result<Page> {
+    async fn next(&mut self, client: &HubSpotClient) -> Result<ListPage> {
         match self.pages.recv().await {
-            Some(Ok(ListRead::Body(body))) => client.parse_page(&body),
-            Some(Ok(ListRead::Page(page))) => Ok(page),
+            Some(Ok(ListRead::Body(body))) => ListPage::from_body(&body, |b| client.parse_page(b)),
+            Some(Ok(ListRead::Page(page))) => Ok(ListPage::from(page)),
             Some(Err(e)) => Err(e),
             None => Err(Error::Transport {
                 provider: "hubspot".into(),
@@ -273,47 +275,46 @@ impl Syncer<'_> {
     fn transform_page(
         &self,
         obj: Object,
-        page: Page,
+        results: Results,
         inline_contacts: bool,
     ) -> (RecordBatch, bool) {
         let ws = self.ctx.workspace_id();
         let mut truncated_associations = false;
         let mut link_sets = Vec::new();
-        // A decode error names the record's id itself (read from the text only on failure).
-        let mut batch = capture_page(
-            page.results,
-            |_| None,
-            |raw| {
-                let o = transform::decode(&raw)?;
-                truncated_associations |= o
-                    .associations
-                    .values()
-                    .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
-                Ok(match obj {
-                    Object::Companies => vec![Record::from(transform::company(ws, o)?)],
-                    Object::Contacts => vec![Record::from(transform::contact(ws, o)?)],
-                    Object::Deals => {
-                        let complete = o
-                            .associations
-                            .get("contacts")
-                            .is_none_or(|b| b.paging.as_ref().is_none_or(|p| p.next.is_none()));
-                        let (d, links) = transform::deal(ws, o)?;
-                        if inline_contacts && complete {
-                            link_sets.push(DealContactSet {
-                                deal_source_id: d.meta.source_id.clone(),
-                                contact_source_ids: links
-                                    .iter()
-                                    .map(|l| l.contact_source_id.clone())
-                                    .collect(),
-                            });
-                        }
-                        std::iter::once(Record::from(d))
-                            .chain(links.into_iter().map(Record::from))
-                            .collect()
+        let mut each = |o: HsObject| -> Result<Vec<Record>> {
+            truncated_associations |= o
+                .associations
+                .values()
+                .any(|b| b.paging.as_ref().is_some_and(|p| p.next.is_some()));
+            Ok(match obj {
+                Object::Companies => vec![Record::from(transform::company(ws, o)?)],
+                Object::Contacts => vec![Record::from(transform::contact(ws, o)?)],
+                Object::Deals => {
+                    let complete = o
+                        .associations
+                        .get("contacts")
+                        .is_none_or(|b| b.paging.as_ref().is_none_or(|p| p.next.is_none()));
+                    let (d, links) = transform::deal(ws, o)?;
+                    if inline_contacts && complete {
+                        link_sets.push(DealContactSet {
+                            deal_source_id: d.meta.source_id.clone(),
+                            contact_source_ids: links
+                                .iter()
+                                .map(|l| l.contact_source_id.clone())
+                                .collect(),
+                        });
                     }
-                })
-            },
-        );
+                    std::iter::once(Record::from(d))
+                        .chain(links.into_iter().map(Record::from))
+                        .collect()
+                }
+            })
+        };
+        // A decode error names the record's id itself (read from the text only on failure).
+        let mut batch = match results {
+            Results::Decoded(objects) => capture_page(objects, |_| None, &mut each),
+            Results::Raw(raw) => capture_page(raw, |_| None, |raw| each(transform::decode(&raw)?)),
+        };
         batch.link_sets = link_sets;
         (batch, truncated_associations)
     }
@@ -416,8 +417,8 @@ impl Syncer<'_> {
             });
             loop {
                 let page = reader.next(self.client).await?;
-                let next = page.next_after().map(str::to_owned);
-                let (batch, truncated) = self.transform_page(obj, page, true);
+                let next = page.next_after;
+                let (batch, truncated) = self.transform_page(obj, page.results, true);
                 let s = self.stream(stream);
                 s.observe_records(&batch.records);
                 if truncated {
@@ -562,7 +563,7 @@ impl Syncer<'_> {
                         }
                     }
                 }
-                let (mut batch, _) = self.transform_page(obj, page, false);
+                let (mut batch, _) = self.transform_page(obj, Results::Raw(page.results), false);
                 if obj == Object::Deals {
                     self.attach_deal_associations(&mut batch).await?;
                 }
@@ -619,7 +620,7 @@ impl Syncer<'_> {
                 properties::list_page(self.client, obj.path(), &props, &[], after.as_deref(), true)
                     .await?;
             let next = page.next_after().map(str::to_owned);
-            let (mut batch, _) = self.transform_page(obj, page, false);
+            let (mut batch, _) = self.transform_page(obj, Results::Raw(page.results), false);
             batch.records.retain(|r| {
                 let archived_at = r.meta().and_then(|m| m.archived_at);
                 match (since, archived_at) {
@@ -753,7 +754,7 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use super::{ListRead, PageReader, READ_AHEAD};
+    use super::{ListRead, PageReader, READ_AHEAD, Results};
     use crate::error::{Error, Result};
 
     /// A list page body with `n` as its only id and `next` as its cursor.
@@ -785,7 +786,10 @@ mod tests {
 
     async fn next_id(r: &mut PageReader, client: &super::HubSpotClient) -> Result<String> {
         let page = r.next(client).await?;
-        Ok(page.results[0].get().to_owned())
+        match page.results {
+            Results::Decoded(objects) => Ok(objects[0].id.clone()),
+            Results::Raw(_) => panic!("a page whose records all read is decoded in one scan"),
+        }
     }
 
     /// A client only used to parse pages (it never sends anything).
@@ -801,10 +805,7 @@ mod tests {
         let client = client();
         let mut r = reader(12, None, Arc::clone(&reads));
         for n in 0..12 {
-            assert_eq!(
-                next_id(&mut r, &client).await.unwrap(),
-                format!(r#"{{"id":"{n}"}}"#)
-            );
+            assert_eq!(next_id(&mut r, &client).await.unwrap(), n.to_string());
         }
         assert_eq!(
             reads.load(Ordering::SeqCst),
@@ -842,10 +843,7 @@ mod tests {
         let client = client();
         let mut r = reader(100, Some(3), Arc::clone(&reads));
         for n in 0..3 {
-            assert_eq!(
-                next_id(&mut r, &client).await.unwrap(),
-                format!(r#"{{"id":"{n}"}}"#)
-            );
+            assert_eq!(next_id(&mut r, &client).await.unwrap(), n.to_string());
         }
         let err = next_id(&mut r, &client).await.unwrap_err();
         assert!(err.to_string().contains("page failed"), "{err}");

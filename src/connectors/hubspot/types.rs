@@ -146,6 +146,70 @@ pub(crate) struct Page {
     pub total: Option<Value>,
 }
 
+/// A list page decoded in one scan of its body, straight into its objects: the common case,
+/// where every record reads. A body where one does not is read again as a [`Page`], so that
+/// the bad record fails alone (see [`Results`]).
+#[derive(Debug, Deserialize)]
+pub(crate) struct DecodedPage {
+    #[serde(default)]
+    pub results: Vec<HsObject>,
+    pub paging: Option<Paging>,
+}
+
+impl DecodedPage {
+    /// The next page's cursor (see [`Page::next_after`]).
+    pub(crate) fn next_after(&self) -> Option<&str> {
+        self.paging.as_ref()?.after()
+    }
+}
+
+/// A page's results on their way to the transform: decoded already, or raw text that each
+/// record is decoded from on its own.
+#[derive(Debug)]
+pub(crate) enum Results {
+    /// Every record of the page decoded (one scan of the body).
+    Decoded(Vec<HsObject>),
+    /// Records checked for syntax only; each is decoded, and may fail, alone.
+    Raw(Vec<Box<RawValue>>),
+}
+
+/// A list page as the connector takes it: its results and its next cursor.
+#[derive(Debug)]
+pub(crate) struct ListPage {
+    pub results: Results,
+    pub next_after: Option<String>,
+}
+
+impl ListPage {
+    /// A list page body: decoded in one scan when every record reads, else kept raw per
+    /// record (`parse` reads it so, and fails only on a body that is not a page at all).
+    /// The body's UTF-8 is checked once, up front, rather than string by string.
+    pub(crate) fn from_body(
+        body: &[u8],
+        parse: impl FnOnce(&[u8]) -> Result<Page>,
+    ) -> Result<Self> {
+        let decoded = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| serde_json::from_str::<DecodedPage>(text).ok());
+        match decoded {
+            Some(p) => Ok(ListPage {
+                next_after: p.next_after().map(str::to_owned),
+                results: Results::Decoded(p.results),
+            }),
+            None => Ok(ListPage::from(parse(body)?)),
+        }
+    }
+}
+
+impl From<Page> for ListPage {
+    fn from(p: Page) -> Self {
+        ListPage {
+            next_after: p.next_after().map(str::to_owned),
+            results: Results::Raw(p.results),
+        }
+    }
+}
+
 /// A list page's cursor alone, read without keeping (or checking the records of) its
 /// results: what a reader needs to request the next page before the page is parsed.
 #[derive(Debug, Deserialize)]
@@ -478,5 +542,52 @@ mod tests {
         let o: HsObject =
             serde_json::from_str(r#"{"id":"1","properties":{"email":"a@x.io"}}"#).unwrap();
         assert_eq!(o.properties.get("email"), Some(&json!("a@x.io")));
+    }
+
+    fn raw_parse(body: &[u8]) -> Result<Page> {
+        serde_json::from_slice(body).map_err(|e| Error::decode(None, e.to_string()))
+    }
+
+    #[test]
+    fn a_list_page_decodes_in_one_scan_when_every_record_reads() {
+        let body = br#"{"results":[{"id":"1","properties":{"email":"a@x.io"}},{"id":"2"}],
+            "paging":{"next":{"after":"3"}}}"#;
+        let page = ListPage::from_body(body, |_| panic!("no second read")).unwrap();
+        assert_eq!(page.next_after.as_deref(), Some("3"));
+        match page.results {
+            Results::Decoded(o) => {
+                assert_eq!(o.len(), 2);
+                assert_eq!(o[0].properties.get("email"), Some(&json!("a@x.io")));
+                assert_eq!(o[1].id, "2");
+            }
+            Results::Raw(_) => panic!("decoded expected"),
+        }
+    }
+
+    #[test]
+    fn a_list_page_with_a_bad_record_keeps_its_records_raw_so_it_fails_alone() {
+        // The second record's properties are not an object: the typed read of the whole
+        // page fails, and the page is read again with each record raw.
+        let body = br#"{"results":[{"id":"1"},{"id":"2","properties":[1]},{"id":"3"}],
+            "paging":{"next":{"after":"4"}}}"#;
+        let page = ListPage::from_body(body, raw_parse).unwrap();
+        assert_eq!(page.next_after.as_deref(), Some("4"));
+        let Results::Raw(raw) = page.results else {
+            panic!("raw results expected")
+        };
+        assert_eq!(raw.len(), 3);
+        assert!(serde_json::from_str::<HsObject>(raw[1].get()).is_err());
+        assert_eq!(raw_id(&raw[2]).as_deref(), Some("3"));
+    }
+
+    #[test]
+    fn a_body_that_is_no_page_is_an_error() {
+        for body in [
+            &b"{\"results\":[{\"id\":\"1\"}"[..],
+            b"<html>",
+            b"{\"results\":7}",
+        ] {
+            assert!(ListPage::from_body(body, raw_parse).is_err(), "{body:?}");
+        }
     }
 }
