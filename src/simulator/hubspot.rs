@@ -832,7 +832,9 @@ fn json_response_in_order(
     members: &[(&str, &Value)],
     paging: Option<&Value>,
 ) -> Response<Body> {
-    let mut out = String::from("{");
+    // One buffer, written in place (as `Value::to_string` does for a whole object).
+    let mut out = Vec::new();
+    out.push(b'{');
     for (i, (k, v)) in members
         .iter()
         .copied()
@@ -840,21 +842,22 @@ fn json_response_in_order(
         .enumerate()
     {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push_str(&Value::from(k).to_string());
-        out.push(':');
-        out.push_str(&v.to_string());
+        // Writing a `Value` into a `Vec` cannot fail.
+        let _ = serde_json::to_writer(&mut out, k);
+        out.push(b':');
+        let _ = serde_json::to_writer(&mut out, v);
     }
-    out.push('}');
+    out.push(b'}');
     json_text_response(status, out)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    json_text_response(status, body.to_string())
+    json_text_response(status, body.to_string().into_bytes())
 }
 
-fn json_text_response(status: StatusCode, body: String) -> Response<Body> {
+fn json_text_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
