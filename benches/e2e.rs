@@ -84,7 +84,6 @@ mod bench {
         serde_json::json!({"rate_limit": {"max_requests": 1_000_000, "window_ms": 1000}})
     }
 
-    /// A portal of `total` records: 10 % companies, 60 % contacts, 30 % deals.
     /// A portal of `total` objects: a tenth companies, six tenths contacts, three tenths
     /// deals; with `E2E_CHILD_CONTACTS` set, contacts only (the contacts comparison's portal,
     /// for a child run under a profiler).

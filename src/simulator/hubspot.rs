@@ -825,32 +825,18 @@ enum Budget {
     Search,
 }
 
-/// A JSON object response whose members keep the given order (a `Value` object would sort
-/// them): `members`, then `paging` when there is one, as HubSpot's list answers put it last.
-fn json_response_in_order(
-    status: StatusCode,
-    members: &[(&str, &Value)],
-    paging: Option<&Value>,
-) -> Response<Body> {
-    // One buffer, written in place (as `Value::to_string` does for a whole object).
-    let mut out = Vec::new();
-    out.push(b'{');
-    for (i, (k, v)) in members
-        .iter()
-        .copied()
-        .chain(paging.map(|p| ("paging", p)))
-        .enumerate()
-    {
-        if i > 0 {
-            out.push(b',');
-        }
-        // Writing a `Value` into a `Vec` cannot fail.
-        let _ = serde_json::to_writer(&mut out, k);
-        out.push(b':');
-        let _ = serde_json::to_writer(&mut out, v);
+/// A list answer in HubSpot's member order: `results`, then `paging` when there is one (a
+/// `Value` object would sort them), written into one buffer.
+fn list_response(results: &Value, paging: Option<&Value>) -> Response<Body> {
+    let mut out = br#"{"results":"#.to_vec();
+    // Writing a `Value` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut out, results);
+    if let Some(p) = paging {
+        out.extend_from_slice(br#","paging":"#);
+        let _ = serde_json::to_writer(&mut out, p);
     }
     out.push(b'}');
-    json_text_response(status, out)
+    json_text_response(StatusCode::OK, out)
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
@@ -1117,8 +1103,7 @@ async fn list_objects(
         let after = encode_cursor(n);
         json!({"next": {"after": after, "link": format!("?after={after}")}})
     });
-    let mut resp =
-        json_response_in_order(StatusCode::OK, &[("results", &results)], paging.as_ref());
+    let mut resp = list_response(&results, paging.as_ref());
     if let Some(r) = remaining {
         add_rate_headers(&mut resp, &inner, r);
     }

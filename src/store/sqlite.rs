@@ -306,7 +306,8 @@ fn rows_per_statement(width: usize) -> usize {
     ((MAX_PARAMS - 8) / width.max(1)).clamp(1, MAX_ROWS)
 }
 
-/// The multi-row upsert of `rows` rows of `spec` (without `RETURNING`).
+/// The multi-row upsert of `rows` rows of `spec`, returning the rows' `source_id`s when
+/// `returning`.
 fn upsert_sql(spec: &TableSpec, rows: usize, conflict: &str, returning: bool) -> String {
     // The workspace, source and sync time are bound once per statement, not per row
     // (`WHERE true` keeps `ON CONFLICT` from parsing as a join constraint).

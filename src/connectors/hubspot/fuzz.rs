@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use super::client::{account_offset, daily_reset};
 use super::transform::{self, COMPANY_PROPERTIES, CONTACT_PROPERTIES, DEAL_PROPERTIES};
-use super::types::{AssocBatchResponse, HsObject, Page};
+use super::types::{
+    AssocBatchResponse, HsObject, ListPage, Page, PageHead, Results, next_list_cursor,
+};
 use crate::Error;
 use crate::http::{Classify, HubSpotClassifier, Verdict};
 
@@ -197,8 +199,43 @@ fn check_transforms(obj: &HsObject) {
     }
 }
 
+/// The list page readers on one body: the reader's cursor (read from the body's tail) is
+/// the one a whole-body read finds, a page decodes to as many results as it holds, and a
+/// body cut short is never a page.
+fn list_readers(text: &str) {
+    let full = serde_json::from_str::<PageHead>(text)
+        .ok()
+        .and_then(|h| h.next_after().map(str::to_owned));
+    assert_eq!(next_list_cursor(text.as_bytes()), full, "{text}");
+    let raw = |b: &[u8]| serde_json::from_slice::<Page>(b).map_err(Error::from);
+    if let Ok(page) = ListPage::from_body(text.as_bytes(), raw) {
+        let Ok(whole) = serde_json::from_str::<Page>(text) else {
+            panic!("a list page that is no page: {text}");
+        };
+        assert_eq!(page.next_after.as_deref(), whole.next_after(), "{text}");
+        let n = match &page.results {
+            Results::Decoded(o) => o.len(),
+            Results::Raw(r) => r.len(),
+        };
+        assert_eq!(n, whole.results.len(), "{text}");
+    }
+    for cut in [0, text.len() / 2, text.len().saturating_sub(1)] {
+        let Some(short) = text.get(..cut).filter(|s| s.len() < text.len()) else {
+            continue;
+        };
+        assert!(
+            ListPage::from_body(short.as_bytes(), raw).is_err(),
+            "{short}"
+        );
+        let _ = next_list_cursor(short.as_bytes());
+    }
+}
+
 /// Every page parser on one value: list/search pages, cursors, totals, association batches.
 fn parse_all(v: &Value) {
+    if v.is_object() {
+        list_readers(&v.to_string());
+    }
     if let Ok(page) = serde_json::from_str::<Page>(&v.to_string()) {
         let _ = page.next_after();
         if let Err(e) = page.search_has_more() {
@@ -277,6 +314,8 @@ proptest! {
         }
         let _ = serde_json::from_slice::<Page>(&bytes);
         let _ = serde_json::from_slice::<AssocBatchResponse>(&bytes);
+        let _ = next_list_cursor(&bytes);
+        let _ = ListPage::from_body(&bytes, |b| serde_json::from_slice::<Page>(b).map_err(Error::from));
     }
 
     #[test]

@@ -133,13 +133,14 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Str
     }
 }
 
-/// A list or search page. Each result stays raw JSON text, checked for syntax only, so a
-/// malformed record fails alone when it is decoded (straight into [`HsObject`], without an
-/// intermediate `Value` tree).
+/// A list or search page. By default each result stays raw JSON text, checked for syntax
+/// only, so a malformed record fails alone when it is decoded (straight into [`HsObject`],
+/// without an intermediate `Value` tree); a [`DecodedPage`] reads its results as objects.
 #[derive(Debug, Clone, Deserialize)]
-pub(crate) struct Page {
+#[serde(bound(deserialize = "R: Deserialize<'de>"))]
+pub(crate) struct Page<R = Box<RawValue>> {
     #[serde(default)]
-    pub results: Vec<Box<RawValue>>,
+    pub results: Vec<R>,
     pub paging: Option<Paging>,
     /// Search only: how many records match the query.
     #[serde(default)]
@@ -149,19 +150,7 @@ pub(crate) struct Page {
 /// A list page decoded in one scan of its body, straight into its objects: the common case,
 /// where every record reads. A body where one does not is read again as a [`Page`], so that
 /// the bad record fails alone (see [`Results`]).
-#[derive(Debug, Deserialize)]
-pub(crate) struct DecodedPage {
-    #[serde(default)]
-    pub results: Vec<HsObject>,
-    pub paging: Option<Paging>,
-}
-
-impl DecodedPage {
-    /// The next page's cursor (see [`Page::next_after`]).
-    pub(crate) fn next_after(&self) -> Option<&str> {
-        self.paging.as_ref()?.after()
-    }
-}
+pub(crate) type DecodedPage = Page<HsObject>;
 
 /// A page's results on their way to the transform: decoded already, or raw text that each
 /// record is decoded from on its own.
@@ -281,7 +270,8 @@ pub(crate) fn raw_id(raw: &RawValue) -> Option<String> {
     }
 }
 
-impl Page {
+impl<R> Page<R> {
+    /// The next page's cursor; `None` on the last page.
     pub(crate) fn next_after(&self) -> Option<&str> {
         self.paging.as_ref()?.after()
     }
